@@ -1,0 +1,148 @@
+"""Vectorised cutouts with edge handling and validity masks.
+
+Pixels outside the image or masked are returned as NaN with ``valid == False`` and never enter a
+statistic: there is no zero padding anywhere in skysub.
+
+Layout: a stamp of size ``N`` around position ``(x, y)`` is centred on the integer pixel
+``(round(x), round(y))``.  Stamp pixel ``[i, j]`` is image pixel ``[y0 + i, x0 + j]`` with
+``x0 = round(x) - N // 2`` (so for odd ``N`` the source pixel is exactly central and for even
+``N`` it is at index ``N // 2``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .image import Image, as_image
+
+
+def _round_half_up(v: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer with .5 going up (numpy's banker's rounding is not stable
+    across pixel boundaries).  NaN positions become a far-away sentinel that is never inside."""
+    v = np.asarray(v, float)
+    out = np.floor(v + 0.5)
+    out[~np.isfinite(out)] = -(2**40)
+    return out.astype(np.int64)
+
+
+def gather(image: Image | np.ndarray, xi: np.ndarray, yi: np.ndarray, dx: np.ndarray,
+           dy: np.ndarray, *, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Values at ``(xi + dx, yi + dy)`` for every source: the core of every stamp operation.
+
+    Parameters
+    ----------
+    image : Image or 2-D array
+    xi, yi : int arrays, shape (n,)
+        Integer anchor pixel of each source.
+    dx, dy : int arrays, shape (p,) or any shape broadcastable as trailing axes
+        Pixel offsets relative to the anchor.
+    mask : bool array, optional
+        Extra bad-pixel mask (OR-ed with the image mask).
+
+    Returns
+    -------
+    values : float64 array, shape (n, *dx.shape)
+        NaN where invalid.
+    valid : bool array, same shape
+        False outside the image, at masked or non-finite pixels.
+    """
+    img = as_image(image, mask)
+    ny, nx = img.shape
+    xi = np.asarray(xi, np.int64)
+    yi = np.asarray(yi, np.int64)
+    dx = np.asarray(dx, np.int64)
+    dy = np.asarray(dy, np.int64)
+    extra = (1,) * dx.ndim
+    xx = xi.reshape(-1, *extra) + dx[None]
+    yy = yi.reshape(-1, *extra) + dy[None]
+    inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+    flat = np.where(inside, yy * nx + xx, 0)
+    values = img.data.ravel()[flat]
+    valid = inside & ~img.mask.ravel()[flat]
+    values = np.where(valid, values, np.nan)
+    return values, valid
+
+
+@dataclass
+class Stamps:
+    """A stack of square cutouts.
+
+    Attributes
+    ----------
+    data : float64 array (n, size, size); NaN where invalid
+    valid : bool array (n, size, size)
+    x0, y0 : int arrays (n,); image pixel of stamp pixel [0, 0]
+    dx, dy : float arrays (n,); sub-pixel offset of the source from the stamp's anchor pixel
+        (source at stamp coordinates ``(size // 2 + dx, size // 2 + dy)``)
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.data.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def valid_fraction(self) -> np.ndarray:
+        """Fraction of valid pixels in each stamp."""
+        return self.valid.reshape(len(self), -1).mean(axis=1)
+
+
+def cutouts(image: Image | np.ndarray, x: np.ndarray, y: np.ndarray, size: int, *,
+            mask: np.ndarray | None = None) -> Stamps:
+    """Square ``size`` x ``size`` cutouts around many positions at once.
+
+    Parameters
+    ----------
+    image : Image or 2-D array
+    x, y : array-like, shape (n,)
+        0-based pixel positions (column, row).  Positions off the image are allowed: their
+        stamps are partly or wholly invalid.
+    size : int
+        Stamp side in pixels (>= 1).
+    mask : bool array, optional
+        Extra mask, True = bad.
+
+    Returns
+    -------
+    Stamps
+    """
+    if int(size) != size or size < 1:
+        raise InputError(f"stamp size must be a positive integer, got size={size!r}")
+    size = int(size)
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    if x.shape != y.shape or x.ndim != 1:
+        raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and {y.shape}")
+    xi = _round_half_up(x)
+    yi = _round_half_up(y)
+    half = size // 2
+    off = np.arange(size) - half
+    dy, dx = np.meshgrid(off, off, indexing="ij")
+    values, valid = gather(image, xi, yi, dx, dy, mask=mask)
+    with np.errstate(invalid="ignore"):
+        return Stamps(values, valid, xi - half, yi - half, x - xi, y - yi)
+
+
+def annulus_offsets(r_out: float, r_in: float = 0.0, *, margin: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets (dx, dy) of every pixel whose centre may fall in a ring
+    ``r_in <= r <= r_out`` around a source anywhere within the anchor pixel (``margin`` px of
+    slack for the sub-pixel offset).  Used to gather only the pixels an annulus can touch."""
+    R = int(np.ceil(r_out + margin))
+    off = np.arange(-R, R + 1)
+    dy, dx = np.meshgrid(off, off, indexing="ij")
+    r = np.hypot(dx, dy)
+    keep = (r <= r_out + margin) & (r >= max(r_in - margin, 0.0))
+    return dx[keep], dy[keep]

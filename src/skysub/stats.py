@@ -1,0 +1,198 @@
+"""Robust and sigma-clipped statistics, vectorised over many stamps.
+
+The central routine, :func:`clipped_stats`, sigma-clips each row of an ``(n, p)`` array (NaN =
+invalid) exactly as :class:`astropy.stats.SigmaClip` does (centre = median, scale = population
+std, iterate until nothing changes or ``maxiters``), but for all rows at once: each row is sorted
+once, and since clipping at ``centre +- k * std`` always keeps a contiguous run of the sorted
+values, every iteration only moves two indices per row.  Means and standard deviations of a run
+come from prefix sums of the row minus its median (no cancellation), medians from the run's
+middle elements.  This is what makes the annulus estimator >10x faster than
+``photutils.aperture.ApertureStats`` with the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+STATISTICS = ("median", "mean", "mode", "biweight")
+
+
+def sigma68(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """Robust 1-sigma width: half the 16th-84th percentile range, ignoring NaN.
+
+    For a Gaussian, equals its sigma.  ``(q84 - q16) / 2``.
+    """
+    v = np.asarray(values, float)
+    if v.size == 0 or not np.isfinite(v).any():
+        return np.nan if axis is None else np.full(np.delete(v.shape, axis), np.nan)
+    q16, q84 = np.nanpercentile(v, [16.0, 84.0], axis=axis)
+    return (q84 - q16) / 2.0
+
+
+def mad_std(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """Median absolute deviation scaled to a Gaussian sigma (x 1.4826), ignoring NaN."""
+    v = np.asarray(values, float)
+    med = np.nanmedian(v, axis=axis, keepdims=True)
+    out = 1.482602218505602 * np.nanmedian(np.abs(v - med), axis=axis)
+    return out
+
+
+@dataclass
+class ClippedStats:
+    """Per-row results of :func:`clipped_stats` (arrays of shape (n,))."""
+
+    mean: np.ndarray
+    median: np.ndarray
+    std: np.ndarray  #: population std (ddof=0) of the kept values
+    n: np.ndarray  #: number of kept values
+    n_valid: np.ndarray  #: number of finite values before clipping
+
+    def location(self, statistic: str) -> np.ndarray:
+        """Background level by ``statistic``: median, mean, mode (SExtractor) or biweight.
+
+        ``biweight`` is not available here (it needs the values): use
+        :func:`clipped_location`.
+        """
+        if statistic == "median":
+            return self.median
+        if statistic == "mean":
+            return self.mean
+        if statistic == "mode":
+            return sextractor_mode(self.mean, self.median, self.std)
+        raise InputError(f"unknown statistic {statistic!r}; expected one of {STATISTICS}")
+
+
+def sextractor_mode(mean: np.ndarray, median: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """SExtractor's mode estimate: ``2.5 median - 1.5 mean``, falling back to the median when
+    the distribution is too skewed (``|mean - median| / std >= 0.3``), as SExtractor does."""
+    mean = np.asarray(mean, float)
+    median = np.asarray(median, float)
+    std = np.asarray(std, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skewed = np.abs(mean - median) >= 0.3 * std
+    return np.where(skewed, median, 2.5 * median - 1.5 * mean)
+
+
+def _run_sum(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    rows = np.arange(prefix.shape[0])
+    return prefix[rows, hi] - prefix[rows, lo]
+
+
+def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
+                  sigma_lower: float | None = None, sigma_upper: float | None = None,
+                  maxiters: int | None = 10, return_sorted: bool = False
+                  ) -> ClippedStats | tuple[ClippedStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped mean, median and std of every row of ``values``.
+
+    Parameters
+    ----------
+    values : array, shape (n, p) or (p,)
+        NaN marks invalid entries (outside the image, masked).
+    sigma, sigma_lower, sigma_upper : float or None
+        Clipping thresholds in units of the std around the median, as astropy's SigmaClip.
+        ``sigma=None`` disables clipping.
+    maxiters : int or None
+        Maximum iterations (None = until convergence).
+    return_sorted : bool
+        Also return the sorted rows and the kept index range ``[lo, hi)`` per row.
+
+    Returns
+    -------
+    ClippedStats  (and, with ``return_sorted``, ``(sorted, lo, hi)``)
+
+    Rows with no valid entry give NaN statistics and ``n == 0``.
+    """
+    v = np.asarray(values, float)
+    squeeze = v.ndim == 1
+    if squeeze:
+        v = v[None, :]
+    if v.ndim != 2:
+        raise InputError(f"values must be 1-D or 2-D, got shape {v.shape}")
+    n_rows, p = v.shape
+    s = np.sort(np.where(np.isfinite(v), v, np.nan), axis=1)  # NaN sort to the end
+    n_valid = np.isfinite(s).sum(axis=1)
+    rows = np.arange(n_rows)
+    lo = np.zeros(n_rows, np.int64)
+    hi = n_valid.astype(np.int64)
+    # reference level per row for numerically safe prefix sums
+    ref = np.where(n_valid > 0, s[rows, np.maximum((n_valid - 1) // 2, 0)], 0.0)
+    d = np.where(np.isfinite(s), s - ref[:, None], 0.0)
+    c1 = np.zeros((n_rows, p + 1))
+    c2 = np.zeros((n_rows, p + 1))
+    np.cumsum(d, axis=1, out=c1[:, 1:])
+    np.cumsum(d * d, axis=1, out=c2[:, 1:])
+
+    def _stats(lo: np.ndarray, hi: np.ndarray):
+        n = hi - lo
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m1 = _run_sum(c1, lo, hi) / n
+            var = np.maximum(_run_sum(c2, lo, hi) / n - m1 * m1, 0.0)
+        a = lo + np.maximum((n - 1) // 2, 0)
+        b = lo + np.maximum(n // 2, 0)
+        a = np.minimum(a, p - 1)
+        b = np.minimum(b, p - 1)
+        med = 0.5 * (s[rows, a] + s[rows, b])
+        med = np.where(n > 0, med, np.nan)
+        return m1 + ref, med, np.sqrt(var), n
+
+    sl = sigma if sigma_lower is None else sigma_lower
+    su = sigma if sigma_upper is None else sigma_upper
+    if sigma is not None or sigma_lower is not None or sigma_upper is not None:
+        it = 0
+        while maxiters is None or it < maxiters:
+            _, med, std, n = _stats(lo, hi)
+            active = n > 0
+            lower = med - (np.inf if sl is None else sl) * std
+            upper = med + (np.inf if su is None else su) * std
+            # kept: lower <= v <= upper (astropy clips strictly outside the bounds)
+            with np.errstate(invalid="ignore"):
+                new_lo = np.where(active, (s < lower[:, None]).sum(axis=1), lo)
+                new_hi = np.where(active, (s <= upper[:, None]).sum(axis=1), hi)
+            new_lo = np.maximum(new_lo, lo)
+            new_hi = np.minimum(new_hi, hi)
+            it += 1
+            if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+                break
+            lo, hi = new_lo, new_hi
+    mean, med, std, n = _stats(lo, hi)
+    out = ClippedStats(mean=mean, median=med, std=std, n=n, n_valid=n_valid)
+    if squeeze:
+        out = ClippedStats(*(np.asarray(a)[0] for a in
+                             (out.mean, out.median, out.std, out.n, out.n_valid)))
+    if return_sorted:
+        return out, s, lo, hi
+    return out
+
+
+def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
+                    c: float = 6.0) -> np.ndarray:
+    """Tukey biweight location (astropy's ``biweight_location``, c = 6, centred on the median)
+    of the kept run ``[lo, hi)`` of each sorted row."""
+    from astropy.stats import biweight_location
+
+    idx = np.arange(sorted_rows.shape[1])[None, :]
+    keep = (idx >= lo[:, None]) & (idx < hi[:, None])
+    vals = np.where(keep, sorted_rows, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = biweight_location(vals, c=c, axis=1, ignore_nan=True)
+    return np.where(hi > lo, out, np.nan)
+
+
+def estimate_error(std: np.ndarray, n: np.ndarray, statistic: str) -> np.ndarray:
+    """1-sigma error of a location estimate from ``n`` independent pixels of scatter ``std``.
+
+    mean: ``std / sqrt(n)``; median and SExtractor mode: ``sqrt(pi / 2) std / sqrt(n)``
+    (the median's asymptotic variance for a Gaussian is ``(pi / 2) sigma^2 / n``, BKGnet
+    eq. 9); biweight (c = 6): efficiency ~0.98 for a Gaussian, ``std / sqrt(0.98 n)``.
+    """
+    factor = {"mean": 1.0, "median": np.sqrt(np.pi / 2), "mode": np.sqrt(np.pi / 2),
+              "biweight": 1.0 / np.sqrt(0.98)}
+    if statistic not in factor:
+        raise InputError(f"unknown statistic {statistic!r}; expected one of {STATISTICS}")
+    n = np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 1, factor[statistic] * np.asarray(std, float) / np.sqrt(n), np.nan)
