@@ -12,6 +12,7 @@ middle elements.  This is what makes the annulus estimator >10x faster than
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,16 +30,19 @@ def sigma68(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
     v = np.asarray(values, float)
     if v.size == 0 or not np.isfinite(v).any():
         return np.nan if axis is None else np.full(np.delete(v.shape, axis), np.nan)
-    q16, q84 = np.nanpercentile(v, [16.0, 84.0], axis=axis)
+    with warnings.catch_warnings():  # all-NaN rows give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q16, q84 = np.nanpercentile(v, [16.0, 84.0], axis=axis)
     return (q84 - q16) / 2.0
 
 
 def mad_std(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
     """Median absolute deviation scaled to a Gaussian sigma (x 1.4826), ignoring NaN."""
     v = np.asarray(values, float)
-    med = np.nanmedian(v, axis=axis, keepdims=True)
-    out = 1.482602218505602 * np.nanmedian(np.abs(v - med), axis=axis)
-    return out
+    with warnings.catch_warnings():  # all-NaN input (a fully masked stamp) gives NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(v, axis=axis, keepdims=True)
+        return 1.482602218505602 * np.nanmedian(np.abs(v - med), axis=axis)
 
 
 @dataclass
@@ -146,8 +150,12 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
         while maxiters is None or it < maxiters:
             _, med, std, n = _stats(lo, hi)
             active = n > 0
-            lower = med - (np.inf if sl is None else sl) * std
-            upper = med + (np.inf if su is None else su) * std
+            # an open side (None or inf) must stay open even when std == 0 (inf * 0 = NaN)
+            with np.errstate(invalid="ignore"):
+                lower = (np.full_like(med, -np.inf) if sl is None or np.isinf(sl)
+                         else med - sl * std)
+                upper = (np.full_like(med, np.inf) if su is None or np.isinf(su)
+                         else med + su * std)
             # kept: lower <= v <= upper (astropy clips strictly outside the bounds)
             with np.errstate(invalid="ignore"):
                 new_lo = np.where(active, (s < lower[:, None]).sum(axis=1), lo)
@@ -182,17 +190,35 @@ def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
     return np.where(hi > lo, out, np.nan)
 
 
-def estimate_error(std: np.ndarray, n: np.ndarray, statistic: str) -> np.ndarray:
+MODE_FACTOR = float(np.sqrt(6.25 * np.pi / 2 + 2.25 - 7.5))  # = 2.137, see estimate_error
+
+
+def estimate_error(std: np.ndarray, n: np.ndarray, statistic: str, *,
+                   fallback: np.ndarray | None = None) -> np.ndarray:
     """1-sigma error of a location estimate from ``n`` independent pixels of scatter ``std``.
 
-    mean: ``std / sqrt(n)``; median and SExtractor mode: ``sqrt(pi / 2) std / sqrt(n)``
-    (the median's asymptotic variance for a Gaussian is ``(pi / 2) sigma^2 / n``, BKGnet
-    eq. 9); biweight (c = 6): efficiency ~0.98 for a Gaussian, ``std / sqrt(0.98 n)``.
+    - mean: ``std / sqrt(n)``;
+    - median: ``sqrt(pi / 2) std / sqrt(n)`` (the median's asymptotic variance for a Gaussian
+      is ``(pi / 2) sigma^2 / n``, BKGnet eq. 9);
+    - SExtractor mode ``2.5 median - 1.5 mean``: for Gaussian pixels
+      ``Var = (6.25 pi/2 + 2.25 - 2 * 3.75) sigma^2 / n`` because ``cov(median, mean) =
+      var(mean)``, i.e. ``2.137 std / sqrt(n)`` -- the mode is noisy; where it fell back to the
+      median (``fallback`` True, see :func:`sextractor_mode`) the median's factor applies;
+    - biweight (c = 6): efficiency ~0.98 for a Gaussian, ``std / sqrt(0.98 n)``.
     """
-    factor = {"mean": 1.0, "median": np.sqrt(np.pi / 2), "mode": np.sqrt(np.pi / 2),
+    factor = {"mean": 1.0, "median": np.sqrt(np.pi / 2), "mode": MODE_FACTOR,
               "biweight": 1.0 / np.sqrt(0.98)}
     if statistic not in factor:
         raise InputError(f"unknown statistic {statistic!r}; expected one of {STATISTICS}")
     n = np.asarray(n, float)
+    f = np.asarray(factor[statistic])
+    if statistic == "mode" and fallback is not None:
+        f = np.where(np.asarray(fallback, bool), np.sqrt(np.pi / 2), MODE_FACTOR)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 1, factor[statistic] * np.asarray(std, float) / np.sqrt(n), np.nan)
+        return np.where(n > 1, f * np.asarray(std, float) / np.sqrt(n), np.nan)
+
+
+def mode_fell_back(mean: np.ndarray, median: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """True where :func:`sextractor_mode` returned the median (skewed distribution)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(np.asarray(mean) - np.asarray(median)) >= 0.3 * np.asarray(std)

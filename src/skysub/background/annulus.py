@@ -19,7 +19,7 @@ from .. import flags as F
 from ..errors import InputError
 from ..image import Image, as_image
 from ..stamps import _round_half_up, annulus_offsets, gather
-from ..stats import STATISTICS, biweight_of_run, clipped_stats, estimate_error
+from ..stats import STATISTICS, biweight_of_run, clipped_stats, estimate_error, mode_fell_back
 from .base import BackgroundResult
 
 
@@ -85,7 +85,8 @@ class AnnulusBackground:
     Notes
     -----
     ``bkg_err`` is the 1-sigma error of the estimate itself: ``std / sqrt(n)`` for the mean,
-    ``sqrt(pi / 2) std / sqrt(n)`` for the median and mode (BKGnet eq. 9), with ``n`` the
+    ``sqrt(pi / 2) std / sqrt(n)`` for the median (BKGnet eq. 9), ``2.137 std / sqrt(n)`` for
+    the SExtractor mode (see :func:`skysub.stats.estimate_error`), with ``n`` the
     number of pixels kept after clipping; ``pixel_std`` is the clipped pixel scatter.
     """
 
@@ -189,7 +190,8 @@ class AnnulusBackground:
             else:
                 cs = clipped_stats(values, sigma=self.sigma, maxiters=self.maxiters)
                 loc = cs.location(self.statistic)
-            err = estimate_error(cs.std, cs.n, self.statistic)
+            fb = mode_fell_back(cs.mean, cs.median, cs.std) if self.statistic == "mode" else None
+            err = estimate_error(cs.std, cs.n, self.statistic, fallback=fb)
             bad = cs.n < self.min_pixels
             f |= np.where(bad, F.NO_DATA, 0).astype(np.int32)
             f |= np.where(~bad & (cs.n < 0.5 * cs.n_valid), F.CLIPPED, 0).astype(np.int32)
