@@ -182,9 +182,9 @@ def write_background_map(estimator: Any, image: Image, path: str | Path, *,
     if not hasattr(estimator, "background_map"):
         raise InputError(f"--map: the {getattr(estimator, 'name', 'chosen')} method gives no "
                          "background map; use --method mesh or --method templates")
-    main, extensions = estimator.background_map(image)
-    ext = {k: np.asarray(v, np.float32) for k, v in (extensions or {}).items()}
-    ext["MASK"] = image.mask.astype(np.uint8)
+    main, second = estimator.background_map(image)
+    names = getattr(estimator, "map_names", ("BACKGROUND", "EXTRA"))
+    ext = {names[1]: np.asarray(second, np.float32), "MASK": image.mask.astype(np.uint8)}
     return write_fits_product(path, main, header=image.header, wcs=image.wcs, extensions=ext,
                               overwrite=overwrite, inputs=[image.path, *inputs])
 
