@@ -64,7 +64,7 @@ def run_demo(out: Path = Path("skysub-demo"), *, seed: int = 1, quick: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config("paus")
     section = dict(cfg.simulate)
-    n_build, n_eval = (3, 1) if quick else (4, 2)
+    n_build, n_eval = (3, 1) if quick else (8, 2)
     if quick:
         section["bands"] = section["bands"][:1]
         section["shape"] = [256, 512]
