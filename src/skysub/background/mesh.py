@@ -189,28 +189,44 @@ class MeshBackground:
         return cls(**section)
 
     # -- the map ------------------------------------------------------------------------------
-    def _run(self, img: Image) -> _Mesh:
+    def _maps(self, img: Image) -> tuple[np.ndarray, np.ndarray]:
+        """sep's full-resolution background and rms maps.
+
+        Fast path: with nothing masked the data go to sep as they are (no copy, no mask),
+        which keeps skysub within a few per cent of a bare ``sep.Background`` call."""
         import sep
 
         bw, bh = self.box_size
         fw, fh = self.filter_size
-        ny, nx = img.shape
-        # native-endian, C-contiguous float64; masked pixels zeroed so no NaN reaches C
-        data = np.ascontiguousarray(np.where(img.mask, 0.0, img.data), dtype=np.float64)
-        mask = np.ascontiguousarray(img.mask, dtype=bool)
+        if img.mask.any():
+            # masked pixels zeroed so that no NaN reaches C (sep skips them through the mask)
+            data = np.ascontiguousarray(np.where(img.mask, 0.0, img.data), dtype=np.float64)
+            mask = np.ascontiguousarray(img.mask, dtype=bool)
+        else:
+            data, mask = np.ascontiguousarray(img.data, dtype=np.float64), None
         bkg = sep.Background(data, mask=mask, bw=bw, bh=bh, fw=fw, fh=fh,
                              fthresh=self.filter_threshold)
-        back = bkg.back(dtype=np.float64)
-        rms = bkg.rms(dtype=np.float64)
+        return bkg.back(dtype=np.float64), bkg.rms(dtype=np.float64)
 
-        # valid pixels per box (sep's grid: nbx = (nx - 1) // bw + 1, last box partial)
+    def _box_counts(self, img: Image) -> tuple[np.ndarray, np.ndarray]:
+        """(valid pixels, pixels) per mesh box on sep's grid (nbx = (nx - 1) // bw + 1, the
+        last box partial)."""
+        bw, bh = self.box_size
+        ny, nx = img.shape
         nbx, nby = (nx - 1) // bw + 1, (ny - 1) // bh + 1
-        pad = np.zeros((nby * bh, nbx * bw), bool)
-        pad[:ny, :nx] = ~img.mask
-        n_valid = pad.reshape(nby, bh, nbx, bw).sum(axis=(1, 3)).astype(float)
-        area = np.zeros((nby * bh, nbx * bw), bool)
-        area[:ny, :nx] = True
-        n_area = area.reshape(nby, bh, nbx, bw).sum(axis=(1, 3))
+        wx = np.minimum(bw, nx - bw * np.arange(nbx))
+        wy = np.minimum(bh, ny - bh * np.arange(nby))
+        n_area = wy[:, None] * wx[None, :]
+        if not img.mask.any():
+            return n_area.astype(float), n_area
+        bad = np.add.reduceat(np.add.reduceat(img.mask, bh * np.arange(nby), axis=0,
+                                              dtype=np.int64), bw * np.arange(nbx), axis=1)
+        return (n_area - bad).astype(float), n_area
+
+    def _run(self, img: Image) -> _Mesh:
+        back, rms = self._maps(img)
+        n_valid, n_area = self._box_counts(img)
+        nby, nbx = n_valid.shape
         good = n_valid >= MIN_GOOD_FRACTION * n_area
         if not good.any():
             return _Mesh(back, rms, n_valid, np.full((nby, nbx), np.nan), False)
@@ -263,11 +279,11 @@ class MeshBackground:
             If no mesh box has at least half of its pixels valid.
         """
         img = as_image(image, mask)
-        mesh = self._run(img)
-        if not mesh.ok:
+        n_valid, n_area = self._box_counts(img)
+        if not (n_valid >= MIN_GOOD_FRACTION * n_area).any():
             raise InputError(f"mesh background of {img.name}: no {self.box_size[0]}x"
                              f"{self.box_size[1]} box has at least half of its pixels valid")
-        return mesh.back, mesh.rms
+        return self._maps(img)
 
     # -- per-source estimates -----------------------------------------------------------------
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
