@@ -1,0 +1,88 @@
+"""Device, threads and seeds for every skysub network (pure torch; no FITS, no catalogues).
+
+CPU by default; ``"auto"`` takes a CUDA GPU (or Apple MPS) when one is present, so the same code
+runs on a laptop, a cluster node and a GPU box.  Nothing here is CUDA-specific.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for a user's ``--device`` choice.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device
+        ``auto`` (default) = the first CUDA GPU if present, else Apple MPS if present, else CPU.
+
+    Raises
+    ------
+    InputError
+        An unknown name, or a GPU asked for on a machine without one.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is available on this machine "
+                             "(use --device cpu or auto)")
+        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError("--device mps: Apple MPS is not available on this machine")
+        return torch.device("mps")
+    raise InputError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads (default: the cores this process may use); returns it.
+
+    One process per core is what Dask workers use (each calls this with 1); a single process
+    uses every core.  ``SKYSUB_THREADS`` overrides the default.
+    """
+    if n is None:
+        env = os.environ.get("SKYSUB_THREADS")
+        if env:
+            n = int(env)
+        else:
+            try:
+                n = len(os.sched_getaffinity(0))
+            except AttributeError:  # not on Linux
+                n = os.cpu_count() or 1
+    n = max(1, int(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int | None) -> None:
+    """Seed Python, numpy's legacy global generator and torch (CPU and GPU)."""
+    if seed is None:
+        return
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
