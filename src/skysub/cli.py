@@ -38,6 +38,32 @@ EPILOG_TEMPLATES = """example:
 one template per band x epoch (header keywords FILTER and EPOCH, or --band/--epoch)."""
 
 
+BACKGROUND_CHOICES = ("annulus", "templates", "mesh", "bkgnet")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("learned estimators")
+    g.add_argument("--model", default=None,
+                   help="model file or shipped model name (default for bkgnet: bkgnet-paus; "
+                        "see `skysub models list`)")
+    g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    g.add_argument("--batch-size", type=int, default=512, help="stamps per forward pass (512)")
+
+
+EPILOG_TRAIN_BKGNET = """examples:
+  skysub train bkgnet exp/*.fits --catalog cat.csv --output my_bkgnet.pt --config my.toml
+  skysub train bkgnet --simulated --config paus --labels truth --output bkgnet-sim.pt
+  skysub train bkgnet exp/*.fits --catalog cat.csv --output my_bkgnet.pt --resume
+then: skysub background exp/*.fits --catalog cat.csv --method bkgnet --model my_bkgnet.pt ...
+the model card (my_bkgnet.json) records the data, the command and the validation metrics."""
+
+EPILOG_EVAL_BKG = """examples:
+  skysub evaluate background bkg_annulus.csv bkg_bkgnet.csv --truth sim/truth.csv -o eval/
+  skysub evaluate background phot_annulus.csv phot_bkgnet.csv -o eval/   (duplicates test)
+prints sigma68 of (b - b_true)/b_true for all / edge / centre sources and per band, the bias,
+the pull width and the fraction of |pull| > 5; writes evaluate_background.csv and PNG plots."""
+
+
 def _add_common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
     p.add_argument("--config", default=None,
                    help="survey configuration: a preset name (generic, paus) or a TOML file")
@@ -99,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", "-c", required=True,
                    help="catalogue (CSV/ECSV/FITS): id and x,y (0-based px) or ra,dec (deg)")
     p.add_argument("--method", "-m", default="annulus",
-                   choices=("annulus", "templates", "mesh"), help="estimator (annulus)")
+                   choices=BACKGROUND_CHOICES, help="estimator (annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
+    _add_model_args(p)
     p.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     p.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
     p.add_argument("--statistic", choices=("median", "mean", "mode", "biweight"), default=None,
@@ -123,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--catalog", "-c", required=True)
     p.add_argument("--photometer", "-p", default="aperture", choices=("aperture", "optimal"))
-    p.add_argument("--background", "-b", default="annulus",
-                   choices=("annulus", "templates", "mesh"))
+    p.add_argument("--background", "-b", default="annulus", choices=BACKGROUND_CHOICES)
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
+    _add_model_args(p)
     p.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
     p.add_argument("--r-in", type=float, default=None)
     p.add_argument("--r-out", type=float, default=None)
@@ -133,6 +160,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")
     p.add_argument("--output", "-o", required=True)
     _add_common(p)
+
+    p = sub.add_parser("train", help="train a learned estimator")
+    trsub = p.add_subparsers(dest="what", metavar="NETWORK")
+    t = trsub.add_parser("bkgnet", help="BKGnet on your exposures (or the built-in simulator)",
+                         epilog=EPILOG_TRAIN_BKGNET, formatter_class=fmt)
+    t.add_argument("images", nargs="*", metavar="IMAGE", help="training exposures (FITS)")
+    t.add_argument("--catalog", "-c", default=None,
+                   help="catalogue of sources (avoided; their shapes are injected)")
+    t.add_argument("--output", "-o", required=True, help="model file to write (.pt)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs ([bkgnet] or 30)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    t.add_argument("--preset", choices=("lean", "paper"), default=None,
+                   help="architecture (lean: fast default; paper: the published layout)")
+    t.add_argument("--simulated", action="store_true",
+                   help="train on the built-in simulator ([simulate] of --config) instead")
+    t.add_argument("--n-exposures", type=int, default=48,
+                   help="exposures to simulate with --simulated (48)")
+    t.add_argument("--labels", choices=("pixels", "truth"), default="pixels",
+                   help="pixels: mean of the r = 8 px circle (BKGnet); truth: the simulator's "
+                        "noise-free background (--simulated only)")
+    t.add_argument("--stamps-per-image", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--no-coords", action="store_true", help="hide the CCD position (ablation)")
+    t.add_argument("--no-inject", action="store_true",
+                   help="do not inject galaxies at the stamp centres (ablation)")
+    t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    _add_common(t)
+
+    p = sub.add_parser("models", help="list or show models (shipped and your own)")
+    msub = p.add_subparsers(dest="what", metavar="WHAT")
+    msub.add_parser("list", help="the shipped models")
+    m = msub.add_parser("show", help="a model's card")
+    m.add_argument("name", help="shipped model name or model file")
+
+    p = sub.add_parser("evaluate", help="judge estimates against truth or duplicates")
+    esub = p.add_subparsers(dest="what", metavar="WHAT")
+    e = esub.add_parser("background", help="background tables against truth (or duplicates)",
+                        epilog=EPILOG_EVAL_BKG, formatter_class=fmt)
+    e.add_argument("predictions", nargs="+", metavar="PRED",
+                   help="skysub background/photometry tables (one per method)")
+    e.add_argument("--truth", "-t", default=None,
+                   help="truth table (skysub simulate's truth.csv); without it: duplicates test")
+    e.add_argument("--label", action="append", default=None,
+                   help="method label per table (default: file stem); repeat per table")
+    e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
+    e.add_argument("--edge-width", type=float, default=150.0,
+                   help="px from a CCD edge that count as 'edge' (150)")
+    e.add_argument("--quiet", "-q", action="store_true")
 
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
@@ -168,7 +245,8 @@ def _cmd_background(args) -> int:
     inputs = [args.catalog, *args.images]
     check_output(args.output, overwrite=args.overwrite, inputs=inputs)
     est = make_background(args.method, config=cfg, templates=args.templates, r_in=args.r_in,
-                          r_out=args.r_out, statistic=args.statistic)
+                          r_out=args.r_out, statistic=args.statistic, model=args.model,
+                          device=args.device, batch_size=args.batch_size)
     table = measure_background(args.images, args.catalog, est, quiet=args.quiet,
                                map_path=args.map, overwrite=args.overwrite,
                                **_read_kwargs(args, cfg))
@@ -204,7 +282,8 @@ def _cmd_photometry(args) -> int:
     inputs = [args.catalog, *args.images]
     check_output(args.output, overwrite=args.overwrite, inputs=inputs)
     est = make_background(args.background, config=cfg, templates=args.templates,
-                          r_in=args.r_in, r_out=args.r_out)
+                          r_in=args.r_in, r_out=args.r_out, model=args.model,
+                          device=args.device, batch_size=args.batch_size)
     phot = make_photometer(args.photometer, background=est, config=cfg, radius=args.radius,
                            psf_fwhm=args.psf_fwhm, psf=args.psf)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
@@ -212,6 +291,71 @@ def _cmd_photometry(args) -> int:
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
     if not args.quiet:
         print(f"{len(table)} rows -> {args.output}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+
+    if args.what != "bkgnet":
+        raise SystemExit("usage: skysub train bkgnet IMAGE... --catalog CAT --output MODEL.pt "
+                         "(see --help)")
+    from .background.bkgnet import command_line, train_bkgnet
+
+    cfg = load_config(args.config or ("paus" if args.simulated else None))
+    card = train_bkgnet(args.images, args.catalog, args.output, config=cfg, epochs=args.epochs,
+                        seed=args.seed, device=args.device, preset=args.preset,
+                        simulated=args.simulated, n_exposures=args.n_exposures,
+                        labels=args.labels, use_coords=not args.no_coords,
+                        inject=False if args.no_inject else None, resume=args.resume,
+                        overwrite=args.overwrite, quiet=args.quiet,
+                        batch_size=args.batch_size, lr=args.lr,
+                        stamps_per_image=args.stamps_per_image, command=command_line(),
+                        **_read_kwargs(args, cfg))
+    if not args.quiet:
+        m = card["metrics"]
+        print(f"wrote {args.output} (+ card {Path(args.output).with_suffix('.json')}): "
+              f"{m['n_stamps']} validation stamps, sigma68 vs label "
+              f"{m['sigma68_rel_vs_label']:.4f}, pull width {m['pull_sigma68_vs_label']:.2f}, "
+              f"best epoch {m['best_epoch']}/{m['epochs_run']}, {m['train_seconds']:.0f} s")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .nn.modelfile import describe_card, read_card, shipped_models
+
+    if args.what == "show":
+        print(describe_card(read_card(args.name)))
+        return 0
+    names = shipped_models()
+    if not names:
+        print("no shipped models")
+        return 0
+    print(f"{'name':24s} {'kind':8s} {'size':>8s}  description")
+    for n in names:
+        c = read_card(n)
+        print(f"{n:24s} {c.get('kind', '?'):8s} {c.get('file_size_bytes', 0) / 1e6:7.2f}M  "
+              f"{c.get('description', '')}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .errors import InputError
+    from .evaluate import evaluate_background, method_label, print_summary
+
+    if args.what != "background":
+        raise SystemExit("usage: skysub evaluate background PRED.csv... [--truth TRUTH.csv]")
+    labels = args.label or [method_label(p) for p in args.predictions]
+    if len(labels) != len(args.predictions):
+        raise InputError(f"--label given {len(labels)} times for {len(args.predictions)} "
+                         "tables; give one per table or none")
+    preds = dict(zip(labels, args.predictions, strict=True))
+    t = evaluate_background(preds, args.truth, output_dir=args.output_dir,
+                            edge_width=args.edge_width)
+    if not args.quiet:
+        print_summary(t)
+        if args.output_dir:
+            print(f"wrote {args.output_dir}/evaluate_background.csv and plots")
     return 0
 
 
@@ -223,7 +367,8 @@ def _cmd_demo(args) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
-            "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo}
+            "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
+            "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

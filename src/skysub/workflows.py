@@ -30,7 +30,7 @@ from .progress import progress
 
 log = logging.getLogger("skysub")
 
-BACKGROUND_METHODS = ("annulus", "templates", "mesh")
+BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet")
 PHOTOMETERS = ("aperture", "optimal")
 
 
@@ -67,17 +67,22 @@ def _catalog(catalog: str | Path | Table) -> Table:
 
 def make_background(method: str, *, config: SurveyConfig | None = None,
                     templates: Any = None, r_in: float | None = None,
-                    r_out: float | None = None, statistic: str | None = None):
+                    r_out: float | None = None, statistic: str | None = None,
+                    model: Any = None, device: str = "auto", batch_size: int = 512):
     """A background estimator by name.
 
     Parameters
     ----------
-    method : {"annulus", "templates", "mesh"}
-        ``templates`` is the annulus run on the scattered-light-corrected image (BKGnet §2.4).
+    method : {"annulus", "templates", "mesh", "bkgnet"}
+        ``templates`` is the annulus run on the scattered-light-corrected image (BKGnet §2.4);
+        ``bkgnet`` the learned estimator (:class:`skysub.background.bkgnet.BKGnetBackground`).
     config : SurveyConfig, optional
         Supplies the ``[annulus]`` and ``[mesh]`` settings (default: the generic preset).
     templates : ScatteredLightTemplates or path, required for ``templates``
     r_in, r_out, statistic : optional overrides of the ``[annulus]`` settings
+    model : model file or shipped model name for learned methods (bkgnet default:
+        ``bkgnet-paus``)
+    device, batch_size : inference settings of learned methods
     """
     from .background.annulus import AnnulusBackground
 
@@ -85,6 +90,10 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
     if method not in BACKGROUND_METHODS:
         raise InputError(f"unknown background method {method!r}; expected one of "
                          f"{', '.join(BACKGROUND_METHODS)}")
+    if method == "bkgnet":
+        from .background.bkgnet import DEFAULT_MODEL, BKGnetBackground
+
+        return BKGnetBackground(model or DEFAULT_MODEL, device=device, batch_size=batch_size)
     if method == "mesh":
         from .background.mesh import MeshBackground
 
