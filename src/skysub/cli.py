@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SkysubError
+from .pipeline import cli as timeseries_cli
 
 EPILOG_BACKGROUND = """examples:
   skysub background sim/images/*.fits --catalog sim/catalog.csv --method annulus \\
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     _add_common(p)
 
+    timeseries_cli.add_parser(sub)
+
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
     p.add_argument("--seed", type=int, default=1)
@@ -223,7 +226,8 @@ def _cmd_demo(args) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
-            "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo}
+            "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
+            "timeseries": timeseries_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,20 @@ extraction with a pluggable local background), :mod:`.lightcurves` (files, relat
 curves, Lomb-Scargle), :mod:`.plots`, :mod:`.cli` (``skysub timeseries``).
 """
 
-from ..simulate.timeseries import TimeSeriesSimConfig, simulate_observations
-from .align import AlignmentError, Transform, match_transform
-from .lightcurves import periodogram, relative_light_curve
-from .photometers import ApertureExtraction, OptimalExtraction, PSFAnnulus
-from .reduce import Reducer
+from importlib import import_module
 
-__all__ = ["Reducer", "ApertureExtraction", "OptimalExtraction", "PSFAnnulus",
-           "TimeSeriesSimConfig", "simulate_observations", "Transform", "AlignmentError",
-           "match_transform", "periodogram", "relative_light_curve"]
+# exports resolved on first use (PEP 562), so that ``skysub --help`` does not import astropy
+_EXPORTS = {
+    "Reducer": ".reduce", "ApertureExtraction": ".photometers", "OptimalExtraction":
+    ".photometers", "PSFAnnulus": ".photometers", "TimeSeriesSimConfig": "..simulate.timeseries",
+    "simulate_observations": "..simulate.timeseries", "Transform": ".align",
+    "AlignmentError": ".align", "match_transform": ".align", "periodogram": ".lightcurves",
+    "relative_light_curve": ".lightcurves",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

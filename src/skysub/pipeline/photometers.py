@@ -268,8 +268,8 @@ class OptimalExtraction(_Recipe):
 
     def __init__(self, local_background_estimator: Any = None, *, stamp_scale: float = 6.0,
                  n_iter: int = 3, **kwargs) -> None:
-        if not stamp_scale >= 3:
-            raise InputError(f"stamp_scale must be >= 3 PSF sigmas, got {stamp_scale!r}")
+        if not stamp_scale >= 2:
+            raise InputError(f"stamp_scale must be >= 2 PSF sigmas, got {stamp_scale!r}")
         self.stamp_scale = float(stamp_scale)
         self.n_iter = int(n_iter)
         super().__init__(local_background_estimator, **kwargs)

@@ -1,4 +1,4 @@
-"""The opticam-style reducer: frames in, catalogues, transforms, PSF parameters and light curves out.
+"""The opticam-style reducer: frames in; catalogues, transforms, PSF parameters, light curves out.
 
 ::
 
@@ -403,6 +403,12 @@ class Reducer:
         return (f"Reducer({str(self.data_directory)!r}, {str(self.out_directory)!r}, "
                 f"frames={n}, binning={self.binning!r}, time_system={self.time_system!r})")
 
+    def _say(self, text: str) -> None:
+        if self.quiet:
+            log.info(text)
+        else:
+            print(text)
+
     @property
     def cameras(self) -> list[str]:
         return list(self.frames)
@@ -448,7 +454,8 @@ class Reducer:
         for cam in self.cameras:
             if cam not in todo:
                 self._load_catalog(cam)
-                log.info("%s: catalogue exists, loaded (use overwrite to redo)", cam)
+                self._say(f"{cam}: catalogue exists, loaded (overwrite=True / --overwrite "
+                          "redoes it)")
         if todo:
             tasks = [(str(f.path), self.threshold, self.max_align_sources)
                      for cam in todo for f in self.frames[cam]]
@@ -489,8 +496,7 @@ class Reducer:
                 log.warning("%s: %s could not be aligned: %s", cam, f.path.name, exc)
                 transforms[f.path.name] = None
         n_bad = sum(t is None for t in transforms.values())
-        if not self.quiet:
-            print(f"{cam}: {len(frames) - n_bad} image(s) aligned, {n_bad} could not be aligned.")
+        self._say(f"{cam}: {len(frames) - n_bad} image(s) aligned, {n_bad} could not be aligned.")
         aligned = [f for f in frames if transforms[f.path.name] is not None]
         pick = np.unique(np.linspace(0, len(aligned) - 1, min(self.n_stack, len(aligned))
                                      ).round().astype(int))
@@ -594,7 +600,8 @@ class Reducer:
             todo = [r for r in recipes if overwrite or not self._lc_done(r, cam)]
             for r in recipes:
                 if r not in todo:
-                    log.info("%s/%s: light curves exist, skipped (use overwrite)", r.name, cam)
+                    self._say(f"{r.name}/{cam}: light curves exist, skipped (overwrite=True / "
+                              "--overwrite redoes them)")
             if todo:
                 jobs.append((cam, todo))
         tasks, index = [], []
@@ -622,7 +629,7 @@ class Reducer:
                 if cam not in out[r.name]:
                     out[r.name][cam] = [self.lc_directory(r) / lc_name(cam, i)
                                         for i in self.catalogs[cam]["id"]]
-            if any(cam for cam, todo in jobs if r in todo):
+            if any(r in todo for _, todo in jobs):
                 lcs = {c: [read_light_curve(p) for p in ps] for c, ps in out[r.name].items()}
                 plots.rms_vs_median(lcs, self.out_directory / "diag"
                                     / f"{r.name}_rms_vs_median.png")
