@@ -35,7 +35,7 @@ GOAL_TIME_S = 60.0
 COLUMNS = [("method", "photometer", ""), ("time_s", "reduce+phot [s]", ".1f"),
            ("bkg", "mean bkg", ".3f"), ("bkg_err", "mean bkg_err", ".3f"),
            ("bkg_mean_err", "mean bkg_mean_err", ".3f"),
-           ("flux_bias", "flux bias [%]", "+.3f"), ("flux_worst", "worst star [%]", "+.3f"),
+           ("flux_bias", "flux bias [%]", "+.4f"), ("flux_worst", "worst star [%]", "+.4f"),
            ("freq_err", "worst freq err [%]", ".3f")]
 
 
@@ -118,7 +118,7 @@ def run(n_images: int = 100, binning: int = 4, *, processes: int = 2, repeats: i
                            ", ".join(f"{r['freq_err']:.3f} %" for r in rows)))
     res.goals.append(Check("aperture and optimal fluxes within 1 % of truth (every star)",
                            all(abs(r["flux_worst"]) < 1.0 for r in rows),
-                           ", ".join(f"{r['flux_worst']:+.3f} %" for r in rows)))
+                           ", ".join(f"{r['flux_worst']:+.4f} %" for r in rows)))
     res.checks.append(Check("every simulated star catalogued in every camera",
                             all(i >= 0 for cam in cfg.cameras for i in
                                 _nearest_ids(red.catalogs[cam], truth["x"], truth["y"]))))
