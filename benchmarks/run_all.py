@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_annulus, bench_mesh, machine_line
+from . import bench_annulus, bench_mesh, bench_timeseries, machine_line
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both benchmarks with the shared options; return the exit status."""
+    """Run every benchmark with the shared options; return the exit status."""
     p = argparse.ArgumentParser(description="Run all skysub benchmarks.")
     p.add_argument("--quick", action="store_true", help="smaller sizes")
     p.add_argument("--repeats", type=int, default=3, metavar="K",
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--quick")
     print(machine_line(), flush=True)
     ok = True
-    for bench in (bench_mesh, bench_annulus):
+    for bench in (bench_mesh, bench_annulus, bench_timeseries):
         print()
         res = bench.run_from_args(bench.parse(common))
         print(res.render(), flush=True)

@@ -16,6 +16,7 @@ from benchmarks import (  # noqa: E402
     Check,
     bench_annulus,
     bench_mesh,
+    bench_timeseries,
     best_of,
     format_table,
     machine_info,
@@ -107,10 +108,13 @@ def test_run_all_quick_args(monkeypatch, capsys):
 
     monkeypatch.setattr(bench_mesh, "run_from_args", fake("mesh"))
     monkeypatch.setattr(bench_annulus, "run_from_args", fake("annulus"))
+    monkeypatch.setattr(bench_timeseries, "run_from_args", fake("timeseries"))
     assert run_all.main(["--quick", "--repeats", "2", "--seed", "5"]) == 0
-    assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048)]
+    assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
+                    ("timeseries", True, 2, 5, None)]
     out = capsys.readouterr().out
-    assert "mesh table" in out and "annulus table" in out and out.count("machine:") == 1
+    assert "mesh table" in out and "annulus table" in out and "timeseries table" in out
+    assert out.count("machine:") == 1
 
 
 def test_run_all_exit_status_on_failed_check(monkeypatch, capsys):
@@ -120,6 +124,7 @@ def test_run_all_exit_status_on_failed_check(monkeypatch, capsys):
 
     monkeypatch.setattr(bench_mesh, "run_from_args", failing)
     monkeypatch.setattr(bench_annulus, "run_from_args", failing)
+    monkeypatch.setattr(bench_timeseries, "run_from_args", failing)
     assert run_all.main(["--quick"]) == 1
     assert "[FAIL] numbers agree" in capsys.readouterr().out
 
@@ -175,3 +180,20 @@ def test_helpers():
     assert lines[2].endswith("1.235") and lines[3].endswith("-")
     info = machine_info()
     assert int(info["nproc"]) >= 1 and info["numpy"] == np.__version__
+
+
+def test_timeseries_tiny(capsys):
+    """12 frames x 3 cameras x 128 px: every number of the table against the simulated truth
+    (loose: few frames), the checks pass, timings are only printed."""
+    res = bench_timeseries.main(["--n-images", "12", "--binning", "16", "--processes", "1"])
+    assert [r["method"] for r in res.rows] == ["aperture_annulus", "optimal_annulus"]
+    for row in res.rows:
+        assert _numeric(row, "time_s") > 0
+        assert abs(_numeric(row, "bkg") - 100) < 1.0
+        assert abs(_numeric(row, "bkg_err") - 10) < 1.0
+        assert 0 < _numeric(row, "bkg_mean_err") < 1.5
+        assert abs(_numeric(row, "flux_bias")) < 1.0 and abs(_numeric(row, "flux_worst")) < 2.0
+        assert _numeric(row, "freq_err") >= 0
+    assert res.checks_passed, [c.line() for c in res.checks]
+    assert len(res.goals) == 5 and "60 s" in res.goals[0].name
+    assert "reduce+phot [s]" in capsys.readouterr().out

@@ -9,8 +9,8 @@ from skysub import flags as F
 from skysub.background.bkgnet import (
     BKGnetBackground,
     BKGnetSettings,
-    clipped_label,
     circle_values,
+    clipped_label,
     key_name,
     train_bkgnet,
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SkysubError
+from .pipeline import cli as timeseries_cli
 
 EPILOG_BACKGROUND = """examples:
   skysub background sim/images/*.fits --catalog sim/catalog.csv --method annulus \\
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--edge-width", type=float, default=150.0,
                    help="px from a CCD edge that count as 'edge' (150)")
     e.add_argument("--quiet", "-q", action="store_true")
+    timeseries_cli.add_parser(sub)
 
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
@@ -368,7 +370,8 @@ def _cmd_demo(args) -> int:
 
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
             "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
-            "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate}
+            "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate,
+            "timeseries": timeseries_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:
