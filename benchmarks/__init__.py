@@ -99,6 +99,7 @@ class BenchResult:
     checks : agreement checks (numbers that must match; a failure is a bug)
     goals : performance goals (machine dependent; a failure is reported, not raised)
     notes : free-text lines printed under the table
+    extra_tables : further (title, columns, rows) tables printed after the first
     """
 
     title: str
@@ -107,6 +108,7 @@ class BenchResult:
     checks: list[Check] = field(default_factory=list)
     goals: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra_tables: list[tuple[str, list, list]] = field(default_factory=list)
 
     @property
     def checks_passed(self) -> bool:
@@ -117,7 +119,9 @@ class BenchResult:
                           format_table(self.columns, self.rows), ""]
                          + [c.line() for c in self.checks]
                          + [("goal " + g.line()) for g in self.goals]
-                         + self.notes)
+                         + self.notes
+                         + [line for title, cols, rows in self.extra_tables
+                            for line in ("", title, "-" * len(title), format_table(cols, rows))])
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -9,7 +9,8 @@ Steps (each a public skysub function, so the demo doubles as a worked example):
    band x epoch (BKGnet eq. 1).
 3. :func:`skysub.workflows.measure_background` on the remaining exposures with the annulus
    (PAUS: median of a 3-sigma-clipped r = 30-45 px annulus), the annulus after template
-   correction (eq. 2), and the SExtractor-style mesh map.
+   correction (eq. 2), the SExtractor-style mesh map and the shipped BKGnet model
+   (``bkgnet-paus``, trained on simulated exposures of other fields).
 4. :func:`skysub.metrics.background_summary` against the noise-free truth: sigma68 of the
    relative error for all / edge / centre sources, bias, pull width.
 
@@ -100,6 +101,10 @@ def run_demo(out: Path = Path("skysub-demo"), *, seed: int = 1, quick: bool = Fa
         "annulus+templates": make_background("templates", config=cfg, templates=slt),
         "mesh": make_background("mesh", config=cfg),
     }
+    from .nn.modelfile import shipped_models
+
+    if "bkgnet-paus" in shipped_models():  # the learned estimator (trained on other fields)
+        methods["bkgnet"] = make_background("bkgnet", config=cfg, model="bkgnet-paus")
     results = []
     for name, est in progress(methods.items(), desc="methods", quiet=quiet):
         t = measure_background(evaluate, catalog, est, quiet=True, keys=cfg.header)
@@ -177,7 +182,8 @@ def _figure(path: Path, image_path: Path, slt, res: Table, cfg) -> None:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("error against distance to the edge")
-    for ax, m in zip(axes[1], methods, strict=False):
+    shown = [m for m in methods if m != "mesh"] if "bkgnet" in methods else methods
+    for ax, m in zip(axes[1], shown[:3], strict=False):
         s = res[res["method"] == m]
         rel = (s["bkg"] - s["bkg_true"]) / s["bkg_true"]
         lim = max(np.nanpercentile(np.abs(rel), 95), 1e-4)

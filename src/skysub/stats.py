@@ -81,9 +81,79 @@ def sextractor_mode(mean: np.ndarray, median: np.ndarray, std: np.ndarray) -> np
     return np.where(skewed, median, 2.5 * median - 1.5 * mean)
 
 
-def _run_sum(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    rows = np.arange(prefix.shape[0])
-    return prefix[rows, hi] - prefix[rows, lo]
+class _RunSums:
+    """Sums of ``d = s - ref`` and ``d**2`` over the runs ``[lo, hi)`` of sorted rows.
+
+    Clipping removes short tails from both ends of each sorted run, so a run's sums are the
+    row totals (fast SIMD reductions) minus the sums of its two tails, and the tails only need
+    prefix sums over the first and last ``K`` valid entries of each row (``K`` doubles when a
+    row's tail is longer).  A full row-wise ``cumsum`` -- a sequential, unvectorised pass --
+    cost more than the sort itself.
+    """
+
+    def __init__(self, s: np.ndarray, n_valid: np.ndarray, ref: np.ndarray) -> None:
+        self.s, self.n_valid = s, n_valid
+        self.ref = np.asarray(ref, np.float64)[:, None]  # float64 sums even for float32 rows
+        self.rows = np.arange(s.shape[0])
+        finite = np.arange(s.shape[1])[None, :] < n_valid[:, None]
+        d = np.where(finite, s - self.ref, 0.0)
+        self.t1 = d.sum(axis=1)
+        self.t2 = np.einsum("ij,ij->i", d, d)
+        self.K = 0
+        self._band(min(256, s.shape[1]))
+
+    def _band(self, K: int) -> None:
+        s, nv, p = self.s, self.n_valid, self.s.shape[1]
+        k = np.arange(K)[None, :]
+        left = np.where(k < nv[:, None], s[:, :K] - self.ref, 0.0)
+        ridx = nv[:, None] - K + k  # the last K valid entries (negative = before the row)
+        right = np.where(ridx >= 0, s[self.rows[:, None], np.clip(ridx, 0, p - 1)] - self.ref,
+                         0.0)
+        self.l1 = np.zeros((len(nv), K + 1))
+        self.l2 = np.zeros((len(nv), K + 1))
+        np.cumsum(left, axis=1, out=self.l1[:, 1:])
+        np.cumsum(left * left, axis=1, out=self.l2[:, 1:])
+        # suffix sums: r1[:, m] = sum of the last m valid entries
+        self.r1 = np.zeros((len(nv), K + 1))
+        self.r2 = np.zeros((len(nv), K + 1))
+        np.cumsum(right[:, ::-1], axis=1, out=self.r1[:, 1:])
+        np.cumsum((right * right)[:, ::-1], axis=1, out=self.r2[:, 1:])
+        self.K = K
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = self.n_valid - hi
+        need = int(max(lo.max(initial=0), m.max(initial=0)))
+        if need > self.K:
+            K = self.K
+            while K < need:
+                K *= 2
+            self._band(min(K, self.s.shape[1]))
+        r = self.rows
+        s1 = self.t1 - self.l1[r, lo] - self.r1[r, m]
+        s2 = self.t2 - self.l2[r, lo] - self.r2[r, m]
+        return s1, s2
+
+
+def _search(s: np.ndarray, lo: np.ndarray, hi: np.ndarray, bound: np.ndarray, *,
+              right: bool) -> np.ndarray:
+    """Row-wise ``searchsorted`` of ``bound`` in the sorted runs ``s[row, lo:hi]``: the first
+    index whose value is ``>= bound`` (``right=False``) or ``> bound`` (``right=True``).  A
+    vectorised binary search (log2(p) gathers of one value per row) instead of comparing every
+    element every iteration.  NaN bounds leave the run as it is."""
+    rows = np.arange(s.shape[0])
+    a, b = lo.copy(), hi.copy()
+    nan = np.isnan(bound)
+    while True:
+        todo = a < b
+        if not todo.any():
+            break
+        mid = (a + b) // 2
+        v = s[rows, np.minimum(mid, s.shape[1] - 1)]
+        with np.errstate(invalid="ignore"):
+            go_right = (v <= bound) if right else (v < bound)
+        a = np.where(todo & go_right, mid + 1, a)
+        b = np.where(todo & ~go_right, mid, b)
+    return np.where(nan, hi if right else lo, a)
 
 
 def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
@@ -110,7 +180,9 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
 
     Rows with no valid entry give NaN statistics and ``n == 0``.
     """
-    v = np.asarray(values, float)
+    v = np.asarray(values)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
     squeeze = v.ndim == 1
     if squeeze:
         v = v[None, :]
@@ -122,19 +194,16 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
     rows = np.arange(n_rows)
     lo = np.zeros(n_rows, np.int64)
     hi = n_valid.astype(np.int64)
-    # reference level per row for numerically safe prefix sums
+    # reference level per row for numerically safe sums
     ref = np.where(n_valid > 0, s[rows, np.maximum((n_valid - 1) // 2, 0)], 0.0)
-    d = np.where(np.isfinite(s), s - ref[:, None], 0.0)
-    c1 = np.zeros((n_rows, p + 1))
-    c2 = np.zeros((n_rows, p + 1))
-    np.cumsum(d, axis=1, out=c1[:, 1:])
-    np.cumsum(d * d, axis=1, out=c2[:, 1:])
+    sums = _RunSums(s, n_valid, ref)
 
     def _stats(lo: np.ndarray, hi: np.ndarray):
         n = hi - lo
+        s1, s2 = sums(lo, hi)
         with np.errstate(invalid="ignore", divide="ignore"):
-            m1 = _run_sum(c1, lo, hi) / n
-            var = np.maximum(_run_sum(c2, lo, hi) / n - m1 * m1, 0.0)
+            m1 = s1 / n
+            var = np.maximum(s2 / n - m1 * m1, 0.0)
         a = lo + np.maximum((n - 1) // 2, 0)
         b = lo + np.maximum(n // 2, 0)
         a = np.minimum(a, p - 1)
@@ -146,7 +215,13 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
     sl = sigma if sigma_lower is None else sigma_lower
     su = sigma if sigma_upper is None else sigma_upper
     if sigma is not None or sigma_lower is not None or sigma_upper is not None:
+        # astropy's SigmaClip: each iteration drops the values outside median -/+ sigma std of
+        # the values still kept; when no value is dropped (or maxiters is reached) the final
+        # selection is every valid value within the LAST bounds -- which may re-admit a value
+        # dropped in an earlier iteration, since the bounds are not monotonic.
         it = 0
+        full_hi = hi.copy()
+        lower = upper = None
         while maxiters is None or it < maxiters:
             _, med, std, n = _stats(lo, hi)
             active = n > 0
@@ -157,15 +232,18 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
                 upper = (np.full_like(med, np.inf) if su is None or np.isinf(su)
                          else med + su * std)
             # kept: lower <= v <= upper (astropy clips strictly outside the bounds)
-            with np.errstate(invalid="ignore"):
-                new_lo = np.where(active, (s < lower[:, None]).sum(axis=1), lo)
-                new_hi = np.where(active, (s <= upper[:, None]).sum(axis=1), hi)
-            new_lo = np.maximum(new_lo, lo)
-            new_hi = np.minimum(new_hi, hi)
+            new_lo = np.where(active, _search(s, lo, hi, lower, right=False), lo)
+            new_hi = np.where(active, _search(s, lo, hi, upper, right=True), hi)
             it += 1
             if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
                 break
             lo, hi = new_lo, new_hi
+        if lower is not None:
+            zero = np.zeros_like(lo)
+            active = full_hi > 0
+            lo = np.where(active, _search(s, zero, full_hi, lower, right=False), 0)
+            hi = np.where(active, _search(s, zero, full_hi, upper, right=True), 0)
+            hi = np.maximum(hi, lo)
     mean, med, std, n = _stats(lo, hi)
     out = ClippedStats(mean=mean, median=med, std=std, n=n, n_valid=n_valid)
     if squeeze:

@@ -1,0 +1,224 @@
+"""BKGnet against the classical estimators on held-out simulated exposures, and its speed.
+
+Held-out PAUS-like exposures (the built-in simulator, scattered light at the CCD edges) are
+simulated with a seed the model never saw; the background is estimated under every catalogued
+source by the PAUS annulus (r 30-45 px, 3-sigma-clipped median), the annulus after
+scattered-light-template correction (templates from ``--n-template`` other exposures per band x
+epoch), and BKGnet.  The table gives, against the simulator's noise-free background, sigma68 of
+the relative error overall / within 150 px of an edge / in the centre, its ratio to the
+annulus's, the bias, the pull width sigma68[(b - b_true) / bkg_err] and the fraction of
+|pull| > 5.  A second table gives forward-pass stamps/s of the ``lean`` and ``paper``
+architectures (inference mode, batch 512, channels-last, batch-norm folded) and the end-to-end
+throughput of the estimator (cutouts + normalisation + network).
+
+Goals (issue 3): sigma68 <= 0.5x the annulus's overall and <= 0.4x at the edges; pull width in
+[0.9, 1.1]; |pull| > 5 for < 1 %; >= 1000 stamps/s.
+
+Usage::
+
+    python -m benchmarks.bench_bkgnet [--model bkgnet-paus] [--quick] [--seed S]
+    python -m benchmarks.bench_bkgnet --train-exposures 48 [--labels pixels|truth]
+        (trains a model first, as `skysub train bkgnet` does, on other exposures of the
+         same field, then tests it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import BenchResult, Check, machine_line
+
+EDGE = 150.0
+COLUMNS = [("method", "method", ""), ("n", "n", "d"), ("s68_all", "σ68 all", ".4f"),
+           ("s68_edge", "σ68 edge", ".4f"), ("s68_centre", "σ68 centre", ".4f"),
+           ("ratio_all", "/annulus", ".2f"), ("ratio_edge", "/annulus edge", ".2f"),
+           ("bias", "bias", "+.4f"), ("pull", "pull σ68", ".2f"), ("f5", "|pull|>5", ".4f")]
+SPEED_COLUMNS = [("what", "what", ""), ("params", "parameters", "d"),
+                 ("mflop", "MFLOP/stamp", ".1f"), ("rate", "stamps/s", ".0f")]
+
+
+def _summary(bkg, err, truth, dist) -> dict:
+    from skysub.metrics import bias, pull_summary, scatter
+
+    ok = np.isfinite(bkg)
+    b, e, t, d = bkg[ok], err[ok], truth[ok], dist[ok]
+    edge = d < EDGE
+    p = pull_summary(b, t, e)
+    return {"n": int(ok.sum()), "s68_all": scatter(b, t), "s68_edge": scatter(b[edge], t[edge]),
+            "s68_centre": scatter(b[~edge], t[~edge]), "bias": bias(b, t),
+            "pull": p["sigma68"], "f5": p["frac_gt_5"]}
+
+
+def _forward_rate(preset: str, n_keys: int, seconds: float = 3.0) -> tuple[int, float, float]:
+    import torch
+
+    from skysub.nn.bkgnet import (
+        BKGnet,
+        BKGnetArch,
+        flops_per_stamp,
+        fuse_for_inference,
+        n_parameters,
+    )
+
+    net = BKGnet(BKGnetArch.from_preset(preset, n_keys=n_keys)).eval()
+    params, flops = n_parameters(net), flops_per_stamp(net)
+    net = fuse_for_inference(net).to(memory_format=torch.channels_last)
+    b = 512 if preset == "lean" else 64
+    x = torch.randn(b, 2, 120, 120).contiguous(memory_format=torch.channels_last)
+    extra = (torch.zeros(b, 2), torch.zeros(b), torch.ones(b), torch.zeros(b, dtype=torch.long))
+    with torch.inference_mode():
+        net(x, *extra)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            net(x, *extra)
+            n += b
+    return params, flops, n / (time.perf_counter() - t0)
+
+
+def run(model: str | None = "bkgnet-paus", *, n_test: int = 12, n_template: int = 8,
+        seed: int = 1000, train_exposures: int = 0, labels: str = "pixels",
+        epochs: int | None = None, quick: bool = False) -> BenchResult:
+    from skysub.background.annulus import AnnulusBackground
+    from skysub.background.bkgnet import BKGnetBackground, simulated_exposures, train_bkgnet
+    from skysub.background.templates import ScatteredLightTemplates, TemplateCorrected
+    from skysub.config import load_config
+
+    cfg = load_config("paus")
+    n_keys = len(cfg.simulate["bands"]) * len(cfg.simulate["epochs"])
+    n_tpl = n_template * n_keys
+    exps, _ = simulated_exposures(n_tpl + n_test + train_exposures, config=cfg.simulate,
+                                  seed=seed)
+    tpl_e, test_e = exps[:n_tpl], exps[n_tpl:n_tpl + n_test]
+    train_e = exps[n_tpl + n_test:]
+    note = ""
+    if train_exposures:
+        from skysub.io import write_fits_product
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench_bkgnet_"))
+        paths = []
+        for im, _, _, _ in train_e:  # the user's path: FITS exposures + a catalogue
+            p = tmp / im.path.name
+            write_fits_product(p, im.data, header=im.header, wcs=im.wcs)
+            paths.append(p)
+        from astropy.table import Table
+
+        (_, (cx, cy), _, _), = exps[:1]
+        fieldcat = simulated_exposures(1, config=cfg.simulate, seed=seed)[1]
+        cat = Table(fieldcat)
+        model_path = tmp / "bench.pt"
+        t0 = time.perf_counter()
+        if labels == "truth":
+            card = train_bkgnet(None, None, model_path, config=cfg, simulated=True,
+                                n_exposures=train_exposures, labels="truth", seed=seed + 1,
+                                epochs=epochs, quiet=True)
+        else:
+            card = train_bkgnet([str(p) for p in paths], cat, model_path, config=cfg,
+                                seed=seed + 1, epochs=epochs, quiet=True)
+        note = (f"trained here on {train_exposures} exposures ({labels} labels) in "
+                f"{time.perf_counter() - t0:.0f} s, best epoch {card['metrics']['best_epoch']}")
+        model = str(model_path)
+    est = BKGnetBackground(model, device="cpu")
+    if not note:
+        c = est.card
+        note = (f"model {Path(c['path']).name}: trained on {c['data'].get('source')} "
+                f"({c['data'].get('n_train')} stamps, {c['training'].get('labels')} labels), "
+                f"test exposures from seed {seed} (a field it never saw)")
+    ann = AnnulusBackground.from_config(cfg.annulus)
+    slt = ScatteredLightTemplates.build([e[0] for e in tpl_e], catalogs=[e[1] for e in tpl_e],
+                                        **cfg.templates)
+    tc = TemplateCorrected(ann, slt, name="templates")
+    methods = {"annulus r30-45 (PAUS)": ann, "annulus + templates": tc, "BKGnet": est}
+    acc = {k: ([], []) for k in methods}
+    truth_b, dist = [], []
+    t_net, n_net = 0.0, 0
+    for im, _, _, truth in test_e:
+        x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
+        truth_b.append(np.asarray(truth["bkg_true"]))
+        dist.append(np.asarray(truth["edge_distance"]))
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            r = m.estimate(im, x, y, mag=np.asarray(truth["mag"]))
+            if m is est:
+                t_net += time.perf_counter() - t0
+                n_net += len(x)
+            acc[name][0].append(r.bkg)
+            acc[name][1].append(r.bkg_err)
+    tb, dd = np.concatenate(truth_b), np.concatenate(dist)
+    rows = []
+    for name, (b, e) in acc.items():
+        row = {"method": name, **_summary(np.concatenate(b), np.concatenate(e), tb, dd)}
+        rows.append(row)
+    a = rows[0]
+    for r in rows:
+        r["ratio_all"] = r["s68_all"] / a["s68_all"]
+        r["ratio_edge"] = r["s68_edge"] / a["s68_edge"]
+    res = BenchResult(title=(f"Background under {rows[0]['n']} catalogued sources of {n_test} "
+                             f"held-out PAUS-like exposures (edge = within {EDGE:g} px); {note}"),
+                      columns=COLUMNS, rows=rows)
+    bk = rows[-1]
+    res.checks.append(Check("BKGnet gives a finite background for > 95 % of on-image sources",
+                            bk["n"] > 0.95 * len(tb), f"{bk['n']} of {len(tb)}"))
+    res.goals += [
+        Check("σ68 <= 0.5x annulus overall", bk["ratio_all"] <= 0.5, f"{bk['ratio_all']:.2f}x"),
+        Check("σ68 <= 0.4x annulus at edges", bk["ratio_edge"] <= 0.4,
+              f"{bk['ratio_edge']:.2f}x"),
+        Check("pull width in [0.9, 1.1]", 0.9 <= bk["pull"] <= 1.1, f"{bk['pull']:.2f}"),
+        Check("|pull| > 5 for < 1 %", bk["f5"] < 0.01, f"{100 * bk['f5']:.2f} %")]
+    # speed
+    speed = []
+    for preset in ("lean", "paper"):
+        p, f, rate = _forward_rate(preset, n_keys, seconds=1.5 if quick else 4.0)
+        speed.append({"what": f"{preset}: forward pass", "params": p, "mflop": f / 1e6,
+                      "rate": rate})
+    from skysub.nn.bkgnet import flops_per_stamp, n_parameters
+
+    speed.append({"what": f"estimator end to end ({Path(est.card['path']).stem})",
+                  "params": n_parameters(est.net), "mflop": flops_per_stamp(est.net) / 1e6,
+                  "rate": n_net / t_net})
+    res.extra_tables = [("Inference speed on this CPU (inference mode, batch 512 lean / 64 "
+                         "paper, channels-last, BN folded)", SPEED_COLUMNS, speed)]
+    res.goals.append(Check(">= 1000 stamps/s end to end", n_net / t_net >= 1000,
+                           f"{n_net / t_net:.0f}/s"))
+    return res
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="bkgnet-paus", help="model to test (bkgnet-paus)")
+    p.add_argument("--quick", action="store_true", help="fewer test exposures")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the test exposures (1000)")
+    p.add_argument("--n-test", type=int, default=None, help="test exposures (12; 6 quick)")
+    p.add_argument("--train-exposures", type=int, default=0,
+                   help="train a model here on this many exposures first (0 = use --model)")
+    p.add_argument("--labels", choices=("pixels", "truth"), default="pixels")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=1, help="ignored (one run)")
+    args = p.parse_args(argv)
+    if args.n_test is None:
+        args.n_test = 6 if args.quick else 12
+    if args.n_test < 1:
+        p.error(f"--n-test must be >= 1, got {args.n_test}")
+    return args
+
+
+def run_from_args(args: argparse.Namespace) -> BenchResult:
+    return run(args.model, n_test=args.n_test, seed=args.seed,
+               train_exposures=args.train_exposures, labels=args.labels, epochs=args.epochs,
+               quick=args.quick, n_template=4 if args.quick else 8)
+
+
+def main(argv=None) -> BenchResult:
+    res = run_from_args(parse(argv))
+    print(machine_line())
+    print(res.render())
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main().checks_passed else 1)
