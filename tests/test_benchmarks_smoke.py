@@ -197,3 +197,23 @@ def test_timeseries_tiny(capsys):
     assert res.checks_passed, [c.line() for c in res.checks]
     assert len(res.goals) == 5 and "60 s" in res.goals[0].name
     assert "reduce+phot [s]" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_lumos_bench_tiny(tmp_path, capsys):
+    """bench_lumos end to end with an untrained lean model (numbers meaningless; the table and
+    its goal lines must be produced)."""
+    import torch
+    from benchmarks import bench_lumos
+
+    from skysub.nn.lumos import Lumos, LumosArch
+    from skysub.nn.modelfile import save_model
+
+    torch.manual_seed(0)
+    net = Lumos(LumosArch.from_preset("lean", n_keys=6)).eval()
+    path = save_model(tmp_path / "l.pt", net, {"kind": "lumos", "arch": net.arch.as_dict()})
+    res = bench_lumos.main(["--model", str(path), "--n-objects", "40", "--n-blend", "1",
+                            "--n-speed", "50", "--repeats", "1"])
+    assert {r["method"] for r in res.rows} >= {"lumos", "aperture", "optimal"}
+    assert any("sources/s" in g.name for g in res.goals)
+    assert "Lumos vs baselines" in capsys.readouterr().out

@@ -26,7 +26,11 @@ EPILOG_PHOT = """examples:
       --background annulus --radius 8 --output phot.csv
   skysub photometry exp.fits --catalog cat.csv --photometer optimal --psf-fwhm 3.5 \\
       --background templates --templates slt.fits --output phot.csv
-output columns: image, id, x, y, flux, flux_err, bkg, bkg_err, flags (image units)"""
+  skysub photometry sim/images/*.fits --catalog sim/catalog.csv --photometer lumos \\
+      --model lumos-paus --output phot_lumos.csv
+output columns: image, id, x, y, flux, flux_err, bkg, bkg_err, flags (image units);
+lumos adds band, the mixture a1..a5, f1..f5, s1..s5 and flux_mean, flux_std, flux_mode,
+flux_median, flux_sigma68, flux_sigma95, eta (flux = mode, flux_err = sigma68; bkg is NaN)"""
 
 EPILOG_SIM = """example:
   skysub simulate ccd --output sim --n-exposures 12 --size 1024 512 --seed 1
@@ -63,6 +67,25 @@ EPILOG_EVAL_BKG = """examples:
   skysub evaluate background phot_annulus.csv phot_bkgnet.csv -o eval/   (duplicates test)
 prints sigma68 of (b - b_true)/b_true for all / edge / centre sources and per band, the bias,
 the pull width and the fraction of |pull| > 5; writes evaluate_background.csv and PNG plots."""
+
+
+EPILOG_TRAIN_LUMOS = """examples:
+  skysub train lumos --simulated --config paus --output lumos-sim.pt
+  skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs auto
+  skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs pairs.csv
+then: skysub photometry exp/*.fits --catalog cat.csv --photometer lumos --model my_lumos.pt ..."""
+
+EPILOG_EVAL_PHOT = """example:
+  skysub evaluate photometry --model lumos-paus --n-objects 4000 -o eval_phot/
+simulates held-out galaxies on simulator backgrounds; prints bias and sigma68 of (f - f0)/f0
+per magnitude for Lumos, the 62.5 % aperture, optimal weights (oracle and practical) and the
+profile fit, the PIT KS test, the blending test (i = 22 target, i = 20 neighbour at R px) and
+the duplicates test; writes evaluate_photometry*.csv and PNG plots."""
+
+EPILOG_COADD = """example:
+  skysub coadd phot_lumos_*.csv --output coadd.csv
+one row per id (and band): flux_ivw, flux_ivw_err (eq. 21) and, for Lumos tables, the
+summaries of the product of the PDFs (flux_pdf_mode, flux_pdf_sigma68, ...)."""
 
 
 def _add_common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
@@ -150,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_PHOT, formatter_class=fmt)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--catalog", "-c", required=True)
-    p.add_argument("--photometer", "-p", default="aperture", choices=("aperture", "optimal"))
+    p.add_argument("--photometer", "-p", default="aperture",
+                   choices=("aperture", "optimal", "lumos"),
+                   help="aperture, optimal (eq. 6 weights) or lumos (flux PDFs; --model)")
     p.add_argument("--background", "-b", default="annulus", choices=BACKGROUND_CHOICES)
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     _add_model_args(p)
@@ -191,6 +216,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
     _add_common(t)
 
+    # -- Lumos (issue 4) ------------------------------------------------------------------
+    t = trsub.add_parser("lumos", help="Lumos flux PDFs on Teahupoo-like simulations",
+                         epilog=EPILOG_TRAIN_LUMOS, formatter_class=fmt)
+    t.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="exposures giving the background cutouts (FITS)")
+    t.add_argument("--catalog", "-c", default=None,
+                   help="catalogue (positions to avoid; joint mag, r50, sersic_n, ba, theta)")
+    t.add_argument("--output", "-o", required=True, help="model file to write (.pt)")
+    t.add_argument("--simulated", action="store_true",
+                   help="background cutouts from the built-in simulator ([simulate])")
+    t.add_argument("--n-exposures", type=int, default=None,
+                   help="exposures to simulate with --simulated ([lumos] or 48)")
+    t.add_argument("--stamps-per-image", type=int, default=None)
+    t.add_argument("--pairs", default=None,
+                   help="fine-tune the last layer on pairs (eq. 11-12): a CSV with id, image_1, "
+                        "image_2, or 'auto' (same object, same band, two training exposures)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--preset", choices=("lean", "paper"), default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    _add_common(t)
+    p = sub.add_parser("coadd", help="coadd photometry across exposures (PDF product, eq. 21)",
+                       epilog=EPILOG_COADD, formatter_class=fmt)
+    p.add_argument("tables", nargs="+", metavar="PHOT", help="skysub photometry tables")
+    p.add_argument("--output", "-o", required=True, help="coadded table (.csv, .ecsv, .fits)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("models", help="list or show models (shipped and your own)")
     msub = p.add_subparsers(dest="what", metavar="WHAT")
     msub.add_parser("list", help="the shipped models")
@@ -210,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
     e.add_argument("--edge-width", type=float, default=150.0,
                    help="px from a CCD edge that count as 'edge' (150)")
+    e.add_argument("--quiet", "-q", action="store_true")
+    e = esub.add_parser("photometry", help="Lumos-style benchmark of photometers on "
+                        "simulations (Fig. 6-9)", epilog=EPILOG_EVAL_PHOT, formatter_class=fmt)
+    e.add_argument("--model", default="lumos-paus", help="Lumos model (lumos-paus)")
+    e.add_argument("--n-objects", type=int, default=4000, help="held-out galaxies (4000)")
+    e.add_argument("--seed", type=int, default=123)
+    e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
+    e.add_argument("--config", default="paus")
+    e.add_argument("--overwrite", action="store_true")
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
 
@@ -283,11 +349,12 @@ def _cmd_photometry(args) -> int:
     cfg = load_config(args.config)
     inputs = [args.catalog, *args.images]
     check_output(args.output, overwrite=args.overwrite, inputs=inputs)
-    est = make_background(args.background, config=cfg, templates=args.templates,
-                          r_in=args.r_in, r_out=args.r_out, model=args.model,
-                          device=args.device, batch_size=args.batch_size)
+    est = None if args.photometer == "lumos" else make_background(
+        args.background, config=cfg, templates=args.templates, r_in=args.r_in, r_out=args.r_out,
+        model=args.model, device=args.device, batch_size=args.batch_size)
     phot = make_photometer(args.photometer, background=est, config=cfg, radius=args.radius,
-                           psf_fwhm=args.psf_fwhm, psf=args.psf)
+                           psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
+                           device=args.device, batch_size=args.batch_size)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **_read_kwargs(args, cfg))
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
@@ -299,9 +366,11 @@ def _cmd_photometry(args) -> int:
 def _cmd_train(args) -> int:
     from .config import load_config
 
+    if args.what == "lumos":
+        return _cmd_train_lumos(args)
     if args.what != "bkgnet":
-        raise SystemExit("usage: skysub train bkgnet IMAGE... --catalog CAT --output MODEL.pt "
-                         "(see --help)")
+        raise SystemExit("usage: skysub train bkgnet|lumos IMAGE... --catalog CAT --output "
+                         "MODEL.pt (see --help)")
     from .background.bkgnet import command_line, train_bkgnet
 
     cfg = load_config(args.config or ("paus" if args.simulated else None))
@@ -345,6 +414,8 @@ def _cmd_evaluate(args) -> int:
     from .errors import InputError
     from .evaluate import evaluate_background, method_label, print_summary
 
+    if args.what == "photometry":
+        return _cmd_evaluate_photometry(args)
     if args.what != "background":
         raise SystemExit("usage: skysub evaluate background PRED.csv... [--truth TRUTH.csv]")
     labels = args.label or [method_label(p) for p in args.predictions]
@@ -361,6 +432,52 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+# -- Lumos (issue 4) ------------------------------------------------------------------------------
+def _cmd_train_lumos(args) -> int:
+    from .background.bkgnet import command_line
+    from .config import load_config
+    from .photometry.lumos import train_lumos
+
+    cfg = load_config(args.config or ("paus" if args.simulated else None))
+    card = train_lumos(args.images, args.catalog, args.output, config=cfg,
+                       simulated=args.simulated, n_exposures=args.n_exposures,
+                       stamps_per_image=args.stamps_per_image, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+                       pairs=args.pairs, seed=args.seed, device=args.device,
+                       threads=args.threads, resume=args.resume, overwrite=args.overwrite,
+                       quiet=args.quiet, command=command_line(), **_read_kwargs(args, cfg))
+    if not args.quiet:
+        m = card["metrics"]
+        print(f"wrote {args.output}: {m['n']} validation stamps, sigma68 (mode) "
+              f"{m.get('sigma68_mode_all', float('nan')):.3f}, PIT KS p {m['pit_ks_pvalue']:.3g}, "
+              f"{m['train_seconds']:.0f} s")
+    return 0
+
+
+def _cmd_evaluate_photometry(args) -> int:
+    from .config import load_config
+    from .evaluate import evaluate_photometry, print_photometry_summary
+
+    res = evaluate_photometry(args.model, n_objects=args.n_objects, seed=args.seed,
+                              config=load_config(args.config), output_dir=args.output_dir,
+                              overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        print_photometry_summary(res)
+    return 0
+
+
+def _cmd_coadd(args) -> int:
+    from .io import check_output, read_catalog, write_table
+    from .photometry.coadd import coadd_tables
+
+    check_output(args.output, overwrite=args.overwrite, inputs=args.tables)
+    out = coadd_tables([read_catalog(p) for p in args.tables])
+    write_table(out, args.output, overwrite=args.overwrite, inputs=args.tables)
+    if not args.quiet:
+        print(f"{len(out)} objects -> {args.output}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -371,7 +488,7 @@ def _cmd_demo(args) -> int:
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
             "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
             "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate,
-            "timeseries": timeseries_cli.run}
+            "timeseries": timeseries_cli.run, "coadd": _cmd_coadd}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,3 +264,251 @@ def print_summary(t: Table) -> None:
 
 
 __all__ = ["evaluate_background", "print_summary", "method_label", "EDGE_WIDTH"]
+
+
+# ----------------------------------------------------------------------------------------------
+# photometry benchmark (Lumos §5, Figs. 6-9) -- `skysub evaluate photometry`
+# ----------------------------------------------------------------------------------------------
+
+PHOT_METHODS = ("lumos", "aperture", "optimal_oracle", "optimal", "profile_fit")
+
+
+def _inject(image, bkg_map, x, y, g, settings, psf, rng, *, dmag=None):
+    """Add galaxies ``g`` (dict: mag, r50, sersic_n, ba, theta) at (x, y) of ``image`` (with
+    photon noise), in place; return their true fluxes and the noise-free model stamps (31 px,
+    stamps layout) and the true background under each (mean of a 31 px box)."""
+    from .simulate.ccd import _add_stamps
+    from .simulate.galaxies import band_flux, render_galaxies
+    from .stamps import _round_half_up, cutouts
+
+    meta = image.meta
+    m = len(x)
+    dmag = rng.normal(0.0, settings.colour_scatter, m) if dmag is None else dmag
+    flux = band_flux(g["mag"], dmag, meta.exptime or 1.0, meta.gain, settings)
+    xi, yi = _round_half_up(x), _round_half_up(y)
+    clean = render_galaxies(flux, g["r50"], g["sersic_n"], g["ba"], g["theta"], x - xi, y - yi,
+                            psf, 59, settings.oversample)
+    noisy = rng.poisson(np.clip(clean, 0, None) * meta.gain) / meta.gain
+    _add_stamps(image.data, noisy, xi, yi)
+    model31 = clean[:, 14:45, 14:45]
+    bt = cutouts(bkg_map, x, y, 31).data
+    return flux, model31, bt
+
+
+def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float = 72.0):
+    """Held-out exposures of the simulator (seed distinct from training) with galaxies injected
+    on a jittered grid of empty positions; every object is observed twice (exposures k and
+    k + n_keys share band and epoch) with the same flux, for the duplicates test."""
+    from .background.bkgnet import _galaxy_pool, simulated_exposures
+    from .simulate.galaxies import psf_for
+
+    rng = np.random.default_rng(seed)
+    psf = psf_for(settings)
+    bands = config.simulate.get("bands", ["NB455", "NB685", "NB845"])
+    epochs = config.simulate.get("epochs", ["before", "after"])
+    nk = len(bands) * len(epochs)
+    shape = config.simulate.get("shape", [512, 1024])
+    per = int((shape[0] // spacing - 1) * (shape[1] // spacing - 1) * 0.8)
+    n_exp = int(np.ceil(n_objects / max(per, 1) / nk)) * 2 * nk
+    exps, fieldcat = simulated_exposures(n_exp, config=config.simulate, seed=seed + 7)
+    pool = _galaxy_pool(fieldcat, rng)
+    rows, images = [], []
+    for blk in range(0, n_exp, 2 * nk):
+        for k in range(nk):
+            pair = [exps[blk + k], exps[blk + k + nk]]
+            pos = []
+            for image, cat_xy, _bg, _t in pair:
+                ny, nx = image.shape
+                gx, gy = np.meshgrid(np.arange(spacing, nx - spacing / 2, spacing),
+                                     np.arange(spacing, ny - spacing / 2, spacing))
+                px = gx.ravel() + rng.uniform(-8, 8, gx.size)
+                py = gy.ravel() + rng.uniform(-8, 8, gy.size)
+                from scipy.spatial import cKDTree
+
+                d, _ = cKDTree(np.column_stack(cat_xy)).query(np.column_stack([px, py]))
+                pos.append((px[d > settings.empty_radius], py[d > settings.empty_radius]))
+            m = min(len(pos[0][0]), len(pos[1][0]))
+            pick = rng.integers(0, len(pool["mag"]), m)
+            g = {c: np.asarray(v, float)[pick] for c, v in pool.items()}
+            g["sersic_n"] = np.clip(g["sersic_n"], 0.3, 8.0)
+            dmag = rng.normal(0.0, settings.colour_scatter, m)
+            oid = np.arange(m) + 100000 * (blk + k)
+            for j, (image, _xy, bg, _t) in enumerate(pair):
+                x, y = pos[j][0][:m], pos[j][1][:m]
+                flux, model, bt = _inject(image, bg, x, y, g, settings, psf, rng, dmag=dmag)
+                rows.append(Table({"image": [image.name] * m, "id": oid, "x": x, "y": y,
+                                   "flux_true": flux, "band": [image.meta.band] * m, **g}))
+                images.append((image, rows[-1], model, bt))
+    return images, psf
+
+
+def _run_methods(image, cat, model, bt, psf, lumos, methods):
+    from .background.annulus import AnnulusBackground
+    from .photometry.aperture import ModelAperturePhotometer
+    from .photometry.optimal import OptimalPhotometer
+    from .photometry.profile_fit import ProfileFitPhotometer
+
+    ann = AnnulusBackground(30.0, 45.0)
+    x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
+    out = {}
+    if "lumos" in methods:
+        r = lumos.measure(image, x, y, catalog=cat)
+        out["lumos"] = (r.flux, r.flux_err, r.extra)
+    if "aperture" in methods:
+        r = ModelAperturePhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
+        out["aperture"] = (r.flux, r.flux_err, None)
+    if "optimal" in methods:
+        r = OptimalPhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
+        out["optimal"] = (r.flux, r.flux_err, None)
+    if "optimal_oracle" in methods:
+        r = OptimalPhotometer(oracle=True, size=31).measure(image, x, y, model=model,
+                                                            bkg_true=bt)
+        # the oracle estimates the in-stamp model flux: scale to the total
+        frac = model.sum((1, 2)) / np.asarray(cat["flux_true"])
+        out["optimal_oracle"] = (r.flux / frac, r.flux_err / frac, None)
+    if "profile_fit" in methods:
+        r = ProfileFitPhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
+        out["profile_fit"] = (r.flux, r.flux_err, None)
+    return out
+
+
+def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int = 123,
+                        config=None, output_dir=None, overwrite: bool = False,
+                        quiet: bool = False, methods=PHOT_METHODS, blending: bool = True,
+                        n_blend: int = 24) -> dict:
+    """Benchmark photometers on held-out simulations as Lumos §5 does.
+
+    Returns a dict of Tables: ``by_mag`` (method, mag bin, n, bias, sigma68 of (f - f0)/f0;
+    Fig. 7), ``summary`` (per method: bias for i < 22, sigma68 for i > 21, sigma68[D] of the
+    duplicates, and for Lumos the PIT KS p-value), ``pit`` (histogram, Fig. 6) and ``blending``
+    (method, R, bias and sigma68 of the i = 22 target's flux error; Figs. 8-9).
+    """
+    from .config import load_config
+    from .metrics import bias, pit_gaussian_mixture, pit_histogram, pit_uniformity, scatter
+    from .photometry.lumos import LumosPhotometer
+    from .progress import progress
+    from .simulate.galaxies import GalaxySimSettings
+
+    cfg = config or load_config("paus")
+    lumos = LumosPhotometer(model)
+    settings = GalaxySimSettings.from_config(lumos.card.get("inputs", {}).get("simulation", {}))
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+    fields, psf = _test_fields(n_objects, cfg, settings, seed)
+    res: dict[str, list] = {m: [] for m in methods}
+    truth = []
+    for image, cat, mdl, bt in progress(fields, desc="measuring", quiet=quiet, unit="image"):
+        r = _run_methods(image, cat, mdl, bt, psf, lumos, methods)
+        for m in methods:
+            res[m].append(r[m])
+        truth.append(cat)
+    tr = vstack(truth)
+    f0 = np.asarray(tr["flux_true"])
+    mag = np.asarray(tr["mag"])
+    edges = np.arange(18.0, 23.5, 0.5)
+    rows, summ = [], []
+    for m in methods:
+        f = np.concatenate([r[0] for r in res[m]])
+        e = np.concatenate([r[1] for r in res[m]])
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            sel = (mag >= lo) & (mag < hi) & np.isfinite(f)
+            if sel.sum() >= 5:
+                rows.append({"method": m, "mag_lo": lo, "mag_hi": hi, "n": int(sel.sum()),
+                             "bias": bias(f[sel], f0[sel]), "sigma68": scatter(f[sel], f0[sel])})
+        ok = np.isfinite(f)
+        t = Table({"id": tr["id"], "image": tr["image"], "band": tr["band"], "flux": f,
+                   "flux_err": e})
+        dup = duplicates_from_table(t[ok & (e > 0)], id_col="id")
+        row = {"method": m, "n": int(ok.sum()),
+               "bias_i_lt_22": bias(f[ok & (mag < 22)], f0[ok & (mag < 22)]),
+               "sigma68_i_gt_21": scatter(f[ok & (mag > 21)], f0[ok & (mag > 21)]),
+               "sigma68_all": scatter(f[ok], f0[ok]),
+               "sigma68_D": sigma68(dup) if len(dup) else np.nan, "pit_ks_p": np.nan}
+        if m == "lumos":
+            ex = [r[2] for r in res[m]]
+            a = np.concatenate([np.column_stack([x[f"a{i}"] for i in range(1, 6)]) for x in ex])
+            mu = np.concatenate([np.column_stack([x[f"f{i}"] for i in range(1, 6)]) for x in ex])
+            sg = np.concatenate([np.column_stack([x[f"s{i}"] for i in range(1, 6)]) for x in ex])
+            pit = pit_gaussian_mixture(a[ok], mu[ok], sg[ok], f0[ok], lower=0.0)
+            row["pit_ks_p"] = pit_uniformity(pit).pvalue
+            counts, pedges = pit_histogram(pit, bins=10)
+            pit_t = Table({"lo": pedges[:-1], "hi": pedges[1:], "count": counts})
+        summ.append(row)
+    out_t = {"by_mag": Table(rows=rows), "summary": Table(rows=summ)}
+    if "lumos" in methods:
+        out_t["pit"] = pit_t
+    if blending:
+        out_t["blending"] = blending_test(lumos, cfg, settings, psf, seed=seed + 1,
+                                          n_per_r=n_blend, methods=("lumos", "aperture",
+                                                                    "optimal"))
+    if output_dir is not None:
+        for k, v in out_t.items():
+            write_table(v, out / f"evaluate_photometry_{k}.csv", overwrite=overwrite)
+    return out_t
+
+
+def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8, 12, 16, 20),
+                  n_per_r: int = 24, methods=("lumos", "aperture")) -> Table:
+    """Lumos Figs. 8-9: an i = 22 target with an i = 20 neighbour at R px; relative flux error
+    of the target (bias = median, and sigma68) per method and R."""
+    from .background.bkgnet import simulated_exposures
+    from .metrics import bias, scatter
+
+    rng = np.random.default_rng(seed)
+    n_exp = int(np.ceil(len(radii) * n_per_r / 60))
+    exps, _ = simulated_exposures(max(n_exp, 1), config=cfg.simulate, seed=seed)
+    rows = []
+    per_r = {r: {m: [] for m in methods} for r in radii}
+    truth = {r: [] for r in radii}
+    slots = []
+    for image, _xy, bg, _t in exps:
+        ny, nx = image.shape
+        gx, gy = np.meshgrid(np.arange(80, nx - 60, 100.0), np.arange(80, ny - 60, 100.0))
+        slots += [(image, bg, x, y) for x, y in zip(gx.ravel(), gy.ravel(), strict=True)]
+    need = len(radii) * n_per_r
+    slots = slots[:need]
+    shape = {"r50": 2.5, "sersic_n": 1.0, "ba": 0.7, "theta": 30.0}
+    assign = np.repeat(np.arange(len(radii)), n_per_r)[:len(slots)]
+    by_image: dict[int, list] = {}
+    for (image, bg, x, y), ri in zip(slots, assign, strict=True):
+        by_image.setdefault(id(image), [image, bg, []])[2].append((x, y, radii[ri]))
+    for image, bg, items in by_image.values():
+        x = np.array([i[0] for i in items]) + rng.uniform(-0.5, 0.5, len(items))
+        y = np.array([i[1] for i in items]) + rng.uniform(-0.5, 0.5, len(items))
+        R = np.array([i[2] for i in items], float)
+        ang = rng.uniform(0, 2 * np.pi, len(items))
+        xn, yn = x + R * np.cos(ang), y + R * np.sin(ang)
+        m = len(items)
+        g = {k: np.full(m, v) for k, v in shape.items()}
+        f_t, model, bt = _inject(image, bg, x, y, {**g, "mag": np.full(m, 22.0)}, settings, psf,
+                                 rng, dmag=np.zeros(m))
+        _inject(image, bg, xn, yn, {**g, "mag": np.full(m, 20.0)}, settings, psf, rng,
+                dmag=np.zeros(m))
+        cat = Table({"x": x, "y": y, "mag": np.full(m, 22.0), "flux_true": f_t, **g})
+        r = _run_methods(image, cat, model, bt, psf, lumos, methods)
+        for j, rr in enumerate(R):
+            truth[rr].append(f_t[j])
+            for mth in methods:
+                per_r[rr][mth].append(r[mth][0][j])
+    for rr in radii:
+        t0 = np.asarray(truth[rr])
+        for mth in methods:
+            f = np.asarray(per_r[rr][mth])
+            ok = np.isfinite(f)
+            rows.append({"method": mth, "R": rr, "n": int(ok.sum()),
+                         "bias": bias(f[ok], t0[ok]) if ok.sum() else np.nan,
+                         "sigma68": scatter(f[ok], t0[ok]) if ok.sum() > 2 else np.nan})
+    return Table(rows=rows)
+
+
+def print_photometry_summary(res: dict) -> None:
+    """Print the benchmark tables."""
+    for k in ("summary", "by_mag", "blending", "pit"):
+        if k in res:
+            t = res[k]
+            for c in t.colnames:
+                if t[c].dtype.kind == "f":
+                    t[c].format = ".4f"
+            print(f"\n== {k} ==")
+            t.pprint_all()

@@ -31,7 +31,7 @@ from .progress import progress
 log = logging.getLogger("skysub")
 
 BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet")
-PHOTOMETERS = ("aperture", "optimal")
+PHOTOMETERS = ("aperture", "optimal", "lumos")
 
 
 def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
@@ -208,9 +208,11 @@ def _stack(tables: list[Table]) -> Table:
 
 def make_photometer(name: str, *, background: Any, config: SurveyConfig | None = None,
                     radius: float | None = None, psf_fwhm: float | None = None,
-                    psf: str | Path | None = None):
-    """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius)
-    or ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model)."""
+                    psf: str | Path | None = None, model: str | Path | None = None,
+                    device: str = "auto", batch_size: int = 512):
+    """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
+    ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
+    (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background)."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -220,6 +222,13 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         r = radius if radius is not None else config.photometry.get("aperture_radius", 8.0)
         return photometer_from_name("aperture", radius=float(r), background=background)
     from .simulate.psf import gaussian_psf, load_psf
+
+    if name == "lumos":
+        from .photometry.lumos import DEFAULT_MODEL, LumosPhotometer
+
+        return LumosPhotometer(model or DEFAULT_MODEL, psf=None if psf is None else load_psf(psf),
+                               device=device, batch_size=batch_size,
+                               estimator=(config.lumos or {}).get("estimator"))
 
     if psf is not None:
         kernel = load_psf(psf)
@@ -249,6 +258,11 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
         t["y"] = np.asarray(cat["y"], float)
         for col in ("flux", "flux_err", "bkg", "bkg_err", "flags"):
             t[col] = getattr(res, col)
+        extra_cols = getattr(photometer, "extra_columns", ())  # e.g. Lumos mixtures
+        if extra_cols:
+            t["band"] = np.full(len(cat), str(image.meta.band))
+            for col in extra_cols:
+                t[col] = res.extra[col]
         tables.append(t)
     out = _stack(tables)
     for col in ("flux", "flux_err"):

@@ -1,0 +1,132 @@
+"""Lumos photometry benchmark (Lumos §5): accuracy against baselines on held-out simulations,
+PDF calibration, blending, duplicates, and throughput.
+
+Methods: Lumos (flux = PDF mode, error = sigma68), the 62.5 %-light elliptical aperture with a
+3-sigma-clipped 30-45 px annulus, optimal linear weights (eq. 6) as an oracle (true model and
+background) and in practice (catalogue model, annulus background), and the profile fit (eq. 3).
+
+Goals (issue 4): for i > 21, sigma68 of (f - f0)/f0 <= 0.75 x practical optimal and <= 0.6 x
+aperture; |bias| < 2 % for i < 22; PIT KS p > 0.01; sigma68[D] within 0.05 of 1; blending
+|error| < 10 % at R >= 5 px; >= 1,000 sources/s including the model rendering.
+
+Usage::
+
+    python -m benchmarks.bench_lumos [--quick] [--model lumos-paus] [--n-objects N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import BenchResult, Check, base_parser, check_args, machine_line
+
+COLUMNS = [("method", "method", ""), ("n", "n", "d"), ("bias_i_lt_22", "bias i<22", ".3f"),
+           ("sigma68_i_gt_21", "σ68 i>21", ".3f"), ("sigma68_all", "σ68 all", ".3f"),
+           ("sigma68_D", "σ68[D]", ".3f"), ("pit_ks_p", "PIT KS p", ".3g"),
+           ("blend_R5", "|bias| R>=5", ".3f")]
+
+
+def throughput(model: str, n: int, repeats: int, seed: int) -> tuple[float, float]:
+    """Sources per second of LumosPhotometer.measure (cutouts, model rendering, network, PDF
+    summaries) on a simulator exposure; and the network's FLOP per source."""
+    from skysub.background.bkgnet import simulated_exposures
+    from skysub.nn.lumos import flops_per_stamp
+    from skysub.photometry.lumos import LumosPhotometer
+
+    exps, _ = simulated_exposures(1, seed=seed)
+    image = exps[0][0]
+    rng = np.random.default_rng(seed)
+    ny, nx = image.shape
+    x, y = rng.uniform(0, nx - 1, n), rng.uniform(0, ny - 1, n)
+    cat = {"r50": rng.uniform(1, 5, n), "sersic_n": rng.uniform(0.5, 4, n),
+           "ba": rng.uniform(0.3, 1, n), "theta": rng.uniform(0, 180, n),
+           "mag": rng.uniform(19, 23, n)}
+    phot = LumosPhotometer(model)
+    phot.measure(image, x[:50], y[:50], catalog={k: v[:50] for k, v in cat.items()})
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        phot.measure(image, x, y, catalog=cat)
+        best = min(best, time.perf_counter() - t0)
+    from skysub.nn.modelfile import load_model
+
+    net, _ = load_model(model, kind="lumos")
+    return n / best, flops_per_stamp(net)
+
+
+def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, seed: int
+        ) -> BenchResult:
+    from skysub.evaluate import evaluate_photometry
+
+    t0 = time.perf_counter()
+    ev = evaluate_photometry(model, n_objects=n_objects, seed=seed + 123, quiet=True,
+                             n_blend=n_blend)
+    elapsed = time.perf_counter() - t0
+    summ, blend = ev["summary"], ev["blending"]
+    rows = []
+    for r in summ:
+        b = blend[(blend["method"] == r["method"]) & (blend["R"] >= 5)]
+        rows.append({c: r[c] for c in ("method", "n", "bias_i_lt_22", "sigma68_i_gt_21",
+                                        "sigma68_all", "sigma68_D", "pit_ks_p")}
+                    | {"blend_R5": float(np.max(np.abs(b["bias"]))) if len(b) else np.nan})
+    res = BenchResult(title=f"Lumos vs baselines on {len(summ) and summ['n'][0]} held-out "
+                            f"simulated observations (model {model})", columns=COLUMNS, rows=rows)
+    by = {r["method"]: r for r in rows}
+    lum = by.get("lumos")
+    if lum:
+        for ref, fac in (("optimal", 0.75), ("aperture", 0.6)):
+            if ref in by:
+                lim = fac * by[ref]["sigma68_i_gt_21"]
+                res.goals.append(Check(f"i > 21: sigma68 <= {fac} x {ref}",
+                                       bool(lum["sigma68_i_gt_21"] <= lim),
+                                       f"{lum['sigma68_i_gt_21']:.3f} vs {lim:.3f}"))
+        res.goals.append(Check("|bias| < 2 % for i < 22", bool(abs(lum["bias_i_lt_22"]) < 0.02),
+                               f"{lum['bias_i_lt_22']:+.3f}"))
+        res.goals.append(Check("PIT KS p > 0.01", bool(lum["pit_ks_p"] > 0.01),
+                               f"p = {lum['pit_ks_p']:.3g}"))
+        res.goals.append(Check("sigma68[D] within 0.05 of 1",
+                               bool(abs(lum["sigma68_D"] - 1) <= 0.05),
+                               f"{lum['sigma68_D']:.3f}"))
+        res.goals.append(Check("blending |bias| < 10 % at R >= 5 px",
+                               bool(lum["blend_R5"] < 0.1), f"worst {lum['blend_R5']:.3f}"))
+    rate, flops = throughput(model, n_speed, repeats, seed)
+    res.goals.append(Check(">= 1,000 sources/s on this machine (rendering included)",
+                           bool(rate >= 1000), f"{rate:.0f}/s, {flops / 1e6:.1f} MFLOP per "
+                                               "source; the CPU may be shared"))
+    res.notes.append(f"accuracy part: {elapsed:.0f} s; blending: i = 22 target, i = 20 "
+                     f"neighbour, {n_blend} per R")
+    return res
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--model", default="lumos-paus", help="Lumos model (lumos-paus)")
+    p.add_argument("--n-objects", type=int, default=None,
+                   help="held-out galaxies (default 4000; 300 with --quick)")
+    p.add_argument("--n-blend", type=int, default=None, help="realisations per R (24; 4 quick)")
+    p.add_argument("--n-speed", type=int, default=None, help="sources timed (5000; 1000 quick)")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    args.n_objects = args.n_objects or (300 if args.quick else 4000)
+    args.n_blend = args.n_blend or (4 if args.quick else 24)
+    args.n_speed = args.n_speed or (1000 if args.quick else 5000)
+    return args
+
+
+def run_from_args(args: argparse.Namespace) -> BenchResult:
+    return run(args.model, args.n_objects, args.n_blend, args.n_speed, args.repeats, args.seed)
+
+
+def main(argv: list[str] | None = None) -> BenchResult:
+    res = run_from_args(parse(argv))
+    print(machine_line())
+    print(res.render())
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main().checks_passed else 1)

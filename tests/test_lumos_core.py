@@ -1,0 +1,174 @@
+"""Lumos network, losses and point estimates against numerical integration and sampling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from skysub.nn.lumos import (
+    Lumos,
+    LumosArch,
+    build_from_arch,
+    flops_per_stamp,
+    fuse_for_inference,
+    lumos_loss,
+    mdn_nll,
+    mdn_nll_truncated,
+    mixture_log_pdf,
+    pair_log_overlap,
+)
+from skysub.photometry.coadd import product_of_mixtures
+from skysub.photometry.lumos import mixture_summary
+
+A = np.array([[0.5, 0.2, 0.1, 0.15, 0.05]])
+M = np.array([[1.0, -0.5, 3.0, 0.2, 6.0]])
+S = np.array([[0.8, 1.0, 0.5, 2.0, 1.5]])
+
+
+def t(a):
+    return torch.tensor(a, dtype=torch.float64)
+
+
+def test_truncated_pdf_integrates_to_one():
+    """Eq. 10: each component renormalised over [0, inf) -> the density integrates to 1 there
+    (scipy.integrate), and equals the hand-written truncated-normal mixture."""
+    def pdf(f):
+        return math.exp(float(mixture_log_pdf(t([f]), t(A), t(M), t(S), truncated=True)[0]))
+
+    total, _ = integrate.quad(pdf, 0, np.inf, limit=200)
+    assert total == pytest.approx(1.0, abs=1e-7)
+    # against scipy's truncnorm
+    f = 0.7
+    ref = sum(A[0, i] * stats.truncnorm.pdf(f, -M[0, i] / S[0, i], np.inf, M[0, i], S[0, i])
+              for i in range(5))
+    assert pdf(f) == pytest.approx(ref, rel=1e-10)
+    assert float(mixture_log_pdf(t([-0.1]), t(A), t(M), t(S), truncated=True)[0]) == -math.inf
+
+
+def test_untruncated_nll_matches_scipy():
+    y = np.array([0.3, 2.0])
+    a, m, s = np.repeat(A, 2, 0), np.repeat(M, 2, 0), np.repeat(S, 2, 0)
+    ref = -np.mean([np.log(sum(a[j, i] * stats.norm.pdf(y[j], m[j, i], s[j, i])
+                               for i in range(5))) for j in range(2)])
+    assert float(mdn_nll(t(a), t(m), t(s), t(y))) == pytest.approx(ref, rel=1e-12)
+    # the mixed loss: eq. 8 for the bright row, eq. 10 for the faint one
+    mag = t([19.0, 22.0])
+    mixed = float(lumos_loss(t(a), t(m), t(s), t(y), mag, faint_mag=20.5))
+    l8 = float(mixture_log_pdf(t(y), t(a), t(m), t(s))[0])
+    l10 = float(mixture_log_pdf(t(y), t(a), t(m), t(s), truncated=True)[1])
+    assert mixed == pytest.approx(-(l8 + l10) / 2, rel=1e-12)
+    assert float(mdn_nll_truncated(t(a), t(m), t(s), t(y))) == pytest.approx(
+        -float(mixture_log_pdf(t(y), t(a), t(m), t(s), truncated=True).mean()), rel=1e-12)
+
+
+def test_pair_overlap_against_integration():
+    """Eq. 11: closed-form log int_0^inf p1 p2 df against scipy.integrate."""
+    a2 = np.array([[0.3, 0.3, 0.2, 0.1, 0.1]])
+    m2 = np.array([[0.5, 2.0, -1.0, 4.0, 1.0]])
+    s2 = np.array([[0.6, 1.2, 0.9, 0.7, 3.0]])
+
+    def p(f, a, m, s):
+        return math.exp(float(mixture_log_pdf(t([f]), t(a), t(m), t(s), truncated=True)[0]))
+
+    num, _ = integrate.quad(lambda f: p(f, A, M, S) * p(f, a2, m2, s2), 0, np.inf, limit=200)
+    got = float(pair_log_overlap(t(A), t(M), t(S), t(a2), t(m2), t(s2))[0])
+    assert got == pytest.approx(math.log(num), abs=1e-7)
+
+
+def test_point_estimates_against_samples():
+    """mean, std, mode, median, sigma68, sigma95, eta of a truncated mixture vs 2e6 samples."""
+    rng = np.random.default_rng(1)
+    n = 2_000_000
+    comp = rng.choice(5, n, p=A[0])
+    lo = -M[0] / S[0]
+    x = stats.truncnorm.rvs(lo[comp], np.inf, loc=M[0][comp], scale=S[0][comp],
+                            random_state=rng)
+    r = mixture_summary(A, M, S, lower=0.0)
+    q = np.percentile(x, [2.5, 16, 50, 84, 97.5])
+    assert r["flux_mean"][0] == pytest.approx(x.mean(), abs=3e-3)
+    assert r["flux_std"][0] == pytest.approx(x.std(), abs=3e-3)
+    assert r["flux_median"][0] == pytest.approx(q[2], abs=5e-3)
+    assert r["flux_sigma68"][0] == pytest.approx((q[3] - q[1]) / 2, abs=5e-3)
+    assert r["flux_sigma95"][0] == pytest.approx((q[4] - q[0]) / 2, abs=1e-2)
+    assert r["eta"][0] == pytest.approx((q[4] - q[0]) / (q[3] - q[1]) - 1, abs=1e-2)
+    fg = np.linspace(0, 8, 80001)  # mode: the density's argmax (scipy truncnorm) ...
+    dens = sum(A[0, i] * stats.truncnorm.pdf(fg, lo[i], np.inf, M[0, i], S[0, i])
+               for i in range(5))
+    assert r["flux_mode"][0] == pytest.approx(fg[np.argmax(dens)], abs=2e-3)
+    h, e = np.histogram(x, bins=np.linspace(0, 8, 81))  # ... and where the samples pile up
+    assert abs(r["flux_mode"][0] - 0.5 * (e[:-1] + e[1:])[np.argmax(h)]) <= 0.1
+    # untruncated: eq. 15-16 exactly
+    u = mixture_summary(A, M, S, lower=None)
+    mean = (A * M).sum()
+    assert u["flux_mean"][0] == pytest.approx(mean, rel=1e-12)
+    assert u["flux_std"][0] ** 2 == pytest.approx((A * (S**2 + (M - mean) ** 2)).sum(), rel=1e-12)
+    # a single Gaussian: sigma68 = sigma, eta = 1.96 - 1
+    g = mixture_summary([[1.0]], [[10.0]], [[2.0]], lower=None)
+    assert g["flux_sigma68"][0] == pytest.approx(2.0 * stats.norm.ppf(0.84), rel=1e-6)
+    assert g["flux_mode"][0] == pytest.approx(10.0, abs=1e-3)
+    assert g["eta"][0] == pytest.approx(stats.norm.ppf(0.975) / stats.norm.ppf(0.84) - 1, 1e-5)
+
+
+def test_product_of_gaussians_is_analytic():
+    """Coadd of PDFs: the product of N(3, 1) and N(5, 2) is N(3.4, sqrt(0.8))."""
+    res = product_of_mixtures([np.array([[1.0]]), np.array([[1.0]])],
+                              [np.array([[3.0]]), np.array([[5.0]])],
+                              [np.array([[1.0]]), np.array([[2.0]])], lower=None, n_grid=4001)
+    assert res["flux_mean"][0] == pytest.approx(3.4, abs=2e-3)
+    assert res["flux_std"][0] == pytest.approx(math.sqrt(0.8), abs=2e-3)
+    assert res["flux_mode"][0] == pytest.approx(3.4, abs=5e-3)
+
+
+def _batch(n=8, s=60, keys=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 3, s, s, generator=g), torch.randn(n, 3, generator=g) * 0.5,
+            torch.rand(n, 2, generator=g) * 2 - 1, 20 + 2 * torch.rand(n, generator=g),
+            torch.ones(n), torch.randint(0, keys, (n,), generator=g))
+
+
+@pytest.mark.parametrize("preset", ["lean", "paper"])
+def test_shapes_and_gradient_flow(preset):
+    arch = LumosArch.from_preset(preset, n_keys=3)
+    net = Lumos(arch)
+    a, m, s = net(*_batch(4))
+    assert a.shape == m.shape == s.shape == (4, 5)
+    assert torch.allclose(a.sum(1), torch.ones(4), atol=1e-6) and (s > 0).all()
+    loss = mdn_nll_truncated(a, m, s, torch.rand(4) * 3)
+    loss.backward()
+    for name, p in net.named_parameters():
+        if name == "default_mag":
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    if preset == "lean":
+        assert flops_per_stamp(net) < 2e7
+
+
+def test_tiny_overfit_and_save_load(tmp_path):
+    from skysub.nn.modelfile import load_model, save_model
+
+    torch.manual_seed(0)
+    net = Lumos(LumosArch.from_preset("lean", n_keys=3))
+    b = _batch(16)
+    y = torch.rand(16) * 4 + 0.5
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        a, m, s = net(*b)
+        loss = mdn_nll(a, m, s, y)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < first - 1.0
+    net.eval()
+    save_model(tmp_path / "m.pt", net, {"kind": "lumos", "arch": net.arch.as_dict()})
+    net2, card = load_model(tmp_path / "m.pt", kind="lumos")
+    with torch.no_grad():
+        out1, out2 = net(*b), net2(*b)
+        fused = build_from_arch(card["arch"])
+        fused.load_state_dict(net.state_dict())
+        out3 = fuse_for_inference(fused)(*b)
+    for u, v, w in zip(out1, out2, out3, strict=True):
+        assert torch.allclose(u, v) and torch.allclose(u, w, atol=1e-4, rtol=1e-4)

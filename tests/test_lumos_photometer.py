@@ -1,0 +1,118 @@
+"""Lumos end to end on CPU: simulation -> train (+ pairs) -> LumosPhotometer -> coadd, and CLI."""
+
+import numpy as np
+import pytest
+import torch
+from astropy.table import Table
+
+from skysub.config import load_config
+from skysub.photometry.coadd import coadd_tables, inverse_variance_mean
+from skysub.photometry.lumos import LumosPhotometer, find_pairs, train_lumos
+from skysub.simulate.galaxies import GalaxySimSettings, add_galaxies
+
+
+def _tiny_config(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text('base = "paus"\n[simulate]\nshape = [192, 256]\nn_galaxies = 150\n'
+                 'n_faint = 100\n[lumos]\nstamps_per_image = 60\nepochs = 2\nbatch_size = 32\n'
+                 'finetune_epochs = 1\nmax_pairs = 64\n')
+    return load_config(p)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("lumos")
+    cfg = _tiny_config(tmp)
+    card = train_lumos(None, None, tmp / "tiny.pt", config=cfg, simulated=True, n_exposures=12,
+                       pairs="auto", quiet=True, seed=3)
+    return tmp / "tiny.pt", card, cfg
+
+
+def test_simulated_galaxies_have_the_true_flux():
+    """Galaxies (with photon noise) on a zero background: on average the stamp holds flux_true
+    (to the light beyond the 60 px stamp); the model input is unit-total and centred like the
+    galaxy."""
+    s = GalaxySimSettings(colour_scatter=0.0)
+    rng = np.random.default_rng(0)
+    gal = {"mag": np.array([19.0]), "r50": np.array([2.0]), "sersic_n": np.array([1.0]),
+           "ba": np.array([0.6]), "theta": np.array([30.0])}
+    d = add_galaxies(np.zeros((200, 60, 60)), gal, exptime=100.0, gain=1.0, settings=s, rng=rng)
+    expected = 100.0 * 10 ** (-0.4 * (19.0 - s.zero_point))
+    assert np.allclose(d["flux_true"], expected)
+    assert d["stamps"].sum((1, 2)).mean() == pytest.approx(expected, rel=4e-3)
+    assert d["models"].sum((1, 2)) == pytest.approx(np.ones(200), abs=2e-3)
+    yy, xx = np.indices((60, 60))
+    cx = (d["models"] * xx).sum((1, 2))
+    assert np.allclose(cx, 30 + d["dx"], atol=0.02)
+
+
+def test_train_predict_all_sources_and_edges(trained):
+    path, card, cfg = trained
+    assert card["kind"] == "lumos" and card["training"]["finetune"]["n_pairs"] > 0
+    assert card["metrics"]["n"] > 10
+    from skysub.background.bkgnet import simulated_exposures
+
+    exps, fieldcat = simulated_exposures(1, config=cfg.simulate, seed=99)
+    image = exps[0][0]
+    ny, nx = image.shape
+    rng = np.random.default_rng(1)
+    n = 70  # more sources than one batch (batch_size=16)
+    x = np.r_[rng.uniform(0, nx - 1, n - 4), 0.0, 2.0, nx - 1.0, 40.0]
+    y = np.r_[rng.uniform(0, ny - 1, n - 4), 50.0, 1.0, ny - 2.0, ny + 30.0]
+    cat = Table({"r50": np.full(n, 2.0), "sersic_n": np.ones(n), "ba": np.full(n, 0.8),
+                 "theta": np.zeros(n), "mag": np.full(n, 21.0)})
+    phot = LumosPhotometer(path, batch_size=16)
+    r = phot.measure(image, x, y, catalog=cat)
+    assert len(r) == n and r.flux.shape == (n,)
+    assert np.isfinite(r.flux[:n - 1]).all()  # every on-image source, edges included
+    assert (r.flags[n - 4:n - 1] & 1).all()  # EDGE
+    assert (r.flags[-1] & 16) and np.isnan(r.flux[-1])  # off image
+    a = np.column_stack([r.extra[f"a{i}"] for i in range(1, 6)])
+    assert np.allclose(a[:n - 1].sum(1), 1.0, atol=1e-6)
+    # point estimates are those of the returned mixture; same result with another batch size
+    r2 = LumosPhotometer(path, batch_size=64).measure(image, x, y, catalog=cat)
+    assert np.allclose(r.flux[:-1], r2.flux[:-1], rtol=1e-4)
+    assert np.allclose(r.flux, r.extra["flux_mode"], equal_nan=True)
+
+
+def test_find_pairs_and_coadd_tables():
+    t = Table({"id": [1, 1, 1, 2, 2, 3], "image": ["a", "b", "c", "a", "b", "a"],
+               "band": ["r", "r", "r", "r", "g", "r"]})
+    p = find_pairs(t)
+    assert sorted(zip(p["image_1"], p["image_2"], strict=True)) == [("a", "b"), ("b", "c")]
+    assert inverse_variance_mean([1.0, 3.0], [1.0, 1.0]) == pytest.approx((2.0, 1 / np.sqrt(2)))
+    # two single-Gaussian "mixtures" of one object: the PDF product is analytic
+    rows = Table({"id": [7, 7], "band": ["r", "r"], "flux": [30.0, 50.0],
+                  "flux_err": [10.0, 20.0]})
+    for i in range(1, 6):
+        rows[f"a{i}"] = [1.0 if i == 1 else 0.0] * 2
+        rows[f"f{i}"] = [30.0, 50.0]
+        rows[f"s{i}"] = [10.0, 20.0]
+    out = coadd_tables([rows])
+    assert len(out) == 1 and out["n_obs"][0] == 2
+    assert out["flux_ivw"][0] == pytest.approx(34.0)
+    assert out["flux_pdf_mean"][0] == pytest.approx(34.0, abs=0.05)
+    assert out["flux_pdf_std"][0] == pytest.approx(np.sqrt(80.0), abs=0.05)
+
+
+def test_cli_lumos_photometry_and_coadd(trained, tmp_path):
+    from skysub.cli import main
+
+    path, _card, _cfg = trained
+    sim = tmp_path / "sim"
+    assert main(["simulate", "ccd", "-o", str(sim), "--n-exposures", "2", "--size", "256", "192",
+                 "-q"]) == 0
+    outs = []
+    for k, img in enumerate(sorted((sim / "images").glob("*.fits"))):
+        o = tmp_path / f"phot{k}.csv"
+        assert main(["photometry", str(img), "-c", str(sim / "catalog.csv"), "-p", "lumos",
+                     "--model", str(path), "-o", str(o), "-q"]) == 0
+        outs.append(str(o))
+    t = Table.read(outs[0])
+    assert {"flux", "flux_err", "a1", "f5", "s3", "flux_sigma68", "eta", "band"} <= set(
+        t.colnames)
+    assert main(["coadd", *outs, "-o", str(tmp_path / "co.csv"), "-q"]) == 0
+    assert main(["coadd", *outs, "-o", str(tmp_path / "co.csv"), "-q"]) == 2  # no overwrite
+    co = Table.read(tmp_path / "co.csv")
+    assert len(co) > 0 and "flux_pdf_mode" in co.colnames
