@@ -72,8 +72,8 @@ def test_gradients_reach_every_parameter():
 
 def test_tiny_overfit():
     torch.manual_seed(0)
-    net = BKGnet(BKGnetArch.from_preset("lean", n_keys=3))
-    x, c, m, hm, k = _inputs(b=16)
+    net = BKGnet(BKGnetArch.from_preset("lean", n_keys=3, stamp_size=48, mask_size=8))
+    x, c, m, hm, k = _inputs(b=16, s=48)
     y = torch.linspace(-1, 1, 16)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
@@ -162,9 +162,9 @@ def test_settings_reject_unknown_keys():
 def tiny_model(tmp_path_factory):
     """A BKGnet trained for 3 epochs on 6 small simulated exposures (truth labels)."""
     cfg = load_config("paus")
-    cfg.simulate.update(shape=[256, 320], bands=["NB685"], n_galaxies=120, n_stars=10,
-                        n_faint=200)
-    cfg.bkgnet.update(stamps_per_image=250, stamp_size=64, mask_size=16, epochs=4,
+    cfg.simulate.update(shape=[256, 320], bands=["NB685"], n_galaxies=900, n_stars=30,
+                        n_faint=600)
+    cfg.bkgnet.update(stamps_per_image=200, stamp_size=64, mask_size=16, epochs=4,
                       batch_size=64, lr=3e-3)
     out = tmp_path_factory.mktemp("bk") / "tiny.pt"
     card = train_bkgnet(None, None, out, config=cfg, simulated=True, n_exposures=6,
@@ -182,7 +182,7 @@ def test_train_then_predict(tiny_model):
     est = BKGnetBackground(path, device="cpu", batch_size=100)  # > 1 batch of sources
     (im, _, _, truth), = simulated_exposures(1, config=cfg.simulate, seed=99)[0][:1]
     x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
-    assert len(x) > 100
+    assert len(x) > 100  # more sources than one batch of 100
     res = est.estimate(im, x, y, mag=np.asarray(truth["mag"]))
     ok = np.isfinite(res.bkg)
     assert ok.mean() > 0.95 and np.all(res.bkg_err[ok] > 0)
@@ -222,3 +222,71 @@ def test_estimator_flags_and_errors(tiny_model):
         modelfile.save_model(p2, torch.nn.Linear(1, 1), {"kind": "tiny2", "arch": {}})
         BKGnetBackground(p2)
     assert key_name(None, "after") == "-/after"
+
+
+def test_cli_models_background_and_evaluate(tiny_model, tmp_path, capsys):
+    """models show / background --method bkgnet / evaluate background, end to end."""
+    from astropy.table import Table
+
+    from skysub.background.bkgnet import simulated_exposures
+    from skysub.cli import main
+    from skysub.io import write_fits_product
+
+    path, card, cfg = tiny_model
+    assert main(["models", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "bkgnet model" in out and "NB685/before" in out
+    (im, _, _, truth), = simulated_exposures(1, config=cfg.simulate, seed=5)[0][:1]
+    img = tmp_path / "exp.fits"
+    write_fits_product(img, im.data, header=im.header, wcs=im.wcs)
+    cat = tmp_path / "cat.csv"
+    Table({"id": truth["id"], "x": truth["x"], "y": truth["y"], "mag": truth["mag"]}).write(cat)
+    truth["image"] = "exp.fits"
+    truth.write(tmp_path / "truth.csv")
+    bk = tmp_path / "bkg.csv"
+    assert main(["background", str(img), "--catalog", str(cat), "--method", "bkgnet",
+                 "--model", str(path), "--output", str(bk), "--quiet", "--device", "cpu"]) == 0
+    t = Table.read(bk, format="ascii.csv")
+    assert t.colnames[:7] == ["image", "id", "x", "y", "bkg", "bkg_err", "flags"]
+    assert len(t) == len(truth) and np.isfinite(t["bkg"]).mean() > 0.95
+    # never over an existing output without --overwrite
+    assert main(["background", str(img), "--catalog", str(cat), "--method", "bkgnet",
+                 "--model", str(path), "--output", str(bk), "--quiet"]) == 2
+    assert main(["evaluate", "background", str(bk), "--truth", str(tmp_path / "truth.csv"),
+                 "--output-dir", str(tmp_path / "eval"), "--label", "bkgnet"]) == 0
+    out = capsys.readouterr().out
+    assert "sigma68_rel" in out and "bkgnet" in out
+    for png in ("relative_error_vs_position.png", "pulls.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+    # an unknown model name is a clear error, not a traceback
+    assert main(["background", str(img), "--catalog", str(cat), "--method", "bkgnet",
+                 "--model", "no-such-model", "--output", str(tmp_path / "x.csv")]) == 2
+    assert "shipped models" in capsys.readouterr().err
+
+
+def test_evaluate_background_numbers(tmp_path):
+    """sigma68 and pull width of synthetic predictions with known scatter and errors."""
+    from astropy.table import Table
+
+    from skysub.evaluate import evaluate_background
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    true = rng.uniform(50, 150, n)
+    truth = Table({"image": ["a.fits"] * n, "id": np.arange(n), "bkg_true": true,
+                   "edge_distance": rng.uniform(0, 400, n),
+                   "band": rng.choice(["g", "r"], n), "x": rng.uniform(0, 500, n),
+                   "y": rng.uniform(0, 500, n)})
+    good = Table({"image": truth["image"], "id": truth["id"],
+                  "bkg": true * (1 + 0.01 * rng.standard_normal(n)), "bkg_err": 0.01 * true})
+    bad = Table({"image": truth["image"], "id": truth["id"],
+                 "bkg": true * (1 + 0.02 * rng.standard_normal(n)), "bkg_err": 0.01 * true})
+    t = evaluate_background({"good": good, "bad": bad}, truth, output_dir=tmp_path)
+    row = {(r["method"], r["group"]): r for r in t}
+    assert abs(row[("good", "all")]["sigma68_rel"] - 0.01) < 0.0008
+    assert abs(row[("good", "all")]["pull_sigma68"] - 1.0) < 0.06
+    assert abs(row[("bad", "all")]["pull_sigma68"] - 2.0) < 0.12
+    assert {"edge", "centre", "band:g", "band:r"} <= {g for m, g in row if m == "good"}
+    assert (tmp_path / "sigma68_per_band.png").is_file()
+    with pytest.raises(Exception, match="bkg_err"):
+        evaluate_background({"x": Table({"image": ["a"], "id": [1], "bkg": [1.0]})}, truth)

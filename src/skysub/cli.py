@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-inject", action="store_true",
                    help="do not inject galaxies at the stamp centres (ablation)")
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch threads on CPU (default: all cores; 1 is faster on a busy "
+                        "machine)")
     _add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
@@ -382,6 +385,7 @@ def _cmd_train(args) -> int:
                         overwrite=args.overwrite, quiet=args.quiet,
                         batch_size=args.batch_size, lr=args.lr,
                         stamps_per_image=args.stamps_per_image, command=command_line(),
+                        threads=args.threads,
                         **_read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]

@@ -108,7 +108,8 @@ def _against_truth(preds: dict[str, Table], tr: Table, edge_width: float
         for c in ("bkg_true", "edge_distance", "band", "mag"):
             if c in p.colnames and c in keep:
                 p.remove_column(c)
-        j = join(p, tr[keep], keys=["image", "id"])
+        cols = keep + [c for c in ("x", "y") if c in tr.colnames and c not in p.colnames]
+        j = join(p, tr[cols], keys=["image", "id"])
         if len(j) == 0:
             raise CatalogError(f"prediction table {label} shares no (image, id) with the truth "
                                "table")
@@ -188,11 +189,18 @@ def _plots(joined: dict[str, Table], out: Path, edge_width: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.stats import norm
 
     labels = list(joined)
     # relative error against CCD position (Fig. 8)
+    labels_xy = [lab for lab in labels if {"x", "y"} <= set(joined[lab].colnames)]
+    if labels_xy:
+        _position_plot(joined, labels_xy, out)
+    _pull_and_band_plots(joined, labels, out)
+
+
+def _position_plot(joined: dict[str, Table], labels: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4.2), squeeze=False,
                              constrained_layout=True)
     for ax, label in zip(axes[0], labels, strict=True):
@@ -207,6 +215,12 @@ def _plots(joined: dict[str, Table], out: Path, edge_width: float) -> None:
         fig.colorbar(sc, ax=ax, label="(b - b_true) / b_true")
     fig.savefig(out / "relative_error_vs_position.png", dpi=90)
     plt.close(fig)
+
+
+def _pull_and_band_plots(joined: dict[str, Table], labels: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
     # pulls (Fig. 10)
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
     grid = np.linspace(-6, 6, 241)

@@ -34,6 +34,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -328,9 +329,12 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}",
                                 best=f"{self.history.best_val:.4g}")
-            log.info("epoch %d/%d: train %.5g  val %.5g  (best %.5g at %d)", epoch + 1,
-                     c.epochs, train_loss, val_loss, self.history.best_val,
-                     self.history.best_epoch + 1)
+            line = (f"epoch {epoch + 1}/{c.epochs}: train {train_loss:.5g}  val {val_loss:.5g}"
+                    f"  (best {self.history.best_val:.5g} at {self.history.best_epoch + 1}, "
+                    f"{time.perf_counter() - t0:.0f} s)")
+            if not c.quiet and not sys.stderr.isatty():  # logs of batch jobs: a line per epoch
+                print(line, file=sys.stderr, flush=True)
+            log.info(line)
             self._start_epoch = epoch + 1
             stop = c.patience is not None and self._since_best >= c.patience
             self.history.stopped_early = bool(stop and epoch + 1 < c.epochs)
