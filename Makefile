@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.skysub-installed
 
-.PHONY: demo test bench lint clean install
+.PHONY: demo test bench lint clean install models
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# Re-train the shipped models exactly as they were made (each card records its command).
+models: $(STAMP)
+	$(VENV)/bin/skysub train bkgnet --simulated --config paus --labels truth --n-exposures 60 \
+	    --stamps-per-image 600 --epochs 20 --seed 7 --threads 1 \
+	    --output src/skysub/models/bkgnet-paus.pt --overwrite
+	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 24 \
+	    --stamps-per-image 300 --epochs 9 --seed 0 --threads 2 \
+	    --output src/skysub/models/lumos-paus.pt --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_annulus, bench_lumos, bench_mesh, bench_timeseries, machine_line
+from . import bench_annulus, bench_bkgnet, bench_lumos, bench_mesh, bench_timeseries, machine_line
+
+#: the benchmarks ``make bench`` runs, in order
+BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_bkgnet, bench_lumos)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--quick")
     print(machine_line(), flush=True)
     ok = True
-    for bench in (bench_mesh, bench_annulus, bench_timeseries, bench_lumos):
+    for bench in BENCHMARKS:
         print()
         res = bench.run_from_args(bench.parse(common))
         print(res.render(), flush=True)

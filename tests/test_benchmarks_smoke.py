@@ -101,17 +101,18 @@ def test_run_all_quick_args(monkeypatch, capsys):
 
     def fake(name):
         def run_from_args(args):
-            seen.append((name, args.quick, args.repeats, args.seed, args.nx))
+            seen.append((name, args.quick, args.repeats, args.seed, getattr(args, "nx", None)))
             return BenchResult(title=f"{name} table", columns=[("method", "method", "")],
                                rows=[{"method": "m"}], checks=[Check("ok", True)])
         return run_from_args
 
-    monkeypatch.setattr(bench_mesh, "run_from_args", fake("mesh"))
-    monkeypatch.setattr(bench_annulus, "run_from_args", fake("annulus"))
-    monkeypatch.setattr(bench_timeseries, "run_from_args", fake("timeseries"))
+    for bench in run_all.BENCHMARKS:  # every benchmark make bench runs, none for real
+        monkeypatch.setattr(bench, "run_from_args", fake(bench.__name__.split("_", 1)[1]))
     assert run_all.main(["--quick", "--repeats", "2", "--seed", "5"]) == 0
-    assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
-                    ("timeseries", True, 2, 5, None)]
+    assert seen[:3] == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
+                        ("timeseries", True, 2, 5, None)]
+    assert [s[0] for s in seen] == ["mesh", "annulus", "timeseries", "bkgnet", "lumos"]
+    assert all(s[1:4] == (True, 2, 5) for s in seen)
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and "timeseries table" in out
     assert out.count("machine:") == 1
@@ -122,9 +123,8 @@ def test_run_all_exit_status_on_failed_check(monkeypatch, capsys):
         return BenchResult(title="t", columns=[("method", "method", "")],
                            checks=[Check("numbers agree", False)])
 
-    monkeypatch.setattr(bench_mesh, "run_from_args", failing)
-    monkeypatch.setattr(bench_annulus, "run_from_args", failing)
-    monkeypatch.setattr(bench_timeseries, "run_from_args", failing)
+    for bench in run_all.BENCHMARKS:
+        monkeypatch.setattr(bench, "run_from_args", failing)
     assert run_all.main(["--quick"]) == 1
     assert "[FAIL] numbers agree" in capsys.readouterr().out
 
