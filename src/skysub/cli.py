@@ -134,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     _add_common(p)
 
+    from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser
+
+    add_remove_parser(sub)
+    p = sub.add_parser("train", help="train a network")
+    train_sub = p.add_subparsers(dest="what", metavar="WHAT")
+    add_train_parser(train_sub)
+    p = sub.add_parser("evaluate", help="benchmark a method on simulations with known truth")
+    eval_sub = p.add_subparsers(dest="what", metavar="WHAT")
+    add_evaluate_parser(eval_sub)
+
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
     p.add_argument("--seed", type=int, default=1)
@@ -235,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "func"):  # commands registered by subpackages (skysub.removal.cli)
+            return args.func(args)
+        if args.command not in COMMANDS:
+            parser.parse_args([args.command, "--help"])
         return COMMANDS[args.command](args)
     except SkysubError as exc:
         print(f"skysub {args.command}: error: {exc}", file=sys.stderr)

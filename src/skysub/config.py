@@ -10,6 +10,8 @@ another TOML file to inherit from) and these sections::
     [photometry]  photometer settings (aperture_radius [px], ...)
     [simulate]    settings of the CCD simulator (skysub.simulate.ccd.CCDSimConfig)
     [bkgnet]      BKGnet stamp geometry (stamp_size, mask_size [px], label_radius [px])
+    [removal]     compact-source removal: model, apertures, [removal.masks] SNR -> hole-radius
+                  table, [removal.train] training of the inpainting U-Net (skysub.removal)
 
 Only ``[header]`` is interpreted here (as a :class:`HeaderKeys`); the other sections are plain
 dicts that each consumer unpacks into its own class, so that the classes stay the single source
@@ -37,7 +39,7 @@ from typing import Any
 from .errors import ConfigError
 
 #: Dict sections a configuration may hold besides ``[header]``.
-DICT_SECTIONS = ("annulus", "mesh", "templates", "photometry", "simulate", "bkgnet")
+DICT_SECTIONS = ("annulus", "mesh", "templates", "photometry", "simulate", "bkgnet", "removal")
 #: Every top-level key a configuration file may hold.
 TOP_LEVEL_KEYS = ("name", "base", "header", *DICT_SECTIONS)
 
@@ -100,7 +102,7 @@ class SurveyConfig:
         Configuration name (e.g. "paus").
     header : HeaderKeys
         Header keywords of the exposure metadata.
-    annulus, mesh, templates, photometry, simulate, bkgnet : dict
+    annulus, mesh, templates, photometry, simulate, bkgnet, removal : dict
         Raw TOML sections ({} when absent); each consumer unpacks its own.
     source : str
         Where the configuration came from ("preset:paus" or a file path).
@@ -114,6 +116,7 @@ class SurveyConfig:
     photometry: dict[str, Any] = field(default_factory=dict)
     simulate: dict[str, Any] = field(default_factory=dict)
     bkgnet: dict[str, Any] = field(default_factory=dict)
+    removal: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
 
