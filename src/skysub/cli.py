@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", "-c", required=True,
                    help="catalogue (CSV/ECSV/FITS): id and x,y (0-based px) or ra,dec (deg)")
     p.add_argument("--method", "-m", default="annulus",
-                   choices=("annulus", "templates", "mesh"), help="estimator (annulus)")
+                   choices=("annulus", "templates", "mesh", "inpaint"), help="estimator (annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     p.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     p.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", "-c", required=True)
     p.add_argument("--photometer", "-p", default="aperture", choices=("aperture", "optimal"))
     p.add_argument("--background", "-b", default="annulus",
-                   choices=("annulus", "templates", "mesh"))
+                   choices=("annulus", "templates", "mesh", "inpaint"))
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     p.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
     p.add_argument("--r-in", type=float, default=None)

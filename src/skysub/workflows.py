@@ -30,7 +30,7 @@ from .progress import progress
 
 log = logging.getLogger("skysub")
 
-BACKGROUND_METHODS = ("annulus", "templates", "mesh")
+BACKGROUND_METHODS = ("annulus", "templates", "mesh", "inpaint")
 PHOTOMETERS = ("aperture", "optimal")
 
 
@@ -72,8 +72,9 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
 
     Parameters
     ----------
-    method : {"annulus", "templates", "mesh"}
-        ``templates`` is the annulus run on the scattered-light-corrected image (BKGnet §2.4).
+    method : {"annulus", "templates", "mesh", "inpaint"}
+        ``templates`` is the annulus run on the scattered-light-corrected image (BKGnet §2.4);
+        ``inpaint`` the compact-source removal U-Net (model from ``[removal] model``).
     config : SurveyConfig, optional
         Supplies the ``[annulus]`` and ``[mesh]`` settings (default: the generic preset).
     templates : ScatteredLightTemplates or path, required for ``templates``
@@ -85,6 +86,13 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
     if method not in BACKGROUND_METHODS:
         raise InputError(f"unknown background method {method!r}; expected one of "
                          f"{', '.join(BACKGROUND_METHODS)}")
+    if method == "inpaint":  # the compact-source removal U-Net (skysub.removal)
+        from .removal.estimator import InpaintBackground
+
+        section = dict(config.removal)
+        return InpaintBackground(section.get("model", "inpaint-default"),
+                                 radius=config.photometry.get("aperture_radius"),
+                                 psf_fwhm=section.get("psf_fwhm"))
     if method == "mesh":
         from .background.mesh import MeshBackground
 
