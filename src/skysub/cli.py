@@ -239,6 +239,7 @@ COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="skysub: %(message)s")
     if args.command is None:

@@ -184,8 +184,14 @@ def cmd_train(args) -> int:
     train["device"] = args.device
     tc = InpaintTrainConfig.from_dict(train)
     masks = MaskTable.from_config(section.get("masks"), psf_fwhm=tc.psf_fwhm)
+    import shlex
+    import sys
+
+    argv = [a for a in getattr(args, "argv", sys.argv[1:]) if a != "--resume"]
+    command = " ".join(shlex.quote(a) for a in ["skysub", *argv])
     card = train_inpaint(args.output, config=tc, masks=masks, resume=args.resume,
-                         overwrite=args.overwrite or args.resume, quiet=args.quiet)
+                         overwrite=args.overwrite or args.resume, quiet=args.quiet,
+                         command=command)
     if not args.quiet:
         t = card["training"]
         print(f"trained {t['epochs_run']} epochs in {t['seconds']:.0f} s (best epoch {t['best_epoch']},"

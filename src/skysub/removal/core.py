@@ -43,7 +43,7 @@ log = logging.getLogger("skysub")
 
 DEFAULT_MODEL = "inpaint-default"
 #: a cutout needs at least this fraction of valid (non-hole, on-image) pixels
-MIN_VALID_FRACTION = 0.25
+MIN_VALID_FRACTION = 0.1
 
 
 # -- normalisation (shared by training and inference) ------------------------------------------
@@ -250,7 +250,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         area, aperture-corrected), bkg_annulus (per pixel), aper_corr (1 / enclosed fraction),
         snr (eq. 1), mask_radius [px], flags.  Fluxes in image units x pixels.
     """
-    from ..background.annulus import AnnulusBackground
+    from ..background.annulus import AnnulusBackground, crowding
     from ..nn.device import resolve_device
     from ..simulate.psf import gaussian_psf
 
@@ -319,7 +319,18 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     bkg_model = AnnulusBackground(*(annulus or (max(radii) + 2.0, max(radii) + 12.0)),
                                   statistic="mean", sigma=3.0)
     bres = bkg_model.estimate(img, np.where(on, x, np.nan), np.where(on, y, np.nan))
-    resid = st.data - pred
+    # photometry of source i: image - prediction_i, with the light of the *other* catalogued
+    # sources taken out where they were inpainted (their holes), so a bright neighbour inside
+    # the aperture is not counted (its wings beyond its hole still are: flag CROWDED below)
+    removed = np.where(img.mask, 0.0, img.data - cleaned)
+    rem = cutouts(removed, np.where(on, x, -1e9), np.where(on, y, -1e9), size).data
+    c = size // 2
+    g = np.arange(size) - c
+    own_hole = ((g[None, None, :] - np.where(on, st.dx, 0.0)[:, None, None]) ** 2
+                + (g[None, :, None] - np.where(on, st.dy, 0.0)[:, None, None]) ** 2
+                <= np.nan_to_num(hole_r)[:, None, None] ** 2)
+    others = in_hole & ~own_hole
+    resid = st.data - pred - np.where(others, np.nan_to_num(rem), 0.0)
     rows: dict[str, list] = {k: [] for k in ("id", "x", "y", "radius", "flux", "flux_annulus",
                                              "bkg_annulus", "aper_corr", "snr", "mask_radius",
                                              "flags")}
@@ -332,6 +343,9 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         f = flags.copy()
         f |= np.where((bad_img > 0) & on, F.MASKED, 0).astype(np.int32)
         f |= np.asarray(bres.flags, np.int32) & ~np.int32(F.CROWDED)
+        near = crowding(np.where(on, x, np.nan), np.where(on, y, np.nan), r + masks.max_radius,
+                        None) > 0
+        f |= np.where(near, F.CROWDED, 0).astype(np.int32)
         flux = np.where(use, s_rem / ee, np.nan)
         flux_ann = np.where(on, (s_img - area * bres.bkg) / ee, np.nan)
         for k, v in (("id", ids), ("x", x), ("y", y), ("radius", np.full(n, r)),
