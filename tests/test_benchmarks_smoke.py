@@ -16,6 +16,7 @@ from benchmarks import (  # noqa: E402
     Check,
     bench_annulus,
     bench_mesh,
+    bench_removal,
     best_of,
     format_table,
     machine_info,
@@ -107,8 +108,10 @@ def test_run_all_quick_args(monkeypatch, capsys):
 
     monkeypatch.setattr(bench_mesh, "run_from_args", fake("mesh"))
     monkeypatch.setattr(bench_annulus, "run_from_args", fake("annulus"))
+    monkeypatch.setattr(bench_removal, "run_from_args", fake("removal"))
     assert run_all.main(["--quick", "--repeats", "2", "--seed", "5"]) == 0
-    assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048)]
+    assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
+                    ("removal", True, 2, 5, None)]
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and out.count("machine:") == 1
 
@@ -120,6 +123,7 @@ def test_run_all_exit_status_on_failed_check(monkeypatch, capsys):
 
     monkeypatch.setattr(bench_mesh, "run_from_args", failing)
     monkeypatch.setattr(bench_annulus, "run_from_args", failing)
+    monkeypatch.setattr(bench_removal, "run_from_args", failing)
     assert run_all.main(["--quick"]) == 1
     assert "[FAIL] numbers agree" in capsys.readouterr().out
 

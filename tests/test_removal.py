@@ -95,7 +95,8 @@ def test_inpaint_background_estimator(sim):
     r = est.estimate(sim.image, x, y)
     assert len(r) == len(x) and np.isfinite(r.bkg).all() and np.isfinite(r.bkg_err).all()
     yy, xx = np.indices(sim.truth.shape)
-    true = np.array([sim.truth[(xx - a) ** 2 + (yy - b) ** 2 <= 36].mean() for a, b in zip(x, y)])
+    true = np.array([sim.truth[(xx - a) ** 2 + (yy - b) ** 2 <= 36].mean()
+                     for a, b in zip(x, y, strict=True)])
     assert np.median(np.abs(r.bkg - true)) < 0.5 * sim.field.noise
     from skysub.workflows import make_background
 

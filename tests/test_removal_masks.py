@@ -30,7 +30,8 @@ def test_presets_hold_the_paper_tables():
         assert list(t.radii) == radii
         assert (t.source_radius, t.annulus_in, t.annulus_out) == (8.0, 10.0, 22.0)
     par = MaskTable.from_config(load_config("inpaint-parallel").removal["masks"], band="green")
-    assert list(par.thresholds) == [13, 20, 300, 590, 855] and list(par.radii) == [4, 5, 7, 8, 9, 10]
+    assert list(par.thresholds) == [13, 20, 300, 590, 855]
+    assert list(par.radii) == [4, 5, 7, 8, 9, 10]
     assert (par.source_radius, par.annulus_in, par.annulus_out) == (4.0, 8.0, 18.0)
     assert list(par.radius_for(np.array([12.0, 855.0]))) == [4, 10]
 

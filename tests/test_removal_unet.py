@@ -53,7 +53,8 @@ def test_paper_preset_builds_with_35M_parameters():
     assert net.decoder[1].conv.in_channels == 1024 and net.decoder[1].conv.out_channels == 512
     assert net.decoder[10].conv.in_channels == 64 and net.decoder[10].conv.out_channels == 1
     assert isinstance(net.decoder[10].bn, torch.nn.Identity)
-    assert isinstance(net.decoder[3].act, torch.nn.LeakyReLU) and net.decoder[3].act.negative_slope == 0.2
+    assert isinstance(net.decoder[3].act, torch.nn.LeakyReLU)
+    assert net.decoder[3].act.negative_slope == 0.2
 
 
 def test_default_is_much_smaller():

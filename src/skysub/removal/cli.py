@@ -134,7 +134,7 @@ def _removal_settings(args) -> tuple:
 def cmd_remove(args) -> int:
     from ..io import catalog_for_image, check_output, read_catalog, read_image, write_table
     from ..simulate.psf import load_psf
-    from .core import remove_sources, removal_summary, write_removed_map
+    from .core import removal_summary, remove_sources, write_removed_map
     from .masks import MaskTable
 
     cfg, section = _removal_settings(args)
@@ -194,8 +194,8 @@ def cmd_train(args) -> int:
                          command=command)
     if not args.quiet:
         t = card["training"]
-        print(f"trained {t['epochs_run']} epochs in {t['seconds']:.0f} s (best epoch {t['best_epoch']},"
-              f" val loss {card['metrics']['best_val_loss']:.4g}) -> {args.output}")
+        print(f"trained {t['epochs_run']} epochs in {t['seconds']:.0f} s (best epoch "
+              f"{t['best_epoch']}, val loss {card['metrics']['best_val_loss']:.4g}) -> {args.output}")
     return 0
 
 

@@ -257,7 +257,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     img = as_image(image, mask)
     if catalog is not None:
         if "x" not in catalog.colnames or "y" not in catalog.colnames:
-            raise InputError(f"catalogue needs x and y columns; found {', '.join(catalog.colnames)}")
+            raise InputError(f"catalogue needs x and y columns; found "
+                             f"{', '.join(catalog.colnames)}")
         x, y = catalog["x"], catalog["y"]
     if x is None or y is None:
         raise InputError("give source positions: x and y, or a catalogue with x, y columns")

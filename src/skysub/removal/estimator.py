@@ -74,7 +74,6 @@ class InpaintBackground:
         pred = res.predictions[:n]
         hole_r = np.asarray(res.sources["mask_radius"], float)[:n]
         flags = np.asarray(res.sources["flags"], np.int32)[:n].copy()
-        size = pred.shape[-1]
         xi = np.floor(x + 0.5)
         yi = np.floor(y + 0.5)
         dx = np.where(np.isfinite(x), x - xi, 0.0)
@@ -95,7 +94,6 @@ class InpaintBackground:
         ann_n = np.pi * (table.annulus_out ** 2 - table.annulus_in ** 2)
         bkg_err = pixel_std / np.sqrt(ann_n)
         flags |= np.where(~np.isfinite(bkg), F.NO_DATA, 0).astype(np.int32)
-        del size
         return BackgroundResult(bkg=bkg, bkg_err=np.where(np.isfinite(bkg), bkg_err, np.nan),
                                 pixel_std=pixel_std, n_pix=n_pix, flags=flags,
                                 extra={"mask_radius": hole_r,
