@@ -141,7 +141,7 @@ def test_loss_terms_and_weights():
     assert float(terms["source"]) == pytest.approx(0.1, rel=1e-5)  # eq. 6 = L1(pred - gt)
     w = InpaintLossWeights()
     assert (w.valid, w.hole, w.style, w.ssim, w.source) == (2, 6, 120, 0.4, 1)  # eq. 7
-    with pytest.raises(InputError, match="unknown loss weight"):
+    with pytest.raises(InputError, match="unknown key.*loss weights"):
         InpaintLossWeights.from_dict({"perceptual": 1.0})
 
 

@@ -120,6 +120,15 @@ class SurveyConfig:
     source: str = ""
 
 
+def check_keys(section: dict[str, Any], allowed: Any, where: str) -> None:
+    """Raise a ConfigError naming ``where`` if ``section`` holds keys not in ``allowed``."""
+    allowed = set(allowed)
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; expected some of "
+                          f"{', '.join(sorted(allowed))}")
+
+
 def list_presets() -> list[str]:
     """Names of the presets shipped in ``skysub/presets`` (sorted)."""
     folder = resources.files("skysub").joinpath("presets")

@@ -29,8 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-
 
 @dataclass
 class InpaintLossWeights:
@@ -45,12 +43,10 @@ class InpaintLossWeights:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintLossWeights:
+        from ..config import check_keys
+
         d = dict(d or {})
-        names = set(asdict(cls()))
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown loss weight(s) {', '.join(unknown)}; expected some of "
-                             f"{', '.join(sorted(names))}")
+        check_keys(d, asdict(cls()), "the loss weights ([removal.train.loss])")
         return cls(**{k: float(v) for k, v in d.items()})
 
 

@@ -195,7 +195,8 @@ def cmd_train(args) -> int:
     if not args.quiet:
         t = card["training"]
         print(f"trained {t['epochs_run']} epochs in {t['seconds']:.0f} s (best epoch "
-              f"{t['best_epoch']}, val loss {card['metrics']['best_val_loss']:.4g}) -> {args.output}")
+              f"{t['best_epoch']}, val loss {card['metrics']['best_val_loss']:.4g}) -> "
+              f"{args.output}")
     return 0
 
 

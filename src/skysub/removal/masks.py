@@ -100,12 +100,10 @@ class MaskTable:
         s = dict(section or {})
         if not s:
             s = dict(GENERIC_FWHM, units="fwhm")
-        allowed = {"thresholds", "radii", "source_radius", "annulus_in", "annulus_out", "units",
-                   "psf_fwhm", "default_band"}
-        unknown = sorted(set(s) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [removal.masks]; "
-                              f"expected some of {', '.join(sorted(allowed))}")
+        from ..config import check_keys
+
+        check_keys(s, ("thresholds", "radii", "source_radius", "annulus_in", "annulus_out",
+                       "units", "psf_fwhm", "default_band"), "[removal.masks]")
         radii = s.get("radii", GENERIC_FWHM["radii"])
         if isinstance(radii, dict):
             key = band if band in radii else s.get("default_band", next(iter(radii)))

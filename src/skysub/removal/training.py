@@ -81,12 +81,10 @@ class InpaintTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
+        from ..config import check_keys
+
         d = dict(d or {})
-        names = set(asdict(cls()))
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [removal.train]; "
-                              f"expected some of {', '.join(sorted(names))}")
+        check_keys(d, asdict(cls()), "[removal.train]")
         try:
             return cls(**d)
         except TypeError as exc:
