@@ -5,8 +5,9 @@ The hole radius of each source depends on how far it stands out of its surroundi
     SNR = (F_peak - mu_bg) / sigma_bg                                   (eq. 1)
 
 with ``F_peak`` the brightest valid pixel within ``source_radius`` of the position and
-``mu_bg``, ``sigma_bg`` the mean and standard deviation of the valid pixels in the annulus
-``annulus_in <= r < annulus_out``.  Six discrete radii by thresholds: ``radii[i]`` for
+``mu_bg``, ``sigma_bg`` the location and scale of the valid pixels in the annulus
+``annulus_in <= r < annulus_out`` -- by default robust ones (median, MAD-std: a neighbour in the
+annulus must not shrink a bright source's hole), the paper's mean and std on request.  Six discrete radii by thresholds: ``radii[i]`` for
 ``thresholds[i-1] <= SNR < thresholds[i]`` (``radii[0]`` below the first threshold,
 ``radii[-1]`` at or above the last).  Configuration tables come from the ``[removal.masks]``
 section of a configuration (presets ``inpaint-scanmap``, ``inpaint-parallel`` hold the paper's
@@ -15,6 +16,7 @@ Table 3; ``inpaint-generic`` scales the radii by the PSF FWHM).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,8 +134,14 @@ class MaskTable:
 
 
 def peak_snr(image: Image | np.ndarray, x: np.ndarray, y: np.ndarray, table: MaskTable, *,
-             mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             mask: np.ndarray | None = None, robust: bool = True) -> dict[str, np.ndarray]:
     """Eq. 1 for every source, vectorised: ``snr``, ``peak``, ``mu_bg``, ``sigma_bg``.
+
+    ``robust`` (default): ``mu_bg`` and ``sigma_bg`` are the median and the MAD-based standard
+    deviation of the annulus (equal to the mean and std for Gaussian noise); the paper's plain
+    mean and std (``robust=False``) let a bright neighbour in the annulus inflate ``sigma_bg``,
+    which drops the SNR of a bright source in a crowded field and gives it a hole far too
+    small for its light.
 
     Masked/NaN pixels and pixels off the image are ignored; a source without valid annulus
     pixels (or with ``sigma_bg == 0``) gets SNR NaN (and therefore the largest mask).
@@ -158,10 +166,15 @@ def peak_snr(image: Image | np.ndarray, x: np.ndarray, y: np.ndarray, table: Mas
         ann = valid & (r >= table.annulus_in) & (r < table.annulus_out)
         peak = np.max(np.where(src, vals, -np.inf), axis=1)
         na = ann.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mu = np.where(ann, vals, 0.0).sum(axis=1) / na
-            var = np.where(ann, (vals - mu[:, None]) ** 2, 0.0).sum(axis=1) / na
-            sd = np.sqrt(var)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows -> NaN
+            a = np.where(ann, vals, np.nan)
+            if robust:
+                mu = np.nanmedian(a, axis=1)
+                sd = 1.4826 * np.nanmedian(np.abs(a - mu[:, None]), axis=1)
+            else:
+                mu = np.nanmean(a, axis=1)
+                sd = np.nanstd(a, axis=1)
             snr = (peak - mu) / sd
         bad = (na < 3) | ~np.isfinite(peak) | ~(sd > 0)
         out["snr"][sl] = np.where(bad, np.nan, snr)
@@ -172,9 +185,10 @@ def peak_snr(image: Image | np.ndarray, x: np.ndarray, y: np.ndarray, table: Mas
 
 
 def mask_radii(image: Image | np.ndarray, x, y, table: MaskTable, *,
-               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(radius [px], snr)`` of each source's hole."""
-    st = peak_snr(image, x, y, table, mask=mask)
+               mask: np.ndarray | None = None, robust: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(radius [px], snr)`` of each source's hole (see :func:`peak_snr`)."""
+    st = peak_snr(image, x, y, table, mask=mask, robust=robust)
     return table.radius_for(st["snr"]), st["snr"]
 
 
