@@ -282,7 +282,12 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
         "training": {**{k: v for k, v in asdict(cfg).items() if k not in ("maps",)},
                      "loss_weights": asdict(weights), "style_features": "RandomFeatures(seed=1234)",
                      "epochs_run": len(hist.epochs), "best_epoch": hist.best_epoch + 1,
-                     "seconds": round(seconds, 1)},
+                     # training time summed over epochs (a resumed run counts them all) and
+                     # the wall time of this invocation (data simulation included)
+                     "seconds": round(sum(e["seconds"] for e in hist.epochs), 1),
+                     "wall_seconds_this_run": round(seconds, 1),
+                     "history": [{k: round(v, 5) if isinstance(v, float) else v
+                                  for k, v in e.items()} for e in hist.epochs]},
         "metrics": {"best_val_loss": hist.best_val,
                     "final_train_loss": hist.train_loss[-1] if hist.epochs else None},
     }
