@@ -22,9 +22,10 @@ def _one_thread(monkeypatch):
 def test_bench_removal_tiny(capsys):
     res = bench_removal.main(["--quick", "--repeats", "1", "--n-fields", "1",
                               "--field-size", "128"])
-    rows = {r["row"]: r for r in res.rows}
-    assert rows["speed: default preset"]["cutouts_s"] > 0
-    assert rows["speed: paper preset (Table 4)"]["cutouts_s"] > 0
+    speeds = [r for r in res.rows if r["row"].startswith("speed")]
+    assert {r["row"].split(",")[0] for r in speeds} == {"speed: default preset",
+                                                        "speed: paper preset"}
+    assert all(r["cutouts_s"] > 0 for r in speeds)
     flux_rows = [r for r in res.rows if r["row"].startswith("flux ")]
     assert len(flux_rows) == 9
     bright = [r for r in flux_rows if r["row"] == "flux 40000"][0]
