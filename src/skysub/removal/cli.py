@@ -160,6 +160,7 @@ def cmd_remove(args) -> int:
                                                                            "inpaint-default"),
                          masks=masks, radii=args.radii or section.get("radii", (4, 6, 8, 10)),
                          psf=psf, psf_fwhm=psf_fwhm, feather=float(section.get("feather", 3.0)),
+                         anchor=float(section.get("anchor", 8.0)),
                          batch_size=args.batch_size or int(section.get("batch_size", 256)),
                          device=args.device, quiet=args.quiet)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,

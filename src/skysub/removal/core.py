@@ -241,7 +241,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     anchor : width [px] of the ring of valid pixels around each hole on which the prediction
         is anchored: the median of ``image - prediction`` there is added to the prediction
         (0 = off; see :func:`_anchor_offsets`).  On the held-out benchmark it lowers the
-        photometric bias of the shipped model at SNR > 10 (e.g. 1.26 -> 1.16 at SNR 17).
+        photometric bias of the shipped model at SNR > 10 (worst median measured/injected
+        1.18 -> 1.02 on ``benchmarks/bench_removal.py``).
     batch_size : cutouts per forward pass
     device : "cpu" (default), "auto", "cuda"...
     mask : extra bad-pixel mask (True = bad)
