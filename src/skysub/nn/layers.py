@@ -40,6 +40,16 @@ class _PartialMixin:
     pad_as_hole: bool
     bias: torch.Tensor | None
 
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 bias: bool = True, *, pad_as_hole: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,  # type: ignore
+                         padding=padding, bias=bias)
+        self.pad_as_hole = bool(pad_as_hole)
+        # all-ones kernel counting valid taps: a non-persistent buffer, never saved
+        self.register_buffer("ones", torch.ones(1, 1, *_pair(kernel_size)),  # type: ignore
+                             persistent=False)
+
     def _count(self, m: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -75,14 +85,6 @@ class PartialConv2d(_PartialMixin, nn.Conv2d):
     0 = hole, and returns ``(out, new_mask)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 bias: bool = True, *, pad_as_hole: bool = False) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         bias=bias)
-        self.pad_as_hole = bool(pad_as_hole)
-        self.register_buffer("ones", torch.ones(1, 1, *_pair(kernel_size)), persistent=False)
-
     def _count(self, m: torch.Tensor) -> torch.Tensor:
         return F.conv2d(m, self.ones, stride=self.stride, padding=self.padding)
 
@@ -101,18 +103,6 @@ class PartialConvTranspose2d(_PartialMixin, nn.ConvTranspose2d):
     exactly.  ``pad_as_hole=True`` uses the constant ``k * k / stride**2`` instead.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 bias: bool = True, *, pad_as_hole: bool = False) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         bias=bias)
-        self.pad_as_hole = bool(pad_as_hole)
-        k = _pair(kernel_size)
-        s = _pair(stride)
-        # each output pixel of a transposed conv receives (k / s)^2 taps in the interior
-        self.register_buffer("ones", torch.ones(1, 1, *k), persistent=False)
-        self._interior_taps = (k[0] / s[0]) * (k[1] / s[1])
-
     def _count(self, m: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(m, self.ones, stride=self.stride, padding=self.padding)
 
@@ -122,7 +112,9 @@ class PartialConvTranspose2d(_PartialMixin, nn.ConvTranspose2d):
         with torch.no_grad():
             n_valid = self._count(mask)
             new_mask = (n_valid > 0.5).to(raw.dtype)
-            ratio = self._interior_taps / n_valid.clamp(min=1.0) * new_mask
+            # each output pixel of a transposed conv receives (k / s)^2 taps in the interior
+            taps = (self.kernel_size[0] / self.stride[0]) * (self.kernel_size[1] / self.stride[1])
+            ratio = taps / n_valid.clamp(min=1.0) * new_mask
         b = self.bias.view(1, -1, 1, 1) if self.bias is not None else 0.0
         return ((raw - b) * ratio + b) * new_mask, new_mask
 
