@@ -13,10 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_annulus, bench_bkgnet, bench_lumos, bench_mesh, bench_timeseries, machine_line
+from . import (
+    bench_annulus,
+    bench_bkgnet,
+    bench_lumos,
+    bench_mesh,
+    bench_removal,
+    bench_timeseries,
+    machine_line,
+)
 
 #: the benchmarks ``make bench`` runs, in order
-BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_bkgnet, bench_lumos)
+BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_bkgnet, bench_lumos, bench_removal)
 
 
 def main(argv: list[str] | None = None) -> int:

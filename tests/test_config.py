@@ -10,7 +10,8 @@ from skysub.errors import ConfigError
 
 
 def test_presets_listed_and_default_is_generic():
-    assert list_presets() == ["generic", "paus"]
+    assert list_presets() == ["generic", "inpaint-generic", "inpaint-parallel", "inpaint-scanmap",
+                              "paus"]
     cfg = load_config()
     assert isinstance(cfg, SurveyConfig) and cfg.name == "generic"
     assert cfg.source == "preset:generic"
@@ -114,9 +115,9 @@ def test_unknown_section_names_it_and_the_file(tmp_path):
 
 
 def test_unknown_preset_or_missing_file_lists_presets(tmp_path):
-    with pytest.raises(ConfigError, match=r"'pause'.*presets: generic, paus"):
+    with pytest.raises(ConfigError, match=r"'pause'.*presets: generic, inpaint-generic, .*paus"):
         load_config("pause")
-    with pytest.raises(ConfigError, match=r"nothere.toml.*presets: generic, paus"):
+    with pytest.raises(ConfigError, match=r"nothere.toml.*presets: generic, inpaint-.*paus"):
         load_config(tmp_path / "nothere.toml")
     p = tmp_path / "badbase.toml"
     p.write_text('base = "hsc"\n')

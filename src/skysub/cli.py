@@ -43,7 +43,7 @@ EPILOG_TEMPLATES = """example:
 one template per band x epoch (header keywords FILTER and EPOCH, or --band/--epoch)."""
 
 
-BACKGROUND_CHOICES = ("annulus", "templates", "mesh", "bkgnet")
+BACKGROUND_CHOICES = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
 
+    # -- compact-source removal (issue 5): remove, train inpaint, evaluate removal --------
+    from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser
+
+    add_remove_parser(sub)
+    add_train_parser(trsub)
+    add_evaluate_parser(esub)
+
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
     p.add_argument("--seed", type=int, default=1)
@@ -498,12 +505,17 @@ COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="skysub: %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "func"):  # commands registered by subpackages (skysub.removal.cli)
+            return args.func(args)
+        if args.command not in COMMANDS:
+            parser.parse_args([args.command, "--help"])
         return COMMANDS[args.command](args)
     except SkysubError as exc:
         print(f"skysub {args.command}: error: {exc}", file=sys.stderr)

@@ -11,6 +11,8 @@ another TOML file to inherit from) and these sections::
     [simulate]    settings of the CCD simulator (skysub.simulate.ccd.CCDSimConfig)
     [bkgnet]      BKGnet stamp geometry (stamp_size, mask_size [px], label_radius [px])
     [lumos]       Lumos galaxy-stamp simulation and training (skysub.photometry.lumos)
+    [removal]     compact-source removal: model, apertures, [removal.masks] SNR -> hole-radius
+                  table, [removal.train] training of the inpainting U-Net (skysub.removal)
 
 Only ``[header]`` is interpreted here (as a :class:`HeaderKeys`); the other sections are plain
 dicts that each consumer unpacks into its own class, so that the classes stay the single source
@@ -38,7 +40,8 @@ from typing import Any
 from .errors import ConfigError
 
 #: Dict sections a configuration may hold besides ``[header]``.
-DICT_SECTIONS = ("annulus", "mesh", "templates", "photometry", "simulate", "bkgnet", "lumos")
+DICT_SECTIONS = ("annulus", "mesh", "templates", "photometry", "simulate", "bkgnet", "lumos",
+                 "removal")
 #: Every top-level key a configuration file may hold.
 TOP_LEVEL_KEYS = ("name", "base", "header", *DICT_SECTIONS)
 
@@ -101,7 +104,7 @@ class SurveyConfig:
         Configuration name (e.g. "paus").
     header : HeaderKeys
         Header keywords of the exposure metadata.
-    annulus, mesh, templates, photometry, simulate, bkgnet, lumos : dict
+    annulus, mesh, templates, photometry, simulate, bkgnet, lumos, removal : dict
         Raw TOML sections ({} when absent); each consumer unpacks its own.
     source : str
         Where the configuration came from ("preset:paus" or a file path).
@@ -116,7 +119,17 @@ class SurveyConfig:
     simulate: dict[str, Any] = field(default_factory=dict)
     bkgnet: dict[str, Any] = field(default_factory=dict)
     lumos: dict[str, Any] = field(default_factory=dict)
+    removal: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+
+
+def check_keys(section: dict[str, Any], allowed: Any, where: str) -> None:
+    """Raise a ConfigError naming ``where`` if ``section`` holds keys not in ``allowed``."""
+    allowed = set(allowed)
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; expected some of "
+                          f"{', '.join(sorted(allowed))}")
 
 
 def list_presets() -> list[str]:

@@ -30,7 +30,7 @@ from .progress import progress
 
 log = logging.getLogger("skysub")
 
-BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet")
+BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
 PHOTOMETERS = ("aperture", "optimal", "lumos")
 
 
@@ -73,9 +73,10 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
 
     Parameters
     ----------
-    method : {"annulus", "templates", "mesh", "bkgnet"}
+    method : {"annulus", "templates", "mesh", "bkgnet", "inpaint"}
         ``templates`` is the annulus run on the scattered-light-corrected image (BKGnet §2.4);
-        ``bkgnet`` the learned estimator (:class:`skysub.background.bkgnet.BKGnetBackground`).
+        ``bkgnet`` the learned estimator (:class:`skysub.background.bkgnet.BKGnetBackground`);
+        ``inpaint`` the compact-source removal U-Net (model from ``[removal] model``).
     config : SurveyConfig, optional
         Supplies the ``[annulus]`` and ``[mesh]`` settings (default: the generic preset).
     templates : ScatteredLightTemplates or path, required for ``templates``
@@ -94,6 +95,13 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
         from .background.bkgnet import DEFAULT_MODEL, BKGnetBackground
 
         return BKGnetBackground(model or DEFAULT_MODEL, device=device, batch_size=batch_size)
+    if method == "inpaint":  # the compact-source removal U-Net (skysub.removal)
+        from .removal.estimator import InpaintBackground
+
+        section = dict(config.removal)
+        return InpaintBackground(section.get("model", "inpaint-default"),
+                                 radius=config.photometry.get("aperture_radius"),
+                                 psf_fwhm=section.get("psf_fwhm"))
     if method == "mesh":
         from .background.mesh import MeshBackground
 

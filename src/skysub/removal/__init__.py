@@ -1,0 +1,31 @@
+"""Compact-source removal: SNR-adaptive masks, partial-convolution U-Net inpainting on whole
+maps, photometry of the removed sources (Madarász et al. 2025).
+
+- :func:`remove_sources` -- remove catalogued sources from a map, measure them
+- :class:`InpaintBackground` -- the network as a background estimator (``--method inpaint``)
+- :class:`MaskTable`, :func:`mask_radii` -- SNR-adaptive hole radii (eq. 1, Table 3)
+- :func:`train_inpaint` -- ``skysub train inpaint``
+- :func:`evaluate_removal` -- ``skysub evaluate removal``
+"""
+
+from .core import DEFAULT_MODEL, RemovalResult, normalise, remove_sources
+from .masks import MaskTable, mask_radii, peak_snr
+
+__all__ = ["DEFAULT_MODEL", "InpaintBackground", "MaskTable", "RemovalResult", "evaluate_removal",
+           "mask_radii", "normalise", "peak_snr", "remove_sources", "train_inpaint"]
+
+
+def __getattr__(name: str):  # lazy: training/evaluation pull in more machinery
+    if name == "train_inpaint":
+        from .training import train_inpaint
+
+        return train_inpaint
+    if name == "evaluate_removal":
+        from .evaluation import evaluate_removal
+
+        return evaluate_removal
+    if name == "InpaintBackground":
+        from .estimator import InpaintBackground
+
+        return InpaintBackground
+    raise AttributeError(name)
