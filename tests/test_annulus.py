@@ -185,3 +185,18 @@ def test_callable_background_matches_builtin(poisson_sky):
     wrapped.n_pixels = 100
     rc2 = wrapped.estimate(poisson_sky, x, y)
     np.testing.assert_allclose(rc2.bkg_err, rc2.pixel_std / 10)
+
+
+def test_chunks_give_the_same_numbers(poisson_sky):
+    """Sources processed in several chunks (edge, masked and interior ones mixed) give the
+    numbers of one chunk."""
+    img = poisson_sky.copy()
+    img[40:60, 40:60] = np.nan
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(-5, img.shape[1] + 5, 50), rng.uniform(-5, img.shape[0] + 5, 50)
+    x, y = np.r_[x, 50.2], np.r_[y, 70.6]  # its annulus crosses the NaN block
+    one = AnnulusBackground(8, 14).estimate(img, x, y)
+    many = AnnulusBackground(8, 14, chunk_size=7).estimate(img, x, y)
+    for a, b in ((one.bkg, many.bkg), (one.bkg_err, many.bkg_err), (one.flags, many.flags)):
+        np.testing.assert_array_equal(a, b)
+    assert (one.flags & 1).any() and (one.flags & 2).any()  # edge and masked cases present

@@ -201,7 +201,7 @@ class AnnulusBackground:
             f32 = flat.astype(np.float32)
             if np.array_equal(f32, flat, equal_nan=True):
                 flat = f32
-        bad = img.mask.ravel()
+        bad_flat = img.mask.ravel()
         r2_in, r2_out = self.r_in**2, self.r_out**2
         nc = self._n_certain
         bdx, bdy = self._dx[nc:], self._dy[nc:]
@@ -221,7 +221,7 @@ class AnnulusBackground:
                 inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
                 idx[partial] = np.where(inside, yy * nx + xx, 0)
             values = flat[idx]
-            badpix = bad[idx]
+            badpix = bad_flat[idx]
             with np.errstate(invalid="ignore"):
                 q = self._radius2(bdx[None] - (xs - xi)[:, None], bdy[None] - (ys - yi)[:, None])
             member = np.ones(idx.shape, bool)
