@@ -11,11 +11,11 @@ so every registered method (annulus, templates, mesh, bkgnet, and later ones) wo
 
 Output folder ``DIR``::
 
-    DIR/parquet/<exposure>.parquet   one partition per exposure (written atomically by the worker)
-    DIR/csv/<exposure>.csv           the same rows as CSV, when asked for (formats=("parquet", "csv"))
-    DIR/_manifest.json               what was computed (method, options, catalogue): resume checks it
-    DIR/_failures.json               the exposures that failed in the last run, with the error
-    DIR/_summary.json                the last run's summary (:class:`BatchResult`)
+    DIR/parquet/<exposure>.parquet  one partition per exposure (written atomically by the worker)
+    DIR/csv/<exposure>.csv          the same rows as CSV, on request (formats=("parquet", "csv"))
+    DIR/_manifest.json              what was computed (method, options, catalogue), for resume
+    DIR/_failures.json              the exposures that failed in the last run, with the error
+    DIR/_summary.json               the last run's summary (:class:`BatchResult`)
 
 ``pyarrow.parquet.read_table("DIR/parquet")``, ``pandas.read_parquet("DIR/parquet")`` or
 :func:`read_results` read the partitions back as one
@@ -349,10 +349,13 @@ class BatchResult:
 
     def summary(self) -> str:
         lines = [f"{self.n_done} exposures done ({self.n_rows} rows), {self.n_skipped} already "
-                 f"done, {self.n_failed} failed, {self.n_pending} left -> {self.output_dir}",
-                 f"{self.seconds:.1f} s on {self.workers} workers "
-                 f"({self.exposures_per_s:.2f} exposures/s), peak worker memory "
-                 f"{self.peak_rss_mb:.0f} MB"]
+                 f"done, {self.n_failed} failed, {self.n_pending} left -> {self.output_dir}"]
+        if self.records:
+            lines.append(f"{self.seconds:.1f} s on {self.workers} workers "
+                         f"({self.exposures_per_s:.2f} exposures/s), peak worker memory "
+                         f"{self.peak_rss_mb:.0f} MB")
+        else:
+            lines.append("nothing to do")
         for r in self.failures[:10]:
             lines.append(f"  failed {r['path']}: {r['error_type']}: {r['message']}")
         if self.n_failed > 10:
@@ -407,21 +410,31 @@ def parse_scheduler(value: str | None) -> tuple[str, str | None]:
 
 @contextmanager
 def _dask_client(scheduler: str | None, workers: int | None, memory_limit: str | float | None,
-                 quiet: bool):
+                 quiet: bool, connect_timeout: str = "30s"):
     from distributed import Client, LocalCluster
 
     kind, target = parse_scheduler(scheduler)
+    # Dask logs every worker start/stop at INFO: keep it to warnings (errors when quiet) unless
+    # skysub itself logs details (--verbose)
+    dlog = logging.getLogger("distributed")
+    old_level = dlog.level
+    if not log.isEnabledFor(logging.INFO):
+        dlog.setLevel(logging.ERROR if quiet else logging.WARNING)
     cluster = None
-    if kind == "address":
-        client = Client(target, timeout="30s")
-    elif kind == "file":
-        client = Client(scheduler_file=target, timeout="30s")
+    if kind in ("address", "file"):
+        try:
+            client = (Client(target, timeout=connect_timeout) if kind == "address" else
+                      Client(scheduler_file=target, timeout=connect_timeout))
+        except (OSError, TimeoutError) as exc:
+            dlog.setLevel(old_level)
+            raise InputError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler "
+                             f"({exc}); is `dask scheduler` running there?") from None
     else:
         n = workers or _cores()
         if n < 1:
             raise InputError(f"--workers must be >= 1, got {workers}")
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=kind == "local",
-                               memory_limit=memory_limit, dashboard_address=None,
+                               memory_limit=memory_limit, dashboard_address=":0",
                                silence_logs=logging.ERROR if quiet else logging.WARNING)
         client = Client(cluster)
     try:
@@ -430,6 +443,7 @@ def _dask_client(scheduler: str | None, workers: int | None, memory_limit: str |
         client.close()
         if cluster is not None:
             cluster.close()
+        dlog.setLevel(old_level)
 
 
 def _cores() -> int:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, batch_cli
 from .errors import SkysubError
 from .pipeline import cli as timeseries_cli
 
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="px from a CCD edge that count as 'edge' (150)")
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
+    batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
 
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
@@ -371,7 +372,7 @@ def _cmd_demo(args) -> int:
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
             "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
             "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate,
-            "timeseries": timeseries_cli.run}
+            "timeseries": timeseries_cli.run, "batch": batch_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:
