@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_annulus, bench_mesh, bench_timeseries, machine_line
+from . import bench_annulus, bench_batch, bench_mesh, bench_timeseries, machine_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--quick")
     print(machine_line(), flush=True)
     ok = True
-    for bench in (bench_mesh, bench_annulus, bench_timeseries):
+    for bench in (bench_mesh, bench_annulus, bench_timeseries, bench_batch):
         print()
         res = bench.run_from_args(bench.parse(common))
         print(res.render(), flush=True)

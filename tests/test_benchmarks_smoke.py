@@ -15,6 +15,7 @@ from benchmarks import (  # noqa: E402
     BenchResult,
     Check,
     bench_annulus,
+    bench_batch,
     bench_mesh,
     bench_timeseries,
     best_of,
@@ -109,9 +110,10 @@ def test_run_all_quick_args(monkeypatch, capsys):
     monkeypatch.setattr(bench_mesh, "run_from_args", fake("mesh"))
     monkeypatch.setattr(bench_annulus, "run_from_args", fake("annulus"))
     monkeypatch.setattr(bench_timeseries, "run_from_args", fake("timeseries"))
+    monkeypatch.setattr(bench_batch, "run_from_args", fake("batch"))
     assert run_all.main(["--quick", "--repeats", "2", "--seed", "5"]) == 0
     assert seen == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
-                    ("timeseries", True, 2, 5, None)]
+                    ("timeseries", True, 2, 5, None), ("batch", True, 2, 5, 512)]
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and "timeseries table" in out
     assert out.count("machine:") == 1
@@ -125,6 +127,7 @@ def test_run_all_exit_status_on_failed_check(monkeypatch, capsys):
     monkeypatch.setattr(bench_mesh, "run_from_args", failing)
     monkeypatch.setattr(bench_annulus, "run_from_args", failing)
     monkeypatch.setattr(bench_timeseries, "run_from_args", failing)
+    monkeypatch.setattr(bench_batch, "run_from_args", failing)
     assert run_all.main(["--quick"]) == 1
     assert "[FAIL] numbers agree" in capsys.readouterr().out
 
