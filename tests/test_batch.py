@@ -185,6 +185,15 @@ def test_different_settings_refused_overwrite_recomputes(survey, tmp_path):
     # speed-only settings may change on resume
     res = _run(survey, out, method="mesh", batch_size=64, workers=1)
     assert res.n_skipped == N_EXP
+    # an input file whose content changed under the same name is a different run too
+    cfg = tmp_path / "my.toml"
+    cfg.write_text('base = "paus"\n[mesh]\nbox_size = 64\n')
+    _run(survey, tmp_path / "o2", method="mesh", config=str(cfg), max_exposures=1)
+    cfg.write_text('base = "paus"\n[mesh]\nbox_size = 32\n')
+    with pytest.raises(OutputExistsError, match="the content of config changed"):
+        _run(survey, tmp_path / "o2", method="mesh", config=str(cfg))
+    with pytest.raises(InputError, match="--workers"):
+        _run(survey, tmp_path / "o3", workers=0)
 
 
 # -- failure isolation ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ core.  Memory per worker is about one exposure (pixels, mask, stamps of one BKGn
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -434,8 +435,6 @@ def _dask_client(scheduler: str | None, workers: int | None, memory_limit: str |
                              f"({exc}); is `dask scheduler` running there?") from None
     else:
         n = workers or _cores()
-        if n < 1:
-            raise InputError(f"--workers must be >= 1, got {workers}")
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=kind == "local",
                                memory_limit=memory_limit, dashboard_address=":0",
                                silence_logs=logging.ERROR if quiet else logging.WARNING)
@@ -456,6 +455,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -466,6 +473,14 @@ def _read_json(path: Path) -> Any:
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=1, default=str)
     _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _describe_change(key: str, old: Any, new: Any) -> str:
+    if key == "checksums":
+        old = old or {}
+        changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
+        return f"checksums: the content of {', '.join(changed)} changed"
+    return f"{key}: {old!r} there, {new!r} now"
 
 
 def _prepare_output(out: Path, manifest: dict, *, overwrite: bool, inputs: Sequence[str]) -> None:
@@ -486,7 +501,7 @@ def _prepare_output(out: Path, manifest: dict, *, overwrite: bool, inputs: Seque
         diff = {k: (old.get(k), v) for k, v in manifest.items()
                 if k not in _SPEED_ONLY and old.get(k) != v}
         if diff:
-            what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            what = "; ".join(_describe_change(k, a, b) for k, (a, b) in diff.items())
             raise OutputExistsError(f"{out} holds results of a different run ({what}); use "
                                     "--overwrite to replace them or another --output folder")
     elif parts:
@@ -559,12 +574,19 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
 
             raise MissingFileError(f"--catalog {catalog}: file not found")
         cat_arg = cat_label = str(check.resolve())
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
     if max_exposures is not None and max_exposures < 0:
         raise InputError(f"max_exposures must be >= 0, got {max_exposures}")
     if validate:
         spec.build()  # clear errors up front (and in this process, not once per exposure)
     out = Path(output_dir)
     manifest = {**spec.as_dict(), "catalog": cat_label, "formats": list(formats)}
+    # the content of every input file but the exposures: a retrained model, edited templates,
+    # configuration or catalogue under the same name must not be mixed with older partitions
+    manifest["checksums"] = {k: _sha256(v) for k, v in manifest.items()
+                             if k in ("config", "templates", "model", "psf", "catalog")
+                             and isinstance(v, str) and Path(v).is_file()}
     _prepare_output(out, manifest, overwrite=overwrite, inputs=[*paths, cat_label])
 
     done = [(n, p) for n, p in order
