@@ -26,7 +26,7 @@ def test_bench_batch_tiny(capsys):
 
 def test_network_speed_rows(tmp_path):
     path = bench_batch.random_bkgnet(tmp_path / "lean.pt", "lean", stamp_size=48, mask_size=16)
-    rows = bench_batch.network_speed(path, "bkgnet-lean", [8], [1], n_stamps=10, repeats=1)
+    rows = bench_batch.network_speed(path, "bkgnet-lean", [8], [1], repeats=1)
     assert len(rows) == 1
     r = rows[0]
     assert r["batch"] == 8 and r["threads"] == 1 and r["params"] > 1000
