@@ -236,8 +236,8 @@ def run(n_exposures: int = 32, shape: tuple[int, int] = (512, 1024), *, method: 
             methods = [("annulus", None),
                        ("bkgnet", str(random_bkgnet(tmp / "bkgnet_mem.pt", "lean")))]
             mem_rows = memory(tmp, methods, *memory_shape, memory_sources, seed)
-            res.notes += ["", "Peak memory of one worker process (resource.getrusage ru_maxrss, "
-                          "whole worker incl. Dask, torch, astropy)",
+            res.notes += ["", "Peak memory of one worker process (VmHWM of /proc/self/status: "
+                          "the whole worker incl. Dask, torch, astropy)",
                           format_table([("method", "method", ""), ("image", "image", ""),
                                         ("sources", "sources", "d"), ("rows", "rows", "d"),
                                         ("seconds", "time [s]", ".1f"),

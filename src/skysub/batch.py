@@ -261,7 +261,19 @@ def _write_partition(table: Table, path: Path) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far [MB] (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process so far [MB].
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own memory.
+    (``getrusage``'s ``ru_maxrss`` survives ``execve``: a worker spawned by a big parent would
+    report the parent's peak.)  Elsewhere ``ru_maxrss`` (KiB; bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if platform.system() == "Darwin" else r / 1024
 
