@@ -42,6 +42,8 @@ GOAL_RSS_MB = 2000.0
 COLUMNS = [("workers", "workers", "d"), ("exposures", "exposures", "d"),
            ("rows", "rows", "d"), ("seconds", "time [s]", ".2f"),
            ("exp_per_s", "exposures/s", ".3f"), ("speedup", "speed-up", ".2f"),
+           ("task_s", "task wall [s]", ".3f"), ("task_cpu_s", "task CPU [s]", ".3f"),
+           ("cpu_share", "CPU got", ".2f"),
            ("startup_s", "cluster start [s]", ".1f"), ("peak_rss_mb", "peak RSS [MB]", ".0f")]
 
 
@@ -79,8 +81,13 @@ def throughput(images: str, catalog: str, out: Path, workers: int, method: str,
                         device="cpu", client=client, quiet=True)
     if not res.ok:
         raise RuntimeError(f"batch run failed: {res.summary()}")
+    wall = np.array([r["seconds"] for r in res.records])
+    cpu = np.array([r["cpu_seconds"] for r in res.records])
     row = {"workers": workers, "exposures": res.n_done, "rows": res.n_rows,
            "seconds": res.seconds, "exp_per_s": res.exposures_per_s,
+           "task_s": float(np.mean(wall)), "task_cpu_s": float(np.mean(cpu)),
+           # CPU time the workers got / (workers x wall time): 1 = each worker had a whole core
+           "cpu_share": float(cpu.sum() / (workers * res.seconds)),
            "startup_s": startup + res.preload_seconds, "peak_rss_mb": res.peak_rss_mb}
     return row, res
 
@@ -214,6 +221,15 @@ def run(n_exposures: int = 32, shape: tuple[int, int] = (512, 1024), *, method: 
             res.goals.append(Check(f">= {GOAL_SPEEDUP:g}x throughput with 2 workers vs 1",
                                    bool(sp >= GOAL_SPEEDUP), f"{sp:.2f}x"))
         res.notes.append(f"load average after the throughput runs: {_load()}")
+        res.notes.append("task wall/CPU: mean per exposure; CPU got: the workers' CPU time over "
+                         "workers x wall time (1.00 = a whole core each; less = the cores were "
+                         "shared with other processes)")
+        if 2 in workers and 1 in workers:
+            one = next(r for r in res.rows if r["workers"] == 1)
+            two = next(r for r in res.rows if r["workers"] == 2)
+            # what 2 workers would give with a core each: 2 x the CPU cost ratio per exposure
+            res.notes.append(f"speed-up expected with two free cores (2 x task CPU ratio): "
+                             f"{2 * one['task_cpu_s'] / two['task_cpu_s']:.2f}x")
 
         net_rows = []
         for preset in networks:

@@ -108,6 +108,7 @@ def test_photometry_on_worker_processes_equals_serial(survey, tmp_path):
     assert 1 <= len(workers) <= 2
     assert all(r["builds"] == 1 for r in res.records)  # one build per worker process
     assert all(0 < r["peak_rss_mb"] < 2000 for r in res.records)
+    assert all(0 < r["cpu_seconds"] and 0 < r["seconds"] for r in res.records)
 
 
 def test_bkgnet_equals_serial_and_loads_model_once(survey, tmp_path):
@@ -312,3 +313,18 @@ def test_bad_inputs(survey, tmp_path):
     with pytest.raises(InputError, match="is a file"):
         batch.run(images, cat, tmp_path / "file", scheduler="threads")
     assert batch.exposure_name("/a/b/NB685_before_001.fits.gz") == "NB685_before_001"
+
+
+def test_default_batch_size_per_device():
+    assert batch.make_spec("bkgnet", device="cpu").default_batch_size() == batch.CPU_BATCH_SIZE
+    assert batch.make_spec("bkgnet", device="cuda").default_batch_size() == batch.GPU_BATCH_SIZE
+    assert batch.make_spec("annulus").default_batch_size() == batch.CPU_BATCH_SIZE
+    assert batch.make_spec("bkgnet", batch_size=32).batch_size == 32
+    # the CLI leaves it to the device unless --batch-size is given
+    from skysub.cli import build_parser
+
+    args = build_parser().parse_args(["batch", "a.fits", "-c", "c.csv", "-o", "out"])
+    assert args.batch_size is None
+    args = build_parser().parse_args(["batch", "a.fits", "-c", "c.csv", "-o", "o",
+                                      "--batch-size", "64"])
+    assert args.batch_size == 64

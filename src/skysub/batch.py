@@ -68,6 +68,13 @@ SUMMARY = "_summary.json"
 _FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
 #: settings that change speed, not results: a resume may change them
 _SPEED_ONLY = ("device", "batch_size", "torch_threads")
+#: default stamps per forward pass in batch runs.  CPU: measured with benchmarks/bench_batch.py
+#: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are fastest end to end, 512 is ~30 %
+#: slower -- the activations of a big batch fall out of the caches); GPU: larger batches keep
+#: the device busy (not measured here: no GPU on the development machines).
+CPU_BATCH_SIZE = 256
+GPU_BATCH_SIZE = 1024
+_CLASSICAL = {"annulus", "templates", "mesh", "aperture", "optimal", None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +97,7 @@ class BatchSpec:
     templates: str | None = None
     model: str | None = None
     device: str = "auto"
-    batch_size: int = 512
+    batch_size: int | None = None
     r_in: float | None = None
     r_out: float | None = None
     statistic: str | None = None
@@ -112,13 +119,14 @@ class BatchSpec:
         from .workflows import make_background, make_photometer
 
         cfg = load_config(self.config)
+        bs = self.batch_size or self.default_batch_size()
         est = make_background(self.method, config=cfg, templates=self.templates, r_in=self.r_in,
                               r_out=self.r_out, statistic=self.statistic, model=self.model,
-                              device=self.device, batch_size=self.batch_size)
+                              device=self.device, batch_size=bs)
         tool = est
         if self.photometer is not None:
             # learned photometers (lumos) may take model/device/batch_size: pass what is accepted
-            extra = {"model": self.model, "device": self.device, "batch_size": self.batch_size}
+            extra = {"model": self.model, "device": self.device, "batch_size": bs}
             accepted = inspect.signature(make_photometer).parameters
             extra = {k: v for k, v in extra.items() if k in accepted}
             tool = make_photometer(self.photometer, background=est, config=cfg,
@@ -127,6 +135,17 @@ class BatchSpec:
         read_kwargs = {"hdu": self.hdu, "mask": self.mask, "keys": cfg.header,
                        "overrides": dict(self.overrides)}
         return tool, read_kwargs
+
+    def default_batch_size(self) -> int:
+        """:data:`CPU_BATCH_SIZE` or, when the run will use a GPU, :data:`GPU_BATCH_SIZE`."""
+        dev = (self.device or "auto").lower()
+        if dev.startswith(("cuda", "mps")):
+            return GPU_BATCH_SIZE
+        if dev != "auto" or {self.method, self.photometer} <= _CLASSICAL:
+            return CPU_BATCH_SIZE  # (classical methods ignore it: no torch import for them)
+        import torch
+
+        return GPU_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -146,7 +165,8 @@ def _abs_if_file(value: str | os.PathLike | None) -> str | None:
 def make_spec(method: str = "annulus", *, photometer: str | None = None,
               config: str | os.PathLike | None = None, templates: str | os.PathLike | None = None,
               model: str | os.PathLike | None = None, device: str = "auto",
-              batch_size: int = 512, r_in: float | None = None, r_out: float | None = None,
+              batch_size: int | None = None, r_in: float | None = None,
+              r_out: float | None = None,
               statistic: str | None = None, radius: float | None = None,
               psf_fwhm: float | None = None, psf: str | os.PathLike | None = None,
               hdu: int | str | None = None, mask: int | str | os.PathLike | None = None,
@@ -156,7 +176,8 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
         mask = _abs_if_file(mask)
     return BatchSpec(method=method, photometer=photometer, config=_abs_if_file(config),
                      templates=_abs_if_file(templates), model=_abs_if_file(model),
-                     device=device, batch_size=int(batch_size), r_in=r_in, r_out=r_out,
+                     device=device, batch_size=None if batch_size is None else int(batch_size),
+                     r_in=r_in, r_out=r_out,
                      statistic=statistic, radius=radius, psf_fwhm=psf_fwhm,
                      psf=_abs_if_file(psf), hdu=hdu, mask=mask,
                      overrides=tuple(sorted((overrides or {}).items())),
@@ -288,9 +309,10 @@ def process_exposure(path: str, catalog: str | Table, spec: BatchSpec, output_di
     from .io import read_image
     from .workflows import measure_background, measure_photometry
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     name = exposure_name(path)
     rec = {"exposure": name, "path": str(path), "status": "done", "rows": 0, "seconds": 0.0,
+           "cpu_seconds": 0.0,
            "worker": f"{platform.node()}:{os.getpid()}", "builds": 0, "peak_rss_mb": 0.0,
            "error_type": "", "message": "", "traceback": ""}
     try:
@@ -309,6 +331,7 @@ def process_exposure(path: str, catalog: str | Table, spec: BatchSpec, output_di
         rec.update(status="failed", error_type=type(exc).__name__, message=str(exc),
                    traceback=traceback.format_exc())
     rec["seconds"] = time.perf_counter() - t0
+    rec["cpu_seconds"] = time.process_time() - c0  # CPU the worker process got meanwhile
     rec["builds"] = BUILD_COUNT
     rec["peak_rss_mb"] = _peak_rss_mb()
     return rec
@@ -662,7 +685,8 @@ def _submit_and_collect(client, todo, cat_arg, spec, out, formats, result, failu
                 rec = fut.result()
             except Exception as exc:  # the worker died (memory limit, crash): record it
                 rec = {"exposure": name, "path": path, "status": "failed", "rows": 0,
-                       "seconds": float("nan"), "worker": "", "builds": 0,
+                       "seconds": float("nan"), "cpu_seconds": float("nan"), "worker": "",
+                       "builds": 0,
                        "peak_rss_mb": float("nan"), "error_type": type(exc).__name__,
                        "message": str(exc), "traceback": traceback.format_exc()}
             result.records.append(rec)

@@ -24,6 +24,7 @@ Exit status: 0 when every exposure succeeded, 1 when some failed, 2 on a usage e
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``batch`` to the ``skysub`` sub-parsers."""
+    from . import batch
     from .cli import _add_common, _add_model_args
     from .workflows import BACKGROUND_METHODS, PHOTOMETERS
 
@@ -47,6 +48,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--psf-fwhm", type=float, default=None, help="Gaussian PSF FWHM [px]")
     g.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")
     _add_model_args(p)
+    for action in p._actions:  # batch runs choose the batch size per device
+        if action.dest == "batch_size":
+            action.default = None
+            action.help = (f"stamps per forward pass (default {batch.CPU_BATCH_SIZE} on CPU, "
+                           f"{batch.GPU_BATCH_SIZE} on a GPU)")
     g = p.add_argument_group("Dask")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--workers", "-w", type=int, default=None,
