@@ -227,9 +227,11 @@ def run(n_exposures: int = 32, shape: tuple[int, int] = (512, 1024), *, method: 
         if 2 in workers and 1 in workers:
             one = next(r for r in res.rows if r["workers"] == 1)
             two = next(r for r in res.rows if r["workers"] == 2)
-            # what 2 workers would give with a core each: 2 x the CPU cost ratio per exposure
-            res.notes.append(f"speed-up expected with two free cores (2 x task CPU ratio): "
-                             f"{2 * one['task_cpu_s'] / two['task_cpu_s']:.2f}x")
+            # do the workers slow each other down (memory bandwidth, caches, the scheduler)?
+            res.notes.append(f"CPU cost per exposure, 2 workers / 1 worker: "
+                             f"{two['task_cpu_s'] / one['task_cpu_s']:.2f} (about 1 = the "
+                             "workers do not slow each other down; the speed-up is then limited "
+                             "by the cores they get)")
 
         net_rows = []
         for preset in networks:
