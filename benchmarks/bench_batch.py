@@ -92,6 +92,46 @@ def throughput(images: str, catalog: str, out: Path, workers: int, method: str,
     return row, res
 
 
+def interrupted_resume(images: str, catalog: str, out: Path, method: str, model: str | None,
+                       n_exposures: int, reference, timeout: float = 600.0) -> Check:
+    """Start ``skysub batch`` (2 workers), interrupt it (SIGINT, as Ctrl-C) once half of the
+    exposures are written, rerun it: finished exposures must be skipped (files untouched) and
+    the final table must equal ``reference`` (an uninterrupted run)."""
+    import signal
+    import subprocess
+
+    from skysub import batch
+
+    cmd = [sys.executable, "-m", "skysub.cli", "batch", images, "--catalog", catalog,
+           "--config", "paus", "--method", method, "--output", str(out), "--workers", "2",
+           "--quiet", "--device", "cpu"] + (["--model", model] if model else [])
+    parts = out / "parquet"
+    proc = subprocess.Popen(cmd)
+    t0 = time.perf_counter()
+    while proc.poll() is None and time.perf_counter() - t0 < timeout:
+        if parts.is_dir() and len(list(parts.glob("*.parquet"))) >= n_exposures // 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    res = batch.run([images], catalog, out, method=method, config="paus", model=model,
+                    device="cpu", workers=2, quiet=True)
+    untouched = all((parts / n).stat().st_mtime_ns == t for n, t in done.items())
+    same = _equal(batch.read_results(out), reference)
+    ok = (0 < len(done) < n_exposures and res.n_skipped == len(done)
+          and res.n_done == n_exposures - len(done) and untouched and same)
+    return Check(f"{n_exposures}-exposure run interrupted (SIGINT) after {len(done)} exposures "
+                 "resumes without recomputing them, with identical results", bool(ok),
+                 f"rerun: {res.n_skipped} skipped, {res.n_done} computed, finished files "
+                 f"{'untouched' if untouched else 'REWRITTEN'}, results "
+                 f"{'identical' if same else 'DIFFERENT'}; exit status {proc.returncode}")
+
+
 def random_bkgnet(path: Path, preset: str, stamp_size: int = 120, mask_size: int = 16) -> Path:
     """A BKGnet model file with untrained weights (for speed and memory measurements only)."""
     import torch
@@ -187,7 +227,7 @@ NETWORK_BATCHES = {"lean": (64, 256, 512), "paper": (64,)}
 def run(n_exposures: int = 32, shape: tuple[int, int] = (512, 1024), *, method: str = "annulus",
         workers: tuple[int, ...] = (1, 2), networks: tuple[str, ...] = ("lean", "paper"),
         batch_sizes: dict | None = None, threads: tuple[int, ...] = (1, 2),
-        memory_shape: tuple[int, int] = (4096, 2048),
+        resume: bool = True, memory_shape: tuple[int, int] = (4096, 2048),
         memory_sources: int = 5000, repeats: int = 3, seed: int = 0,
         workdir: str | None = None) -> BenchResult:
     """Run the three measurements; see the module docstring."""
@@ -216,6 +256,9 @@ def run(n_exposures: int = 32, shape: tuple[int, int] = (512, 1024), *, method: 
         same = all(_equal(first, t) for t in tables.values())
         res.checks.append(Check("same rows and values with every worker count", same,
                                 f"{len(first)} rows"))
+        if resume and n_exposures >= 4:
+            res.checks.append(interrupted_resume(images, catalog, tmp / "out_resume", method,
+                                                 model, n_exposures, first))
         if 2 in workers:
             sp = next(r["speedup"] for r in res.rows if r["workers"] == 2)
             res.goals.append(Check(f">= {GOAL_SPEEDUP:g}x throughput with 2 workers vs 1",
@@ -295,6 +338,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="worker counts to compare (1 2)")
     p.add_argument("--no-memory", action="store_true", help="skip the 4096 x 2048 memory run")
     p.add_argument("--no-networks", action="store_true", help="skip the network table")
+    p.add_argument("--no-resume", action="store_true",
+                   help="skip the interrupt-and-resume check")
     args = p.parse_args(argv)
     check_args(p, args)
     if args.n_exposures is None:
@@ -319,6 +364,7 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
                batch_sizes={"lean": (64,)} if quick else None,
                threads=(1,) if quick else (1, 2),
                memory_sources=0 if (quick or args.no_memory) else 5000,
+               resume=not (quick or args.no_resume),
                repeats=1 if quick else args.repeats, seed=args.seed)
 
 
