@@ -328,3 +328,17 @@ def test_default_batch_size_per_device():
     args = build_parser().parse_args(["batch", "a.fits", "-c", "c.csv", "-o", "o",
                                       "--batch-size", "64"])
     assert args.batch_size == 64
+
+
+def test_worker_cache_rebuilds_when_an_input_file_changes(tmp_path):
+    """A long-lived worker keeps the estimator across runs, but not across a changed file."""
+    cfg = tmp_path / "my.toml"
+    cfg.write_text('base = "paus"\n')
+    spec = batch.make_spec("annulus", config=cfg)
+    n0 = batch.BUILD_COUNT
+    a, _ = batch._cached_tool(spec)
+    b, _ = batch._cached_tool(spec)
+    assert a is b and batch.BUILD_COUNT == n0 + 1
+    cfg.write_text('base = "paus"\n[annulus]\nr_in = 20.0\nr_out = 35.0\n')
+    c, _ = batch._cached_tool(spec)
+    assert batch.BUILD_COUNT == n0 + 2 and c.r_in == 20.0

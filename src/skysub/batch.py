@@ -42,6 +42,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -188,24 +189,41 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
 # worker side: one task per exposure, estimator and catalogue cached per worker process
 # ---------------------------------------------------------------------------------------------
 _LOCK = threading.Lock()
-_TOOLS: dict[BatchSpec, tuple[Any, dict]] = {}
+_TOOLS: dict[tuple, tuple[Any, dict]] = {}
 _CATALOGS: dict[tuple, Table] = {}
 #: estimators/photometers built in this process (tests check "once per worker")
 BUILD_COUNT = 0
 
 
+def _file_stamps(spec: BatchSpec) -> tuple:
+    """(path, mtime, size) of the spec's input files: a long-lived worker that has cached an
+    estimator rebuilds it when its model, templates or configuration file changed."""
+    out = []
+    for value in (spec.config, spec.templates, spec.model, spec.psf):
+        if value is not None and os.path.isfile(value):
+            st = os.stat(value)
+            out.append((value, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+_MAX_CACHED_TOOLS = 4  # estimators kept per worker (a long-lived cluster serves many runs)
+
+
 def _cached_tool(spec: BatchSpec) -> tuple[Any, dict]:
     global BUILD_COUNT
+    key = (spec, _file_stamps(spec))
     with _LOCK:
-        if spec not in _TOOLS:
-            _TOOLS[spec] = spec.build()
+        if key not in _TOOLS:
+            if len(_TOOLS) >= _MAX_CACHED_TOOLS:
+                _TOOLS.clear()
+            _TOOLS[key] = spec.build()
             BUILD_COUNT += 1
-            if spec.torch_threads is not None and "torch" in __import__("sys").modules:
+            if spec.torch_threads is not None and "torch" in sys.modules:
                 # after the build: BKGnetBackground sets "all cores" when it is created
                 from .nn.device import configure_threads
 
                 configure_threads(spec.torch_threads)
-        return _TOOLS[spec]
+        return _TOOLS[key]
 
 
 def _cached_catalog(catalog: str | Table) -> Table:
