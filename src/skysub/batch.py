@@ -657,7 +657,10 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
         ctx = _existing(client) if client is not None else _dask_client(
             scheduler, workers, memory_limit, quiet)
         with ctx as cl:
-            result.workers = len(cl.scheduler_info().get("workers", {}))
+            result.workers = len(cl.nthreads())
+            if result.workers == 0:
+                log.warning("the Dask scheduler has no workers yet: the exposures wait for "
+                            "`dask worker` processes to connect")
             t0 = time.perf_counter()
             try:  # build the estimator (load the model) on every worker before timing starts
                 cl.run(_preload, spec, cat_arg if isinstance(cat_arg, str) else None)
