@@ -70,7 +70,7 @@ _FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".
 #: settings that change speed, not results: a resume may change them
 _SPEED_ONLY = ("device", "batch_size", "torch_threads")
 #: default stamps per forward pass in batch runs.  CPU: measured with benchmarks/bench_batch.py
-#: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are fastest end to end, 512 is ~30 %
+#: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are alike end to end, 512 is 30-50 %
 #: slower, likely cache effects); GPU: larger batches keep
 #: the device busy (not measured here: no GPU on the development machines).
 CPU_BATCH_SIZE = 256
