@@ -69,6 +69,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, metavar="N",
                    help="process at most N unfinished exposures now (the rest on a rerun)")
     _add_common(p)
+    for action in p._actions:
+        if action.dest == "overwrite":
+            action.help = ("delete the output folder's partitions and records, recompute every "
+                           "exposure (without it a rerun resumes)")
     return p
 
 
