@@ -342,3 +342,19 @@ def test_worker_cache_rebuilds_when_an_input_file_changes(tmp_path):
     cfg.write_text('base = "paus"\n[annulus]\nr_in = 20.0\nr_out = 35.0\n')
     c, _ = batch._cached_tool(spec)
     assert batch.BUILD_COUNT == n0 + 2 and c.r_in == 20.0
+
+
+def test_lumos_photometer_equals_serial(survey, tmp_path):
+    """A photometer with its own background (Lumos, once merged): no --method estimator is
+    built, --model goes to the photometer; rows equal `skysub photometry --photometer lumos`."""
+    pytest.importorskip("skysub.photometry.lumos")
+    from skysub.nn.device import configure_threads
+
+    root, images, cat = survey
+    res = _run(survey, tmp_path / "out", photometer="lumos", device="cpu", workers=1)
+    assert res.ok and res.n_done == N_EXP
+    phot = make_photometer("lumos", background=None, config=load_config("paus"), device="cpu",
+                           batch_size=batch.CPU_BATCH_SIZE)
+    configure_threads(1)  # the workers' torch threads (bit-for-bit float32 sums)
+    serial = measure_photometry(images, cat, phot, quiet=True)
+    assert_tables_equal(batch.read_results(tmp_path / "out"), serial)

@@ -76,6 +76,9 @@ _SPEED_ONLY = ("device", "batch_size", "torch_threads")
 CPU_BATCH_SIZE = 256
 GPU_BATCH_SIZE = 1024
 _CLASSICAL = {"annulus", "templates", "mesh", "aperture", "optimal", None}
+#: photometers that estimate their own background: no --method estimator is built for them
+#: (as in `skysub photometry`), so --model goes to the photometer alone
+OWN_BACKGROUND = {"lumos"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,9 +124,9 @@ class BatchSpec:
 
         cfg = load_config(self.config)
         bs = self.batch_size or self.default_batch_size()
-        est = make_background(self.method, config=cfg, templates=self.templates, r_in=self.r_in,
-                              r_out=self.r_out, statistic=self.statistic, model=self.model,
-                              device=self.device, batch_size=bs)
+        est = None if self.photometer in OWN_BACKGROUND else make_background(
+            self.method, config=cfg, templates=self.templates, r_in=self.r_in, r_out=self.r_out,
+            statistic=self.statistic, model=self.model, device=self.device, batch_size=bs)
         tool = est
         if self.photometer is not None:
             # learned photometers (lumos) may take model/device/batch_size: pass what is accepted
