@@ -15,6 +15,7 @@ import sys
 
 from . import (
     bench_annulus,
+    bench_batch,
     bench_bkgnet,
     bench_lumos,
     bench_mesh,
@@ -24,7 +25,8 @@ from . import (
 )
 
 #: the benchmarks ``make bench`` runs, in order
-BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_bkgnet, bench_lumos, bench_removal)
+BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_bkgnet, bench_lumos, bench_removal,
+              bench_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, batch_cli
 from .errors import SkysubError
 from .pipeline import cli as timeseries_cli
 
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
+    batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
 
     # -- compact-source removal (issue 5): remove, train inpaint, evaluate removal --------
     from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser
@@ -499,7 +500,7 @@ def _cmd_demo(args) -> int:
 COMMANDS = {"simulate": _cmd_simulate, "background": _cmd_background,
             "templates": _cmd_templates, "photometry": _cmd_photometry, "demo": _cmd_demo,
             "train": _cmd_train, "models": _cmd_models, "evaluate": _cmd_evaluate,
-            "timeseries": timeseries_cli.run, "coadd": _cmd_coadd}
+            "timeseries": timeseries_cli.run, "coadd": _cmd_coadd, "batch": batch_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,746 @@
+"""Survey-scale batch processing: many exposures on a Dask cluster, resumable.
+
+:func:`run` measures the background (or the photometry) of every catalogued source on every
+exposure, one Dask task per exposure, on a local cluster (one single-threaded worker process
+per core by default) or on any running Dask scheduler, so the same call scales from a laptop to
+a cluster.  The per-source columns are exactly those of ``skysub background`` /
+``skysub photometry`` (each task calls :func:`skysub.workflows.measure_background` or
+:func:`~skysub.workflows.measure_photometry` on its exposure), and estimators and photometers are
+built by :func:`skysub.workflows.make_background` / :func:`~skysub.workflows.make_photometer`,
+so every registered method (annulus, templates, mesh, bkgnet, and later ones) works here.
+
+Output folder ``DIR``::
+
+    DIR/parquet/<exposure>.parquet  one partition per exposure (written atomically by the worker)
+    DIR/csv/<exposure>.csv          the same rows as CSV, on request (formats=("parquet", "csv"))
+    DIR/_manifest.json              what was computed (method, options, catalogue), for resume
+    DIR/_failures.json              the exposures that failed in the last run, with the error
+    DIR/_summary.json               the last run's summary (:class:`BatchResult`)
+
+``pyarrow.parquet.read_table("DIR/parquet")``, ``pandas.read_parquet("DIR/parquet")`` or
+:func:`read_results` read the partitions back as one
+table (files starting with ``_`` or ``.`` are ignored by Parquet dataset readers).
+
+Resume: an exposure is finished when all its partitions exist; a rerun into the same folder
+skips finished exposures and retries failed ones.  A rerun with different settings is refused
+(the manifest says what differs) unless ``overwrite``, which deletes the folder's partitions
+and recomputes everything.
+
+Workers: the estimator (a BKGnet model, templates...) and the catalogue are built or read once
+per worker process and cached there (not once per exposure); torch uses ``torch_threads``
+(default 1) intra-op threads per worker, because a local cluster runs one worker process per
+core.  Memory per worker is about one exposure (pixels, mask, stamps of one BKGnet batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from .errors import InputError, OutputExistsError
+from .io import _atomic_write
+from .progress import progress
+
+log = logging.getLogger("skysub")
+
+#: output formats: name -> (sub-folder, file suffix)
+FORMATS = {"parquet": ("parquet", ".parquet"), "csv": ("csv", ".csv")}
+MANIFEST = "_manifest.json"
+FAILURES = "_failures.json"
+SUMMARY = "_summary.json"
+_FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
+#: settings that change speed, not results: a resume may change them
+_SPEED_ONLY = ("device", "batch_size", "torch_threads")
+#: default stamps per forward pass in batch runs.  CPU: measured with benchmarks/bench_batch.py
+#: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are alike end to end, 512 is 30-50 %
+#: slower, likely cache effects); GPU: larger batches keep
+#: the device busy (not measured here: no GPU on the development machines).
+CPU_BATCH_SIZE = 256
+GPU_BATCH_SIZE = 1024
+_CLASSICAL = {"annulus", "templates", "mesh", "aperture", "optimal", None}
+#: photometers that estimate their own background: no --method estimator is built for them
+#: (as in `skysub photometry`), so --model goes to the photometer alone
+OWN_BACKGROUND = {"lumos"}
+
+
+# ---------------------------------------------------------------------------------------------
+# what to compute
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchSpec:
+    """What each exposure's task computes; picklable and hashable (the worker cache key).
+
+    ``photometer`` None measures the background only (``skysub background`` columns); a name
+    measures fluxes (``skysub photometry`` columns) with ``method`` as its background.  The
+    other fields are the options of :func:`skysub.workflows.make_background` /
+    :func:`~skysub.workflows.make_photometer` and of :func:`skysub.io.read_image`; paths are
+    absolute, so workers started elsewhere find the same files (on a shared file system).
+    """
+
+    method: str = "annulus"
+    photometer: str | None = None
+    config: str | None = None
+    templates: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    r_in: float | None = None
+    r_out: float | None = None
+    statistic: str | None = None
+    radius: float | None = None
+    psf_fwhm: float | None = None
+    psf: str | None = None
+    hdu: int | str | None = None
+    mask: int | str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    torch_threads: int | None = 1
+
+    @property
+    def kind(self) -> str:
+        return "background" if self.photometer is None else "photometry"
+
+    def build(self) -> tuple[Any, dict]:
+        """(estimator or photometer, read_image keyword arguments) -- what the serial CLI builds."""
+        from .config import load_config
+        from .workflows import make_background, make_photometer
+
+        cfg = load_config(self.config)
+        bs = self.batch_size or self.default_batch_size()
+        est = None if self.photometer in OWN_BACKGROUND else make_background(
+            self.method, config=cfg, templates=self.templates, r_in=self.r_in, r_out=self.r_out,
+            statistic=self.statistic, model=self.model, device=self.device, batch_size=bs)
+        tool = est
+        if self.photometer is not None:
+            # learned photometers (lumos) may take model/device/batch_size: pass what is accepted
+            extra = {"model": self.model, "device": self.device, "batch_size": bs}
+            accepted = inspect.signature(make_photometer).parameters
+            extra = {k: v for k, v in extra.items() if k in accepted}
+            tool = make_photometer(self.photometer, background=est, config=cfg,
+                                   radius=self.radius, psf_fwhm=self.psf_fwhm, psf=self.psf,
+                                   **extra)
+        read_kwargs = {"hdu": self.hdu, "mask": self.mask, "keys": cfg.header,
+                       "overrides": dict(self.overrides)}
+        return tool, read_kwargs
+
+    def default_batch_size(self) -> int:
+        """:data:`CPU_BATCH_SIZE` or, when the run will use a GPU, :data:`GPU_BATCH_SIZE`."""
+        dev = (self.device or "auto").lower()
+        if dev.startswith(("cuda", "mps")):
+            return GPU_BATCH_SIZE
+        if dev != "auto" or {self.method, self.photometer} <= _CLASSICAL:
+            return CPU_BATCH_SIZE  # (classical methods ignore it: no torch import for them)
+        import torch
+
+        return GPU_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["overrides"] = dict(self.overrides)
+        d["kind"] = self.kind
+        return d
+
+
+def _abs_if_file(value: str | os.PathLike | None) -> str | None:
+    """Absolute path when ``value`` names an existing file (a preset/model name stays as is)."""
+    if value is None:
+        return None
+    p = Path(value)
+    return str(p.resolve()) if p.exists() else str(value)
+
+
+def make_spec(method: str = "annulus", *, photometer: str | None = None,
+              config: str | os.PathLike | None = None, templates: str | os.PathLike | None = None,
+              model: str | os.PathLike | None = None, device: str = "auto",
+              batch_size: int | None = None, r_in: float | None = None,
+              r_out: float | None = None,
+              statistic: str | None = None, radius: float | None = None,
+              psf_fwhm: float | None = None, psf: str | os.PathLike | None = None,
+              hdu: int | str | None = None, mask: int | str | os.PathLike | None = None,
+              overrides: dict | None = None, torch_threads: int | None = 1) -> BatchSpec:
+    """A :class:`BatchSpec` with file arguments made absolute."""
+    if mask is not None and not isinstance(mask, int):
+        mask = _abs_if_file(mask)
+    return BatchSpec(method=method, photometer=photometer, config=_abs_if_file(config),
+                     templates=_abs_if_file(templates), model=_abs_if_file(model),
+                     device=device, batch_size=None if batch_size is None else int(batch_size),
+                     r_in=r_in, r_out=r_out,
+                     statistic=statistic, radius=radius, psf_fwhm=psf_fwhm,
+                     psf=_abs_if_file(psf), hdu=hdu, mask=mask,
+                     overrides=tuple(sorted((overrides or {}).items())),
+                     torch_threads=torch_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side: one task per exposure, estimator and catalogue cached per worker process
+# ---------------------------------------------------------------------------------------------
+_LOCK = threading.Lock()
+_TOOLS: dict[tuple, tuple[Any, dict]] = {}
+_CATALOGS: dict[tuple, Table] = {}
+#: estimators/photometers built in this process (tests check "once per worker")
+BUILD_COUNT = 0
+
+
+def _file_stamps(spec: BatchSpec) -> tuple:
+    """(path, mtime, size) of the spec's input files: a long-lived worker that has cached an
+    estimator rebuilds it when its model, templates or configuration file changed."""
+    out = []
+    for value in (spec.config, spec.templates, spec.model, spec.psf):
+        if value is not None and os.path.isfile(value):
+            st = os.stat(value)
+            out.append((value, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+_MAX_CACHED_TOOLS = 4  # estimators kept per worker (a long-lived cluster serves many runs)
+
+
+def _cached_tool(spec: BatchSpec) -> tuple[Any, dict]:
+    global BUILD_COUNT
+    key = (spec, _file_stamps(spec))
+    with _LOCK:
+        if key not in _TOOLS:
+            if len(_TOOLS) >= _MAX_CACHED_TOOLS:
+                _TOOLS.clear()
+            _TOOLS[key] = spec.build()
+            BUILD_COUNT += 1
+            if spec.torch_threads is not None and "torch" in sys.modules:
+                # after the build: BKGnetBackground sets "all cores" when it is created
+                from .nn.device import configure_threads
+
+                configure_threads(spec.torch_threads)
+        return _TOOLS[key]
+
+
+def _cached_catalog(catalog: str | Table) -> Table:
+    if isinstance(catalog, Table):
+        return catalog
+    from .io import read_catalog
+
+    st = os.stat(catalog)
+    key = (catalog, st.st_mtime_ns, st.st_size)
+    with _LOCK:
+        if key not in _CATALOGS:
+            _CATALOGS.clear()  # one catalogue at a time is what a run needs
+            _CATALOGS[key] = read_catalog(catalog)
+        return _CATALOGS[key]
+
+
+def exposure_name(path: str | os.PathLike) -> str:
+    """The partition name of an exposure: its file name without the FITS suffix."""
+    name = Path(path).name
+    for suf in _FITS_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def partition_paths(output_dir: str | os.PathLike, name: str,
+                    formats: Sequence[str]) -> list[Path]:
+    out = Path(output_dir)
+    return [out / FORMATS[f][0] / f"{name}{FORMATS[f][1]}" for f in formats]
+
+
+def _to_arrow(table: Table):
+    """An astropy Table as a pyarrow Table (masked entries become nulls)."""
+    import pyarrow as pa
+
+    cols = {}
+    for name in table.colnames:
+        col = table[name]
+        mask = np.ma.getmaskarray(col) if getattr(col, "mask", None) is not None else None
+        data = np.asarray(np.ma.getdata(col))
+        cols[name] = pa.array(data, mask=mask if mask is not None and mask.any() else None)
+    return pa.table(cols)
+
+
+def _from_arrow(patable) -> Table:
+    """A pyarrow Table as an astropy Table (text as str, nulls masked)."""
+    out = Table()
+    for name in patable.column_names:
+        col = patable.column(name)
+        data = col.to_numpy(zero_copy_only=False)
+        if data.dtype == object:
+            data = data.astype(str)
+        if col.null_count:
+            out[name] = np.ma.MaskedArray(data, mask=col.is_null().to_numpy(
+                zero_copy_only=False))
+        else:
+            out[name] = data
+    return out
+
+
+def _write_partition(table: Table, path: Path) -> None:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        patable = _to_arrow(table)
+
+        def write(tmp: Path) -> None:
+            pq.write_table(patable, tmp)
+    else:
+        def write(tmp: Path) -> None:
+            table.write(tmp, format="ascii.csv")
+
+    _atomic_write(path, write)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MB].
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own memory.
+    (``getrusage``'s ``ru_maxrss`` survives ``execve``: a worker spawned by a big parent would
+    report the parent's peak.)  Elsewhere ``ru_maxrss`` (KiB; bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if platform.system() == "Darwin" else r / 1024
+
+
+def process_exposure(path: str, catalog: str | Table, spec: BatchSpec, output_dir: str,
+                     formats: Sequence[str] = ("parquet",)) -> dict:
+    """One Dask task: measure one exposure, write its partitions, return a small record.
+
+    Never raises for a bad exposure: the record's ``status`` is ``"failed"`` with the error
+    type, message and traceback, so one corrupt file does not stop a survey.
+    """
+    from .io import read_image
+    from .workflows import measure_background, measure_photometry
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    name = exposure_name(path)
+    rec = {"exposure": name, "path": str(path), "status": "done", "rows": 0, "seconds": 0.0,
+           "cpu_seconds": 0.0,
+           "worker": f"{platform.node()}:{os.getpid()}", "builds": 0, "peak_rss_mb": 0.0,
+           "error_type": "", "message": "", "traceback": ""}
+    try:
+        tool, read_kwargs = _cached_tool(spec)
+        cat = _cached_catalog(catalog)
+        image = read_image(path, **read_kwargs)
+        if spec.photometer is None:
+            table = measure_background([image], cat, tool, quiet=True)
+        else:
+            table = measure_photometry([image], cat, tool, quiet=True)
+        del image
+        for p in partition_paths(output_dir, name, formats):
+            _write_partition(table, p)
+        rec["rows"] = len(table)
+    except Exception as exc:  # recorded, not raised: the run goes on (failure isolation)
+        rec.update(status="failed", error_type=type(exc).__name__, message=str(exc),
+                   traceback=traceback.format_exc())
+    rec["seconds"] = time.perf_counter() - t0
+    rec["cpu_seconds"] = time.process_time() - c0  # CPU the worker process got meanwhile
+    rec["builds"] = BUILD_COUNT
+    rec["peak_rss_mb"] = _peak_rss_mb()
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# client side
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class BatchResult:
+    """Summary of a :func:`run`.
+
+    Attributes
+    ----------
+    output_dir : folder of the partitions
+    n_exposures : exposures given
+    n_done : exposures computed in this run
+    n_skipped : exposures already finished by an earlier run (not recomputed)
+    n_failed : exposures that failed (listed in ``DIR/_failures.json``; retried next run)
+    n_pending : exposures left for a later run (``max_exposures``)
+    n_rows : rows written in this run
+    seconds : wall time from the first submitted exposure to the last result [s] (cluster
+        start-up and the per-worker estimator build, ``preload_seconds``, excluded)
+    preload_seconds : time to build the estimator (load the model) on every worker [s]
+    workers : workers of the cluster
+    peak_rss_mb : largest peak resident memory reported by a worker [MB]
+    records : one dict per exposure processed in this run (see :func:`process_exposure`)
+    """
+
+    output_dir: str
+    n_exposures: int = 0
+    n_done: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    n_pending: int = 0
+    n_rows: int = 0
+    seconds: float = 0.0
+    preload_seconds: float = 0.0
+    workers: int = 0
+    peak_rss_mb: float = 0.0
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+    @property
+    def exposures_per_s(self) -> float:
+        return self.n_done / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        lines = [f"{self.n_done} exposures done ({self.n_rows} rows), {self.n_skipped} already "
+                 f"done, {self.n_failed} failed, {self.n_pending} left -> {self.output_dir}"]
+        if self.records:
+            lines.append(f"{self.seconds:.1f} s on {self.workers} workers "
+                         f"({self.exposures_per_s:.2f} exposures/s), peak worker memory "
+                         f"{self.peak_rss_mb:.0f} MB")
+        else:
+            lines.append("nothing to do")
+        for r in self.failures[:10]:
+            lines.append(f"  failed {r['path']}: {r['error_type']}: {r['message']}")
+        if self.n_failed > 10:
+            lines.append(f"  ... {self.n_failed - 10} more in {self.output_dir}/{FAILURES}")
+        if self.n_failed:
+            lines.append(f"failed exposures are listed in {self.output_dir}/{FAILURES} and "
+                         "retried by the same command")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"}
+        d["exposures_per_s"] = self.exposures_per_s
+        d["failures"] = self.failures
+        return d
+
+
+def parse_scheduler(value: str | None) -> tuple[str, str | None]:
+    """Interpret ``--scheduler``: returns ``(kind, target)``.
+
+    ========================  ===================================================================
+    value                     meaning
+    ========================  ===================================================================
+    None, "local"             a new local cluster of worker processes (``kind="local"``)
+    "threads"                 a new in-process cluster of threads (debugging; ``"threads"``)
+    "tcp://host:8786", ...    a running scheduler (tcp, tls, ucx, inproc, ws, wss; ``"address"``)
+    "host:8786"               the same, tcp assumed
+    "path/scheduler.json"     a scheduler file (``dask scheduler --scheduler-file``; ``"file"``)
+    ========================  ===================================================================
+    """
+    if value is None or value == "local":
+        return "local", None
+    v = str(value).strip()
+    if v == "threads":
+        return "threads", None
+    if v.endswith(".json"):
+        if not Path(v).is_file():
+            raise InputError(f"--scheduler {v}: scheduler file not found")
+        return "file", str(Path(v).resolve())
+    if "://" in v:
+        proto, rest = v.split("://", 1)
+        if proto not in ("tcp", "tls", "ucx", "inproc", "ws", "wss") or not rest:
+            raise InputError(f"--scheduler {v!r}: expected an address like tcp://host:8786 "
+                             "(protocols tcp, tls, ucx, inproc, ws, wss), a scheduler file "
+                             "(.json), 'local' or 'threads'")
+        return "address", v
+    host, _, port = v.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return "address", f"tcp://{v}"
+    raise InputError(f"--scheduler {v!r}: expected an address like tcp://host:8786 or "
+                     "host:8786, a scheduler file (.json), 'local' or 'threads'")
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, workers: int | None, memory_limit: str | float | None,
+                 quiet: bool, connect_timeout: str = "30s"):
+    from distributed import Client, LocalCluster
+
+    kind, target = parse_scheduler(scheduler)
+    # Dask logs every worker start/stop at INFO: keep it to warnings (errors when quiet) unless
+    # skysub itself logs details (--verbose)
+    dlog = logging.getLogger("distributed")
+    old_level = dlog.level
+    if not log.isEnabledFor(logging.INFO):
+        dlog.setLevel(logging.ERROR if quiet else logging.WARNING)
+    cluster = None
+    if kind in ("address", "file"):
+        try:
+            client = (Client(target, timeout=connect_timeout) if kind == "address" else
+                      Client(scheduler_file=target, timeout=connect_timeout))
+        except (OSError, TimeoutError) as exc:
+            dlog.setLevel(old_level)
+            raise InputError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler "
+                             f"({exc}); is `dask scheduler` running there?") from None
+    else:
+        n = workers or _cores()
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=kind == "local",
+                               memory_limit=memory_limit, dashboard_address=":0",
+                               silence_logs=logging.ERROR if quiet else logging.WARNING)
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        dlog.setLevel(old_level)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=1, default=str)
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _describe_change(key: str, old: Any, new: Any) -> str:
+    if key == "checksums":
+        old = old or {}
+        changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
+        return f"checksums: the content of {', '.join(changed)} changed"
+    return f"{key}: {old!r} there, {new!r} now"
+
+
+def _prepare_output(out: Path, manifest: dict, *, overwrite: bool, inputs: Sequence[str]) -> None:
+    """Create ``out``; refuse (without overwrite) a folder holding another run's results."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; give a folder")
+    for inp in inputs:  # never a folder that is (or holds) one of the inputs' own path
+        if Path(inp).resolve() == out.resolve():
+            raise OutputExistsError(f"--output {out} is one of the inputs")
+    old = _read_json(out / MANIFEST)
+    parts = [p for f in FORMATS for p in (out / FORMATS[f][0]).glob(f"*{FORMATS[f][1]}")]
+    if overwrite:
+        for sub in {FORMATS[f][0] for f in FORMATS}:
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in (MANIFEST, FAILURES, SUMMARY):
+            (out / name).unlink(missing_ok=True)
+    elif old is not None:
+        diff = {k: (old.get(k), v) for k, v in manifest.items()
+                if k not in _SPEED_ONLY and old.get(k) != v}
+        if diff:
+            what = "; ".join(_describe_change(k, a, b) for k, (a, b) in diff.items())
+            raise OutputExistsError(f"{out} holds results of a different run ({what}); use "
+                                    "--overwrite to replace them or another --output folder")
+    elif parts:
+        raise OutputExistsError(f"{out} holds {len(parts)} partitions but no {MANIFEST}; use "
+                                "--overwrite to replace them or another --output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / MANIFEST, manifest)
+
+
+def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
+        output_dir: str | os.PathLike, *, method: str = "annulus",
+        photometer: str | None = None, spec: BatchSpec | None = None,
+        workers: int | None = None, scheduler: str | None = None,
+        formats: Sequence[str] = ("parquet",), overwrite: bool = False, quiet: bool = False,
+        max_exposures: int | None = None, memory_limit: str | float | None = "auto",
+        client: Any = None, validate: bool = True, **options: Any) -> BatchResult:
+    """Process many exposures on Dask; write one partition per exposure as each finishes.
+
+    Parameters
+    ----------
+    images : FITS paths or globs (``"survey/*.fits"``); exposure file names must be unique
+    catalog : catalogue file (read once per worker) or an astropy Table (scattered to workers)
+    output_dir : folder of the partitions (see the module notes for its layout)
+    method : background method (``annulus``, ``templates``, ``mesh``, ``bkgnet``... any name
+        :func:`skysub.workflows.make_background` knows)
+    photometer : photometer name (``aperture``, ``optimal``...); None = background only
+    spec : a ready :class:`BatchSpec` (then ``method``, ``photometer`` and ``options`` are unused)
+    workers : worker processes of the local cluster (default: the cores of this machine)
+    scheduler : None/"local" (a local cluster), "threads" (in-process), a scheduler address
+        ``tcp://host:8786`` or a scheduler file: see :func:`parse_scheduler`
+    formats : ``("parquet",)`` (default), ``("csv",)`` or both
+    overwrite : delete this folder's previous results first and recompute everything; without
+        it a rerun resumes (finished exposures are skipped, failed ones retried)
+    quiet : no progress bar
+    max_exposures : process at most this many unfinished exposures (the rest on a later run)
+    memory_limit : per worker of a local cluster (Dask's ``memory_limit``: "auto", "2GB"...)
+    client : an existing ``distributed.Client`` to use (``scheduler`` and ``workers`` unused)
+    validate : build the estimator once here first, so that a bad option (unknown method,
+        missing model or templates file) is one clear error instead of one failure per exposure
+    **options : the other :func:`make_spec` arguments (config, model, templates, r_in, ...)
+
+    Returns
+    -------
+    BatchResult
+    """
+    from .workflows import expand_paths
+
+    spec = spec or make_spec(method, photometer=photometer, **options)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise InputError(f"formats {list(formats)!r}: expected one or more of "
+                         f"{', '.join(FORMATS)}")
+    formats = tuple(dict.fromkeys(formats))
+    paths = [str(p.resolve()) for p in expand_paths(images)]
+    names = [exposure_name(p) for p in paths]
+    seen: dict[str, str] = {}
+    for n, p in zip(names, paths, strict=True):
+        if n in seen and seen[n] != p:
+            raise InputError(f"two exposures share the name {n!r} ({seen[n]} and {p}); "
+                             "partitions are named by exposure: rename one or run them apart")
+        seen[n] = p
+    order = list(dict.fromkeys(zip(names, paths, strict=True)))
+    if isinstance(catalog, Table):
+        cat_arg: Any = catalog
+        cat_label = f"<Table of {len(catalog)} rows>"
+    else:
+        check = Path(catalog)
+        if not check.is_file():
+            from .errors import MissingFileError
+
+            raise MissingFileError(f"--catalog {catalog}: file not found")
+        cat_arg = cat_label = str(check.resolve())
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    if max_exposures is not None and max_exposures < 0:
+        raise InputError(f"max_exposures must be >= 0, got {max_exposures}")
+    if validate:
+        spec.build()  # clear errors up front (and in this process, not once per exposure)
+    out = Path(output_dir)
+    manifest = {**spec.as_dict(), "catalog": cat_label, "formats": list(formats)}
+    # the content of every input file but the exposures: a retrained model, edited templates,
+    # configuration or catalogue under the same name must not be mixed with older partitions
+    manifest["checksums"] = {k: _sha256(v) for k, v in manifest.items()
+                             if k in ("config", "templates", "model", "psf", "catalog")
+                             and isinstance(v, str) and Path(v).is_file()}
+    _prepare_output(out, manifest, overwrite=overwrite, inputs=[*paths, cat_label])
+
+    done = [(n, p) for n, p in order
+            if all(q.is_file() for q in partition_paths(out, n, formats))]
+    finished = set(done)
+    todo = [(n, p) for n, p in order if (n, p) not in finished]
+    pending = 0
+    if max_exposures is not None and len(todo) > max_exposures:
+        pending = len(todo) - max_exposures
+        todo = todo[:max_exposures]
+    result = BatchResult(output_dir=str(out), n_exposures=len(order), n_skipped=len(done),
+                         n_pending=pending)
+    failures: list[dict] = []
+    if todo:
+        ctx = _existing(client) if client is not None else _dask_client(
+            scheduler, workers, memory_limit, quiet)
+        with ctx as cl:
+            result.workers = len(cl.nthreads())
+            if result.workers == 0:
+                log.warning("the Dask scheduler has no workers yet: the exposures wait for "
+                            "`dask worker` processes to connect")
+            t0 = time.perf_counter()
+            try:  # build the estimator (load the model) on every worker before timing starts
+                cl.run(_preload, spec, cat_arg if isinstance(cat_arg, str) else None)
+            except Exception as exc:  # workers that fail here fail each task with the reason
+                log.warning("preloading the estimator on the workers failed: %s", exc)
+            result.preload_seconds = time.perf_counter() - t0
+            _submit_and_collect(cl, todo, cat_arg, spec, out, formats, result, failures, quiet)
+    _write_json(out / FAILURES, failures)
+    _write_json(out / SUMMARY, result.as_dict())
+    return result
+
+
+def _preload(spec: BatchSpec, catalog: str | None) -> int:
+    """Runs on each worker (``Client.run``): build and cache the estimator and catalogue."""
+    _cached_tool(spec)
+    if catalog is not None:
+        _cached_catalog(catalog)
+    return BUILD_COUNT
+
+
+@contextmanager
+def _existing(client):
+    yield client
+
+
+def _submit_and_collect(client, todo, cat_arg, spec, out, formats, result, failures,
+                        quiet) -> None:
+    from distributed import as_completed
+
+    if isinstance(cat_arg, Table):
+        [cat_arg] = client.scatter([cat_arg], broadcast=True)
+    t0 = time.perf_counter()
+    futures = {}
+    for name, path in todo:
+        fut = client.submit(process_exposure, path, cat_arg, spec, str(out), formats,
+                            key=f"skysub-batch-{name}-{os.urandom(4).hex()}", pure=False)
+        futures[fut] = (name, path)
+    try:
+        for fut in progress(as_completed(futures), desc="exposures", total=len(futures),
+                            quiet=quiet, unit="exposure"):
+            name, path = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as exc:  # the worker died (memory limit, crash): record it
+                rec = {"exposure": name, "path": path, "status": "failed", "rows": 0,
+                       "seconds": float("nan"), "cpu_seconds": float("nan"), "worker": "",
+                       "builds": 0,
+                       "peak_rss_mb": float("nan"), "error_type": type(exc).__name__,
+                       "message": str(exc), "traceback": traceback.format_exc()}
+            result.records.append(rec)
+            if rec["status"] == "done":
+                result.n_done += 1
+                result.n_rows += rec["rows"]
+            else:
+                result.n_failed += 1
+                failures.append(rec)
+                _write_json(out / FAILURES, failures)
+                log.warning("%s failed: %s: %s", path, rec["error_type"], rec["message"])
+            if np.isfinite(rec["peak_rss_mb"]):
+                result.peak_rss_mb = max(result.peak_rss_mb, rec["peak_rss_mb"])
+    except BaseException:  # Ctrl-C: finished partitions stay; the rest is resumed next time
+        client.cancel(list(futures))
+        raise
+    finally:
+        result.seconds = time.perf_counter() - t0
+
+
+def read_results(output_dir: str | os.PathLike, *, format: str = "parquet") -> Table:
+    """All partitions of a batch folder as one table (exposures in file-name order)."""
+    sub, suffix = FORMATS[format]
+    files = sorted((Path(output_dir) / sub).glob(f"*{suffix}"))
+    if not files:
+        raise InputError(f"{output_dir}: no {format} partitions found")
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        tables = [_from_arrow(pq.read_table(f)) for f in files]
+    else:
+        tables = [Table.read(f, format="ascii.csv") for f in files]
+    return vstack(tables, metadata_conflicts="silent")
