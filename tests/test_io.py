@@ -505,3 +505,21 @@ def test_temp_names_are_hidden_and_keep_suffix(tmp_path, monkeypatch):
     with open(tmp_path / "m.fits.gz", "rb") as f:
         assert f.read(2) == b"\x1f\x8b"  # really gzipped
     np.testing.assert_array_equal(read_image(tmp_path / "m.fits.gz").data, 1.0)
+
+
+def test_window_cutter_equals_cutouts():
+    """The padded sliding-window cutter gives the cutouts() stamps (edges, NaN, off-image)."""
+    from skysub.stamps import WindowCutter, cutouts
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, (90, 130))
+    img[10:20, 10:20] = np.nan
+    x = np.r_[rng.uniform(-30, 160, 40), 15.0, -300.0, 500.0]
+    y = np.r_[rng.uniform(-30, 120, 40), 15.0, 10.0, 40.0]
+    st = cutouts(img, x, y, 25)
+    d, v, x0, y0 = WindowCutter(img, 25)(x, y)
+    np.testing.assert_array_equal(v, st.valid)
+    np.testing.assert_array_equal(d, np.where(st.valid, st.data, 0).astype(np.float32))
+    np.testing.assert_array_equal(x0, st.x0)
+    np.testing.assert_array_equal(y0, st.y0)
+    assert not v[-2:].any()  # far off the image: nothing valid

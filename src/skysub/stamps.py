@@ -146,3 +146,51 @@ def annulus_offsets(r_out: float, r_in: float = 0.0, *, margin: float = 1.0
     r = np.hypot(dx, dy)
     keep = (r <= r_out + margin) & (r >= max(r_in - margin, 0.0))
     return dx[keep], dy[keep]
+
+
+class WindowCutter:
+    """Fast square cutouts of one image for many batches of positions (learned estimators).
+
+    The image and its validity are padded once by ``size`` pixels (invalid padding) and viewed
+    as a (ny, nx, size, size) window array; a batch of stamps is then one fancy-index copy of
+    that view -- ~10x faster than :func:`cutouts` for thousands of 120 px stamps, at the cost
+    of one padded copy of the image (``dtype``, default float32) per image.
+
+    Stamp layout is that of :func:`cutouts` (anchor ``round(x)``, source at index
+    ``size // 2``); invalid pixels hold ``fill`` instead of NaN.
+    """
+
+    def __init__(self, image: Image | np.ndarray, size: int, *, mask: np.ndarray | None = None,
+                 dtype=np.float32, fill: float = 0.0) -> None:
+        if int(size) != size or size < 1:
+            raise InputError(f"stamp size must be a positive integer, got size={size!r}")
+        img = as_image(image, mask)
+        self.size = int(size)
+        self.pad = p = self.size
+        ny, nx = img.shape
+        self.shape = (ny, nx)
+        data = np.full((ny + 2 * p, nx + 2 * p), fill, dtype=dtype)
+        valid = np.zeros((ny + 2 * p, nx + 2 * p), bool)
+        good = ~img.mask
+        data[p:p + ny, p:p + nx] = np.where(good, img.data, fill)
+        valid[p:p + ny, p:p + nx] = good
+        win = np.lib.stride_tricks.sliding_window_view
+        self._data = win(data, (self.size, self.size))
+        self._valid = win(valid, (self.size, self.size))
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray, np.ndarray]:
+        """Stamps at (x, y): ``(data (n, S, S), valid (n, S, S), x0, y0)`` with ``x0, y0`` the
+        image pixel of stamp pixel [0, 0].  Centres farther than ``size / 2`` off the image
+        give all-invalid stamps."""
+        x = np.atleast_1d(np.asarray(x, float))
+        y = np.atleast_1d(np.asarray(y, float))
+        half = self.size // 2
+        x0 = _round_half_up(x) - half
+        y0 = _round_half_up(y) - half
+        ny, nx = self.shape
+        p = self.pad
+        # clip into the padded frame: a stamp entirely in the padding is entirely invalid
+        r = np.clip(y0 + p, 0, ny + p)
+        c = np.clip(x0 + p, 0, nx + p)
+        return self._data[r, c], self._valid[r, c], x0, y0

@@ -40,7 +40,7 @@ import numpy as np
 from .. import flags as F
 from ..errors import ConfigError, InputError
 from ..image import Image, as_image
-from ..stamps import _round_half_up, annulus_offsets, cutouts, gather
+from ..stamps import WindowCutter, _round_half_up, annulus_offsets, gather
 from .base import BackgroundResult
 
 log = logging.getLogger("skysub")
@@ -231,16 +231,18 @@ def sample_training_stamps(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] |
         from ..nn.bkgnet import label_sigma
 
         lsig = label_sigma(label, n_lab, meta.gain, meta.rdnoise)
-    st = cutouts(image, x, y, s.stamp_size)
-    with np.errstate(invalid="ignore"):
-        sat = np.nanmax(np.where(st.valid, st.data, -np.inf).reshape(len(x), -1), axis=1)
+    cut = WindowCutter(image, s.stamp_size, fill=-np.inf)
+    st_data, st_valid, _, _ = cut(x, y)
+    sat = st_data.reshape(len(x), -1).max(axis=1)  # invalid pixels hold -inf
     keep = np.isfinite(label) & (n_lab >= 0.5 * np.pi * s.label_radius**2) & (sat <= s.saturation)
     idx = np.flatnonzero(keep)[:n]
-    data = st.data[idx].astype(np.float32)
-    valid = st.valid[idx]
+    data = st_data[idx].astype(np.float32)
+    valid = st_valid[idx]
     mag = np.full(len(idx), np.nan)
     if s.inject and len(idx) and galaxies is not None:
-        mag = _inject(data, valid, st.dx[idx], st.dy[idx], galaxies, image, s, rng)
+        dx = x[idx] - _round_half_up(x[idx])
+        dy = y[idx] - _round_half_up(y[idx])
+        mag = _inject(data, valid, dx, dy, galaxies, image, s, rng)
     data[~valid] = np.nan
     return {"stamps": data, "x": x[idx], "y": y[idx], "label": label[idx],
             "label_sigma": lsig[idx], "mag": mag, "n_label": n_lab[idx].astype(np.int32)}
@@ -380,17 +382,18 @@ class BKGnetBackground:
             off = ~((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))
         flags[off] |= F.OFF_IMAGE
         todo = np.flatnonzero(~off)
+        cut = WindowCutter(img, S) if len(todo) else None  # one padded copy per image
         for s0 in range(0, len(todo), self.batch_size):
             idx = todo[s0:s0 + self.batch_size]
-            st = cutouts(img, x[idx], y[idx], S)
-            inside = ((st.x0 >= 0) & (st.y0 >= 0) & (st.x0 + S <= nx) & (st.y0 + S <= ny))
+            data, valid, x0, y0 = cut(x[idx], y[idx])
+            inside = (x0 >= 0) & (y0 >= 0) & (x0 + S <= nx) & (y0 + S <= ny)
             flags[idx[~inside]] |= F.EDGE
-            n_valid = st.valid.reshape(len(idx), -1).sum(1)
-            n_in = _n_inside(st.x0, st.y0, S, nx, ny)
+            n_valid = valid.reshape(len(idx), -1).sum(1)
+            n_in = _n_inside(x0, y0, S, nx, ny)
             flags[idx[n_valid < n_in]] |= F.MASKED
             with torch.inference_mode():
-                t = torch.from_numpy(np.nan_to_num(st.data, nan=0.0).astype(np.float32))
-                xin, loc, scale, ok = normalise_stamps(t, torch.from_numpy(st.valid), mask_size,
+                xin, loc, scale, ok = normalise_stamps(torch.from_numpy(data),
+                                                       torch.from_numpy(valid), mask_size,
                                                        min_valid=min_valid)
                 xin = xin.to(self.device)
                 if self.device.type == "cpu":
