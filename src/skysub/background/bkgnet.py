@@ -296,7 +296,9 @@ class BKGnetBackground:
     (floored at 0.3 sigma_net), because the network's sigma also covers the noise of the labels
     it was trained on; for models trained on noise-free simulator labels ``sigma_net`` itself.
     ``pixel_std`` is NaN (photometry then uses the eq. 10 Poisson + read-noise pixel variance).
-    ``extra["sigma_net"]`` holds the raw network sigma.
+    ``sigma_net`` is first multiplied by the card's ``sigma_scale``, the pull width the network
+    had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
+    calibrated network sigma.
 
     Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
     the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer
@@ -328,6 +330,7 @@ class BKGnetBackground:
         self.inputs = card.get("inputs", {})
         self.keys: list[str] = list(self.inputs.get("keys", []))
         self.batch_size = int(batch_size)
+        self.sigma_scale = float(self.inputs.get("sigma_scale", 1.0))
         self.name = name
 
     def __repr__(self) -> str:
@@ -412,7 +415,7 @@ class BKGnetBackground:
                 b, s = denormalise(mu.cpu(), ls.cpu(), loc, scale)
             b, s, ok = b.numpy(), s.numpy(), ok.numpy()
             bkg[idx] = np.where(ok, b, np.nan)
-            sig_net[idx] = np.where(ok, s, np.nan)
+            sig_net[idx] = np.where(ok, s * self.sigma_scale, np.nan)
             n_pix[idx] = n_valid
             flags[idx[~ok]] |= F.NO_DATA
         if self.inputs.get("labels", "pixels") == "pixels":
@@ -573,6 +576,18 @@ def predict_set(model, ts: TrainingSet, *, batch_size: int = 1024) -> tuple[np.n
     return np.concatenate(bs), np.concatenate(ss)
 
 
+def sigma_scale(model, val: TrainingSet) -> float:
+    """Error calibration on the validation exposures: the factor ``k`` that makes the pull
+    width ``sigma68[(b - label) / (k sigma_net)]`` one (temperature scaling of sigma_net).  The
+    Gaussian likelihood fits sigma on the training stamps; held-out exposures scatter a little
+    more, and ``k`` (typically 1.0-1.2) carries that into the reported errors."""
+    from ..metrics import pull_summary
+
+    b, s = predict_set(model, val)
+    k = float(pull_summary(b, val.label, s)["sigma68"])
+    return k if np.isfinite(k) and k > 0 else 1.0
+
+
 def validation_metrics(model, val: TrainingSet) -> dict:
     """sigma68 of (b - label) / label, pull width against the label with sigma_net, bias."""
     from ..metrics import pull_summary, scatter
@@ -730,6 +745,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     hist = trainer.fit(train.tensors(), val.tensors(), resume=resume)
     model = trainer.model.cpu().eval()
     metrics = validation_metrics(model, val)
+    k = sigma_scale(model, val)
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
@@ -737,6 +753,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         "description": description or "BKGnet background + error at each source",
         "inputs": {"keys": keys, "labels": labels, "n_label": float(np.pi * s.label_radius**2),
                    "label_radius": s.label_radius, "min_valid": s.min_valid,
+                   "sigma_scale": k,
                    "normalisation": "median and 1.4826 MAD of valid pixels (2x2 grid), "
                                     "5 asinh(v/5), invalid = 0, validity channel",
                    "coords": "x / (nx - 1) * 2 - 1, y / (ny - 1) * 2 - 1",
