@@ -290,3 +290,20 @@ def test_evaluate_background_numbers(tmp_path):
     assert (tmp_path / "sigma68_per_band.png").is_file()
     with pytest.raises(Exception, match="bkg_err"):
         evaluate_background({"x": Table({"image": ["a"], "id": [1], "bkg": [1.0]})}, truth)
+
+
+def test_sigma_scale_calibrates_errors(tiny_model):
+    """The card's validation pull width scales sigma_net (truth-label model: bkg_err = k sigma)."""
+    path, card, _ = tiny_model
+    k = card["inputs"]["sigma_scale"]
+    assert 0.3 < k < 3.0
+    est = BKGnetBackground(path, device="cpu")
+    assert est.sigma_scale == pytest.approx(k)
+    rng = np.random.default_rng(1)
+    im = Image(rng.normal(110.0, 10.0, (150, 150)), None,
+               meta=ImageMeta(band="NB685", epoch="before", gain=1.0, rdnoise=5.0))
+    a = est.estimate(im, [75.0, 40.0], [75.0, 60.0])
+    est.sigma_scale = 2 * k
+    b = est.estimate(im, [75.0, 40.0], [75.0, 60.0])
+    np.testing.assert_allclose(b.bkg, a.bkg)
+    np.testing.assert_allclose(b.bkg_err, 2 * a.bkg_err, rtol=1e-12)
