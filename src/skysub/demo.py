@@ -161,7 +161,8 @@ def _figure(path: Path, image_path: Path, slt, res: Table, cfg) -> None:
     ax.set_title(f"exposure {im.name}")
     fig.colorbar(a, ax=ax, label="ADU")
     ax = axes[0, 1]
-    a = ax.imshow(tmpl, origin="lower", cmap="magma")
+    t_lo, t_hi = np.nanpercentile(tmpl, [0.5, 99.5])  # hot pixels would set the colour scale
+    a = ax.imshow(tmpl, origin="lower", cmap="magma", vmin=t_lo, vmax=t_hi)
     ax.set_title(f"scattered-light template {im.meta.band} / {im.meta.epoch}")
     fig.colorbar(a, ax=ax, label="SLT (centre = 1)")
     ax = axes[0, 2]
