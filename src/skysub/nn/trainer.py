@@ -296,7 +296,7 @@ class Trainer:
                 loss = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"training loss became {float(loss)} at epoch {epoch + 1}; lower the "
+                        f"training loss became {float(loss.detach())} at epoch {epoch + 1}; lower the "
                         "learning rate or check the inputs for NaN")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
