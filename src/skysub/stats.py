@@ -86,9 +86,9 @@ class _RunSums:
 
     Clipping removes short tails from both ends of each sorted run, so a run's sums are the
     row totals (fast SIMD reductions) minus the sums of its two tails, and the tails only need
-    prefix sums over the first and last ``K`` valid entries of each row (``K`` doubles when a
-    row's tail is longer).  A full row-wise ``cumsum`` -- a sequential, unvectorised pass --
-    cost more than the sort itself.
+    prefix sums over the first and last ``K`` valid entries of each row (the few rows whose
+    tails are longer get exact full prefix sums).  A full row-wise ``cumsum`` -- a
+    sequential, unvectorised pass -- cost more than the sort itself.
     """
 
     def __init__(self, s: np.ndarray, n_valid: np.ndarray, ref: np.ndarray) -> None:
@@ -122,15 +122,21 @@ class _RunSums:
 
     def __call__(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = self.n_valid - hi
-        need = int(max(lo.max(initial=0), m.max(initial=0)))
-        if need > self.K:
-            K = self.K
-            while K < need:
-                K *= 2
-            self._band(min(K, self.s.shape[1]))
+        K = self.K
+        big = np.flatnonzero((lo > K) | (m > K))  # rows whose tails outgrew the band
         r = self.rows
-        s1 = self.t1 - self.l1[r, lo] - self.r1[r, m]
-        s2 = self.t2 - self.l2[r, lo] - self.r2[r, m]
+        s1 = self.t1 - self.l1[r, np.minimum(lo, K)] - self.r1[r, np.minimum(m, K)]
+        s2 = self.t2 - self.l2[r, np.minimum(lo, K)] - self.r2[r, np.minimum(m, K)]
+        if len(big):  # exact prefix sums for those few rows only
+            d = np.where(np.arange(self.s.shape[1])[None, :] < self.n_valid[big, None],
+                         self.s[big] - self.ref[big], 0.0)
+            c1 = np.zeros((len(big), d.shape[1] + 1))
+            c2 = np.zeros_like(c1)
+            np.cumsum(d, axis=1, out=c1[:, 1:])
+            np.cumsum(d * d, axis=1, out=c2[:, 1:])
+            k = np.arange(len(big))
+            s1[big] = c1[k, hi[big]] - c1[k, lo[big]]
+            s2[big] = c2[k, hi[big]] - c2[k, lo[big]]
         return s1, s2
 
 

@@ -166,6 +166,28 @@ class AnnulusBackground:
             self._off_nx = nx
         return self._off_cache
 
+    def _radius2_shifted(self, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
+        """Squared elliptical radius of every boundary offset for sources shifted by (fx, fy)
+        from their anchor pixel, (n, n_boundary): the quadratic form expanded so that the
+        per-source work is two products and three sums (q0 - gx fx - gy fy + c)."""
+        nc = self._n_certain
+        dx, dy = self._dx[nc:].astype(float), self._dy[nc:].astype(float)
+        if getattr(self, "_quad", None) is None:
+            t = np.deg2rad(self.theta)
+            c, s = np.cos(t), np.sin(t)
+            ib2 = 1.0 / self.ba**2
+            A = c * c + s * s * ib2  # q = A ddx^2 + B ddx ddy + C ddy^2
+            B = 2 * c * s * (1 - ib2)
+            C = s * s + c * c * ib2
+            q0 = A * dx * dx + B * dx * dy + C * dy * dy
+            self._quad = (A, B, C, q0, 2 * A * dx + B * dy, B * dx + 2 * C * dy)
+        A, B, C, q0, gx, gy = self._quad
+        const = A * fx * fx + B * fx * fy + C * fy * fy
+        q = q0[None] - gx[None] * fx[:, None]
+        q -= gy[None] * fy[:, None]
+        q += const[:, None]
+        return q
+
     def _radius2(self, ddx: np.ndarray, ddy: np.ndarray) -> np.ndarray:
         """Squared elliptical radius (no square root on the hot path)."""
         if self.ba == 1.0:
@@ -202,9 +224,9 @@ class AnnulusBackground:
             if np.array_equal(f32, flat, equal_nan=True):
                 flat = f32
         bad_flat = img.mask.ravel()
+        any_bad = bool(bad_flat.any())
         r2_in, r2_out = self.r_in**2, self.r_out**2
         nc = self._n_certain
-        bdx, bdy = self._dx[nc:], self._dy[nc:]
         ex, ey = self._extent
         for start in range(0, n, self.chunk_size):
             sl = slice(start, min(start + self.chunk_size, n))
@@ -221,9 +243,9 @@ class AnnulusBackground:
                 inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
                 idx[partial] = np.where(inside, yy * nx + xx, 0)
             values = flat[idx]
-            badpix = bad_flat[idx]
+            badpix = bad_flat[idx] if any_bad else None
             with np.errstate(invalid="ignore"):
-                q = self._radius2(bdx[None] - (xs - xi)[:, None], bdy[None] - (ys - yi)[:, None])
+                q = self._radius2_shifted(xs - xi, ys - yi)
             member = np.ones(idx.shape, bool)
             member[:, nc:] = (q >= r2_in) & (q < r2_out)
             f = flags[sl]
@@ -231,8 +253,10 @@ class AnnulusBackground:
                 mp = member[partial]
                 f[partial] |= np.where((mp & ~inside).any(axis=1), F.EDGE, 0).astype(np.int32)
                 member[partial] = mp & inside
-            f |= np.where((member & badpix).any(axis=1), F.MASKED, 0).astype(np.int32)
-            values[~member | badpix] = np.nan
+            if badpix is not None:
+                f |= np.where((member & badpix).any(axis=1), F.MASKED, 0).astype(np.int32)
+                member &= ~badpix
+            values[~member] = np.nan
             if self.statistic == "biweight":
                 cs, srt, lo, hi = clipped_stats(values, sigma=self.sigma, maxiters=self.maxiters,
                                                 return_sorted=True)

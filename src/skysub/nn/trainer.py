@@ -296,8 +296,8 @@ class Trainer:
                 loss = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"training loss became {float(loss.detach())} at epoch {epoch + 1}; lower the "
-                        "learning rate or check the inputs for NaN")
+                        f"training loss became {float(loss.detach())} at epoch {epoch + 1}; "
+                        "lower the learning rate or check the inputs for NaN")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if c.grad_clip:
