@@ -30,8 +30,8 @@ models: $(STAMP)
 	$(VENV)/bin/skysub train bkgnet --simulated --config paus --labels truth --n-exposures 60 \
 	    --stamps-per-image 600 --epochs 20 --seed 7 --threads 1 \
 	    --output src/skysub/models/bkgnet-paus.pt --overwrite
-	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 24 \
-	    --stamps-per-image 300 --epochs 9 --seed 0 --threads 2 \
+	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 160 \
+	    --stamps-per-image 500 --pairs auto --epochs 15 --seed 0 --threads 2 \
 	    --output src/skysub/models/lumos-paus.pt --overwrite
 
 lint: $(STAMP)
