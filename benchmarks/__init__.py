@@ -238,3 +238,13 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
         d = np.abs(a[both] - b[both]) / np.abs(b[both])
     d = np.where(a[both] == b[both], 0.0, d)
     return float(np.max(d))
+
+
+def run_and_print(parse: Callable, run_from_args: Callable, argv: list[str] | None = None
+                  ) -> BenchResult:
+    """The body of every benchmark's ``main``: parse ``argv``, run, print the machine line and
+    the table; returns the result."""
+    res = run_from_args(parse(argv))
+    print(machine_line())
+    print(res.render())
+    return res

@@ -33,7 +33,7 @@ from . import (
     best_of,
     check_args,
     format_table,
-    machine_line,
+    run_and_print,
     simulate_image,
 )
 
@@ -369,10 +369,8 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
-    res = run_from_args(parse(argv))
-    print(machine_line())
-    print(res.render())
-    return res
+    """Command line: parse ``argv``, run, print the table; returns the result."""
+    return run_and_print(parse, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BenchResult, Check, machine_line
+from . import BenchResult, Check, run_and_print
 
 EDGE = 150.0
 COLUMNS = [("method", "method", ""), ("n", "n", "d"), ("s68_all", "σ68 all", ".4f"),
@@ -246,10 +246,8 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
 
 
 def main(argv=None) -> BenchResult:
-    res = run_from_args(parse(argv))
-    print(machine_line())
-    print(res.render())
-    return res
+    """Command line: parse ``argv``, run, print the table; returns the result."""
+    return run_and_print(parse, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import BenchResult, Check, base_parser, check_args, machine_line
+from . import BenchResult, Check, base_parser, check_args, run_and_print
 
 COLUMNS = [("method", "method", ""), ("n", "n", "d"), ("bias_i_lt_22", "bias i<22", ".3f"),
            ("sigma68_i_gt_21", "σ68 i>21", ".3f"), ("sigma68_all", "σ68 all", ".3f"),
@@ -122,10 +122,8 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
-    res = run_from_args(parse(argv))
-    print(machine_line())
-    print(res.render())
-    return res
+    """Command line: parse ``argv``, run, print the table; returns the result."""
+    return run_and_print(parse, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from . import (
     base_parser,
     best_of,
     check_args,
-    machine_line,
+    run_and_print,
     simulate_image,
 )
 
@@ -160,10 +160,7 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
 
 def main(argv: list[str] | None = None) -> BenchResult:
     """Command line: parse ``argv``, run, print the table; returns the result."""
-    res = run_from_args(parse(argv))
-    print(machine_line())
-    print(res.render())
-    return res
+    return run_and_print(parse, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from . import BenchResult, Check, base_parser, best_of, check_args, machine_line
+from . import BenchResult, Check, base_parser, best_of, check_args, run_and_print
 
 GOAL_RATE = 200.0
 COLUMNS = [("row", "row", ""), ("cutouts_s", "cutouts/s", ".0f"), ("n", "n", ".0f"),
@@ -146,10 +146,8 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
-    res = run_from_args(parse(argv))
-    print(machine_line())
-    print(res.render())
-    return res
+    """Command line: parse ``argv``, run, print the table; returns the result."""
+    return run_and_print(parse, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ def _round_half_up(v: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def check_positions(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """``x, y`` as 1-D float arrays of equal length (InputError otherwise)."""
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    if x.shape != y.shape or x.ndim != 1:
+        raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and "
+                         f"{y.shape}")
+    return x, y
+
+
 def gather(image: Image | np.ndarray, xi: np.ndarray, yi: np.ndarray, dx: np.ndarray,
            dy: np.ndarray, *, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Values at ``(xi + dx, yi + dy)`` for every source: the core of every stamp operation.
@@ -121,10 +131,7 @@ def cutouts(image: Image | np.ndarray, x: np.ndarray, y: np.ndarray, size: int, 
     if int(size) != size or size < 1:
         raise InputError(f"stamp size must be a positive integer, got size={size!r}")
     size = int(size)
-    x = np.atleast_1d(np.asarray(x, float))
-    y = np.atleast_1d(np.asarray(y, float))
-    if x.shape != y.shape or x.ndim != 1:
-        raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and {y.shape}")
+    x, y = check_positions(x, y)
     xi = _round_half_up(x)
     yi = _round_half_up(y)
     half = size // 2

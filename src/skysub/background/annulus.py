@@ -18,17 +18,9 @@ import numpy as np
 from .. import flags as F
 from ..errors import InputError
 from ..image import Image, as_image
-from ..stamps import _round_half_up, annulus_offsets
+from ..stamps import _round_half_up, annulus_offsets, check_positions
 from ..stats import STATISTICS, biweight_of_run, clipped_stats, estimate_error, mode_fell_back
 from .base import BackgroundResult
-
-
-def _positions(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.atleast_1d(np.asarray(x, float))
-    y = np.atleast_1d(np.asarray(y, float))
-    if x.shape != y.shape or x.ndim != 1:
-        raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and {y.shape}")
-    return x, y
 
 
 def crowding(x: np.ndarray, y: np.ndarray, radius: float,
@@ -210,7 +202,7 @@ class AnnulusBackground:
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
         """Background under each source (see :class:`.base.BackgroundEstimator`)."""
         img = as_image(image, mask)
-        x, y = _positions(x, y)
+        x, y = check_positions(x, y)
         n = len(x)
         out = {k: np.full(n, np.nan) for k in ("bkg", "bkg_err", "pixel_std")}
         n_pix = np.zeros(n, np.int64)
@@ -333,7 +325,7 @@ class CallableBackground:
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
         img = as_image(image, mask)
-        x, y = _positions(x, y)
+        x, y = check_positions(x, y)
         data = np.where(img.mask, np.nan, img.data)
         n = len(x)
         bkg = np.full(n, np.nan)

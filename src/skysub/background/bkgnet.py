@@ -40,7 +40,7 @@ import numpy as np
 from .. import flags as F
 from ..errors import ConfigError, InputError
 from ..image import Image, as_image
-from ..stamps import WindowCutter, _round_half_up, annulus_offsets, gather
+from ..stamps import WindowCutter, _round_half_up, annulus_offsets, check_positions, gather
 from .base import BackgroundResult
 
 log = logging.getLogger("skysub")
@@ -362,11 +362,7 @@ class BKGnetBackground:
         from ..nn.bkgnet import denormalise, label_sigma, normalise_stamps, predicted_sigma
 
         img = as_image(image, mask)
-        x = np.atleast_1d(np.asarray(x, float))
-        y = np.atleast_1d(np.asarray(y, float))
-        if x.shape != y.shape or x.ndim != 1:
-            raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and "
-                             f"{y.shape}")
+        x, y = check_positions(x, y)
         n = len(x)
         if mag is not None:
             mag = np.broadcast_to(np.asarray(mag, float), x.shape)

@@ -26,7 +26,7 @@ import numpy as np
 from .. import flags as F
 from ..errors import ConfigError, InputError
 from ..image import Image, as_image
-from ..stamps import _round_half_up
+from ..stamps import _round_half_up, check_positions
 from .base import BackgroundResult
 
 #: sd of SExtractor's mode ``2.5 med - 1.5 mean`` of n Gaussian values, in units of sigma/sqrt(n):
@@ -299,11 +299,7 @@ class MeshBackground:
         from scipy.ndimage import map_coordinates
 
         img = as_image(image, mask)
-        x = np.atleast_1d(np.asarray(x, float))
-        y = np.atleast_1d(np.asarray(y, float))
-        if x.shape != y.shape or x.ndim != 1:
-            raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and "
-                             f"{y.shape}")
+        x, y = check_positions(x, y)
         n = len(x)
         flags = F.zeros(n)
         nan = np.full(n, np.nan)

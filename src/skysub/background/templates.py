@@ -32,7 +32,7 @@ from .. import flags as F
 from ..errors import InputError, MissingFileError, OutputExistsError
 from ..image import Image, as_image
 from ..progress import progress as _progress
-from ..stamps import _round_half_up, annulus_offsets, gather
+from ..stamps import _round_half_up, annulus_offsets, check_positions, gather
 from ..stats import mad_std
 from .base import BackgroundResult
 
@@ -568,11 +568,7 @@ class TemplateCorrected:
         from scipy.ndimage import map_coordinates
 
         img = as_image(image, mask)
-        x = np.atleast_1d(np.asarray(x, float))
-        y = np.atleast_1d(np.asarray(y, float))
-        if x.shape != y.shape or x.ndim != 1:
-            raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and "
-                             f"{y.shape}")
+        x, y = check_positions(x, y)
         scattered, _ = self.templates.scattered_light(img)
         corrected = img.with_data(img.data - scattered)  # BKGnet eq. 2
         res = self.estimator.estimate(corrected, x, y, mag=mag, neighbours=neighbours)

@@ -38,10 +38,13 @@ parameters, ~1.4 GFLOP per stamp).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .blocks import PresetArch, arch_kwargs, conv_trunk
 
 #: compression of bright pixels: linear below ~ASINH_SCALE sigma, logarithmic above
 ASINH_SCALE = 5.0
@@ -59,8 +62,11 @@ PRESETS = {
 
 
 @dataclass
-class BKGnetArch:
+class BKGnetArch(PresetArch):
     """Hyper-parameters of a BKGnet (stored in the model card's ``arch``)."""
+
+    PRESETS: ClassVar[dict] = PRESETS
+    NAME: ClassVar[str] = "BKGnet"
 
     stamp_size: int = 120
     mask_size: int = 16
@@ -73,20 +79,6 @@ class BKGnetArch:
     hidden: tuple[int, ...] = (96, 64)
     use_coords: bool = True
     use_mag: bool = True
-
-    @classmethod
-    def from_preset(cls, preset: str = "lean", **kw) -> BKGnetArch:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown BKGnet preset {preset!r}; known: {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        return cls(preset=preset, block=p["block"], channels=tuple(p["channels"]),
-                   kernels=tuple(p["kernels"]), hidden=tuple(p["hidden"]), **kw)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("channels", "kernels", "hidden"):
-            d[k] = list(d[k])
-        return d
 
 
 class BKGnet(nn.Module):
@@ -104,19 +96,7 @@ class BKGnet(nn.Module):
     def __init__(self, arch: BKGnetArch) -> None:
         super().__init__()
         self.arch = arch
-        layers: list[nn.Module] = []
-        cin = 2
-        for cout, k in zip(arch.channels, arch.kernels, strict=True):
-            if arch.block == "strided":  # conv (stride 2) -> BN -> LeakyReLU: foldable BN
-                layers += [nn.Conv2d(cin, cout, k, stride=2, padding=(k - 1) // 2, bias=False),
-                           nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)]
-            elif arch.block == "pooled":  # the paper's conv -> pool -> BN (LeakyReLU)
-                layers += [nn.Conv2d(cin, cout, k, padding=k // 2), nn.MaxPool2d(2),
-                           nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)]
-            else:
-                raise ValueError(f"unknown block type {arch.block!r}")
-            cin = cout
-        self.trunk = nn.Sequential(*layers)
+        self.trunk = conv_trunk(arch.block, arch.channels, arch.kernels, 2)
         with torch.no_grad():
             n_feat = self.trunk(torch.zeros(1, 2, arch.stamp_size, arch.stamp_size)).numel()
         h0, *rest = arch.hidden
@@ -149,9 +129,7 @@ class BKGnet(nn.Module):
 
 def build_from_arch(arch: dict) -> BKGnet:
     """Rebuild a BKGnet from a model card's ``arch`` (the registry entry of kind "bkgnet")."""
-    known = set(BKGnetArch.__dataclass_fields__)
-    a = {k: (tuple(v) if isinstance(v, list) else v) for k, v in arch.items() if k in known}
-    return BKGnet(BKGnetArch(**a))
+    return BKGnet(BKGnetArch(**arch_kwargs(BKGnetArch, arch)))
 
 
 def central_slice(size: int, mask_size: int) -> slice:

@@ -44,12 +44,14 @@ Losses (all return the batch mean; the derivations are in docs/lumos.md)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .bkgnet import MAG_SCALE, MAG_ZERO, normalise_stamps
+from .blocks import PresetArch, arch_kwargs, conv_trunk
 
 #: normalised flux unit: flux_norm = flux / (pixel sigma * FLUX_UNIT)
 FLUX_UNIT = 10.0
@@ -67,8 +69,11 @@ PRESETS = {
 
 
 @dataclass
-class LumosArch:
+class LumosArch(PresetArch):
     """Hyper-parameters of a Lumos network (stored in the model card's ``arch``)."""
+
+    PRESETS: ClassVar[dict] = PRESETS
+    NAME: ClassVar[str] = "Lumos"
 
     stamp_size: int = 60
     n_keys: int = 1
@@ -81,35 +86,6 @@ class LumosArch:
     hidden: tuple[int, ...] = (128, 64)
     use_coords: bool = True
     use_mag: bool = True
-
-    @classmethod
-    def from_preset(cls, preset: str = "lean", **kw) -> LumosArch:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown Lumos preset {preset!r}; known: {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        return cls(preset=preset, block=p["block"], channels=tuple(p["channels"]),
-                   kernels=tuple(p["kernels"]), hidden=tuple(p["hidden"]), **kw)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("channels", "kernels", "hidden"):
-            d[k] = list(d[k])
-        return d
-
-
-def _trunk(block: str, channels, kernels, cin: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for cout, k in zip(channels, kernels, strict=True):
-        if block == "strided":  # conv (stride 2) -> BN -> LeakyReLU
-            layers += [nn.Conv2d(cin, cout, k, stride=2, padding=(k - 1) // 2, bias=False),
-                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)]
-        elif block == "pooled":  # the paper's conv -> pool -> BN
-            layers += [nn.Conv2d(cin, cout, k, padding=k // 2), nn.MaxPool2d(2, ceil_mode=True),
-                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)]
-        else:
-            raise ValueError(f"unknown block type {block!r}")
-        cin = cout
-    return nn.Sequential(*layers)
 
 
 class Lumos(nn.Module):
@@ -124,7 +100,7 @@ class Lumos(nn.Module):
     def __init__(self, arch: LumosArch) -> None:
         super().__init__()
         self.arch = arch
-        self.trunk = _trunk(arch.block, arch.channels, arch.kernels, 3)
+        self.trunk = conv_trunk(arch.block, arch.channels, arch.kernels, 3, ceil_mode=True)
         with torch.no_grad():
             n_feat = self.trunk(torch.zeros(1, 3, arch.stamp_size, arch.stamp_size)).numel()
         h0, *rest = arch.hidden
@@ -170,9 +146,7 @@ class Lumos(nn.Module):
 
 def build_from_arch(arch: dict) -> Lumos:
     """Rebuild a Lumos network from a model card's ``arch`` (registry kind "lumos")."""
-    known = set(LumosArch.__dataclass_fields__)
-    a = {k: (tuple(v) if isinstance(v, list) else v) for k, v in arch.items() if k in known}
-    return Lumos(LumosArch(**a))
+    return Lumos(LumosArch(**arch_kwargs(LumosArch, arch)))
 
 
 # -- inputs ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..background.annulus import crowding, off_image
 from ..background.base import BackgroundResult
 from ..errors import CatalogError, InputError
 from ..image import Image, as_image
-from ..stamps import _round_half_up, cutouts, gather
+from ..stamps import _round_half_up, check_positions, cutouts, gather
 from .errors import ERROR_MODES, flux_variance, pixel_variance
 
 APERTURE_METHODS = ("exact", "subpixel", "center")
@@ -66,15 +66,6 @@ class PhotometryResult:
 
 
 # -- shared helpers ---------------------------------------------------------------------------
-
-def check_positions(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """``x, y`` as 1-D float arrays of equal length (InputError otherwise)."""
-    x = np.atleast_1d(np.asarray(x, float))
-    y = np.atleast_1d(np.asarray(y, float))
-    if x.shape != y.shape or x.ndim != 1:
-        raise InputError(f"x and y must be 1-D arrays of equal length, got {x.shape} and {y.shape}")
-    return x, y
-
 
 def run_background(background, img: Image, x: np.ndarray, y: np.ndarray, mag, neighbours
                    ) -> BackgroundResult:
