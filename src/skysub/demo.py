@@ -27,31 +27,13 @@ import numpy as np
 from astropy.table import Table, join, vstack
 
 from .config import load_config
+from .evaluate import print_summary
 from .io import read_image, write_table
 from .metrics import background_summary
 from .progress import progress
 
 EDGE_WIDTH = 75.0  # px: a source closer than this to a CCD edge counts as an "edge" source
 
-
-def _print_table(t: Table) -> None:
-    cols = ["method", "group", "n", "sigma68_rel", "bias_rel", "pull_sigma68", "frac_pull_gt5"]
-    cols = [c for c in cols if c in t.colnames]
-    rows = [[str(c) for c in cols]]
-    for r in t:
-        row = []
-        for c in cols:
-            v = r[c]
-            if isinstance(v, (float, np.floating)):
-                row.append(f"{v:.4f}" if c != "bias_rel" else f"{v:+.4f}")
-            else:
-                row.append(str(v))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    for k, r in enumerate(rows):
-        print("  ".join(s.rjust(w) for s, w in zip(r, widths, strict=True)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def run_demo(out: Path = Path("skysub-demo"), *, seed: int = 1, quick: bool = False,
@@ -135,7 +117,7 @@ def run_demo(out: Path = Path("skysub-demo"), *, seed: int = 1, quick: bool = Fa
         print()
         print("Background under each source against the noise-free truth "
               "(relative error = (bkg - true) / true):")
-        _print_table(summary)
+        print_summary(summary)
         print()
         print(f"edge = within {EDGE_WIDTH:.0f} px of a CCD edge.  pull = (bkg - true) / bkg_err; "
               "its sigma68 should be 1.")
