@@ -130,3 +130,74 @@ def test_inject_subpixel_centroid():
     assert img.sum() == pytest.approx(10.0, rel=1e-6)
     assert (img * xx).sum() / img.sum() == pytest.approx(20.3, abs=1e-3)
     assert (img * yy).sum() / img.sum() == pytest.approx(19.8, abs=1e-3)
+
+
+# -- PSF-aware growth (wing_sigma) -------------------------------------------------------------
+def test_wing_radius_gaussian_matches_analytic():
+    from skysub.removal.masks import wing_radius
+    from skysub.simulate.psf import gaussian_psf
+
+    fwhm = 4.0
+    sigma = fwhm / 2.3548
+    psf = gaussian_psf(61, fwhm)
+    snr = np.array([10.0, 100.0, 1000.0, 1e5])
+    r = wing_radius(psf, snr, 1.0)
+    analytic = sigma * np.sqrt(2 * np.log(snr))  # exp(-r^2 / 2 s^2) * snr = 1
+    # the hole reaches the last sampled (pixel-integrated) radius still above the threshold:
+    # within a pixel of the analytic radius
+    assert np.all(np.abs(r - analytic) < 1.0)
+    # below threshold everywhere: no growth
+    assert wing_radius(psf, np.array([0.5]), 1.0)[0] == 0.0
+
+
+def test_wing_growth_covers_airy_rings_and_leaves_gaussian_alone():
+    from skysub.removal.masks import psf_envelope
+
+    table = MaskTable.from_config(dict(load_config("inpaint-generic").removal["masks"]),
+                                  psf_fwhm=3.5)
+    assert table.wing_sigma == 1.0
+    airy = make_psf("airy", 3.5, size=61)
+    gauss = make_psf("gaussian", 3.5, size=61)
+    snr = np.array([5.0, 300.0, 3000.0])
+    base = table.radius_for(snr)
+    # Gaussian wings fall fast: the table's radii already hold them
+    assert np.allclose(table.radius_for(snr, gauss), base)
+    grown = table.radius_for(snr, airy)
+    assert grown[0] == base[0] and grown[2] > base[2] + 5
+    # what is left beyond the grown hole is below 1 sigma at this SNR
+    r, env = psf_envelope(airy)
+    assert np.all(env[r > grown[2]] * 3000.0 < 1.0)
+    # the cap holds
+    capped = MaskTable(wing_sigma=1.0, max_radius_px=14.0)
+    assert capped.radius_for(np.array([1e6]), airy)[0] == 14.0
+    with pytest.raises(ConfigError, match="wing_sigma"):
+        MaskTable(wing_sigma=-1.0)
+
+
+def test_mask_radii_uses_amplitude_over_pixel_noise():
+    from skysub.removal.masks import pixel_noise
+    from skysub.image import as_image
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.indices((200, 200))
+    sky = 50 + 0.2 * xx + 10 * np.sin(yy / 15.0) + 2.0 * rng.standard_normal((200, 200))
+    assert pixel_noise(as_image(sky)) == pytest.approx(2.0, rel=0.04)
+    airy = make_psf("airy", 3.5, size=61)
+    img = inject_sources(sky, airy, np.array([100.3]), np.array([99.6]), np.array([2e5]))
+    table = MaskTable.from_config(dict(load_config("inpaint-generic").removal["masks"]),
+                                  psf_fwhm=3.5)
+    r_plain, snr = mask_radii(img, [100.3], [99.6], table)
+    r_psf, _ = mask_radii(img, [100.3], [99.6], table, psf=airy)
+    assert r_plain[0] == pytest.approx(3.45 * 3.5)
+    # amplitude / noise ~ 2e5 * peak / 2 -- the rings of this source reach ~20 px
+    amp = 2e5 * airy.max() / 2.0
+    r, env = psf_envelope_of(airy)
+    expect = r[env * amp >= 1.0].max()
+    assert r_psf[0] == pytest.approx(min(expect, 24.0), abs=1.5)
+    assert r_psf[0] > r_plain[0] + 4
+
+
+def psf_envelope_of(psf):
+    from skysub.removal.masks import psf_envelope
+
+    return psf_envelope(psf)

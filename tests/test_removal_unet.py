@@ -159,3 +159,36 @@ def test_normalise_valid_pixels_only():
     assert float(lo) == 1.0 and float(sc) == 2.0
     assert torch.equal(x, torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]]))
     assert float(t[0, 0, 1, 0]) == pytest.approx(499.5)
+
+
+def test_ssim_separable_equals_2d_window():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 40, 40, generator=g, dtype=torch.float64)
+    y = x + 0.2 * torch.rand(3, 1, 40, 40, generator=g, dtype=torch.float64)
+    k = torch.arange(11, dtype=torch.float64) - 5
+    k = torch.exp(-0.5 * (k / 1.5) ** 2)
+    w = (k[:, None] * k[None]) / k.sum() ** 2
+    w = w[None, None]
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx, syy = F.conv2d(x * x, w) - mx * mx, F.conv2d(y * y, w) - my * my
+    sxy = F.conv2d(x * y, w) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ref = (((2 * mx * my + c1) * (2 * sxy + c2))
+           / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
+    assert float(ssim(x, y)) == pytest.approx(float(ref), rel=1e-12)
+    assert float(ref) < 0.99  # a real difference, not the trivial case
+
+
+def test_style_subsample_is_the_style_of_those_samples():
+    g = torch.Generator().manual_seed(1)
+    pred, tgt = torch.rand(6, 1, 32, 32, generator=g), torch.rand(6, 1, 32, 32, generator=g)
+    mask = (torch.rand(6, 1, 32, 32, generator=g) > 0.2).float()
+    full = InpaintLoss({}, style_samples=None)
+    sub = InpaintLoss({}, style_samples=2)
+    got = sub.terms(pred, tgt, mask, tgt)["style"]
+    want = full.terms(pred[:2], tgt[:2], mask[:2], tgt[:2])["style"]
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(got) != pytest.approx(float(full.terms(pred, tgt, mask, tgt)["style"]),
+                                       rel=1e-3)

@@ -96,14 +96,6 @@ def style_loss(features: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.T
     return total
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=None
-                     ) -> torch.Tensor:
-    g = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-0.5 * (g / sigma) ** 2)
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, k1: float = 0.01,
          k2: float = 0.03, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean structural similarity (Wang et al. 2004, eq. 5 of the paper) of (N, 1, H, W) images.
@@ -111,14 +103,20 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, k1: float
     Local statistics in an 11 x 11 Gaussian window (sigma 1.5, as Kornia's default), valid
     region only (no padding); ``c1 = (k1 L)^2``, ``c2 = (k2 L)^2`` with ``L = data_range``.
     """
-    w = _gaussian_window(window, sigma, x.device, x.dtype)
+    g = torch.arange(window, device=x.device, dtype=x.dtype) - (window - 1) / 2
+    g = torch.exp(-0.5 * (g / sigma) ** 2)
+    g = g / g.sum()
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    mx = F.conv2d(x, w)
-    my = F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mx * mx
-    syy = F.conv2d(y * y, w) - my * my
-    sxy = F.conv2d(x * y, w) - mx * my
+    # the Gaussian window is separable: two 1-D passes over the five maps at once (unfold +
+    # matmul is ~4x faster on CPU than a single-channel 11 x 11 conv2d, same numbers)
+    n = x.shape[0]
+    z = torch.cat([x, y, x * x, y * y, x * y])
+    z = z.unfold(2, window, 1).matmul(g).unfold(3, window, 1).matmul(g)
+    mx, my, exx, eyy, exy = z.split(n)
+    sxx = exx - mx * mx
+    syy = eyy - my * my
+    sxy = exy - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return s.mean()
 
@@ -132,8 +130,12 @@ class InpaintLoss(nn.Module):
     """
 
     def __init__(self, weights: InpaintLossWeights | dict | None = None, *,
-                 feature_seed: int = 1234) -> None:
+                 feature_seed: int = 1234, style_samples: int | None = None) -> None:
         super().__init__()
+        #: compute the style term on the first ``style_samples`` cutouts of each batch only
+        #: (batches are shuffled, so an unbiased estimate of the batch mean at a fraction of
+        #: the cost: the random-feature convolutions dominate a training step on CPU)
+        self.style_samples = style_samples
         if not isinstance(weights, InpaintLossWeights):
             weights = InpaintLossWeights.from_dict(weights)
         self.weights = weights
@@ -148,9 +150,22 @@ class InpaintLoss(nn.Module):
         t["valid"] = (mask * (pred - target)).abs().mean()  # eq. 2, / (C H W)
         t["hole"] = (hole * (pred - target)).abs().mean()
         if w.style:
-            comp = mask * target + hole * pred
-            t["style"] = style_loss(self.features, pred, target) + style_loss(
-                self.features, comp, target)
+            k = self.style_samples
+            if k is not None and 0 < k < pred.shape[0]:
+                pred_s, target_s, mask_s = pred[:k], target[:k], mask[:k]
+            else:
+                pred_s, target_s, mask_s = pred, target, mask
+            comp = mask_s * target_s + (1.0 - mask_s) * pred_s
+            # = style_loss(pred, target) + style_loss(comp, target), with the target's
+            # features computed once (no gradient) and pred / comp in one batched pass
+            n = pred_s.shape[0]
+            with torch.no_grad():
+                g_t = [gram(f) for f in self.features(target_s)]
+            total = pred.new_zeros(())
+            for f, gt in zip(self.features(torch.cat([pred_s, comp])), g_t, strict=True):
+                g = gram(f)
+                total = total + (g[:n] - gt).abs().mean() + (g[n:] - gt).abs().mean()
+            t["style"] = total
         else:
             t["style"] = zero
         t["ssim"] = 1.0 - ssim(target, pred) if w.ssim else zero  # eq. 4

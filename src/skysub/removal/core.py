@@ -233,7 +233,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         SNR -> hole-radius table (default: the model card's table, else the generic table for
         ``psf_fwhm``).
     radii : aperture radii [px] of the photometry
-    psf : unit-sum PSF image for the aperture correction (default: Gaussian of ``psf_fwhm``;
+    psf : unit-sum PSF image for the aperture correction and, when the mask table has
+        ``wing_sigma``, the PSF-aware hole growth (default: Gaussian of ``psf_fwhm``;
         ``psf_fwhm`` defaults to the model card's, else 3.5 px)
     annulus : (r_in, r_out) [px] of the classical comparison (default: from the largest
         aperture radius + 2 px to that + 12 px)
@@ -307,7 +308,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     hole_r = np.full(n, np.nan)
     snr = np.full(n, np.nan)
     if on.any():
-        hole_r[on], snr[on] = mask_radii(img, x[on], y[on], masks)
+        hole_r[on], snr[on] = mask_radii(img, x[on], y[on], masks, psf=psf)
     holes = paint_holes(img.shape, x[on], y[on], hole_r[on])
 
     # 3. cutouts, prediction

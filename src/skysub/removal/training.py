@@ -54,6 +54,8 @@ class InpaintTrainConfig:
     max_cutouts : cap on training cutouts (memory/time)
     epochs, batch_size, lr, patience, scheduler_patience, seed, threads, device : training
     loss : loss weights (valid, hole, style, ssim, source, flux)
+    style_samples : cutouts per batch on which the style term is computed (None = all; the
+        random-feature convolutions dominate a CPU training step)
     """
 
     preset: str = "default"
@@ -78,6 +80,7 @@ class InpaintTrainConfig:
     threads: int | None = None
     device: str = "auto"
     loss: dict = field(default_factory=dict)
+    style_samples: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
@@ -92,9 +95,11 @@ class InpaintTrainConfig:
 
 
 def _field_cutouts(image: np.ndarray, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
-                   table: MaskTable, size: int) -> dict[str, np.ndarray]:
-    """Cutouts (image, truth, valid mask) of every source whose cutout is fully on the field."""
-    radius, _ = mask_radii(image, x, y, table)
+                   table: MaskTable, size: int, psf: np.ndarray | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Cutouts (image, truth, valid mask) of every source whose cutout is fully on the field
+    (holes as at inference, PSF-aware when the table has ``wing_sigma``)."""
+    radius, _ = mask_radii(image, x, y, table, psf=psf)
     holes = paint_holes(image.shape, x, y, radius)
     st = cutouts(image, x, y, size)
     keep = st.valid.reshape(len(x), -1).all(axis=1)
@@ -132,7 +137,7 @@ def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
             base = sim.truth  # same field, new sources
             config = sim.field
             c = _field_cutouts(sim.image, sim.truth, np.asarray(sim.catalog["x"]),
-                               np.asarray(sim.catalog["y"]), table, big)
+                               np.asarray(sim.catalog["y"]), table, big, psf=sim.psf)
             c["field"] = np.full(len(c["image"]), i, np.int32)
             parts.append(c)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -253,7 +258,7 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
         arch["channels"] = list(cfg.channels)
     model = build_from_arch(arch)
     weights = InpaintLossWeights.from_dict(cfg.loss)
-    criterion = InpaintLoss(weights)
+    criterion = InpaintLoss(weights, style_samples=cfg.style_samples)
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                      scheduler="plateau", scheduler_kwargs={"patience": cfg.scheduler_patience,
                                                             "factor": 0.5},
@@ -275,7 +280,10 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
                    "psf_fwhm": cfg.psf_fwhm, "masks": {
                        "thresholds": list(masks.thresholds), "radii": list(masks.radii),
                        "source_radius": masks.source_radius, "annulus_in": masks.annulus_in,
-                       "annulus_out": masks.annulus_out, "units": "px"}},
+                       "annulus_out": masks.annulus_out, "units": "px",
+                       **({"wing_sigma": masks.wing_sigma,
+                           "max_radius_px": masks.max_radius_px}
+                          if masks.wing_sigma is not None else {})}},
         "data": {"fields": counts, "user_maps": list(cfg.maps), "psf": list(cfg.psf),
                  "n_train_cutouts": int(len(train["image"])),
                  "n_val_cutouts": int(len(val["image"])), "seed": cfg.seed},
