@@ -218,3 +218,41 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
         stats.colnames)
     assert "goals:" in (out / "summary.txt").read_text()
     assert main(ev) == 2  # refuses to overwrite
+
+
+def test_tta_undoes_every_symmetry():
+    """Test-time augmentation maps each prediction back: a network that copies its input
+    (and one that paints a fixed ramp) shows whether the inverse transforms are right."""
+    import torch
+
+    from skysub.errors import InputError
+    from skysub.removal.core import predict_cutouts
+
+    class Copy(torch.nn.Module):
+        def forward(self, x, m):
+            return x
+
+    class Ramp(torch.nn.Module):
+        def forward(self, x, m):
+            s = x.shape[-1]
+            r = torch.arange(s, dtype=x.dtype).view(1, 1, 1, s) / (s - 1)
+            return r.expand_as(x).contiguous()
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(1, 5, (3, 16, 16))
+    valid = np.ones(data.shape, bool)
+    valid[:, 5:8, 9:12] = False
+    lo = np.where(valid, data, np.inf).reshape(3, -1).min(1)[:, None, None]
+    for tta in (1, 2, 4, 8):
+        got = predict_cutouts(Copy(), data, valid, tta=tta)
+        np.testing.assert_allclose(got, np.where(valid, data, lo), rtol=1e-5)
+    # a ramp along x: its average over {identity, anti-transpose, 180 deg, transpose} is the
+    # mean of a ramp along x, one along y and their reverses
+    hi = np.where(valid, data, -np.inf).reshape(3, -1).max(1)[:, None, None]
+    g = np.arange(16) / 15.0
+    want = (g[None, :] + (1 - g)[:, None] + (1 - g)[None, :] + g[:, None]) / 4
+    got = predict_cutouts(Ramp(), data, valid, tta=4)
+    np.testing.assert_allclose((got - lo) / (hi - lo), np.broadcast_to(want, got.shape),
+                               atol=1e-5)
+    with pytest.raises(InputError, match="tta"):
+        predict_cutouts(Copy(), data, valid, tta=3)

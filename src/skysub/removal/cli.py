@@ -88,6 +88,9 @@ def add_remove_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mask", default=None, help="bad-pixel mask (extension or FITS file)")
     p.add_argument("--band", default=None, help="band (chooses the mask table of a preset)")
     p.add_argument("--batch-size", type=int, default=None, help="cutouts per forward pass")
+    p.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="average the network over this many symmetries of each cutout "
+                        "(flips/transposes; N times slower; default from [removal] tta, 1)")
     _common(p)
     p.set_defaults(func=cmd_remove)
     return p
@@ -161,6 +164,7 @@ def cmd_remove(args) -> int:
                          masks=masks, radii=args.radii or section.get("radii", (4, 6, 8, 10)),
                          psf=psf, psf_fwhm=psf_fwhm, feather=float(section.get("feather", 3.0)),
                          anchor=float(section.get("anchor", 8.0)),
+                         tta=args.tta or int(section.get("tta", 1)),
                          batch_size=args.batch_size or int(section.get("batch_size", 256)),
                          device=args.device, quiet=args.quiet)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,
