@@ -256,3 +256,24 @@ def test_tta_undoes_every_symmetry():
                                atol=1e-5)
     with pytest.raises(InputError, match="tta"):
         predict_cutouts(Copy(), data, valid, tta=3)
+
+
+def test_error_calibration_recovers_a_known_scale():
+    from skysub.removal.calibration import error_scale, fit_calibration
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    hole = rng.choice([5.0, 7.0, 12.0], n)
+    sigma_bg = rng.uniform(1.0, 3.0, n)
+    noise = 0.5 * sigma_bg
+    area = np.array([np.pi * r * r for r in (2.0, 6.0)])
+    c_true = np.where(hole > 10, 0.4, 0.15)  # larger holes: larger errors
+    err = np.stack([c_true * sigma_bg * rng.standard_normal(n)
+                    + noise / np.sqrt(a) * rng.standard_normal(n) for a in area], axis=1)
+    cal = fit_calibration({"err": err, "area": area, "hole": hole, "sigma_bg": sigma_bg,
+                           "noise": noise}, avg_radii=(2.0, 6.0))
+    got = error_scale(cal, np.array([5.0, 7.0, 12.0, 12.0]), np.array([6.0, 6.0, 6.0, 2.5]))
+    np.testing.assert_allclose(got, [0.15, 0.15, 0.4, 0.4], rtol=0.08)
+    with pytest.raises(ValueError, match="cutouts"):
+        fit_calibration({"err": err[:5], "area": area, "hole": hole[:5],
+                         "sigma_bg": sigma_bg[:5], "noise": noise[:5]}, avg_radii=(2.0, 6.0))

@@ -102,6 +102,10 @@ def add_train_parser(train_sub) -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", "-o", required=True, help="model file to write (.pt + .json)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt")
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="do not train: measure the error calibration of the existing model "
+                        "OUTPUT on the configuration's test fields and rewrite its card "
+                        "(weights unchanged)")
     p.add_argument("--epochs", type=int, default=None, help="override [removal.train] epochs")
     p.add_argument("--n-train", type=int, default=None, help="override the training fields")
     p.add_argument("--preset", choices=("default", "paper"), default=None,
@@ -194,6 +198,17 @@ def cmd_train(args) -> int:
 
     argv = [a for a in getattr(args, "argv", sys.argv[1:]) if a != "--resume"]
     command = " ".join(shlex.quote(a) for a in ["skysub", *argv])
+    if args.calibrate_only:
+        from ..nn.device import configure_threads
+        from .training import recalibrate
+
+        configure_threads(tc.threads)
+        card = recalibrate(args.output, tc, quiet=args.quiet, command=command)
+        if not args.quiet:
+            cal = card["error_calibration"]
+            print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
+                  f"of {args.output}")
+        return 0
     card = train_inpaint(args.output, config=tc, masks=masks, resume=args.resume,
                          overwrite=args.overwrite or args.resume, quiet=args.quiet,
                          command=command)

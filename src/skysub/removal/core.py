@@ -413,7 +413,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     res = RemovalResult(image=cleaned, holes=holes, table=table, sources=sources,
                         predictions=pred if keep_cutouts else None)
     res.extra["removed"] = np.where(img.mask, np.nan, img.data - cleaned)
-    res.extra["card"] = {k: card.get(k) for k in ("kind", "arch", "path")}
+    res.extra["card"] = {k: card.get(k) for k in ("kind", "arch", "path", "inputs",
+                                                  "error_calibration")}
     return res
 
 

@@ -6,10 +6,14 @@ reports the mean predicted background per pixel within ``radius`` of the positio
 photometer's aperture: then ``sum(image) - bkg * area`` equals the aperture sum of
 ``image - prediction``, Madarász et al. §3.4).
 
-Errors: ``pixel_std`` is the standard deviation of the annulus pixels (sigma_bg of eq. 1) and
-``bkg_err`` is ``pixel_std / sqrt(n_valid)``, the error an annulus mean of the same pixels
-would have.  It is not a calibrated error of the inpainted mean (which depends on the field's
-structure); calibrate it on simulations (``skysub evaluate removal``) when it matters.
+Errors: ``pixel_std`` is the robust standard deviation of the annulus pixels (sigma_bg of
+eq. 1).  ``bkg_err`` is the *calibrated* error of the inpainted mean when the model card holds
+an ``error_calibration`` (:mod:`skysub.removal.calibration`: measured on held-out test fields
+per hole radius and averaging radius, the truth's own pixel noise taken out), i.e.
+``c(hole, radius) x pixel_std``; for a model without one it falls back to
+``pixel_std / sqrt(n_annulus)``, the error an annulus mean of the same pixels would have
+(flagged in ``extra["bkg_err_calibrated"] = False``).  Calibrate any model with
+``skysub train inpaint --calibrate-only --output MODEL``.
 """
 
 from __future__ import annotations
@@ -88,13 +92,22 @@ class InpaintBackground:
             s, area, _ = _aperture_sums(pred[sel], valid[sel], float(r), dx[sel], dy[sel])
             bkg[sel] = s / area
             n_pix[sel] = np.round(area).astype(np.int64)
-        table = self.masks or MaskTable.from_config(None, psf_fwhm=self.psf_fwhm or 3.5)
+        card = res.extra.get("card") or {}
+        table = self.masks or MaskTable.from_config(
+            card.get("inputs", {}).get("masks"),
+            psf_fwhm=self.psf_fwhm or card.get("inputs", {}).get("psf_fwhm", 3.5))
         st = peak_snr(img, x, y, table)
         pixel_std = st["sigma_bg"]
-        ann_n = np.pi * (table.annulus_out ** 2 - table.annulus_in ** 2)
-        bkg_err = pixel_std / np.sqrt(ann_n)
+        cal = card.get("error_calibration")
+        if cal:
+            from .calibration import error_scale
+
+            bkg_err = error_scale(cal, hole_r, radii) * pixel_std
+        else:
+            ann_n = np.pi * (table.annulus_out ** 2 - table.annulus_in ** 2)
+            bkg_err = pixel_std / np.sqrt(ann_n)
         flags |= np.where(~np.isfinite(bkg), F.NO_DATA, 0).astype(np.int32)
         return BackgroundResult(bkg=bkg, bkg_err=np.where(np.isfinite(bkg), bkg_err, np.nan),
                                 pixel_std=pixel_std, n_pix=n_pix, flags=flags,
-                                extra={"mask_radius": hole_r,
+                                extra={"mask_radius": hole_r, "bkg_err_calibrated": bool(cal),
                                        "snr": np.asarray(res.sources["snr"], float)[:n]})

@@ -31,7 +31,7 @@ import torch
 from ..errors import ConfigError, InputError
 from ..stamps import cutouts
 from .core import normalise, paint_holes
-from .masks import MaskTable, mask_radii
+from .masks import MaskTable, mask_radii, peak_snr
 
 log = logging.getLogger("skysub")
 
@@ -100,13 +100,16 @@ def _field_cutouts(image: np.ndarray, truth: np.ndarray, x: np.ndarray, y: np.nd
     """Cutouts (image, truth, valid mask) of every source whose cutout is fully on the field
     (holes as at inference, PSF-aware when the table has ``wing_sigma``)."""
     radius, _ = mask_radii(image, x, y, table, psf=psf)
+    sigma_bg = peak_snr(image, x, y, table)["sigma_bg"]
     holes = paint_holes(image.shape, x, y, radius)
     st = cutouts(image, x, y, size)
     keep = st.valid.reshape(len(x), -1).all(axis=1)
     tr = cutouts(truth, x[keep], y[keep], size).data
     hl = cutouts(holes.astype(float), x[keep], y[keep], size).data > 0.5
     return {"image": st.data[keep].astype(np.float32), "target": tr.astype(np.float32),
-            "mask": (~hl).astype(np.uint8)}
+            "mask": (~hl).astype(np.uint8), "radius": radius[keep].astype(np.float32),
+            "sigma_bg": sigma_bg[keep].astype(np.float32),
+            "dx": st.dx[keep].astype(np.float32), "dy": st.dy[keep].astype(np.float32)}
 
 
 def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
@@ -205,6 +208,25 @@ def make_loss_fn(criterion: torch.nn.Module, size: int):
     return loss_fn
 
 
+def split_maps(cfg: InpaintTrainConfig) -> dict[str, list[np.ndarray] | None]:
+    """The user's maps (NaN / masked pixels set to the map's median) split by map into
+    train / val / test (all but the last two, one, one); all None for simulations."""
+    from ..io import read_image
+
+    if not cfg.maps:
+        return {"train": None, "val": None, "test": None}
+    maps = []
+    for p in cfg.maps:
+        im = read_image(p)
+        m = np.where(im.mask, np.nan, im.data)
+        maps.append(np.nan_to_num(m, nan=float(np.nanmedian(m))) if np.isnan(m).any() else m)
+    if len(maps) < 3:
+        raise InputError(f"training on user maps needs at least 3 maps (train/validation/"
+                         f"test split by map), got {len(maps)}")
+    n_tr = max(1, len(maps) - 2)
+    return {"train": maps[:n_tr], "val": maps[n_tr:n_tr + 1], "test": maps[n_tr + 1:]}
+
+
 def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | None = None,
                   masks: MaskTable | None = None, checkpoint: str | Path | None = None,
                   resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -219,7 +241,7 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
     checkpoint : training checkpoint (default ``OUTPUT.ckpt``); ``resume`` continues from it
     command : the command line recorded in the card (default: ``sys.argv``)
     """
-    from ..io import check_output, read_image
+    from ..io import check_output
     from ..nn.inpaint_losses import InpaintLoss, InpaintLossWeights
     from ..nn.modelfile import card_path, save_model
     from ..nn.trainer import TrainConfig, Trainer
@@ -234,20 +256,8 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
     check_output(card_path(output), overwrite=overwrite)
     masks = masks or MaskTable.from_config(None, psf_fwhm=cfg.psf_fwhm)
     t0 = time.perf_counter()
-    maps = None
-    if cfg.maps:
-        maps = [np.where(read_image(p).mask, np.nan, read_image(p).data) for p in cfg.maps]
-        if any(np.isnan(m).any() for m in maps):
-            maps = [np.nan_to_num(m, nan=float(np.nanmedian(m))) for m in maps]
-        if len(maps) < 3:
-            raise InputError(f"training on user maps needs at least 3 maps (train/validation/"
-                             f"test split by map), got {len(maps)}")
-        n_tr = max(1, len(maps) - 2)
-        split = {"train": maps[:n_tr], "val": maps[n_tr:n_tr + 1], "test": maps[n_tr + 1:]}
-        counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    else:
-        split = {"train": None, "val": None, "test": None}
-        counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    split = split_maps(cfg)
+    counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     seeds = {"train": cfg.seed * 1000 + 1, "val": cfg.seed * 1000 + 2, "test": cfg.seed * 1000 + 3}
     data = {k: make_fields(cfg, counts[k], seeds[k], masks, maps=split[k], quiet=quiet)
             for k in ("train", "val")}
@@ -299,7 +309,50 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
         "metrics": {"best_val_loss": hist.best_val,
                     "final_train_loss": hist.train_loss[-1] if hist.epochs else None},
     }
+    card["error_calibration"] = calibrate_model(trainer.model.cpu().eval(), cfg, masks,
+                                                maps=split["test"], quiet=quiet)
     save_model(output, trainer.model.cpu(), card, overwrite=overwrite)
+    return card
+
+
+def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTable, *,
+                    maps: list[np.ndarray] | None = None, quiet: bool = True
+                    ) -> dict[str, Any] | None:
+    """Error calibration (:mod:`skysub.removal.calibration`) on the *test* fields of ``cfg``
+    (never seen in training or model selection); returns the card's ``error_calibration``."""
+    from .calibration import calibrate
+
+    data = make_fields(cfg, cfg.n_test, cfg.seed * 1000 + 3, masks, maps=maps, quiet=quiet)
+    try:
+        cal = calibrate(net, data, size=cfg.size)
+    except ValueError as exc:  # too few test cutouts (tiny runs): keep the uncalibrated error
+        log.warning("no error calibration: %s", exc)
+        return None
+    cal["fields"] = {"split": "test", "n_fields": cfg.n_test, "seed": cfg.seed * 1000 + 3}
+    return cal
+
+
+def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None = None, *,
+                masks: MaskTable | None = None, quiet: bool = True,
+                command: str | None = None) -> dict[str, Any]:
+    """Measure a trained model's error calibration and rewrite its card (weights unchanged):
+    ``skysub train inpaint --calibrate-only --output MODEL``."""
+    from ..nn.modelfile import load_model, save_model
+
+    cfg = config if isinstance(config, InpaintTrainConfig) else InpaintTrainConfig.from_dict(
+        config)
+    net, card = load_model(model_path, kind="inpaint")
+    card.pop("path", None)
+    card.pop("file_size_bytes", None)
+    masks = masks or MaskTable.from_config(card.get("inputs", {}).get("masks"),
+                                           psf_fwhm=cfg.psf_fwhm)
+    cal = calibrate_model(net, cfg, masks, maps=split_maps(cfg)["test"], quiet=quiet)
+    if cal is None:
+        raise InputError(f"too few test cutouts to calibrate {model_path}: raise [removal.train] "
+                         f"n_test (now {cfg.n_test}) or field_size")
+    cal["command"] = command or " ".join(shlex.quote(a) for a in ["skysub", *sys.argv[1:]])
+    card["error_calibration"] = cal
+    save_model(model_path, net, card, overwrite=True)
     return card
 
 
