@@ -20,6 +20,7 @@ skewness, IQR within 3 %; normalised power-spectrum difference < 1e-3 at every s
 Usage::
 
     python -m benchmarks.bench_removal [--quick] [--repeats K] [--n-fields N] [--field-size S]
+        [--model M] [--tta {1,2,4,8}]
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def speed(preset: str, n: int, batch: int, repeats: int, seed: int = 0,
 
 
 def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: int = 3,
-        field_size: int = 384, model: str = "inpaint-default") -> BenchResult:
+        field_size: int = 384, model: str = "inpaint-default", tta: int = 1) -> BenchResult:
     from skysub.removal.evaluation import (
         evaluate_fields,
         flux_ratio_table,
@@ -91,7 +92,10 @@ def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: i
     r_def = max(v for (p, _), v in rates.items() if p == "default")
     r_pap = max(v for (p, _), v in rates.items() if p == "paper")
     sims = simulate_test_fields(n_fields, field_size, seed)
-    ev = evaluate_fields(sims, model=model)
+    ev = evaluate_fields(sims, model=model, tta=tta)
+    if tta > 1:
+        res.notes.append(f"accuracy with test-time augmentation over {tta} symmetries (the "
+                         f"removal then costs {tta} network passes per cutout)")
     ratio = flux_ratio_table(ev["rows"])
     for r in ratio:
         res.rows.append({"row": f"flux {r['flux']:g}", "n": float(r["n"]),
@@ -126,6 +130,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--field-size", type=int, default=None,
                    help="field side in px (default 384; 256 with --quick)")
     p.add_argument("--model", default="inpaint-default", help="model name or file")
+    p.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=1,
+                   help="symmetries averaged per cutout in the accuracy part (default 1)")
     args = p.parse_args(argv)
     check_args(p, args)
     if args.n_fields is None:
@@ -142,7 +148,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     seed = args.seed if args.seed else 12345
     return run(quick=args.quick, repeats=args.repeats, seed=seed, n_fields=args.n_fields,
-               field_size=args.field_size, model=getattr(args, "model", "inpaint-default"))
+               field_size=args.field_size, model=getattr(args, "model", "inpaint-default"),
+               tta=getattr(args, "tta", 1))
 
 
 def main(argv: list[str] | None = None) -> BenchResult:

@@ -74,14 +74,15 @@ def simulate_test_fields(n_fields: int = 4, field_size: int = 384, seed: int = 1
 
 def evaluate_fields(sims: list, *, model: Any = DEFAULT_MODEL, masks: MaskTable | None = None,
                     radii: tuple[float, ...] = (4.0, 6.0, 8.0, 10.0), device: str = "cpu",
-                    quiet: bool = True) -> dict[str, Any]:
-    """Remove the sources of each simulation; return per-source rows, spectra and stats."""
+                    tta: int = 1, quiet: bool = True) -> dict[str, Any]:
+    """Remove the sources of each simulation (``tta`` symmetries averaged, see
+    :func:`skysub.removal.core.predict_cutouts`); return per-source rows, spectra and stats."""
     from ..progress import progress
 
     rows, spectra, stats = [], [], []
     for i, sim in enumerate(progress(sims, desc="evaluating", quiet=quiet, unit="field")):
         res = remove_sources(sim.image, catalog=sim.catalog, model=model, masks=masks,
-                             radii=radii, psf=sim.psf, device=device)
+                             radii=radii, psf=sim.psf, device=device, tta=tta)
         t = res.table
         flux = np.asarray(sim.catalog["flux"], float)
         idx = np.searchsorted(np.asarray(sim.catalog["id"]), np.asarray(t["id"]))
