@@ -33,6 +33,10 @@ models: $(STAMP)
 	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 160 \
 	    --stamps-per-image 500 --pairs auto --epochs 15 --seed 0 --threads 2 \
 	    --output src/skysub/models/lumos-paus.pt --overwrite
+	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \
+	    --output src/skysub/models/inpaint-default.pt --overwrite
+	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \
+	    --output src/skysub/models/inpaint-default.pt --calibrate-only
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
