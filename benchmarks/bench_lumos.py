@@ -6,8 +6,10 @@ Methods: Lumos (flux = PDF mode, error = sigma68), the 62.5 %-light elliptical a
 background) and in practice (catalogue model, annulus background), and the profile fit (eq. 3).
 
 Goals (issue 4): for i > 21, sigma68 of (f - f0)/f0 <= 0.75 x practical optimal and <= 0.6 x
-aperture; |bias| < 2 % for i < 22; PIT KS p > 0.01; sigma68[D] within 0.05 of 1; blending
-|error| < 10 % at R >= 5 px; >= 1,000 sources/s including the model rendering.
+aperture; |bias| < 2 % for i < 22; PIT KS p > 0.01 (both Lumos modes); sigma68[D] within 0.05
+of 1 (data-only PDFs, ``lumos_nomag``: with the magnitude prior the two measurements of an
+object share information and sigma68[D] < 1 by construction); blending |error| < 10 % at
+R >= 5 px; >= 1,000 sources/s including the model rendering.
 
 Usage::
 
@@ -76,7 +78,7 @@ def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, se
     res = BenchResult(title=f"Lumos vs baselines on {len(summ) and summ['n'][0]} held-out "
                             f"simulated observations (model {model})", columns=COLUMNS, rows=rows)
     by = {r["method"]: r for r in rows}
-    lum = by.get("lumos")
+    lum, nomag = by.get("lumos"), by.get("lumos_nomag")
     if lum:
         for ref, fac in (("optimal", 0.75), ("aperture", 0.6)):
             if ref in by:
@@ -86,19 +88,31 @@ def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, se
                                        f"{lum['sigma68_i_gt_21']:.3f} vs {lim:.3f}"))
         res.goals.append(Check("|bias| < 2 % for i < 22", bool(abs(lum["bias_i_lt_22"]) < 0.02),
                                f"{lum['bias_i_lt_22']:+.3f}"))
-        res.goals.append(Check("PIT KS p > 0.01", bool(lum["pit_ks_p"] > 0.01),
-                               f"p = {lum['pit_ks_p']:.3g}"))
+    for name, r in (("lumos", lum), ("lumos_nomag", nomag)):
+        if r:
+            res.goals.append(Check(f"{name}: PIT KS p > 0.01", bool(r["pit_ks_p"] > 0.01),
+                                   f"p = {r['pit_ks_p']:.3g} on {r['n']} observations"))
+    if nomag:
+        # the magnitude is a prior shared by both exposures of an object: the posterior errors
+        # are correlated and sigma68[D] = sqrt(w) < 1 (w: the data's weight); the duplicates
+        # test applies to the data-only PDFs (docs/lumos.md)
+        res.goals.append(Check("lumos_nomag: sigma68[D] within 0.05 of 1",
+                               bool(abs(nomag["sigma68_D"] - 1) <= 0.05),
+                               f"{nomag['sigma68_D']:.3f} (with the magnitude prior: "
+                               f"{lum['sigma68_D']:.3f}, < 1 by construction)"))
+    elif lum:
         res.goals.append(Check("sigma68[D] within 0.05 of 1",
-                               bool(abs(lum["sigma68_D"] - 1) <= 0.05),
-                               f"{lum['sigma68_D']:.3f}"))
-        res.goals.append(Check("blending |bias| < 10 % at R >= 5 px",
-                               bool(lum["blend_R5"] < 0.1), f"worst {lum['blend_R5']:.3f}"))
+                               bool(abs(lum["sigma68_D"] - 1) <= 0.05), f"{lum['sigma68_D']:.3f}"))
+    for name, r in (("lumos", lum), ("lumos_nomag", nomag)):
+        if r:
+            res.goals.append(Check(f"{name}: blending |bias| < 10 % at R >= 5 px",
+                                   bool(r["blend_R5"] < 0.1), f"worst {r['blend_R5']:.3f}"))
     rate, flops = throughput(model, n_speed, repeats, seed)
     res.goals.append(Check(">= 1,000 sources/s on this machine (rendering included)",
                            bool(rate >= 1000), f"{rate:.0f}/s, {flops / 1e6:.1f} MFLOP per "
                                                "source; the CPU may be shared"))
     res.notes.append(f"accuracy part: {elapsed:.0f} s; blending: i = 22 target, i = 20 "
-                     f"neighbour, {n_blend} per R")
+                     f"neighbour, {n_blend} targets per R")
     return res
 
 
@@ -106,13 +120,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--model", default="lumos-paus", help="Lumos model (lumos-paus)")
     p.add_argument("--n-objects", type=int, default=None,
-                   help="held-out galaxies (default 4000; 300 with --quick)")
-    p.add_argument("--n-blend", type=int, default=None, help="realisations per R (24; 4 quick)")
+                   help="held-out galaxies, each observed twice (default 5000; 300 with --quick)")
+    p.add_argument("--n-blend", type=int, default=None, help="targets per R (100; 8 quick)")
     p.add_argument("--n-speed", type=int, default=None, help="sources timed (5000; 1000 quick)")
     args = p.parse_args(argv)
     check_args(p, args)
-    args.n_objects = args.n_objects or (300 if args.quick else 4000)
-    args.n_blend = args.n_blend or (4 if args.quick else 24)
+    args.n_objects = args.n_objects or (300 if args.quick else 5000)
+    args.n_blend = args.n_blend or (8 if args.quick else 100)
     args.n_speed = args.n_speed or (1000 if args.quick else 5000)
     return args
 

@@ -116,3 +116,90 @@ def test_cli_lumos_photometry_and_coadd(trained, tmp_path):
     assert main(["coadd", *outs, "-o", str(tmp_path / "co.csv"), "-q"]) == 2  # no overwrite
     co = Table.read(tmp_path / "co.csv")
     assert len(co) > 0 and "flux_pdf_mode" in co.colnames
+
+
+def test_injected_neighbours_carry_their_flux():
+    """blend_fraction = 1: every stamp holds the target plus a neighbour at blend_radius, whose
+    light is on the stamp (zero background); blend_fraction = 0: none."""
+    s = GalaxySimSettings(colour_scatter=0.0, blend_fraction=1.0, blend_radius=(6.0, 8.0))
+    rng = np.random.default_rng(2)
+    gal = {"mag": np.array([19.0]), "r50": np.array([1.5]), "sersic_n": np.array([1.0]),
+           "ba": np.array([0.8]), "theta": np.array([0.0])}
+    d = add_galaxies(np.zeros((100, 60, 60)), gal, exptime=100.0, gain=1.0, settings=s, rng=rng)
+    assert np.all((d["blend_r"] >= 6.0) & (d["blend_r"] <= 8.0))
+    total = d["flux_true"] + d["blend_flux"]
+    assert d["stamps"].sum((1, 2)).mean() == pytest.approx(total.mean(), rel=5e-3)
+    # the neighbour's light is off centre: the light-weighted centroid moves towards it
+    yy, xx = np.indices((60, 60))
+    r = np.hypot((d["stamps"] * xx).sum((1, 2)) / d["stamps"].sum((1, 2)) - 30,
+                 (d["stamps"] * yy).sum((1, 2)) / d["stamps"].sum((1, 2)) - 30)
+    expected = d["blend_r"] * d["blend_flux"] / total
+    assert np.median(np.abs(r - expected)) < 0.3
+    d0 = add_galaxies(np.zeros((5, 60, 60)), gal, exptime=100.0, gain=1.0,
+                      settings=GalaxySimSettings(), rng=rng)
+    assert np.isnan(d0["blend_r"]).all() and np.isnan(d0["blend_flux"]).all()
+
+
+def test_calibrate_widths_recovers_a_known_scale():
+    """A 'network' whose Gaussian widths are half the true scatter: temperature scaling finds 2."""
+    from skysub.photometry.lumos import calibrate_widths
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, feats, coords, mag, has_mag, key):
+            b = len(x)
+            a = torch.tensor([[1.0, 0, 0, 0, 0]]).repeat(b, 1)
+            return a, feats[:, :1].repeat(1, 5), torch.full((b, 5), 2.5)
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    mu = rng.uniform(50, 100, n)
+    y = mu + rng.normal(0, 5.0, n)  # true scatter 5, the network says 2.5
+    t = {"x": torch.zeros(n, 1), "feats": torch.from_numpy(mu[:, None]).float(),
+         "coords": torch.zeros(n, 2), "mag": torch.zeros(n), "has_mag": torch.ones(n),
+         "key": torch.zeros(n, dtype=torch.long), "y": torch.from_numpy(y).float()}
+    assert calibrate_widths(Fixed(), t) == pytest.approx(2.0, rel=0.02)
+
+
+def test_data_only_mode(trained):
+    """use_mag=False ignores the catalogue magnitude; a model trained without magnitude dropout
+    refuses it."""
+    from skysub.background.bkgnet import simulated_exposures
+    from skysub.errors import InputError
+    from skysub.nn.modelfile import load_model
+
+    path, card, cfg = trained
+    assert card["training"]["settings"]["mag_dropout"] > 0
+    assert set(card["inputs"]["sigma_scale"]) == {"mag", "no_mag"}
+    exps, _ = simulated_exposures(1, config=cfg.simulate, seed=98)
+    image = exps[0][0]
+    x, y = np.array([60.0, 120.0, 180.0]), np.array([50.0, 100.0, 140.0])
+    cat = Table({"r50": np.full(3, 2.0), "sersic_n": np.ones(3), "ba": np.full(3, 0.8),
+                 "theta": np.zeros(3), "mag": np.array([19.0, 21.0, 22.0])})
+    nomag = LumosPhotometer(path, use_mag=False)
+    r1 = nomag.measure(image, x, y, catalog=cat)
+    cat["mag"] = [23.0, 18.0, 20.0]
+    r2 = nomag.measure(image, x, y, catalog=cat)
+    assert np.array_equal(r1.flux, r2.flux)
+    withmag = LumosPhotometer(path).measure(image, x, y, catalog=cat)
+    assert not np.allclose(withmag.flux, r2.flux)
+    net, card0 = load_model(path, kind="lumos")
+    card0["training"]["settings"]["mag_dropout"] = 0.0
+    with pytest.raises(InputError, match="mag_dropout"):
+        LumosPhotometer((net, card0), use_mag=False)
+
+
+def test_blending_test_fills_every_radius(trained):
+    """Every R gets its targets (the earlier version ran out of positions at large R)."""
+    from skysub.evaluate import blending_test
+    from skysub.simulate.galaxies import psf_for
+
+    path, card, cfg = trained
+    s = GalaxySimSettings.from_config(card["inputs"]["simulation"])
+    lum = {"lumos": LumosPhotometer(path)}
+    t = blending_test(lum, cfg, s, psf_for(s), radii=(0, 10, 20), n_per_r=6,
+                      methods=("lumos", "aperture"))
+    assert len(t) == 6 and (t["n"] >= 6).all() and np.isfinite(t["bias"]).all()

@@ -277,3 +277,31 @@ def test_error_calibration_recovers_a_known_scale():
     with pytest.raises(ValueError, match="cutouts"):
         fit_calibration({"err": err[:5], "area": area, "hole": hole[:5],
                          "sigma_bg": sigma_bg[:5], "noise": noise[:5]}, avg_radii=(2.0, 6.0))
+
+
+def test_shipped_model_errors_are_calibrated():
+    """Pulls of InpaintBackground on fields the calibration never saw have unit width."""
+    from skysub.metrics import _sigma68
+    from skysub.simulate.extended import random_field_config
+
+    card = read_card("inpaint-default")
+    assert card["error_calibration"]["n_cutouts"] >= 300
+    est = InpaintBackground(radius=6.0)
+    pulls = []
+    rng = np.random.default_rng(2024)
+    for k in range(4):
+        cfg = random_field_config(np.random.default_rng(900 + k), (256, 256))
+        s = simulate_extended(cfg, n_sources=40, margin=10, seed=int(rng.integers(1e6)))
+        x, y = np.asarray(s.catalog["x"]), np.asarray(s.catalog["y"])
+        r = est.estimate(s.image, x, y)
+        assert r.extra["bkg_err_calibrated"]
+        yy, xx = np.indices(s.truth.shape)
+        true = np.array([s.truth[(xx - a) ** 2 + (yy - b) ** 2 <= 36].mean()
+                         for a, b in zip(x, y, strict=True)])
+        # the truth holds pixel noise: its mean over the disc is the photometer's noise term
+        err = np.hypot(r.bkg_err, cfg.noise / np.sqrt(np.pi * 36))
+        pulls.append((r.bkg - true) / err)
+    p = np.concatenate(pulls)
+    p = p[np.isfinite(p)]
+    assert len(p) > 120
+    assert 0.7 < _sigma68(p) < 1.4

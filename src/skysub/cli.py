@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r-out", type=float, default=None)
     p.add_argument("--psf-fwhm", type=float, default=None, help="Gaussian PSF FWHM [px]")
     p.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")
+    p.add_argument("--no-mag", action="store_true",
+                   help="lumos: data-only PDFs, without the catalogue magnitude as a prior (for "
+                        "duplicates tests and PDF coadds; see docs/lumos.md)")
     p.add_argument("--output", "-o", required=True)
     _add_common(p)
 
@@ -365,7 +368,8 @@ def _cmd_photometry(args) -> int:
         model=args.model, device=args.device, batch_size=args.batch_size)
     phot = make_photometer(args.photometer, background=est, config=cfg, radius=args.radius,
                            psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
-                           device=args.device, batch_size=args.batch_size)
+                           device=args.device, batch_size=args.batch_size,
+                           use_mag=not args.no_mag)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **_read_kwargs(args, cfg))
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
@@ -460,9 +464,11 @@ def _cmd_train_lumos(args) -> int:
                        quiet=args.quiet, command=command_line(), **_read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
+        nm = m.get("no_mag", {})
         print(f"wrote {args.output}: {m['n']} validation stamps, sigma68 (mode) "
-              f"{m.get('sigma68_mode_all', float('nan')):.3f}, PIT KS p {m['pit_ks_pvalue']:.3g}, "
-              f"{m['train_seconds']:.0f} s")
+              f"{m.get('sigma68_mode_all', float('nan')):.3f} "
+              f"({nm.get('sigma68_mode_all', float('nan')):.3f} without the magnitude), "
+              f"PIT KS p {m['pit_ks_pvalue']:.3g}, {m['train_seconds']:.0f} s")
     return 0
 
 

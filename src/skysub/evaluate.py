@@ -284,7 +284,9 @@ __all__ = ["evaluate_background", "print_summary", "method_label", "EDGE_WIDTH"]
 # photometry benchmark (Lumos §5, Figs. 6-9) -- `skysub evaluate photometry`
 # ----------------------------------------------------------------------------------------------
 
-PHOT_METHODS = ("lumos", "aperture", "optimal_oracle", "optimal", "profile_fit")
+PHOT_METHODS = ("lumos", "lumos_nomag", "aperture", "optimal_oracle", "optimal", "profile_fit")
+#: Lumos modes: the catalogue magnitude as a prior (default) and data-only PDFs
+LUMOS_MODES = {"lumos": True, "lumos_nomag": False}
 
 
 def _inject(image, bkg_map, x, y, g, settings, psf, rng, *, dmag=None):
@@ -365,9 +367,10 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods):
     ann = AnnulusBackground(30.0, 45.0)
     x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
     out = {}
-    if "lumos" in methods:
-        r = lumos.measure(image, x, y, catalog=cat)
-        out["lumos"] = (r.flux, r.flux_err, r.extra)
+    for m in LUMOS_MODES:
+        if m in methods:
+            r = lumos[m].measure(image, x, y, catalog=cat)
+            out[m] = (r.flux, r.flux_err, r.extra)
     if "aperture" in methods:
         r = ModelAperturePhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
         out["aperture"] = (r.flux, r.flux_err, None)
@@ -389,7 +392,7 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods):
 def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int = 123,
                         config=None, output_dir=None, overwrite: bool = False,
                         quiet: bool = False, methods=PHOT_METHODS, blending: bool = True,
-                        n_blend: int = 24) -> dict:
+                        n_blend: int = 100) -> dict:
     """Benchmark photometers on held-out simulations as Lumos §5 does.
 
     Returns a dict of Tables: ``by_mag`` (method, mag bin, n, bias, sigma68 of (f - f0)/f0;
@@ -404,8 +407,14 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     from .simulate.galaxies import GalaxySimSettings
 
     cfg = config or load_config("paus")
-    lumos = LumosPhotometer(model)
-    settings = GalaxySimSettings.from_config(lumos.card.get("inputs", {}).get("simulation", {}))
+    lumos = {"lumos": LumosPhotometer(model)}
+    if "lumos_nomag" in methods:
+        if lumos["lumos"].card.get("training", {}).get("settings", {}).get("mag_dropout", 0.0):
+            lumos["lumos_nomag"] = LumosPhotometer(model, use_mag=False, name="lumos_nomag")
+        else:  # a model trained without magnitude dropout has no data-only mode
+            methods = tuple(m for m in methods if m != "lumos_nomag")
+    settings = GalaxySimSettings.from_config(
+        lumos["lumos"].card.get("inputs", {}).get("simulation", {}))
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -422,6 +431,7 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     mag = np.asarray(tr["mag"])
     edges = np.arange(18.0, 23.5, 0.5)
     rows, summ = [], []
+    pit_cols: dict[str, np.ndarray] = {}
     for m in methods:
         f = np.concatenate([r[0] for r in res[m]])
         e = np.concatenate([r[1] for r in res[m]])
@@ -439,7 +449,7 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
                "sigma68_i_gt_21": scatter(f[ok & (mag > 21)], f0[ok & (mag > 21)]),
                "sigma68_all": scatter(f[ok], f0[ok]),
                "sigma68_D": sigma68(dup) if len(dup) else np.nan, "pit_ks_p": np.nan}
-        if m == "lumos":
+        if m in LUMOS_MODES:
             ex = [r[2] for r in res[m]]
             a = np.concatenate([np.column_stack([x[f"a{i}"] for i in range(1, 6)]) for x in ex])
             mu = np.concatenate([np.column_stack([x[f"f{i}"] for i in range(1, 6)]) for x in ex])
@@ -447,15 +457,17 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
             pit = pit_gaussian_mixture(a[ok], mu[ok], sg[ok], f0[ok], lower=0.0)
             row["pit_ks_p"] = pit_uniformity(pit).pvalue
             counts, pedges = pit_histogram(pit, bins=10)
-            pit_t = Table({"lo": pedges[:-1], "hi": pedges[1:], "count": counts})
+            pit_cols.setdefault("lo", pedges[:-1])
+            pit_cols.setdefault("hi", pedges[1:])
+            pit_cols[m] = counts
         summ.append(row)
     out_t = {"by_mag": Table(rows=rows), "summary": Table(rows=summ)}
-    if "lumos" in methods:
-        out_t["pit"] = pit_t
+    if pit_cols:
+        out_t["pit"] = Table(pit_cols)
     if blending:
-        out_t["blending"] = blending_test(lumos, cfg, settings, psf, seed=seed + 1,
-                                          n_per_r=n_blend, methods=("lumos", "aperture",
-                                                                    "optimal"))
+        out_t["blending"] = blending_test(
+            lumos, cfg, settings, psf, seed=seed + 1, n_per_r=n_blend,
+            methods=(*(m for m in LUMOS_MODES if m in methods), "aperture", "optimal"))
     if output_dir is not None:
         for k, v in out_t.items():
             write_table(v, out / f"evaluate_photometry_{k}.csv", overwrite=overwrite)
@@ -463,48 +475,71 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
 
 
 def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8, 12, 16, 20),
-                  n_per_r: int = 24, methods=("lumos", "aperture")) -> Table:
+                  n_per_r: int = 100, methods=("lumos", "aperture"), spacing: float = 72.0
+                  ) -> Table:
     """Lumos Figs. 8-9: an i = 22 target with an i = 20 neighbour at R px; relative flux error
-    of the target (bias = median, and sigma68) per method and R."""
+    of the target (bias = median, and sigma68) per method and R.
+
+    ``lumos``: dict of photometers by method name (:data:`LUMOS_MODES`).  Targets sit on a
+    jittered grid of held-out simulator exposures, at positions with no catalogued source
+    within ``settings.empty_radius`` of the target or the neighbour; both galaxies get a band
+    colour drawn with ``settings.colour_scatter`` (the target's flux is not its magnitude's).
+    Exposures are simulated until every R has ``n_per_r`` targets.
+    """
+    from scipy.spatial import cKDTree
+
     from .background.bkgnet import simulated_exposures
     from .metrics import bias, scatter
 
     rng = np.random.default_rng(seed)
-    n_exp = int(np.ceil(len(radii) * n_per_r / 60))
-    exps, _ = simulated_exposures(max(n_exp, 1), config=cfg.simulate, seed=seed)
-    rows = []
+    radii = tuple(float(r) for r in radii)
+    need = len(radii) * int(n_per_r)
     per_r = {r: {m: [] for m in methods} for r in radii}
-    truth = {r: [] for r in radii}
-    slots = []
-    for image, _xy, bg, _t in exps:
-        ny, nx = image.shape
-        gx, gy = np.meshgrid(np.arange(80, nx - 60, 100.0), np.arange(80, ny - 60, 100.0))
-        slots += [(image, bg, x, y) for x, y in zip(gx.ravel(), gy.ravel(), strict=True)]
-    need = len(radii) * n_per_r
-    slots = slots[:need]
+    truth: dict[float, list] = {r: [] for r in radii}
     shape = {"r50": 2.5, "sersic_n": 1.0, "ba": 0.7, "theta": 30.0}
-    assign = np.repeat(np.arange(len(radii)), n_per_r)[:len(slots)]
-    by_image: dict[int, list] = {}
-    for (image, bg, x, y), ri in zip(slots, assign, strict=True):
-        by_image.setdefault(id(image), [image, bg, []])[2].append((x, y, radii[ri]))
-    for image, bg, items in by_image.values():
-        x = np.array([i[0] for i in items]) + rng.uniform(-0.5, 0.5, len(items))
-        y = np.array([i[1] for i in items]) + rng.uniform(-0.5, 0.5, len(items))
-        R = np.array([i[2] for i in items], float)
-        ang = rng.uniform(0, 2 * np.pi, len(items))
-        xn, yn = x + R * np.cos(ang), y + R * np.sin(ang)
-        m = len(items)
-        g = {k: np.full(m, v) for k, v in shape.items()}
-        f_t, model, bt = _inject(image, bg, x, y, {**g, "mag": np.full(m, 22.0)}, settings, psf,
-                                 rng, dmag=np.zeros(m))
-        _inject(image, bg, xn, yn, {**g, "mag": np.full(m, 20.0)}, settings, psf, rng,
-                dmag=np.zeros(m))
-        cat = Table({"x": x, "y": y, "mag": np.full(m, 22.0), "flux_true": f_t, **g})
-        r = _run_methods(image, cat, model, bt, psf, lumos, methods)
-        for j, rr in enumerate(R):
-            truth[rr].append(f_t[j])
-            for mth in methods:
-                per_r[rr][mth].append(r[mth][0][j])
+    count = dict.fromkeys(radii, 0)
+    batch_seed = seed
+    while sum(count.values()) < need:
+        exps, _ = simulated_exposures(4, config=cfg.simulate, seed=batch_seed)
+        batch_seed += 1
+        for image, cat_xy, bg, _t in exps:
+            if sum(count.values()) >= need:
+                break
+            ny, nx = image.shape
+            gx, gy = np.meshgrid(np.arange(spacing, nx - spacing / 2, spacing),
+                                 np.arange(spacing, ny - spacing / 2, spacing))
+            x = gx.ravel() + rng.uniform(-8, 8, gx.size)
+            y = gy.ravel() + rng.uniform(-8, 8, gy.size)
+            pending = np.repeat(radii, [n_per_r - count[r] for r in radii])
+            R = pending[np.linspace(0, len(pending) - 1, min(len(x), len(pending))).astype(int)]
+            x, y = x[:len(R)], y[:len(R)]
+            ang = rng.uniform(0, 2 * np.pi, len(R))
+            xn, yn = x + R * np.cos(ang), y + R * np.sin(ang)
+            tree = cKDTree(np.column_stack(cat_xy))
+            free = ((tree.query(np.column_stack([x, y]))[0] > settings.empty_radius)
+                    & (tree.query(np.column_stack([xn, yn]))[0] > settings.empty_radius))
+            x, y, xn, yn, R = x[free], y[free], xn[free], yn[free], R[free]
+            for r in radii:  # no more than n_per_r per R
+                drop = np.flatnonzero(R == r)[max(n_per_r - count[r], 0):]
+                R[drop] = np.nan
+            keep = np.isfinite(R)
+            x, y, xn, yn, R = x[keep], y[keep], xn[keep], yn[keep], R[keep]
+            for r in R:
+                count[float(r)] += 1
+            m = len(x)
+            if m == 0:
+                continue
+            g = {k: np.full(m, v) for k, v in shape.items()}
+            f_t, model, bt = _inject(image, bg, x, y, {**g, "mag": np.full(m, 22.0)}, settings,
+                                     psf, rng)
+            _inject(image, bg, xn, yn, {**g, "mag": np.full(m, 20.0)}, settings, psf, rng)
+            cat = Table({"x": x, "y": y, "mag": np.full(m, 22.0), "flux_true": f_t, **g})
+            r = _run_methods(image, cat, model, bt, psf, lumos, methods)
+            for j, rr in enumerate(R):
+                truth[rr].append(f_t[j])
+                for mth in methods:
+                    per_r[rr][mth].append(r[mth][0][j])
+    rows = []
     for rr in radii:
         t0 = np.asarray(truth[rr])
         for mth in methods:

@@ -217,10 +217,11 @@ def _stack(tables: list[Table]) -> Table:
 def make_photometer(name: str, *, background: Any, config: SurveyConfig | None = None,
                     radius: float | None = None, psf_fwhm: float | None = None,
                     psf: str | Path | None = None, model: str | Path | None = None,
-                    device: str = "auto", batch_size: int = 512):
+                    device: str = "auto", batch_size: int = 512, use_mag: bool = True):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
-    (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background)."""
+    (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
+    False gives its data-only PDFs)."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -235,7 +236,7 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         from .photometry.lumos import DEFAULT_MODEL, LumosPhotometer
 
         return LumosPhotometer(model or DEFAULT_MODEL, psf=None if psf is None else load_psf(psf),
-                               device=device, batch_size=batch_size,
+                               device=device, batch_size=batch_size, use_mag=use_mag,
                                estimator=(config.lumos or {}).get("estimator"))
 
     if psf is not None:

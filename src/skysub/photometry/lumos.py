@@ -141,6 +141,8 @@ class LumosSettings:
     finetune_epochs, finetune_lr : transfer-learning schedule (paper: 100 epochs, 1e-5, /10
         every 50; shortened for CPU budgets: halved once)
     max_pairs : at most this many pairs with ``pairs="auto"`` (paper: 20,000)
+    mag_dropout : fraction of training stamps shown WITHOUT their reference magnitude, so
+        that one network serves both modes of :class:`LumosPhotometer` (``use_mag``)
     """
 
     faint_mag: float = 20.5
@@ -156,6 +158,7 @@ class LumosSettings:
     finetune_epochs: int = 10
     finetune_lr: float = 1e-4
     max_pairs: int = 5000
+    mag_dropout: float = 0.25
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -172,6 +175,8 @@ class LumosSettings:
         if s.estimator not in ESTIMATORS:
             raise ConfigError(f"[lumos]: estimator must be one of {ESTIMATORS}, got "
                               f"{s.estimator!r}")
+        if not 0.0 <= s.mag_dropout < 1.0:
+            raise ConfigError(f"[lumos]: mag_dropout must be in [0, 1), got {s.mag_dropout}")
         return s
 
 
@@ -224,6 +229,12 @@ class LumosPhotometer:
     psf : 2-D array, optional
         PSF of the exposures (default: the Moffat PSF the model was trained with, from its card).
     estimator : "mode", "mean" or "median" (default: the card's, else "mode")
+    use_mag : give the network the catalogue's reference magnitude (default).  The magnitude
+        is a PRIOR shared by every exposure of an object: it sharpens single-exposure PDFs, but
+        it correlates the errors of repeated measurements (their duplicates-test width is
+        below 1 by construction) and a product of such PDFs counts it once per exposure.
+        ``use_mag=False`` gives the data-only PDFs: use them for duplicates tests and PDF
+        coadds (the model must have been trained with ``mag_dropout`` > 0).
     batch_size : stamps per forward pass
     device : "auto" (GPU when present), "cpu", "cuda"
     threads : torch threads on CPU
@@ -242,8 +253,8 @@ class LumosPhotometer:
                      *(f"s{i}" for i in range(1, 6)), *SUMMARY_KEYS)
 
     def __init__(self, model: Any = DEFAULT_MODEL, *, psf=None, estimator: str | None = None,
-                 batch_size: int = 512, device: str = "auto", threads: int | None = None,
-                 name: str = "lumos") -> None:
+                 use_mag: bool = True, batch_size: int = 512, device: str = "auto",
+                 threads: int | None = None, name: str = "lumos") -> None:
         import torch
 
         from ..nn.device import configure_threads, resolve_device
@@ -268,13 +279,20 @@ class LumosPhotometer:
         if est not in ESTIMATORS:
             raise InputError(f"estimator must be one of {ESTIMATORS}, got {est!r}")
         self.estimator = est
+        self.use_mag = bool(use_mag)
+        trained = card.get("training", {}).get("settings", {})
+        if not self.use_mag and not trained.get("mag_dropout", 0.0):
+            raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
+                             "mag_dropout > 0; this one always saw the reference magnitude")
+        scale = inputs.get("sigma_scale", {})
+        self.sigma_scale = float(scale.get("mag" if self.use_mag else "no_mag", 1.0))
         self.batch_size = int(batch_size)
         self.name = name
         self._torch = torch
 
     def __repr__(self) -> str:
         return (f"LumosPhotometer(model={self.card.get('description', '?')!r}, "
-                f"estimator={self.estimator!r})")
+                f"estimator={self.estimator!r}, use_mag={self.use_mag})")
 
     def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag) -> dict:
         """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
@@ -301,9 +319,10 @@ class LumosPhotometer:
         img = as_image(image, mask)
         x, y = check_positions(x, y)
         n = len(x)
-        if mag is None and catalog is not None and "mag" in getattr(catalog, "colnames",
-                                                                      getattr(catalog, "keys",
-                                                                              lambda: [])()):
+        if not self.use_mag:
+            mag = None
+        elif mag is None and catalog is not None and "mag" in getattr(
+                catalog, "colnames", getattr(catalog, "keys", lambda: [])()):
             mag = np.asarray(catalog["mag"], float)
         k = self.net.arch.n_components
         A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
@@ -319,7 +338,8 @@ class LumosPhotometer:
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
             unit = t["unit"]
-            A[ii], M[ii], Sg[ii] = a, m * unit[:, None], sg * unit[:, None]
+            A[ii], M[ii] = a, m * unit[:, None]
+            Sg[ii] = sg * (unit * self.sigma_scale)[:, None]  # validation-calibrated widths
             good[ii] = t["ok"]
             st = t["stamps"]
             inside = _inside(img.shape, st.x0, st.y0, st.size)
@@ -440,14 +460,40 @@ def _subset(t: dict, sel: np.ndarray) -> dict:
     return {k: t[k][idx] for k in TENSOR_KEYS}
 
 
-def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray) -> dict:
+def calibrate_widths(model, t: dict) -> float:
+    """Validation calibration of the PDF widths (as BKGnet's ``sigma_scale``): the factor ``c``
+    on every component width that minimises the mixture negative log-likelihood (eq. 10's
+    truncated density) of the true fluxes of tensors ``t`` -- temperature scaling, which keeps
+    the means and weights.  Returns ``c`` (> 1: the network's PDFs were too narrow)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_ndtr, logsumexp
+
+    model.eval()
+    a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
+                               t["key"])
+    y = np.clip(np.asarray(t["y"], float), 0.0, None)[:, None]
+    la = np.log(np.clip(a, 1e-30, None))
+
+    def nll(logc: float) -> float:
+        sc = s * np.exp(logc)
+        lp = la - 0.5 * ((y - m) / sc) ** 2 - np.log(sc) - log_ndtr(m / sc)
+        return float(-logsumexp(lp, axis=1).mean())
+
+    r = minimize_scalar(nll, bounds=(np.log(0.2), np.log(5.0)), method="bounded",
+                        options={"xatol": 1e-4})
+    return float(np.exp(r.x))
+
+
+def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray, *,
+                      sigma_scale: float = 1.0) -> dict:
     """Validation metrics of a model on tensors ``t``: bias and sigma68 of the relative error of
-    mode and mean, PIT KS p-value, per magnitude range."""
+    mode and mean, PIT KS p-value, per magnitude range; widths times ``sigma_scale``."""
     from ..metrics import bias, pit_gaussian_mixture, pit_uniformity, scatter
 
     model.eval()
     a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
                                t["key"])
+    s = s * sigma_scale
     unit = np.asarray(t["unit"])[:, None]
     summ = mixture_summary(a, m * unit, s * unit)
     pit = pit_gaussian_mixture(a, m * unit, s * unit, flux_true, lower=0.0)
@@ -716,6 +762,10 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                                  galaxies=pool, seed=seed + 1, quiet=quiet)
     keys: list[str] = []
     t = training_tensors(sim, keys)
+    has_mag = t["has_mag"].clone()
+    if ls.mag_dropout > 0:  # one network for both modes of LumosPhotometer (use_mag)
+        drop = torch.from_numpy(rng.random(len(has_mag)) < ls.mag_dropout)
+        t["has_mag"] = torch.where(drop, torch.zeros_like(has_mag), has_mag)
     ok = t["ok"]
     is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
     tr, va = ok & ~is_val, ok & is_val
@@ -731,7 +781,9 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     trainer = Trainer(model, make_loss(ls.faint_mag), tc, checkpoint=output.with_suffix(".ckpt"))
     hist = trainer.fit(_subset(t, tr), _subset(t, va), resume=resume)
     model = trainer.model.cpu().eval()
-    vt = {**_subset(t, va), "unit": t["unit"][va]}
+    vsel = torch.from_numpy(np.flatnonzero(va))
+    vt = {**_subset(t, va), "unit": t["unit"][va], "has_mag": has_mag[vsel]}
+    vt0 = {**vt, "has_mag": torch.zeros_like(vt["has_mag"])}
     metrics = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va])
     finetune = None
     if pairs is not None:
@@ -770,13 +822,24 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         finetune = {"n_pairs": int(len(pt["ratio"])), "epochs": ls.finetune_epochs,
                     "lr": ls.finetune_lr, "final_loss": fh.train_loss[-1] if fh.epochs else None,
                     "metrics_before": metrics, "metrics_after": metrics_ft}
-        metrics = metrics_ft
+    # temperature scaling of the widths on the validation exposures, per mode
+    sigma_scale = {"mag": calibrate_widths(model, vt)}
+    metrics = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va],
+                                sigma_scale=sigma_scale["mag"])
+    metrics["uncalibrated"] = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va])
+    if ls.mag_dropout > 0:
+        sigma_scale["no_mag"] = calibrate_widths(model, vt0)
+        metrics["no_mag"] = evaluate_mixtures(model, vt0, sim["flux_true"][va], sim["mag"][va],
+                                              sigma_scale=sigma_scale["no_mag"])
+    say("validation width calibration (sigma_scale): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
         "kind": "lumos", "arch": arch.as_dict(), "preset": arch.preset,
         "description": description or "Lumos flux PDF (5-Gaussian mixture) per source",
         "inputs": {"keys": keys, "simulation": gs.as_dict(), "estimator": ls.estimator,
+                   "sigma_scale": {k: round(v, 5) for k, v in sigma_scale.items()},
                    "normalisation": "cutout: median and 1.4826 MAD of valid pixels (2x2 grid), "
                                     "5 asinh(v/5), invalid = 0, validity channel; model: "
                                     "unit-total PSF-convolved Sersic / its peak; flux unit: "
@@ -799,5 +862,5 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
 
 
 __all__ = ["LumosPhotometer", "LumosSettings", "mixture_summary", "train_lumos",
-           "fine_tune_pairs", "find_pairs", "predict_mixtures", "training_tensors",
+           "fine_tune_pairs", "calibrate_widths", "find_pairs", "predict_mixtures", "training_tensors",
            "evaluate_mixtures", "pair_tensors"]
