@@ -78,9 +78,10 @@ then: skysub photometry exp/*.fits --catalog cat.csv --photometer lumos --model 
 EPILOG_EVAL_PHOT = """example:
   skysub evaluate photometry --model lumos-paus --n-objects 4000 -o eval_phot/
 simulates held-out galaxies on simulator backgrounds; prints bias and sigma68 of (f - f0)/f0
-per magnitude for Lumos, the 62.5 % aperture, optimal weights (oracle and practical) and the
-profile fit, the PIT KS test, the blending test (i = 22 target, i = 20 neighbour at R px) and
-the duplicates test; writes evaluate_photometry*.csv and PNG plots."""
+per magnitude for Lumos (with the magnitude prior, and data-only as lumos_nomag when the model
+has that mode), the 62.5 % aperture, optimal weights (oracle and practical) and the profile
+fit, the PIT KS test, the blending test (i = 22 target, i = 20 neighbour at R px) and the
+duplicates test; writes evaluate_photometry_*.csv and evaluate_photometry.png."""
 
 EPILOG_COADD = """example:
   skysub coadd phot_lumos_*.csv --output coadd.csv
@@ -277,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("photometry", help="Lumos-style benchmark of photometers on "
                         "simulations (Fig. 6-9)", epilog=EPILOG_EVAL_PHOT, formatter_class=fmt)
     e.add_argument("--model", default="lumos-paus", help="Lumos model (lumos-paus)")
-    e.add_argument("--n-objects", type=int, default=4000, help="held-out galaxies (4000)")
+    e.add_argument("--n-objects", type=int, default=4000,
+                   help="held-out galaxies, each observed twice (4000)")
+    e.add_argument("--n-blend", type=int, default=100,
+                   help="i = 22 targets per neighbour distance in the blending test (100)")
     e.add_argument("--seed", type=int, default=123)
     e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
     e.add_argument("--config", default="paus")
@@ -476,9 +480,14 @@ def _cmd_evaluate_photometry(args) -> int:
     from .config import load_config
     from .evaluate import evaluate_photometry, print_photometry_summary
 
+    if args.n_objects < 1 or args.n_blend < 1:
+        from .errors import InputError
+
+        raise InputError(f"--n-objects and --n-blend must be >= 1, got {args.n_objects} and "
+                         f"{args.n_blend}")
     res = evaluate_photometry(args.model, n_objects=args.n_objects, seed=args.seed,
                               config=load_config(args.config), output_dir=args.output_dir,
-                              overwrite=args.overwrite, quiet=args.quiet)
+                              overwrite=args.overwrite, quiet=args.quiet, n_blend=args.n_blend)
     if not args.quiet:
         print_photometry_summary(res)
     return 0

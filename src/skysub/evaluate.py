@@ -471,7 +471,74 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     if output_dir is not None:
         for k, v in out_t.items():
             write_table(v, out / f"evaluate_photometry_{k}.csv", overwrite=overwrite)
+        _photometry_plots(out_t, out / "evaluate_photometry.png", overwrite=overwrite)
     return out_t
+
+
+def _photometry_plots(res: dict, path: Path, *, overwrite: bool = False) -> None:
+    """One PNG: bias and sigma68 of (f - f0)/f0 against magnitude per method (Lumos Fig. 7),
+    the PIT histograms of the Lumos modes (Fig. 6) and the blending test (Figs. 8-9)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import check_output
+
+    check_output(path, overwrite=overwrite)
+    bm = res["by_mag"]
+    panels = 3 + ("pit" in res) + ("blending" in res)
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.0), constrained_layout=True)
+    methods = list(dict.fromkeys(np.asarray(bm["method"]).astype(str)))
+    for m in methods:
+        t = bm[np.asarray(bm["method"]).astype(str) == m]
+        mid = 0.5 * (np.asarray(t["mag_lo"]) + np.asarray(t["mag_hi"]))
+        axes[0].plot(mid, t["bias"], "o-", ms=3, label=m)
+        axes[1].plot(mid, t["sigma68"], "o-", ms=3, label=m)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_ylabel("bias: median (f - f0) / f0")
+    axes[1].set_ylabel("sigma68 of (f - f0) / f0")
+    axes[1].set_yscale("log")
+    for ax in axes[:2]:
+        ax.set_xlabel("reference magnitude")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("bias (Lumos Fig. 7)")
+    axes[1].set_title("scatter (Lumos Fig. 7)")
+    sm = res["summary"]
+    axes[2].bar(np.asarray(sm["method"]).astype(str), sm["sigma68_D"], color="0.6")
+    axes[2].axhline(1.0, color="k", ls="--", lw=0.8)
+    axes[2].set_ylabel("sigma68[D]")
+    axes[2].set_title("duplicates test")
+    axes[2].tick_params(axis="x", rotation=60)
+    k = 3
+    if "pit" in res:
+        pt = res["pit"]
+        edges = np.r_[np.asarray(pt["lo"]), np.asarray(pt["hi"])[-1]]
+        for c in pt.colnames:
+            if c not in ("lo", "hi"):
+                cnt = np.asarray(pt[c], float)
+                axes[k].stairs(cnt / cnt.sum() * len(cnt), edges, label=c)
+        axes[k].axhline(1.0, color="k", ls="--", lw=0.8)
+        axes[k].set_xlabel("PIT")
+        axes[k].set_ylabel("density")
+        axes[k].set_title("PIT (Lumos Fig. 6)")
+        axes[k].legend(fontsize=8)
+        k += 1
+    if "blending" in res:
+        bl = res["blending"]
+        for m in dict.fromkeys(np.asarray(bl["method"]).astype(str)):
+            t = bl[np.asarray(bl["method"]).astype(str) == m]
+            axes[k].plot(t["R"], t["bias"], "o-", ms=3, label=m)
+        axes[k].axhspan(-0.1, 0.1, color="0.9")
+        axes[k].set_xlabel("neighbour distance R [px]")
+        axes[k].set_ylabel("median (f - f0) / f0 of the i = 22 target")
+        axes[k].set_ylim(-1, 3)
+        axes[k].set_title("blending (Lumos Figs. 8-9)")
+        axes[k].legend(fontsize=8)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8, 12, 16, 20),
