@@ -165,14 +165,14 @@ def test_calibrate_widths_recovers_a_known_scale():
 
 
 def test_data_only_mode(trained):
-    """use_mag=False ignores the catalogue magnitude; a model trained without magnitude dropout
+    """use_mag=False ignores the catalogue magnitude; a model trained without prior-free stamps
     refuses it."""
     from skysub.background.bkgnet import simulated_exposures
     from skysub.errors import InputError
     from skysub.nn.modelfile import load_model
 
     path, card, cfg = trained
-    assert card["training"]["settings"]["mag_dropout"] > 0
+    assert card["inputs"]["simulation"]["prior_free_fraction"] > 0
     assert set(card["inputs"]["sigma_scale"]) == {"mag", "no_mag"}
     exps, _ = simulated_exposures(1, config=cfg.simulate, seed=98)
     image = exps[0][0]
@@ -187,8 +187,8 @@ def test_data_only_mode(trained):
     withmag = LumosPhotometer(path).measure(image, x, y, catalog=cat)
     assert not np.allclose(withmag.flux, r2.flux)
     net, card0 = load_model(path, kind="lumos")
-    card0["training"]["settings"]["mag_dropout"] = 0.0
-    with pytest.raises(InputError, match="mag_dropout"):
+    card0["inputs"]["simulation"]["prior_free_fraction"] = 0.0
+    with pytest.raises(InputError, match="prior_free_fraction"):
         LumosPhotometer((net, card0), use_mag=False)
 
 
@@ -227,3 +227,35 @@ def test_cli_evaluate_photometry(trained, tmp_path):
     assert (out / "evaluate_photometry.png").stat().st_size > 10000
     assert main(["evaluate", "photometry", "--model", str(path), "--n-objects", "0",
                  "-o", str(tmp_path / "x"), "-q"]) == 2
+
+
+def test_locally_flat_flux_density_and_prior_free_stamps():
+    """Samples follow p(f) = 1 / ((f + k) log((hi + k) / k)); prior-free stamps' fluxes do not
+    depend on the magnitude, the others are the magnitude's."""
+    from scipy import stats
+
+    from skysub.simulate.galaxies import locally_flat_flux
+
+    rng = np.random.default_rng(4)
+    k, hi = 50.0, 1e4
+    f = locally_flat_flux(rng, np.full(40000, k), hi)
+    assert f.min() >= 0 and f.max() <= hi
+
+    def cdf(v):
+        return np.log((np.asarray(v) + k) / k) / np.log((hi + k) / k)
+
+    assert stats.kstest(f, cdf).pvalue > 0.01
+    s = GalaxySimSettings(colour_scatter=0.0, prior_free_fraction=0.5)
+    gal = {"mag": np.array([20.0, 20.0]), "r50": np.array([2.0, 2.0]),
+           "sersic_n": np.array([1.0, 1.0]), "ba": np.array([0.8, 0.8]),
+           "theta": np.array([0.0, 0.0])}
+    bg = rng.normal(0.0, 10.0, (400, 60, 60))
+    d = add_galaxies(bg, gal, exptime=100.0, gain=1.0, settings=s, rng=rng)
+    free = d["prior_free"]
+    assert 0.4 < free.mean() < 0.6
+    nominal = 100.0 * 10 ** (-0.4 * (20.0 - s.zero_point))
+    assert np.allclose(d["flux_true"][~free], nominal)
+    # knee = 30 x the cutouts' pixel noise (10); the brightest flux is the catalogue's
+    ff, kk = d["flux_true"][free], 300.0
+    assert ff.max() <= nominal * (1 + 1e-9)
+    assert np.median(ff) == pytest.approx(kk * np.sqrt((nominal + kk) / kk) - kk, rel=0.15)

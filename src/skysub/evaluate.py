@@ -409,7 +409,7 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     cfg = config or load_config("paus")
     lumos = {"lumos": LumosPhotometer(model)}
     if "lumos_nomag" in methods:
-        if lumos["lumos"].card.get("training", {}).get("settings", {}).get("mag_dropout", 0.0):
+        if lumos["lumos"].settings.prior_free_fraction > 0:
             lumos["lumos_nomag"] = LumosPhotometer(model, use_mag=False, name="lumos_nomag")
         else:  # a model trained without magnitude dropout has no data-only mode
             methods = tuple(m for m in methods if m != "lumos_nomag")

@@ -141,8 +141,6 @@ class LumosSettings:
     finetune_epochs, finetune_lr : transfer-learning schedule (paper: 100 epochs, 1e-5, /10
         every 50; shortened for CPU budgets: halved once)
     max_pairs : at most this many pairs with ``pairs="auto"`` (paper: 20,000)
-    mag_dropout : fraction of training stamps shown WITHOUT their reference magnitude, so
-        that one network serves both modes of :class:`LumosPhotometer` (``use_mag``)
     """
 
     faint_mag: float = 20.5
@@ -158,7 +156,6 @@ class LumosSettings:
     finetune_epochs: int = 10
     finetune_lr: float = 1e-4
     max_pairs: int = 5000
-    mag_dropout: float = 0.25
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -175,8 +172,6 @@ class LumosSettings:
         if s.estimator not in ESTIMATORS:
             raise ConfigError(f"[lumos]: estimator must be one of {ESTIMATORS}, got "
                               f"{s.estimator!r}")
-        if not 0.0 <= s.mag_dropout < 1.0:
-            raise ConfigError(f"[lumos]: mag_dropout must be in [0, 1), got {s.mag_dropout}")
         return s
 
 
@@ -233,8 +228,9 @@ class LumosPhotometer:
         is a PRIOR shared by every exposure of an object: it sharpens single-exposure PDFs, but
         it correlates the errors of repeated measurements (their duplicates-test width is
         below 1 by construction) and a product of such PDFs counts it once per exposure.
-        ``use_mag=False`` gives the data-only PDFs: use them for duplicates tests and PDF
-        coadds (the model must have been trained with ``mag_dropout`` > 0).
+        ``use_mag=False`` gives the data-only PDFs (the likelihood: the network was shown
+        these stamps with fluxes drawn from a density flat on the scale of the noise, see
+        ``prior_free_fraction``): use them for duplicates tests and PDF coadds.
     batch_size : stamps per forward pass
     device : "auto" (GPU when present), "cpu", "cuda"
     threads : torch threads on CPU
@@ -280,10 +276,10 @@ class LumosPhotometer:
             raise InputError(f"estimator must be one of {ESTIMATORS}, got {est!r}")
         self.estimator = est
         self.use_mag = bool(use_mag)
-        trained = card.get("training", {}).get("settings", {})
-        if not self.use_mag and not trained.get("mag_dropout", 0.0):
+        if not self.use_mag and not self.settings.prior_free_fraction:
             raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
-                             "mag_dropout > 0; this one always saw the reference magnitude")
+                             "prior_free_fraction > 0; this one always saw the reference "
+                             "magnitude")
         scale = inputs.get("sigma_scale", {})
         self.sigma_scale = float(scale.get("mag" if self.use_mag else "no_mag", 1.0))
         self.batch_size = int(batch_size)
@@ -762,10 +758,10 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                                  galaxies=pool, seed=seed + 1, quiet=quiet)
     keys: list[str] = []
     t = training_tensors(sim, keys)
-    has_mag = t["has_mag"].clone()
-    if ls.mag_dropout > 0:  # one network for both modes of LumosPhotometer (use_mag)
-        drop = torch.from_numpy(rng.random(len(has_mag)) < ls.mag_dropout)
-        t["has_mag"] = torch.where(drop, torch.zeros_like(has_mag), has_mag)
+    # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
+    # locally flat density are shown without their magnitude (it says nothing about them)
+    free = np.asarray(sim["prior_free"], bool)
+    t["has_mag"][torch.from_numpy(free)] = 0.0
     ok = t["ok"]
     is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
     tr, va = ok & ~is_val, ok & is_val
@@ -781,10 +777,15 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     trainer = Trainer(model, make_loss(ls.faint_mag), tc, checkpoint=output.with_suffix(".ckpt"))
     hist = trainer.fit(_subset(t, tr), _subset(t, va), resume=resume)
     model = trainer.model.cpu().eval()
-    vsel = torch.from_numpy(np.flatnonzero(va))
-    vt = {**_subset(t, va), "unit": t["unit"][va], "has_mag": has_mag[vsel]}
+    # validation: the catalogue-like stamps (with and without their magnitude) and the
+    # prior-free ones (the no-magnitude mode's calibration set)
+    va_cat, va_free = va & ~free, va & free
+    if va_cat.sum() == 0:
+        va_cat = va
+    vt = {**_subset(t, va_cat), "unit": t["unit"][va_cat]}
     vt0 = {**vt, "has_mag": torch.zeros_like(vt["has_mag"])}
-    metrics = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va])
+    ftrue, vmag = sim["flux_true"][va_cat], sim["mag"][va_cat]
+    metrics = evaluate_mixtures(model, vt, ftrue, vmag)
     finetune = None
     if pairs is not None:
         if isinstance(pairs, str) and pairs == "auto":
@@ -818,18 +819,17 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                              lr=ls.finetune_lr, batch_size=ls.batch_size, seed=seed,
                              device=device, threads=threads, quiet=quiet)
         model = model.cpu().eval()
-        metrics_ft = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va])
+        metrics_ft = evaluate_mixtures(model, vt, ftrue, vmag)
         finetune = {"n_pairs": int(len(pt["ratio"])), "epochs": ls.finetune_epochs,
                     "lr": ls.finetune_lr, "final_loss": fh.train_loss[-1] if fh.epochs else None,
                     "metrics_before": metrics, "metrics_after": metrics_ft}
     # temperature scaling of the widths on the validation exposures, per mode
     sigma_scale = {"mag": calibrate_widths(model, vt)}
-    metrics = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va],
-                                sigma_scale=sigma_scale["mag"])
-    metrics["uncalibrated"] = evaluate_mixtures(model, vt, sim["flux_true"][va], sim["mag"][va])
-    if ls.mag_dropout > 0:
-        sigma_scale["no_mag"] = calibrate_widths(model, vt0)
-        metrics["no_mag"] = evaluate_mixtures(model, vt0, sim["flux_true"][va], sim["mag"][va],
+    metrics = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=sigma_scale["mag"])
+    metrics["uncalibrated"] = evaluate_mixtures(model, vt, ftrue, vmag)
+    if va_free.any():
+        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free))
+        metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag,
                                               sigma_scale=sigma_scale["no_mag"])
     say("validation width calibration (sigma_scale): "
         + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))

@@ -57,6 +57,11 @@ class GalaxySimSettings:
     blend_radius : (min, max) distance of that neighbour from the target [px]
     blend_dmag : (min, max) of neighbour - target reference magnitude for half of the
         neighbours (mostly brighter ones); the other half are drawn from the catalogue
+    prior_free_fraction : fraction of stamps whose flux is drawn, independently of the
+        reference magnitude, from the locally flat density ``p(f) ~ 1 / (f + knee sigma_pix)``
+        (flat on the scale of the noise, log-uniform far above it; ``prior_free_knee`` sets the
+        knee in units of the cutout's pixel noise ``sigma_pix``).  A network shown these stamps
+        without the magnitude learns the likelihood of the data (see docs/lumos.md).
     """
 
     stamp_size: int = 60
@@ -73,6 +78,8 @@ class GalaxySimSettings:
     blend_fraction: float = 0.0
     blend_radius: tuple[float, float] = (2.0, 20.0)
     blend_dmag: tuple[float, float] = (-3.0, 1.0)
+    prior_free_fraction: float = 0.0
+    prior_free_knee: float = 30.0
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> GalaxySimSettings:
@@ -84,8 +91,11 @@ class GalaxySimSettings:
             if np.ndim(v) != 1 or len(v) != 2 or not float(v[0]) < float(v[1]):
                 raise ConfigError(f"[lumos]: {name} must be [low, high] with low < high, got {v}")
             setattr(s, name, tuple(float(u) for u in v))
-        if not 0.0 <= s.blend_fraction <= 1.0:
-            raise ConfigError(f"[lumos]: blend_fraction must be in [0, 1], got {s.blend_fraction}")
+        for name in ("blend_fraction", "prior_free_fraction"):
+            if not 0.0 <= getattr(s, name) <= 1.0:
+                raise ConfigError(f"[lumos]: {name} must be in [0, 1], got {getattr(s, name)}")
+        if s.prior_free_knee <= 0:
+            raise ConfigError(f"[lumos]: prior_free_knee must be > 0, got {s.prior_free_knee}")
         if s.colour_scatter < 0:
             raise ConfigError(f"[lumos]: colour_scatter must be >= 0, got {s.colour_scatter}")
         if s.stamp_size < 16 or s.model_size > s.stamp_size or s.model_size % 2 == 0:
@@ -176,8 +186,9 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     -------
     dict with ``stamps`` (m, S, S) float32 (NaN where invalid), ``models`` (m, S, S) unit-total
     model images, ``flux_true`` (image units), ``mag``, ``r50``, ``sersic_n``, ``ba``, ``theta``,
-    ``dx``, ``dy`` (offset of the galaxy from ``S // 2``), ``blend_r``, ``blend_flux`` (the
-    injected neighbour's distance [px] and flux; NaN without one).
+    ``dx``, ``dy`` (offset of the galaxy from ``S // 2``), ``prior_free`` (flux drawn from the
+    locally flat density, not from ``mag``), ``blend_r``, ``blend_flux`` (the injected
+    neighbour's distance [px] and flux; NaN without one).
     """
     from ..photometry.aperture import SourceShapes
 
@@ -192,6 +203,11 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     g["ba"] = np.clip(g["ba"], 0.05, 1.0)
     dmag = rng.normal(0.0, s.colour_scatter, m)
     flux = band_flux(g["mag"], dmag, exptime, gain, s)
+    free = rng.random(m) < s.prior_free_fraction if s.prior_free_fraction > 0 else np.zeros(m, bool)
+    if free.any():
+        hi = band_flux(np.min(galaxies["mag"]) - 2 * s.colour_scatter, 0.0, exptime, gain, s)
+        flux[free] = locally_flat_flux(rng, pixel_sigma(backgrounds[free]) * s.prior_free_knee,
+                                       hi)
     dx, dy = rng.uniform(-0.5, 0.5, (2, m))
     clean = render_galaxies(flux, g["r50"], g["sersic_n"], g["ba"], g["theta"], dx, dy, psf,
                             s.stamp_size, s.oversample)
@@ -203,7 +219,23 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     models = model_images(shapes, psf, dx, dy, s)
     return {"stamps": stamps, "models": models.astype(np.float32), "flux_true": flux,
             "mag": g["mag"], "r50": g["r50"], "sersic_n": g["sersic_n"], "ba": g["ba"],
-            "theta": g["theta"], "dx": dx, "dy": dy, **nb}
+            "theta": g["theta"], "dx": dx, "dy": dy, "prior_free": free, **nb}
+
+
+def pixel_sigma(stamps: np.ndarray) -> np.ndarray:
+    """Robust pixel noise of each (m, S, S) cutout: 1.4826 x MAD of its finite pixels."""
+    v = np.asarray(stamps, float).reshape(len(stamps), -1)
+    med = np.nanmedian(v, axis=1)
+    return 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+
+
+def locally_flat_flux(rng: np.random.Generator, knee: np.ndarray, high: float) -> np.ndarray:
+    """Fluxes in [0, high] with density ``~ 1 / (f + knee)``: flat for f << knee, log-uniform for
+    f >> knee -- flat on the scale of the noise at every flux when ``knee`` is a few times
+    the faint-source flux error (inverse-CDF sampling)."""
+    k = np.maximum(np.nan_to_num(np.asarray(knee, float), nan=1.0), 1e-6)
+    u = rng.random(k.shape)
+    return k * ((high + k) / k) ** u - k
 
 
 def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime: float,
@@ -296,4 +328,5 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
 
 
 __all__ = ["GalaxySimSettings", "simulate_galaxy_stamps", "add_galaxies", "model_images",
+           "locally_flat_flux", "pixel_sigma",
            "background_cutouts", "band_flux", "render_galaxies", "psf_for", "pad_center"]
