@@ -305,3 +305,25 @@ def test_shipped_model_errors_are_calibrated():
     p = p[np.isfinite(p)]
     assert len(p) > 120
     assert 0.7 < _sigma68(p) < 1.4
+
+
+def test_source_fluxes_exact_with_part_of_the_aperture_lost():
+    """A point source 1.5 px from a stamp edge (pixels beyond it invalid) on a known background:
+    the flux counts the lost part through the PSF, not the lost area."""
+    from skysub.removal.core import source_fluxes
+    from skysub.simulate.extended import inject_sources, make_psf
+
+    psf = make_psf("airy", 3.5, size=31)
+    data = inject_sources(np.full((41, 41), 5.0), psf, np.array([20.3]), np.array([19.6]),
+                          np.array([1000.0]))[None]
+    valid = np.ones_like(data, bool)
+    valid[:, :, :18] = False  # the aperture (r = 6) around x = 20.3 loses x <= 17
+    f, ee, bad = source_fluxes(data, valid, psf, 6.0, np.array([0.3]), np.array([-0.4]),
+                               np.array([5.0]))
+    assert 0.15 < bad[0] < 0.3 and 0.8 < ee[0] < 1.0
+    assert f[0] == pytest.approx(1000.0, rel=1e-3)
+    # scaling the sum by the lost area instead is off by tens of per cent
+    from skysub.removal.core import _aperture_sums
+
+    s, _, _ = _aperture_sums(data - 5.0, valid, 6.0, np.array([0.3]), np.array([-0.4]))
+    assert abs(s[0] / ee[0] / 1000.0 - 1) > 0.1

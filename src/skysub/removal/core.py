@@ -171,10 +171,10 @@ def paint_holes(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: np
     return holes
 
 
-def enclosed_fraction(psf: np.ndarray, radius: float, dx: np.ndarray, dy: np.ndarray
-                      ) -> np.ndarray:
-    """Fraction of a unit PSF centred at sub-pixel offsets ``(dx, dy)`` inside a circle of
-    ``radius`` (exact pixel overlaps): the aperture correction is its inverse."""
+def _aperture_psf(psf: np.ndarray, radius: float, dx: np.ndarray, dy: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact aperture overlap weights and the unit PSF at sub-pixel offsets ``(dx, dy)``, both
+    (n, 2h + 1, 2h + 1) with h = ceil(radius) + 1, centred like :func:`_aperture_sums`."""
     from ..photometry.aperture import overlap_weights, shift_psf
 
     half = int(np.ceil(radius)) + 1
@@ -184,7 +184,40 @@ def enclosed_fraction(psf: np.ndarray, radius: float, dx: np.ndarray, dy: np.nda
     c = big // 2
     stamps = stamps[:, c - half:c + half + 1, c - half:c + half + 1]
     w = overlap_weights(np.asarray(dx, float), np.asarray(dy, float), radius, 1.0, 0.0, half)
-    return (w * stamps).sum(axis=(1, 2))
+    return w, stamps
+
+
+def enclosed_fraction(psf: np.ndarray, radius: float, dx: np.ndarray, dy: np.ndarray
+                      ) -> np.ndarray:
+    """Fraction of a unit PSF centred at sub-pixel offsets ``(dx, dy)`` inside a circle of
+    ``radius`` (exact pixel overlaps): the aperture correction is its inverse."""
+    w, p = _aperture_psf(psf, radius, dx, dy)
+    return (w * p).sum(axis=(1, 2))
+
+
+def source_fluxes(values: np.ndarray, valid: np.ndarray, psf: np.ndarray, radius: float,
+                  dx: np.ndarray, dy: np.ndarray, bkg: np.ndarray | float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aperture-corrected point-source fluxes of ``values - bkg`` (n, S, S; source at
+    S // 2 + (dx, dy)) in a circle of ``radius`` with exact overlaps.
+
+    Invalid pixels are left out of the sum AND of the aperture correction: the flux is
+    ``sum_valid w (v - b) / sum_valid w psf``, exact for a point source whatever part of the
+    aperture is lost (an edge, NaN coverage) -- scaling the sum by the lost AREA, as for a
+    background mean, is wrong for a peaked profile.  Returns (flux, enclosed fraction of the
+    whole aperture, fraction of the aperture area lost)."""
+    w, p = _aperture_psf(psf, radius, dx, dy)
+    half = w.shape[-1] // 2
+    c = values.shape[-1] // 2
+    sl = slice(c - half, c + half + 1)
+    v = values[:, sl, sl] - np.asarray(bkg, float).reshape(-1, 1, 1)
+    ok = valid[:, sl, sl] & np.isfinite(v)
+    wv = np.where(ok, w, 0.0)
+    ee_valid = (wv * p).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = (wv * np.where(ok, v, 0.0)).sum(axis=(1, 2)) / ee_valid
+        bad = 1.0 - wv.sum(axis=(1, 2)) / w.sum(axis=(1, 2))
+    return np.where(ee_valid > 0.05, flux, np.nan), (w * p).sum(axis=(1, 2)), bad
 
 
 def _aperture_sums(values: np.ndarray, valid: np.ndarray, radius: float, dx: np.ndarray,
@@ -388,17 +421,18 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     dx = np.where(on, st.dx, 0.0)
     dy = np.where(on, st.dy, 0.0)
     for r in radii:
-        ee = enclosed_fraction(psf, r, dx, dy)
-        s_rem, _, bad_rem = _aperture_sums(resid, st.valid, r, dx, dy)
-        s_img, area, bad_img = _aperture_sums(st.data, st.valid, r, dx, dy)
+        # exact for a point source when part of the aperture is off the map or in NaN coverage
+        f_rem, ee, _ = source_fluxes(resid, st.valid, psf, r, dx, dy)
+        f_ann, _, bad_img = source_fluxes(st.data, st.valid, psf, r, dx, dy,
+                                          np.nan_to_num(bres.bkg))
         f = flags.copy()
         f |= np.where((bad_img > 0) & on, F.MASKED, 0).astype(np.int32)
         f |= np.asarray(bres.flags, np.int32) & ~np.int32(F.CROWDED)
         near = crowding(np.where(on, x, np.nan), np.where(on, y, np.nan), r + masks.max_radius,
                         None) > 0
         f |= np.where(near, F.CROWDED, 0).astype(np.int32)
-        flux = np.where(use, s_rem / ee, np.nan)
-        flux_ann = np.where(on, (s_img - area * bres.bkg) / ee, np.nan)
+        flux = np.where(use, f_rem, np.nan)
+        flux_ann = np.where(on & np.isfinite(bres.bkg), f_ann, np.nan)
         for k, v in (("id", ids), ("x", x), ("y", y), ("radius", np.full(n, r)),
                      ("flux", flux), ("flux_annulus", flux_ann), ("bkg_annulus", bres.bkg),
                      ("aper_corr", 1.0 / ee), ("snr", snr), ("mask_radius", hole_r),
