@@ -230,8 +230,8 @@ def test_cli_evaluate_photometry(trained, tmp_path):
 
 
 def test_locally_flat_flux_density_and_prior_free_stamps():
-    """Samples follow p(f) = 1 / ((f + k) log((hi + k) / k)); prior-free stamps' fluxes do not
-    depend on the magnitude, the others are the magnitude's."""
+    """Samples follow p(f) ~ 1 / (max(f, 0) + k) on [-2k, hi]; prior-free stamps' fluxes do not
+    depend on the magnitude (negative ones included), the others are the magnitude's."""
     from scipy import stats
 
     from skysub.simulate.galaxies import locally_flat_flux
@@ -239,10 +239,12 @@ def test_locally_flat_flux_density_and_prior_free_stamps():
     rng = np.random.default_rng(4)
     k, hi = 50.0, 1e4
     f = locally_flat_flux(rng, np.full(40000, k), hi)
-    assert f.min() >= 0 and f.max() <= hi
+    assert f.min() >= -2 * k and f.max() <= hi
+    z = 2.0 + np.log((hi + k) / k)
 
     def cdf(v):
-        return np.log((np.asarray(v) + k) / k) / np.log((hi + k) / k)
+        v = np.asarray(v, float)
+        return np.where(v < 0, (v + 2 * k) / k, 2.0 + np.log((np.maximum(v, 0) + k) / k)) / z
 
     assert stats.kstest(f, cdf).pvalue > 0.01
     s = GalaxySimSettings(colour_scatter=0.0, prior_free_fraction=0.5)
@@ -257,5 +259,30 @@ def test_locally_flat_flux_density_and_prior_free_stamps():
     assert np.allclose(d["flux_true"][~free], nominal)
     # knee = 30 x the cutouts' pixel noise (10); the brightest flux is the catalogue's
     ff, kk = d["flux_true"][free], 300.0
-    assert ff.max() <= nominal * (1 + 1e-9)
-    assert np.median(ff) == pytest.approx(kk * np.sqrt((nominal + kk) / kk) - kk, rel=0.15)
+    assert ff.max() <= nominal * (1 + 1e-9) and ff.min() >= -2 * kk * 1.1
+    p_neg = 2.0 / (2.0 + np.log((nominal + kk) / kk))
+    assert (ff < 0).mean() == pytest.approx(p_neg, abs=0.08)
+    # a negative galaxy is subtracted: the stamp sums to the (negative) flux on average
+    neg = free & (d["flux_true"] < -100)
+    excess = (d["stamps"][neg] - bg[neg]).sum((1, 2))
+    assert np.allclose(excess, d["flux_true"][neg], rtol=0.02)
+
+
+def test_coadd_of_likelihoods_applies_the_positivity_prior_once():
+    """Data-only (likelihood) mixtures N(-5, 10) and N(5, 10): the product N(0, 10/sqrt 2) cut
+    at 0 once is a half-normal (mean 10/sqrt(pi)); mixed likelihood/posterior tables are
+    refused."""
+    from skysub.errors import InputError
+
+    rows = Table({"id": [7, 7], "band": ["r", "r"], "flux": [-5.0, 5.0],
+                  "flux_err": [10.0, 10.0], "likelihood": [True, True]})
+    for i in range(1, 6):
+        rows[f"a{i}"] = [1.0 if i == 1 else 0.0] * 2
+        rows[f"f{i}"] = [-5.0, 5.0]
+        rows[f"s{i}"] = [10.0, 10.0]
+    out = coadd_tables([rows])
+    assert out["flux_pdf_mean"][0] == pytest.approx(10 / np.sqrt(np.pi), rel=0.01)
+    assert out["flux_pdf_mode"][0] == pytest.approx(0.0, abs=0.05)
+    rows["likelihood"] = [True, False]
+    with pytest.raises(InputError, match="mix"):
+        coadd_tables([rows])

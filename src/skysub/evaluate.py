@@ -454,7 +454,7 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
             a = np.concatenate([np.column_stack([x[f"a{i}"] for i in range(1, 6)]) for x in ex])
             mu = np.concatenate([np.column_stack([x[f"f{i}"] for i in range(1, 6)]) for x in ex])
             sg = np.concatenate([np.column_stack([x[f"s{i}"] for i in range(1, 6)]) for x in ex])
-            pit = pit_gaussian_mixture(a[ok], mu[ok], sg[ok], f0[ok], lower=0.0)
+            pit = pit_gaussian_mixture(a[ok], mu[ok], sg[ok], f0[ok], lower=lumos[m].lower)
             row["pit_ks_p"] = pit_uniformity(pit).pvalue
             counts, pedges = pit_histogram(pit, bins=10)
             pit_cols.setdefault("lo", pedges[:-1])

@@ -38,7 +38,8 @@ Losses (all return the batch mean; the derivations are in docs/lumos.md)
   (the published code puts the label inside the erf and drops the 1/2);
 - :func:`pair_overlap_nll` -- eq. 11: ``-log int_0^inf p1(f) p2(f) df`` for two truncated
   mixtures, with the closed form of the overlap of two Gaussians on [0, inf);
-- :func:`lumos_loss` -- eq. 8 for ``mag < faint_mag`` (paper: 20.5), eq. 10 for fainter ones.
+- :func:`lumos_loss` -- eq. 8 for ``mag < faint_mag`` (paper: 20.5), eq. 10 for fainter ones;
+  eq. 8 for the data-only mode's rows (the likelihood, which may extend below zero).
 """
 
 from __future__ import annotations
@@ -219,9 +220,14 @@ def mdn_nll_truncated(alpha, mu, sigma, y) -> torch.Tensor:
     return -mixture_log_pdf(y.clamp_min(0.0), alpha, mu, sigma, truncated=True).mean()
 
 
-def lumos_loss(alpha, mu, sigma, y, mag, *, faint_mag: float = 20.5) -> torch.Tensor:
-    """Eq. 8 for ``mag < faint_mag``, eq. 10 for the rest (NaN magnitudes count as faint)."""
+def lumos_loss(alpha, mu, sigma, y, mag, *, faint_mag: float = 20.5,
+               likelihood: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 8 for ``mag < faint_mag``, eq. 10 for the rest (NaN magnitudes count as faint).
+    Rows flagged ``likelihood`` (the data-only mode's prior-free stamps, whose labels may be
+    negative) always take eq. 8: their PDF is the likelihood, not truncated at zero."""
     bright = mag < faint_mag
+    if likelihood is not None:
+        bright = bright | likelihood
     lp8 = mixture_log_pdf(y, alpha, mu, sigma)
     lp10 = mixture_log_pdf(y.clamp_min(0.0), alpha, mu, sigma, truncated=True)
     return -torch.where(bright, lp8, lp10).mean()

@@ -27,7 +27,7 @@ def inverse_variance_mean(flux: np.ndarray, err: np.ndarray) -> tuple[float, flo
 
 def product_of_mixtures(alphas: Sequence[np.ndarray], mus: Sequence[np.ndarray],
                         sigmas: Sequence[np.ndarray], *, lower: float | None = 0.0,
-                        n_grid: int = 2048) -> dict[str, np.ndarray]:
+                        likelihood: bool = False, n_grid: int = 2048) -> dict[str, np.ndarray]:
     """Coadded PDF of ``n`` objects from ``J`` observations each: ``prod_j p_j(f)``, normalised,
     evaluated on a grid per object spanning every component's +-8 sigma (from ``lower``).
 
@@ -35,7 +35,10 @@ def product_of_mixtures(alphas: Sequence[np.ndarray], mus: Sequence[np.ndarray],
     ----------
     alphas, mus, sigmas : J arrays of shape (n, k) -- the mixtures of observation j (rows with
         NaN are skipped for that object: fewer observations)
-    lower : truncation of every component (0 for Lumos fluxes); None = none
+    lower : the product lives on [lower, inf) (0 for fluxes); None = everywhere
+    likelihood : the mixtures are likelihoods (Lumos' data-only mode): multiplied as they are,
+        the flux >= ``lower`` prior applied once, to the product.  Otherwise each component is
+        a Gaussian truncated at ``lower`` and renormalised (Lumos eq. 10 posteriors).
     n_grid : grid points
 
     Returns
@@ -71,8 +74,8 @@ def product_of_mixtures(alphas: Sequence[np.ndarray], mus: Sequence[np.ndarray],
         z = (grid[:, :, None] - M[j][:, None, :]) / S[j][:, None, :]
         lc = np.log(np.clip(a, 1e-300, None))[:, None, :] - 0.5 * z * z \
             - np.log(S[j])[:, None, :]
-        if lower is not None:
-            lc = lc - log_ndtr(M[j] / S[j])[:, None, :]
+        if lower is not None and not likelihood:
+            lc = lc - log_ndtr((M[j] - lower) / S[j])[:, None, :]
         mx = lc.max(-1, keepdims=True)
         lp = (mx + np.log(np.exp(lc - mx).sum(-1, keepdims=True)))[..., 0]
         logp += np.where(ok[j][:, None], lp, 0.0)
@@ -115,7 +118,11 @@ def coadd_tables(tables, *, id_col: str = "id", group_cols: Sequence[str] = ("ba
 
     Columns: ``id`` (+ groups), ``n_obs``, ``flux_ivw``/``flux_ivw_err`` (eq. 21 of the tables'
     ``flux``/``flux_err``), and, when the tables hold Lumos mixtures (a1..a5, f1..f5, s1..s5),
-    the summaries of the product PDF (``flux_pdf_mode``, ``flux_pdf_mean``, ...).
+    the summaries of the product PDF (``flux_pdf_mode``, ``flux_pdf_mean``, ...).  Tables from
+    Lumos' data-only mode (column ``likelihood`` true) are multiplied as likelihoods with the
+    flux >= 0 prior applied once; posteriors (with the magnitude prior) are multiplied as
+    they are -- which counts that prior once per exposure (see docs/lumos.md).  Mixing both
+    kinds is refused.
     """
     from astropy.table import Table, vstack
 
@@ -154,7 +161,16 @@ def coadd_tables(tables, *, id_col: str = "id", group_cols: Sequence[str] = ("ba
         slot[order] = np.arange(len(t)) - np.repeat(starts, counts)
         As, Ms, Ss = (np.full((J, len(uniq), k), np.nan) for _ in range(3))
         As[slot, inv], Ms[slot, inv], Ss[slot, inv] = a, m, s
-        r = product_of_mixtures(list(As), list(Ms), list(Ss), lower=0.0, n_grid=n_grid)
+        like = False
+        if "likelihood" in t.colnames:
+            lk = np.asarray(t["likelihood"]).astype(str)
+            lk = np.isin(np.char.lower(lk), ("true", "1", "1.0"))
+            if lk.any() and not lk.all():
+                raise InputError("the tables mix Lumos likelihoods (--no-mag) and posteriors: "
+                                 "coadd one kind")
+            like = bool(lk.all())
+        r = product_of_mixtures(list(As), list(Ms), list(Ss), lower=0.0, likelihood=like,
+                                n_grid=n_grid)
         for key, v in r.items():
             if key != "n_obs":
                 out[key.replace("flux_", "flux_pdf_") if key != "eta" else "eta_pdf"] = v

@@ -246,7 +246,7 @@ class LumosPhotometer:
 
     #: per-source columns that :func:`skysub.workflows.measure_photometry` copies to tables
     extra_columns = (*(f"a{i}" for i in range(1, 6)), *(f"f{i}" for i in range(1, 6)),
-                     *(f"s{i}" for i in range(1, 6)), *SUMMARY_KEYS)
+                     *(f"s{i}" for i in range(1, 6)), *SUMMARY_KEYS, "likelihood")
 
     def __init__(self, model: Any = DEFAULT_MODEL, *, psf=None, estimator: str | None = None,
                  use_mag: bool = True, batch_size: int = 512, device: str = "auto",
@@ -282,6 +282,8 @@ class LumosPhotometer:
                              "magnitude")
         scale = inputs.get("sigma_scale", {})
         self.sigma_scale = float(scale.get("mag" if self.use_mag else "no_mag", 1.0))
+        #: the posterior is truncated to flux >= 0 (eq. 10); the likelihood is not
+        self.lower: float | None = 0.0 if self.use_mag else None
         self.batch_size = int(batch_size)
         self.name = name
         self._torch = torch
@@ -345,7 +347,7 @@ class LumosPhotometer:
             flags[ii] |= (_flag((~inside).any(axis=(1, 2)), F.EDGE)
                           | _flag((core & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
                           | _flag(~t["ok"], F.NO_DATA))
-        summ = mixture_summary(A, M, Sg, lower=0.0)
+        summ = mixture_summary(A, M, Sg, lower=self.lower)
         flux = {"mode": summ["flux_mode"], "mean": summ["flux_mean"],
                 "median": summ["flux_median"]}[self.estimator]
         err = summ["flux_std"] if self.estimator == "mean" else summ["flux_sigma68"]
@@ -359,6 +361,7 @@ class LumosPhotometer:
             extra[f"f{i + 1}"] = M[:, i]
             extra[f"s{i + 1}"] = Sg[:, i]
         extra.update(summ)
+        extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
         return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
 
@@ -438,7 +441,8 @@ def make_loss(faint_mag: float):
         a, m, s = model(batch["x"].float(), batch["feats"], batch["coords"], batch["mag"],
                         batch["has_mag"], batch["key"])
         mag = torch_where_mag(batch)
-        return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag)
+        return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag,
+                          likelihood=batch["has_mag"] <= 0)
 
     return loss
 
@@ -456,23 +460,28 @@ def _subset(t: dict, sel: np.ndarray) -> dict:
     return {k: t[k][idx] for k in TENSOR_KEYS}
 
 
-def calibrate_widths(model, t: dict) -> float:
+def calibrate_widths(model, t: dict, *, truncated: bool = True) -> float:
     """Validation calibration of the PDF widths (as BKGnet's ``sigma_scale``): the factor ``c``
     on every component width that minimises the mixture negative log-likelihood (eq. 10's
-    truncated density) of the true fluxes of tensors ``t`` -- temperature scaling, which keeps
-    the means and weights.  Returns ``c`` (> 1: the network's PDFs were too narrow)."""
+    truncated density, or eq. 8's with ``truncated=False``) of the true fluxes of tensors ``t``
+    -- temperature scaling, which keeps the means and weights.  Returns ``c`` (> 1: the
+    network's PDFs were too narrow)."""
     from scipy.optimize import minimize_scalar
     from scipy.special import log_ndtr, logsumexp
 
     model.eval()
     a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
                                t["key"])
-    y = np.clip(np.asarray(t["y"], float), 0.0, None)[:, None]
+    y = np.asarray(t["y"], float)[:, None]
+    if truncated:
+        y = np.clip(y, 0.0, None)
     la = np.log(np.clip(a, 1e-30, None))
 
     def nll(logc: float) -> float:
         sc = s * np.exp(logc)
-        lp = la - 0.5 * ((y - m) / sc) ** 2 - np.log(sc) - log_ndtr(m / sc)
+        lp = la - 0.5 * ((y - m) / sc) ** 2 - np.log(sc)
+        if truncated:
+            lp = lp - log_ndtr(m / sc)
         return float(-logsumexp(lp, axis=1).mean())
 
     r = minimize_scalar(nll, bounds=(np.log(0.2), np.log(5.0)), method="bounded",
@@ -481,9 +490,10 @@ def calibrate_widths(model, t: dict) -> float:
 
 
 def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray, *,
-                      sigma_scale: float = 1.0) -> dict:
+                      sigma_scale: float = 1.0, lower: float | None = 0.0) -> dict:
     """Validation metrics of a model on tensors ``t``: bias and sigma68 of the relative error of
-    mode and mean, PIT KS p-value, per magnitude range; widths times ``sigma_scale``."""
+    mode and mean, PIT KS p-value, per magnitude range; widths times ``sigma_scale``, components
+    truncated at ``lower`` (None: the likelihood mode)."""
     from ..metrics import bias, pit_gaussian_mixture, pit_uniformity, scatter
 
     model.eval()
@@ -491,8 +501,8 @@ def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray, *,
                                t["key"])
     s = s * sigma_scale
     unit = np.asarray(t["unit"])[:, None]
-    summ = mixture_summary(a, m * unit, s * unit)
-    pit = pit_gaussian_mixture(a, m * unit, s * unit, flux_true, lower=0.0)
+    summ = mixture_summary(a, m * unit, s * unit, lower=lower)
+    pit = pit_gaussian_mixture(a, m * unit, s * unit, flux_true, lower=lower)
     out = {"n": int(len(flux_true)), "pit_ks_pvalue": pit_uniformity(pit).pvalue}
     for name, sel in (("all", np.ones(len(mag), bool)), ("i_lt_21", mag < 21),
                       ("i_gt_21", mag >= 21)):
@@ -565,7 +575,7 @@ def fine_tune_pairs(net, pairs: dict, sims: dict, *, faint_mag: float = 20.5,
         a, m, s = run("s_")
         sup = lumos_loss(a, m, s, b["s_y"], sup_loss_mag({"mag": b["s_mag"],
                                                           "has_mag": b["s_has_mag"]}),
-                         faint_mag=faint_mag)
+                         faint_mag=faint_mag, likelihood=b["s_has_mag"] <= 0)
         a1, m1, s1 = run("x1_")
         a2, m2, s2 = run("x2_")
         r = b["ratio"][:, None]
@@ -828,8 +838,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     metrics = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=sigma_scale["mag"])
     metrics["uncalibrated"] = evaluate_mixtures(model, vt, ftrue, vmag)
     if va_free.any():
-        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free))
-        metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag,
+        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free), truncated=False)
+        metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
                                               sigma_scale=sigma_scale["no_mag"])
     say("validation width calibration (sigma_scale): "
         + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))

@@ -58,10 +58,11 @@ class GalaxySimSettings:
     blend_dmag : (min, max) of neighbour - target reference magnitude for half of the
         neighbours (mostly brighter ones); the other half are drawn from the catalogue
     prior_free_fraction : fraction of stamps whose flux is drawn, independently of the
-        reference magnitude, from the locally flat density ``p(f) ~ 1 / (f + knee sigma_pix)``
-        (flat on the scale of the noise, log-uniform far above it; ``prior_free_knee`` sets the
-        knee in units of the cutout's pixel noise ``sigma_pix``).  A network shown these stamps
-        without the magnitude learns the likelihood of the data (see docs/lumos.md).
+        reference magnitude, from the locally flat density ``p(f) ~ 1 / (|f| + knee)`` with
+        ``knee = prior_free_knee x sigma_pix`` (the cutout's pixel noise): flat on the scale of
+        the noise, log-uniform far above it, and extending to NEGATIVE fluxes down to
+        ``-2 knee`` (a galaxy profile subtracted).  A network shown these stamps without the
+        magnitude learns the likelihood of the data (see docs/lumos.md).
     """
 
     stamp_size: int = 60
@@ -213,7 +214,9 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
                             s.stamp_size, s.oversample)
     nb = _neighbours(g, dx, dy, galaxies, exptime, gain, s, rng, psf)
     clean += nb.pop("image")
-    noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain  # the galaxies' photon noise
+    # the galaxies' photon noise; the negative profiles of prior-free stamps are subtracted
+    # noise-free (only where the sky's noise dominates anyway)
+    noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain + np.minimum(clean, 0.0)
     stamps = (np.asarray(backgrounds, float) + noisy).astype(np.float32)
     shapes = SourceShapes(g["r50"], g["sersic_n"], g["ba"], g["theta"], np.zeros(m, bool))
     models = model_images(shapes, psf, dx, dy, s)
@@ -229,13 +232,20 @@ def pixel_sigma(stamps: np.ndarray) -> np.ndarray:
     return 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
 
 
-def locally_flat_flux(rng: np.random.Generator, knee: np.ndarray, high: float) -> np.ndarray:
-    """Fluxes in [0, high] with density ``~ 1 / (f + knee)``: flat for f << knee, log-uniform for
-    f >> knee -- flat on the scale of the noise at every flux when ``knee`` is a few times
-    the faint-source flux error (inverse-CDF sampling)."""
+def locally_flat_flux(rng: np.random.Generator, knee: np.ndarray, high: float,
+                      negative: float = 2.0) -> np.ndarray:
+    """Fluxes in [-negative x knee, high] with density ``~ 1 / (max(f, 0) + knee)``: flat for
+    f << knee (negative values included), log-uniform for f >> knee -- flat on the scale of
+    the noise at every flux when ``knee`` is a few times the faint-source flux error
+    (inverse-CDF sampling)."""
     k = np.maximum(np.nan_to_num(np.asarray(knee, float), nan=1.0), 1e-6)
+    log_span = np.log((high + k) / k)
+    p_neg = negative / (negative + log_span)  # mass of the flat part below 0
     u = rng.random(k.shape)
-    return k * ((high + k) / k) ** u - k
+    neg = u < p_neg
+    v = np.where(neg, 0.0, (u - p_neg) / (1 - p_neg))
+    pos = k * ((high + k) / k) ** v - k
+    return np.where(neg, -negative * k * rng.random(k.shape), pos)
 
 
 def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime: float,
