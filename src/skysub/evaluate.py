@@ -349,16 +349,31 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
             g["sersic_n"] = np.clip(g["sersic_n"], 0.3, 8.0)
             dmag = rng.normal(0.0, settings.colour_scatter, m)
             oid = np.arange(m) + 100000 * (blk + k)
-            for j, (image, _xy, bg, _t) in enumerate(pair):
+            for j, (image, xy, bg, _t) in enumerate(pair):
                 x, y = pos[j][0][:m], pos[j][1][:m]
                 flux, model, bt = _inject(image, bg, x, y, g, settings, psf, rng, dmag=dmag)
                 rows.append(Table({"image": [image.name] * m, "id": oid, "x": x, "y": y,
                                    "flux_true": flux, "band": [image.meta.band] * m, **g}))
-                images.append((image, rows[-1], model, bt))
+                images.append((image, rows[-1], model, bt, _context(xy, fieldcat)))
     return images, psf
 
 
-def _run_methods(image, cat, model, bt, psf, lumos, methods):
+SHAPE_COLS = ("mag", "r50", "sersic_n", "ba", "theta")
+
+
+def _context(cat_xy, fieldcat, extra: Table | None = None) -> Table:
+    """The rest of a user's catalogue around the test targets: the exposure's catalogued field
+    sources (``cat_xy`` positions of ``fieldcat`` rows) plus ``extra`` rows."""
+    t = Table({"x": np.asarray(cat_xy[0], float), "y": np.asarray(cat_xy[1], float),
+               **{c: np.asarray(fieldcat[c], float) for c in SHAPE_COLS}})
+    if extra is not None and len(extra):
+        t = vstack([t, extra[["x", "y", *SHAPE_COLS]]])
+    return t
+
+
+def _run_methods(image, cat, model, bt, psf, lumos, methods, context: Table | None = None):
+    """Measure the targets ``cat`` with every method.  Lumos measures the targets together with
+    ``context`` (the other catalogued sources: its neighbour channel), as a user's run does."""
     from .background.annulus import AnnulusBackground
     from .photometry.aperture import ModelAperturePhotometer
     from .photometry.optimal import OptimalPhotometer
@@ -367,10 +382,16 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods):
     ann = AnnulusBackground(30.0, 45.0)
     x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
     out = {}
+    n = len(cat)
+    full = cat[["x", "y", *SHAPE_COLS]]
+    if context is not None and len(context):
+        full = vstack([full, context[["x", "y", *SHAPE_COLS]]])
     for m in LUMOS_MODES:
         if m in methods:
-            r = lumos[m].measure(image, x, y, catalog=cat)
-            out[m] = (r.flux, r.flux_err, r.extra)
+            r = lumos[m].measure(image, np.asarray(full["x"]), np.asarray(full["y"]),
+                                 catalog=full)
+            out[m] = (r.flux[:n], r.flux_err[:n], {k: np.asarray(v)[:n]
+                                                  for k, v in r.extra.items()})
     if "aperture" in methods:
         r = ModelAperturePhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
         out["aperture"] = (r.flux, r.flux_err, None)
@@ -421,8 +442,9 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     fields, psf = _test_fields(n_objects, cfg, settings, seed)
     res: dict[str, list] = {m: [] for m in methods}
     truth = []
-    for image, cat, mdl, bt in progress(fields, desc="measuring", quiet=quiet, unit="image"):
-        r = _run_methods(image, cat, mdl, bt, psf, lumos, methods)
+    for image, cat, mdl, bt, ctx in progress(fields, desc="measuring", quiet=quiet,
+                                             unit="image"):
+        r = _run_methods(image, cat, mdl, bt, psf, lumos, methods, context=ctx)
         for m in methods:
             res[m].append(r[m])
         truth.append(cat)
@@ -567,7 +589,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
     count = dict.fromkeys(radii, 0)
     batch_seed = seed
     while sum(count.values()) < need:
-        exps, _ = simulated_exposures(4, config=cfg.simulate, seed=batch_seed)
+        exps, fieldcat = simulated_exposures(4, config=cfg.simulate, seed=batch_seed)
         batch_seed += 1
         for image, cat_xy, bg, _t in exps:
             if sum(count.values()) >= need:
@@ -601,7 +623,9 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
                                      psf, rng)
             _inject(image, bg, xn, yn, {**g, "mag": np.full(m, 20.0)}, settings, psf, rng)
             cat = Table({"x": x, "y": y, "mag": np.full(m, 22.0), "flux_true": f_t, **g})
-            r = _run_methods(image, cat, model, bt, psf, lumos, methods)
+            nbs = Table({"x": xn, "y": yn, "mag": np.full(m, 20.0), **g})  # catalogued too
+            r = _run_methods(image, cat, model, bt, psf, lumos, methods,
+                             context=_context(cat_xy, fieldcat, nbs))
             for j, rr in enumerate(R):
                 truth[rr].append(f_t[j])
                 for mth in methods:

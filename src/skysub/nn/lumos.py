@@ -3,13 +3,16 @@ as a PDF, a mixture of 5 Gaussians (Cabayol et al. 2021, §4).  Pure torch: tens
 
 Inputs (one row per source)
 ---------------------------
-- ``x`` (B, 3, S, S): the cutout normalised by :func:`skysub.nn.bkgnet.normalise_stamps` (median
-  and MAD-sigma of its valid pixels, ``5 asinh(v/5)``, 0 where invalid), its validity channel,
-  and the PSF-convolved model profile drawn from the catalogue shape, scaled to a peak of 1;
-- ``feats`` (B, 3): summary features computed from the same two images by
+- ``x`` (B, 3 or 4, S, S): the cutout normalised by :func:`skysub.nn.bkgnet.normalise_stamps`
+  (median and MAD-sigma of its valid pixels, ``5 asinh(v/5)``, 0 where invalid), its validity
+  channel, the PSF-convolved model profile drawn from the catalogue shape, scaled to a peak of
+  1, and (``arch.neighbours``, skysub's addition) the catalogued neighbours' models weighted by
+  their reference fluxes;
+- ``feats`` (B, 3 or 4): summary features computed from the same images by
   :func:`stamp_features` -- the matched-filter flux ``f_ref`` of the (uncompressed) normalised
-  cutout against the model, expressed as an SNR, and ``log s_ref`` (its noise in normalised
-  units) -- plus the model's log peak;
+  cutout against the model (jointly fitted with the neighbour image when there is one),
+  expressed as an SNR, and ``log s_ref`` (its noise in normalised units) -- plus the model's
+  log peak (and the target-only matched-filter SNR);
 - ``coords`` (B, 2): CCD x, y scaled to [-1, 1]; ``mag``/``has_mag`` (B,): the reference
   (i-band) magnitude; ``key`` (B,): band x epoch index through an embedding of 10 numbers.
 
@@ -87,6 +90,7 @@ class LumosArch(PresetArch):
     hidden: tuple[int, ...] = (128, 64)
     use_coords: bool = True
     use_mag: bool = True
+    neighbours: bool = False
 
 
 class Lumos(nn.Module):
@@ -96,14 +100,16 @@ class Lumos(nn.Module):
     dense layer (``self.last``) is what unsupervised transfer learning fine-tunes.
     """
 
-    N_FEATS = 3
-
     def __init__(self, arch: LumosArch) -> None:
         super().__init__()
         self.arch = arch
-        self.trunk = conv_trunk(arch.block, arch.channels, arch.kernels, 3, ceil_mode=True)
+        self.in_channels = 4 if arch.neighbours else 3
+        self.N_FEATS = 4 if arch.neighbours else 3
+        self.trunk = conv_trunk(arch.block, arch.channels, arch.kernels, self.in_channels,
+                                ceil_mode=True)
         with torch.no_grad():
-            n_feat = self.trunk(torch.zeros(1, 3, arch.stamp_size, arch.stamp_size)).numel()
+            n_feat = self.trunk(torch.zeros(1, self.in_channels, arch.stamp_size,
+                                            arch.stamp_size)).numel()
         h0, *rest = arch.hidden
         self.reduce = nn.Sequential(nn.Flatten(), nn.Linear(n_feat, h0), nn.LeakyReLU(0.1))
         self.embed = nn.Embedding(max(int(arch.n_keys), 1), arch.embed_dim)
@@ -152,7 +158,8 @@ def build_from_arch(arch: dict) -> Lumos:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
-def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Tensor
+def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Tensor,
+                   neighbours: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network inputs from cutouts and unit-total model images (the SAME function in training
     and inference).
@@ -162,26 +169,49 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     cutouts : (B, S, S) float, image units (any value where invalid)
     valid : (B, S, S) bool
     models : (B, S, S) float, PSF-convolved model of unit total flux centred like the source
+    neighbours : (B, S, S) float, optional -- the catalogued neighbours' models times their
+        reference fluxes (:func:`skysub.simulate.galaxies.neighbour_map`); adds a channel and
+        makes the reference flux a joint fit of the target and the neighbours
 
     Returns
     -------
-    x : (B, 3, S, S) float32 -- normalised cutout, validity, model / its peak
-    feats : (B, 3) float32 -- matched-filter SNR (asinh-free), log s_ref, log model peak
+    x : (B, C, S, S) float32 -- normalised cutout, validity, model / its peak (and
+        ``asinh(neighbours / model peak)``)
+    feats : (B, F) float32 -- reference SNR ``f_ref / s_ref``, ``log s_ref``, log model peak
+        (and the target-only matched-filter SNR)
     unit : (B,) float64 -- image units per normalised flux unit (``scale * FLUX_UNIT``)
     ok : (B,) bool -- enough valid pixels
+
+    ``f_ref`` is the matched-filter flux (optimal weights in the faint limit:
+    ``sum p v / sum p^2``, variance ``1 / sum p^2``); with ``neighbours`` it is the target's
+    amplitude in a joint linear fit of the target model ``p`` and the neighbour image ``q``
+    (free amplitude), whose variance is the (1, 1) element of the inverse normal matrix.
     """
     xin, loc, scale, ok = normalise_stamps(cutouts, valid, 0)
-    v = torch.where(valid, (cutouts.double() - loc[:, None, None]) / scale[:, None, None],
-                    torch.zeros((), dtype=torch.float64))
-    p = torch.where(valid, models.double(), torch.zeros((), dtype=torch.float64))
+    zero = torch.zeros((), dtype=torch.float64)
+    v = torch.where(valid, (cutouts.double() - loc[:, None, None]) / scale[:, None, None], zero)
+    p = torch.where(valid, models.double(), zero)
     pp = (p * p).sum((1, 2)).clamp_min(1e-12)
-    # matched filter (optimal weights in the faint limit): f = sum p v / sum p^2, var = 1/sum p^2
-    f_ref = (p * v).sum((1, 2)) / pp / FLUX_UNIT
-    s_ref = 1.0 / torch.sqrt(pp) / FLUX_UNIT
+    pv = (p * v).sum((1, 2))
+    f_one, s_one = pv / pp / FLUX_UNIT, 1.0 / torch.sqrt(pp) / FLUX_UNIT
     peak = models.double().amax((1, 2)).clamp_min(1e-12)
     mimg = (models.double() / peak[:, None, None]).float()
-    x = torch.cat([xin, mimg[:, None]], dim=1)
-    feats = torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak)], dim=1).float()
+    chans = [xin, mimg[:, None]]
+    if neighbours is None:
+        f_ref, s_ref = f_one, s_one
+        extra: list[torch.Tensor] = []
+    else:
+        q = torch.where(valid, neighbours.double(), zero)
+        qq, pq, qv = (q * q).sum((1, 2)), (p * q).sum((1, 2)), (q * v).sum((1, 2))
+        qq = qq + 1e-6 * pp  # a vanishing neighbour image leaves the single fit
+        det = pp * qq - pq * pq
+        f_ref = (qq * pv - pq * qv) / det / FLUX_UNIT
+        s_ref = torch.sqrt(qq / det) / FLUX_UNIT
+        chans.append(torch.asinh(neighbours.double() / peak[:, None, None]).float()[:, None])
+        extra = [f_one / s_one]
+    x = torch.cat(chans, dim=1)
+    feats = torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak), *extra],
+                        dim=1).float()
     return x, feats, scale * FLUX_UNIT, ok
 
 
@@ -272,7 +302,7 @@ def flops_per_stamp(model: Lumos) -> float:
     """Multiply-adds x 2 of one forward pass (convolutions and dense layers)."""
     total = 0.0
     s = model.arch.stamp_size
-    x = torch.zeros(1, 3, s, s)
+    x = torch.zeros(1, model.in_channels, s, s)
     was = model.training
     model.eval()
     with torch.no_grad():

@@ -141,6 +141,8 @@ class LumosSettings:
     finetune_epochs, finetune_lr : transfer-learning schedule (paper: 100 epochs, 1e-5, /10
         every 50; shortened for CPU budgets: halved once)
     max_pairs : at most this many pairs with ``pairs="auto"`` (paper: 20,000)
+    neighbours : give the network the catalogued neighbours' models as a fourth channel and
+        fit them jointly with the target in its reference flux (skysub's addition; blends)
     """
 
     faint_mag: float = 20.5
@@ -156,6 +158,7 @@ class LumosSettings:
     finetune_epochs: int = 10
     finetune_lr: float = 1e-4
     max_pairs: int = 5000
+    neighbours: bool = True
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -292,10 +295,20 @@ class LumosPhotometer:
         return (f"LumosPhotometer(model={self.card.get('description', '?')!r}, "
                 f"estimator={self.estimator!r}, use_mag={self.use_mag})")
 
-    def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag) -> dict:
+    def neighbour_map(self, img: Image, x: np.ndarray, y: np.ndarray, catalog) -> np.ndarray:
+        """The catalogue's expected image (every source's model times its reference flux,
+        :func:`skysub.simulate.galaxies.neighbour_map`) for the neighbour channel."""
+        from ..simulate.galaxies import neighbour_map
+
+        return neighbour_map(img.shape, x, y, source_shapes(catalog, len(x)),
+                             _catalog_mag(catalog, len(x)), self.psf, self.settings)
+
+    def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag,
+               nmap: np.ndarray | None = None) -> dict:
         """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
-        the caller)."""
-        from ..simulate.galaxies import model_images
+        the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
+        a neighbour channel); each target's own model is taken out of it here."""
+        from ..simulate.galaxies import model_images, reference_flux
 
         torch = self._torch
         n = len(x)
@@ -305,9 +318,16 @@ class LumosPhotometer:
         ok = np.isfinite(st.dx) & np.isfinite(st.dy)
         dx, dy = np.where(ok, st.dx, 0.0), np.where(ok, st.dy, 0.0)
         models = model_images(shapes, self.psf, dx, dy, self.settings)
+        nb = None
+        if self.net.arch.neighbours:
+            if nmap is None:
+                nmap = self.neighbour_map(img, x, y, catalog)
+            own = reference_flux(_catalog_mag(catalog, n))[:, None, None] * models
+            nb = np.nan_to_num(cutouts(nmap, np.where(ok, x, -1e9), np.where(ok, y, -1e9),
+                                       S).data) - own
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
-                        _key_index(self.keys, img.meta.band, img.meta.epoch), torch) | {
-            "stamps": st}
+                        _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
+                        neighbours=nb) | {"stamps": st}
 
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
@@ -327,11 +347,12 @@ class LumosPhotometer:
         flags = F.zeros(n)
         good = np.zeros(n, bool)
         chunk = max(self.batch_size, 1024)
+        nmap = self.neighbour_map(img, x, y, catalog) if self.net.arch.neighbours else None
         for s0 in range(0, n, chunk):  # bounded memory; every source is measured
             ii = np.arange(s0, min(s0 + chunk, n))
             sub_cat = None if catalog is None else _rows(catalog, ii)
             t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
-                            np.asarray(mag, float)[ii])
+                            np.asarray(mag, float)[ii], nmap=nmap)
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
@@ -366,20 +387,32 @@ class LumosPhotometer:
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
 
 
+def _catalog_mag(catalog, n: int) -> np.ndarray:
+    """The catalogue's reference magnitudes (NaN where absent): the neighbour-channel weights,
+    used in both Lumos modes (they describe the neighbours, not the target's prior)."""
+    names = getattr(catalog, "colnames", None) or (list(catalog) if catalog is not None else [])
+    if "mag" not in names:
+        return np.full(n, np.nan)
+    return np.ma.filled(np.ma.asarray(catalog["mag"], dtype=float), np.nan).astype(float)
+
+
 def _rows(catalog, ii: np.ndarray):
     if hasattr(catalog, "colnames"):
         return catalog[ii]
     return {k: np.asarray(v)[ii] for k, v in catalog.items()}
 
 
-def _tensors(data, valid, models, x, y, shape, mag, key, torch) -> dict:
-    """Network tensors from cutouts (NaN invalid), model images and per-source metadata."""
+def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None) -> dict:
+    """Network tensors from cutouts (NaN invalid), model images, the neighbour channel (or
+    None) and per-source metadata."""
     from ..nn.lumos import stamp_features
 
     n = len(x)
     d = torch.from_numpy(np.nan_to_num(np.asarray(data, np.float32)))
     v = torch.from_numpy(np.asarray(valid, bool))
-    xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)))
+    nb = None if neighbours is None else torch.from_numpy(np.asarray(neighbours, np.float32))
+    xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
+                                          nb)
     ny, nx = shape
     coords = np.column_stack([np.asarray(x, float) / max(nx - 1, 1) * 2 - 1,
                               np.asarray(y, float) / max(ny - 1, 1) * 2 - 1])
@@ -394,10 +427,11 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch) -> dict:
 
 # -- training -------------------------------------------------------------------------------------
 
-def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048) -> dict:
+def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
+                     neighbours: bool = False) -> dict:
     """Tensors for :class:`skysub.nn.trainer.Trainer` from :func:`simulate_galaxy_stamps` output
-    (``keys`` is extended with new band x epoch entries).  Adds ``y`` (normalised true flux),
-    ``unit`` and ``ok``."""
+    (``keys`` is extended with new band x epoch entries), with the neighbour channel when
+    ``neighbours``.  Adds ``y`` (normalised true flux), ``unit`` and ``ok``."""
     import torch
 
     from ..background.bkgnet import key_name
@@ -415,7 +449,8 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048) -> dict:
         st = sim["stamps"][sl]
         nxy = (1, 1)
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
-                     np.zeros(len(st)), nxy, sim["mag"][sl], kidx[sl], torch)
+                     np.zeros(len(st)), nxy, sim["mag"][sl], kidx[sl], torch,
+                     neighbours=sim["neighbours"][sl] if neighbours else None)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
@@ -627,15 +662,24 @@ def find_pairs(table, *, max_pairs: int = 20000, seed: int = 0):
 
 
 def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
-                         keys: list[str], psf: np.ndarray) -> dict:
+                         keys: list[str], psf: np.ndarray,
+                         neighbour_catalogs: list | None = None) -> dict:
     """Network tensors of both observations of each pair.  ``images``: exposures (with names);
     ``catalogs``: per exposure, its catalogue rows with ``x, y`` and shape columns; ``pairs``:
-    Table ``id, image_1, image_2``."""
+    Table ``id, image_1, image_2``; ``neighbour_catalogs``: per exposure, every catalogued
+    source (the neighbour channel; None for networks without one)."""
     import torch
 
-    from ..simulate.galaxies import model_images
+    from ..simulate.galaxies import model_images, neighbour_map, reference_flux
 
     by_name = {im.name: (im, c) for im, c in zip(images, catalogs, strict=True)}
+    nmaps: dict[str, np.ndarray] = {}
+    if neighbour_catalogs is not None:
+        for im, nc in zip(images, neighbour_catalogs, strict=True):
+            nmaps[im.name] = neighbour_map(im.shape, np.asarray(nc["x"], float),
+                                           np.asarray(nc["y"], float),
+                                           source_shapes(nc, len(nc)),
+                                           _catalog_mag(nc, len(nc)), psf, settings)
     firsts, seconds = [], []
     for col, acc in (("image_1", firsts), ("image_2", seconds)):
         for name in np.unique(np.asarray(pairs[col]).astype(str)):
@@ -662,7 +706,12 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
             k = key_name(im.meta.band, im.meta.epoch)
             if k not in keys:
                 keys.append(k)
-            t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch)
+            nb = None
+            if nmaps:
+                own = reference_flux(_catalog_mag(c, len(c)))[:, None, None] * models
+                nb = np.nan_to_num(cutouts(nmaps[name], x, y, settings.stamp_size).data) - own
+            t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch,
+                         neighbours=nb)
             t["rows"] = rows
             acc.append(t)
 
@@ -764,10 +813,15 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         pool = _galaxy_pool(cat_all, rng)
         data_summary = {"source": "user exposures", "n_exposures": len(paths),
                         "images": [p.name for p in paths[:50]]}
-    sim = simulate_galaxy_stamps(list(zip(ims, pairs_xy, strict=True)), ls.stamps_per_image, gs,
+    # the neighbour channel shows what a user's catalogue holds: its catalogued sources
+    nbcats = [c[np.asarray(c["catalogued"], bool)] if "catalogued" in c.colnames else c
+              for c in cats]
+    items = list(zip(ims, pairs_xy, nbcats, strict=True)) if ls.neighbours else \
+        list(zip(ims, pairs_xy, strict=True))
+    sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
                                  galaxies=pool, seed=seed + 1, quiet=quiet)
     keys: list[str] = []
-    t = training_tensors(sim, keys)
+    t = training_tensors(sim, keys, neighbours=ls.neighbours)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
@@ -778,7 +832,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if va.sum() == 0:
         va = tr
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
-    arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys))
+    arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
+                                 neighbours=ls.neighbours)
     model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
                      weight_decay=1e-4, patience=6, scheduler="plateau",
@@ -820,7 +875,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                          r["id"] in names.get(str(r["image_2"]), ()) for r in ptab], bool)
         ptab = ptab[keep]
         say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
-        pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs))
+        pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
+                                  nbcats if ls.neighbours else None)
         if len(keys) > arch.n_keys:
             raise InputError(f"pairs come from band x epoch combinations unseen in training: "
                              f"{keys[arch.n_keys:]}")

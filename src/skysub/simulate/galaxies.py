@@ -189,7 +189,8 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     model images, ``flux_true`` (image units), ``mag``, ``r50``, ``sersic_n``, ``ba``, ``theta``,
     ``dx``, ``dy`` (offset of the galaxy from ``S // 2``), ``prior_free`` (flux drawn from the
     locally flat density, not from ``mag``), ``blend_r``, ``blend_flux`` (the injected
-    neighbour's distance [px] and flux; NaN without one).
+    neighbour's distance [px] and flux; NaN without one), ``neighbours`` (m, S, S) float32: the
+    injected neighbour's catalogue model times its :func:`reference_flux` (the neighbour channel).
     """
     from ..photometry.aperture import SourceShapes
 
@@ -214,6 +215,7 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
                             s.stamp_size, s.oversample)
     nb = _neighbours(g, dx, dy, galaxies, exptime, gain, s, rng, psf)
     clean += nb.pop("image")
+    nb["neighbours"] = nb.pop("model")
     # the galaxies' photon noise; the negative profiles of prior-free stamps are subtracted
     # noise-free (only where the sky's noise dominates anyway)
     noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain + np.minimum(clean, 0.0)
@@ -258,6 +260,7 @@ def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime
 
     m, S = len(dx), s.stamp_size
     image = np.zeros((m, S, S))
+    model = np.zeros((m, S, S), np.float32)
     r_out, f_out = np.full(m, np.nan), np.full(m, np.nan)
     sel = np.flatnonzero(rng.random(m) < s.blend_fraction) if s.blend_fraction > 0 else []
     if len(sel):
@@ -276,7 +279,68 @@ def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime
                            oversample=s.oversample, psf=psf)
         image[sel] = pad_center(st, S)
         r_out[sel], f_out[sel] = r, flux
-    return {"image": image, "blend_r": r_out, "blend_flux": f_out}
+        # what a catalogue would say of it: its model, weighted by its reference flux
+        from ..photometry.aperture import SourceShapes
+
+        ox, oy = dx[sel] + r * np.cos(ang), dy[sel] + r * np.sin(ang)
+        ix, iy = np.rint(ox).astype(int), np.rint(oy).astype(int)
+        shp = SourceShapes(h["r50"], np.clip(h["sersic_n"], 0.3, 8.0), np.clip(h["ba"], 0.05, 1.0),
+                           h["theta"], np.zeros(k, bool))
+        mdl = model_images(shp, psf, ox - ix, oy - iy, s)
+        w = reference_flux(h["mag"])[:, None, None]
+        model[sel] = _shift_int(mdl * w, ix, iy)
+    return {"image": image, "blend_r": r_out, "blend_flux": f_out, "model": model}
+
+
+def _shift_int(stamps: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """(m, S, S) stamps moved by integer pixels (ix, iy), zero-filled (no wrap-around)."""
+    m, S, _ = stamps.shape
+    out = np.zeros_like(stamps)
+    for j in range(m):
+        a, b = int(ix[j]), int(iy[j])
+        out[j, max(b, 0):S + min(b, 0), max(a, 0):S + min(a, 0)] = \
+            stamps[j, max(-b, 0):S - max(b, 0), max(-a, 0):S - max(a, 0)]
+    return out
+
+
+#: reference magnitude of unit expected flux in the neighbour channel
+REFERENCE_MAG = 21.0
+
+
+def reference_flux(mag: Any) -> np.ndarray:
+    """Expected relative flux ``10^(-0.4 (mag - 21))`` of sources with reference magnitudes
+    ``mag`` (1 where unknown): the weights of the Lumos neighbour channel."""
+    m = np.asarray(mag, float)
+    with np.errstate(invalid="ignore", over="ignore"):
+        f = 10 ** (-0.4 * (m - REFERENCE_MAG))
+    return np.where(np.isfinite(f), f, 1.0)
+
+
+def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: Any,
+                  mag: Any, psf: np.ndarray, settings: GalaxySimSettings,
+                  chunk: int = 8192) -> np.ndarray:
+    """Image of ``shape`` holding every catalogued source's unit-total PSF-convolved model times
+    its reference flux (:func:`reference_flux`): what the catalogue expects the exposure to
+    look like.  Lumos' neighbour channel is this map's cutout minus the target's own model."""
+    from ..photometry.aperture import SourceShapes, render_models
+    from ..stamps import _round_half_up
+    from .ccd import _add_stamps
+
+    out = np.zeros(shape)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    w = reference_flux(np.broadcast_to(np.asarray(mag, float), x.shape))
+    for s0 in range(0, len(x), chunk):
+        ii = np.flatnonzero(ok[s0:s0 + chunk]) + s0
+        if not len(ii):
+            continue
+        xi, yi = _round_half_up(x[ii]), _round_half_up(y[ii])
+        sub = SourceShapes(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
+                                                         shapes.theta, shapes.is_point)))
+        m = render_models(sub, psf, settings.model_size, x[ii] - xi, y[ii] - yi,
+                          oversample=settings.model_oversample)
+        _add_stamps(out, m * w[ii, None, None], xi, yi)
+    return out
 
 
 def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None, n: int,
@@ -299,20 +363,27 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
                            galaxies: dict[str, np.ndarray], seed: int = 0,
                            mag: np.ndarray | None = None, quiet: bool = True
                            ) -> dict[str, np.ndarray]:
-    """Teahupoo-like stamps from ``exposures`` (iterable of ``(image, cat_xy)``): background
-    cutouts at empty positions plus simulated galaxies.
+    """Teahupoo-like stamps from ``exposures`` (iterable of ``(image, cat_xy)`` or
+    ``(image, cat_xy, catalog)``): background cutouts at empty positions plus simulated
+    galaxies.  With the exposure's ``catalog`` rows (``x, y``, shapes, optional ``mag``) the
+    neighbour channel also holds the catalogued sources around each cutout
+    (:func:`neighbour_map`), as :class:`skysub.photometry.lumos.LumosPhotometer` sees them.
 
     Returns the arrays of :func:`add_galaxies` concatenated over exposures, plus ``x, y``
     (CCD position of the cutout centre), ``nx, ny`` (image size), ``band``, ``epoch``,
     ``exposure`` (index), ``gain``, ``exptime``.
     """
+    from ..photometry.aperture import source_shapes
     from ..progress import progress
+    from ..stamps import cutouts
 
     rng = np.random.default_rng(seed)
     psf = psf_for(settings)
     parts: list[dict] = []
-    for j, (image, cat_xy) in enumerate(progress(exposures, desc="simulating galaxies",
-                                                 quiet=quiet, unit="image")):
+    for j, item in enumerate(progress(exposures, desc="simulating galaxies", quiet=quiet,
+                                      unit="image")):
+        image, cat_xy = item[0], item[1]
+        catalog = item[2] if len(item) > 2 else None
         bg = background_cutouts(image, cat_xy, n_per_exposure, settings, rng)
         m = len(bg["x"])
         if m == 0:
@@ -323,6 +394,15 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
                          settings=settings, rng=rng, psf=psf,
                          mag=None if mag is None else np.resize(mag, m))
         ny, nx = image.shape
+        if catalog is not None and len(catalog):
+            names = catalog.colnames if hasattr(catalog, "colnames") else list(catalog)
+            nmap = neighbour_map(image.shape, np.asarray(catalog["x"], float),
+                                 np.asarray(catalog["y"], float),
+                                 source_shapes(catalog, len(catalog)),
+                                 np.asarray(catalog["mag"], float) if "mag" in names
+                                 else np.nan, psf, settings)
+            d["neighbours"] += np.nan_to_num(cutouts(nmap, bg["x"], bg["y"],
+                                                     settings.stamp_size).data).astype(np.float32)
         d.update(x=bg["x"], y=bg["y"], nx=np.full(m, nx), ny=np.full(m, ny),
                  band=np.array([str(meta.band)] * m, dtype=object),
                  epoch=np.array([str(meta.epoch)] * m, dtype=object),
@@ -338,5 +418,5 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
 
 
 __all__ = ["GalaxySimSettings", "simulate_galaxy_stamps", "add_galaxies", "model_images",
-           "locally_flat_flux", "pixel_sigma",
+           "locally_flat_flux", "pixel_sigma", "neighbour_map", "reference_flux",
            "background_cutouts", "band_flux", "render_galaxies", "psf_for", "pad_center"]
