@@ -112,15 +112,14 @@ def _field_cutouts(image: np.ndarray, truth: np.ndarray, x: np.ndarray, y: np.nd
             "dx": st.dx[keep].astype(np.float32), "dy": st.dy[keep].astype(np.float32)}
 
 
-def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
-                maps: list[np.ndarray] | None = None, quiet: bool = True
-                ) -> dict[str, np.ndarray]:
-    """Cutouts of ``n`` fields x ``cfg.realisations`` injections (stacked, with ``field`` ids)."""
+def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
+                      maps: list[np.ndarray] | None = None, quiet: bool = True):
+    """Yield ``(field index, ExtendedSim)`` for ``n`` fields x ``cfg.realisations`` injections
+    (the user's ``maps`` or simulated fields; PSFs cycling ``cfg.psf``), reproducibly from
+    ``seed``: the training / validation / test splits and the error calibration share it."""
     from ..progress import progress
     from ..simulate.extended import random_field_config, simulate_extended
 
-    big = cfg.size + 2 * cfg.shift
-    parts: list[dict[str, np.ndarray]] = []
     rng = np.random.default_rng(seed)
     for i in progress(range(n), desc="simulating fields", quiet=quiet, unit="field", total=n):
         fseed = int(rng.integers(2**31))
@@ -139,10 +138,20 @@ def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
                                     else base)
             base = sim.truth  # same field, new sources
             config = sim.field
-            c = _field_cutouts(sim.image, sim.truth, np.asarray(sim.catalog["x"]),
-                               np.asarray(sim.catalog["y"]), table, big, psf=sim.psf)
-            c["field"] = np.full(len(c["image"]), i, np.int32)
-            parts.append(c)
+            yield i, sim
+
+
+def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
+                maps: list[np.ndarray] | None = None, quiet: bool = True
+                ) -> dict[str, np.ndarray]:
+    """Cutouts of ``n`` fields x ``cfg.realisations`` injections (stacked, with ``field`` ids)."""
+    big = cfg.size + 2 * cfg.shift
+    parts: list[dict[str, np.ndarray]] = []
+    for i, sim in field_simulations(cfg, n, seed, maps=maps, quiet=quiet):
+        c = _field_cutouts(sim.image, sim.truth, np.asarray(sim.catalog["x"]),
+                           np.asarray(sim.catalog["y"]), table, big, psf=sim.psf)
+        c["field"] = np.full(len(c["image"]), i, np.int32)
+        parts.append(c)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -322,9 +331,10 @@ def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTa
     (never seen in training or model selection); returns the card's ``error_calibration``."""
     from .calibration import calibrate
 
-    data = make_fields(cfg, cfg.n_test, cfg.seed * 1000 + 3, masks, maps=maps, quiet=quiet)
+    sims = [sim for _, sim in field_simulations(cfg, cfg.n_test, cfg.seed * 1000 + 3,
+                                                maps=maps, quiet=True)]
     try:
-        cal = calibrate(net, data, size=cfg.size)
+        cal = calibrate(net, sims, masks, quiet=quiet)
     except ValueError as exc:  # too few test cutouts (tiny runs): keep the uncalibrated error
         log.warning("no error calibration: %s", exc)
         return None
