@@ -458,8 +458,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         cleaned = _blend(base, pred[use], st.x0[use], st.y0[use], x[use], y[use], hole_r[use],
                          feather)
     if texture and use.any():
-        cleaned = cleaned + _texture(base.data, holes | img.mask, x[use], y[use], hole_r[use],
-                                     feather, np.random.default_rng(seed))
+        cleaned = cleaned + _texture(base.data, cleaned, holes | img.mask, x[use], y[use],
+                                     hole_r[use], feather, np.random.default_rng(seed))
     cleaned = np.where(img.mask, img.data, cleaned)
 
     # 5. photometry
@@ -561,13 +561,15 @@ def _anchor_offsets(data: np.ndarray, pred: np.ndarray, valid: np.ndarray, dx: n
 TEXTURE_SIGMA = 1.5
 
 
-def _texture(data: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray,
-             radius: np.ndarray, feather: float, rng: np.random.Generator,
+def _texture(data: np.ndarray, filled: np.ndarray, bad: np.ndarray, x: np.ndarray,
+             y: np.ndarray, radius: np.ndarray, feather: float, rng: np.random.Generator,
              tries: int = 24) -> np.ndarray:
     """Texture for the filled holes (``remove_sources(texture=True)``): per source, the
     high-pass residual of a source-free donor disc 2.5-6 hole radii away, shifted onto the hole
-    and faded like the feathered blend.  ``bad`` marks holes and no-data pixels (never
-    donors).  Sources without a clean donor within ``tries`` draws get none."""
+    and faded like the feathered blend, scaled so that the hole's high-pass variance becomes
+    the donor's (``filled``: the map with the predictions; a network whose holes already
+    carry texture gets less or none).  ``bad`` marks holes and no-data pixels (never donors).
+    Sources without a clean donor within ``tries`` draws get none."""
     from scipy.ndimage import gaussian_filter
 
     good = ~bad & np.isfinite(data)
@@ -575,6 +577,9 @@ def _texture(data: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         smooth = gaussian_filter(np.where(good, data, 0.0), TEXTURE_SIGMA) / w
     hp = np.where(good & (w > 0.5), data - smooth, np.nan)
+    fin = np.isfinite(filled)
+    hp_fill = filled - gaussian_filter(np.where(fin, filled, 0.0), TEXTURE_SIGMA) \
+        / np.maximum(gaussian_filter(fin.astype(float), TEXTURE_SIGMA), 1e-9)
     ny, nx = data.shape
     out = np.zeros(data.shape)
     done = np.zeros(data.shape, bool)
@@ -598,7 +603,11 @@ def _texture(data: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray,
                 continue
             donor = hp[uy, ux]
             if np.isfinite(donor).all():
-                out[ty[keep], tx[keep]] = (wt * donor)[keep]
+                core = wt >= 1.0
+                v_d = float(np.var(donor[core])) if core.sum() > 4 else float(np.var(donor))
+                v_p = float(np.nanvar(hp_fill[ty[core], tx[core]])) if core.sum() > 4 else 0.0
+                gain = np.sqrt(max(v_d - v_p, 0.0) / v_d) if v_d > 0 else 0.0
+                out[ty[keep], tx[keep]] = (gain * wt * donor)[keep]
                 done[ty, tx] = True
                 break
     return out
