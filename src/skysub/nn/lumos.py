@@ -91,6 +91,9 @@ class LumosArch(PresetArch):
     use_coords: bool = True
     use_mag: bool = True
     neighbours: bool = False
+    #: feed the SNR features to the dense head as asinh(snr / 10) (bright sources' SNRs of
+    #: hundreds destabilised training); the reference flux still uses the raw SNR
+    compress_feats: bool = False
 
 
 class Lumos(nn.Module):
@@ -134,7 +137,12 @@ class Lumos(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.reduce(self.trunk(x))
         snr, log_s = feats[:, 0], feats[:, 1]
-        extra = [f, self.embed(key), feats]
+        if self.arch.compress_feats:
+            head_feats = torch.cat([torch.asinh(feats[:, :1] / 10.0), feats[:, 1:3],
+                                    torch.asinh(feats[:, 3:] / 10.0)], dim=1)
+        else:
+            head_feats = feats
+        extra = [f, self.embed(key), head_feats]
         if self.arch.use_coords:
             extra.append(coords)
         if self.arch.use_mag:

@@ -151,7 +151,7 @@ class LumosSettings:
     n_exposures: int = 48
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     preset: str = "lean"
     val_fraction: float = 0.15
     pair_weight: float = 1.0
@@ -833,7 +833,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         va = tr
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
     arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
-                                 neighbours=ls.neighbours)
+                                 neighbours=ls.neighbours, compress_feats=True)
     model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
                      weight_decay=1e-4, patience=6, scheduler="plateau",
