@@ -91,6 +91,12 @@ def add_remove_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=None,
                    help="average the network over this many symmetries of each cutout "
                         "(flips/transposes; N times slower; default from [removal] tta, 1)")
+    p.add_argument("--wings", type=int, default=None,
+                   help="PSF-wing subtraction passes: measure, subtract flux x PSF, inpaint "
+                        "again (0 = the paper's single pass; default from [removal] wings, 1)")
+    p.add_argument("--no-texture", action="store_true",
+                   help="leave the filled holes smooth (default: the map's own small-scale "
+                        "texture is added to them; the photometry never uses it)")
     _common(p)
     p.set_defaults(func=cmd_remove)
     return p
@@ -169,6 +175,9 @@ def cmd_remove(args) -> int:
                          psf=psf, psf_fwhm=psf_fwhm, feather=float(section.get("feather", 3.0)),
                          anchor=float(section.get("anchor", 8.0)),
                          tta=args.tta or int(section.get("tta", 1)),
+                         wings=int(args.wings if args.wings is not None
+                                   else section.get("wings", 1)),
+                         texture=not args.no_texture and bool(section.get("texture", True)),
                          batch_size=args.batch_size or int(section.get("batch_size", 256)),
                          device=args.device, quiet=args.quiet)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,
