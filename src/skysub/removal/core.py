@@ -359,6 +359,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     radii = [float(r) for r in radii]
     if not radii or any(not (r > 0) for r in radii):
         raise InputError(f"aperture radii must be positive, got {radii}")
+    if int(wings) != wings or wings < 0:
+        raise InputError(f"wings (PSF-wing passes) must be a whole number >= 0, got {wings!r}")
     dev = resolve_device(device)
     net, card = load_inpaint_model(model, device=dev)
     size = int(card.get("arch", {}).get("size", getattr(net, "size", 96)))
