@@ -175,8 +175,8 @@ def test_wing_growth_covers_airy_rings_and_leaves_gaussian_alone():
 
 
 def test_mask_radii_uses_amplitude_over_pixel_noise():
-    from skysub.removal.masks import pixel_noise
     from skysub.image import as_image
+    from skysub.removal.masks import pixel_noise
 
     rng = np.random.default_rng(3)
     yy, xx = np.indices((200, 200))

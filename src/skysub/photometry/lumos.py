@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,33 +295,56 @@ class LumosPhotometer:
         return (f"LumosPhotometer(model={self.card.get('description', '?')!r}, "
                 f"estimator={self.estimator!r}, use_mag={self.use_mag})")
 
-    def neighbour_map(self, img: Image, x: np.ndarray, y: np.ndarray, catalog) -> np.ndarray:
+    def _models(self, x: np.ndarray, y: np.ndarray, catalog) -> np.ndarray:
+        """Every source's unit-total model (n, model_size, model_size), float32, at its
+        sub-pixel offset from its rounded pixel (the :func:`skysub.stamps.cutouts` layout)."""
+        from ..simulate.galaxies import model_images
+        from ..stamps import _round_half_up
+
+        n = len(x)
+        ok = np.isfinite(x) & np.isfinite(y)
+        dx = np.where(ok, x - _round_half_up(np.where(ok, x, 0.0)), 0.0)
+        dy = np.where(ok, y - _round_half_up(np.where(ok, y, 0.0)), 0.0)
+        k = self.settings.model_size
+        small = replace(self.settings, stamp_size=k)
+        out = np.zeros((n, k, k), np.float32)
+        shapes = source_shapes(catalog, n)
+        for s0 in range(0, n, 4096):
+            ii = slice(s0, s0 + 4096)
+            sub = type(shapes)(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
+                                                              shapes.theta, shapes.is_point)))
+            out[ii] = model_images(sub, self.psf, dx[ii], dy[ii], small)
+        return out
+
+    def neighbour_map(self, img: Image, x: np.ndarray, y: np.ndarray, catalog,
+                      models: np.ndarray | None = None) -> np.ndarray:
         """The catalogue's expected image (every source's model times its reference flux,
         :func:`skysub.simulate.galaxies.neighbour_map`) for the neighbour channel."""
         from ..simulate.galaxies import neighbour_map
 
         return neighbour_map(img.shape, x, y, source_shapes(catalog, len(x)),
-                             _catalog_mag(catalog, len(x)), self.psf, self.settings)
+                             _catalog_mag(catalog, len(x)), self.psf, self.settings,
+                             models=models)
 
     def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag,
-               nmap: np.ndarray | None = None) -> dict:
+               nmap: np.ndarray | None = None, models: np.ndarray | None = None) -> dict:
         """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
         the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
-        a neighbour channel); each target's own model is taken out of it here."""
-        from ..simulate.galaxies import model_images, reference_flux
+        a neighbour channel); each target's own model is taken out of it here.  ``models``:
+        the sources' models from :meth:`_models` (else rendered here)."""
+        from ..simulate.galaxies import pad_center, reference_flux
 
         torch = self._torch
         n = len(x)
         S = self.settings.stamp_size
-        shapes = source_shapes(catalog, n)
         st = cutouts(img, x, y, S)
         ok = np.isfinite(st.dx) & np.isfinite(st.dy)
-        dx, dy = np.where(ok, st.dx, 0.0), np.where(ok, st.dy, 0.0)
-        models = model_images(shapes, self.psf, dx, dy, self.settings)
+        small = self._models(x, y, catalog) if models is None else models
+        models = pad_center(np.asarray(small, np.float64), S)
         nb = None
         if self.net.arch.neighbours:
             if nmap is None:
-                nmap = self.neighbour_map(img, x, y, catalog)
+                nmap = self.neighbour_map(img, x, y, catalog, models=small)
             own = reference_flux(_catalog_mag(catalog, n))[:, None, None] * models
             nb = np.nan_to_num(cutouts(nmap, np.where(ok, x, -1e9), np.where(ok, y, -1e9),
                                        S).data) - own
@@ -347,12 +370,16 @@ class LumosPhotometer:
         flags = F.zeros(n)
         good = np.zeros(n, bool)
         chunk = max(self.batch_size, 1024)
-        nmap = self.neighbour_map(img, x, y, catalog) if self.net.arch.neighbours else None
+        nmap = models = None
+        if self.net.arch.neighbours:  # render every model once: map and model channel
+            models = self._models(x, y, catalog)
+            nmap = self.neighbour_map(img, x, y, catalog, models=models)
         for s0 in range(0, n, chunk):  # bounded memory; every source is measured
             ii = np.arange(s0, min(s0 + chunk, n))
             sub_cat = None if catalog is None else _rows(catalog, ii)
             t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
-                            np.asarray(mag, float)[ii], nmap=nmap)
+                            np.asarray(mag, float)[ii], nmap=nmap,
+                            models=None if models is None else models[ii])
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
@@ -928,5 +955,5 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
 
 
 __all__ = ["LumosPhotometer", "LumosSettings", "mixture_summary", "train_lumos",
-           "fine_tune_pairs", "calibrate_widths", "find_pairs", "predict_mixtures", "training_tensors",
-           "evaluate_mixtures", "pair_tensors"]
+           "fine_tune_pairs", "calibrate_widths", "find_pairs", "predict_mixtures",
+           "training_tensors", "evaluate_mixtures", "pair_tensors"]

@@ -318,10 +318,12 @@ def reference_flux(mag: Any) -> np.ndarray:
 
 def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: Any,
                   mag: Any, psf: np.ndarray, settings: GalaxySimSettings,
-                  chunk: int = 8192) -> np.ndarray:
+                  chunk: int = 8192, models: np.ndarray | None = None) -> np.ndarray:
     """Image of ``shape`` holding every catalogued source's unit-total PSF-convolved model times
     its reference flux (:func:`reference_flux`): what the catalogue expects the exposure to
-    look like.  Lumos' neighbour channel is this map's cutout minus the target's own model."""
+    look like.  Lumos' neighbour channel is this map's cutout minus the target's own model.
+    ``models``: the (n, model_size, model_size) models already rendered at each source's
+    sub-pixel offset from its rounded pixel (else rendered here)."""
     from ..photometry.aperture import SourceShapes, render_models
     from ..stamps import _round_half_up
     from .ccd import _add_stamps
@@ -335,10 +337,13 @@ def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: 
         if not len(ii):
             continue
         xi, yi = _round_half_up(x[ii]), _round_half_up(y[ii])
-        sub = SourceShapes(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
-                                                         shapes.theta, shapes.is_point)))
-        m = render_models(sub, psf, settings.model_size, x[ii] - xi, y[ii] - yi,
-                          oversample=settings.model_oversample)
+        if models is not None:
+            m = models[ii]
+        else:
+            sub = SourceShapes(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
+                                                             shapes.theta, shapes.is_point)))
+            m = render_models(sub, psf, settings.model_size, x[ii] - xi, y[ii] - yi,
+                              oversample=settings.model_oversample)
         _add_stamps(out, m * w[ii, None, None], xi, yi)
     return out
 
