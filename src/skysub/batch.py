@@ -112,6 +112,7 @@ class BatchSpec:
     mask: int | str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
     torch_threads: int | None = 1
+    use_mag: bool = True
 
     @property
     def kind(self) -> str:
@@ -130,7 +131,8 @@ class BatchSpec:
         tool = est
         if self.photometer is not None:
             # learned photometers (lumos) may take model/device/batch_size: pass what is accepted
-            extra = {"model": self.model, "device": self.device, "batch_size": bs}
+            extra = {"model": self.model, "device": self.device, "batch_size": bs,
+                     "use_mag": self.use_mag}
             accepted = inspect.signature(make_photometer).parameters
             extra = {k: v for k, v in extra.items() if k in accepted}
             tool = make_photometer(self.photometer, background=est, config=cfg,
@@ -174,7 +176,8 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
               statistic: str | None = None, radius: float | None = None,
               psf_fwhm: float | None = None, psf: str | os.PathLike | None = None,
               hdu: int | str | None = None, mask: int | str | os.PathLike | None = None,
-              overrides: dict | None = None, torch_threads: int | None = 1) -> BatchSpec:
+              overrides: dict | None = None, torch_threads: int | None = 1,
+              use_mag: bool = True) -> BatchSpec:
     """A :class:`BatchSpec` with file arguments made absolute."""
     if mask is not None and not isinstance(mask, int):
         mask = _abs_if_file(mask)
@@ -185,7 +188,7 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
                      statistic=statistic, radius=radius, psf_fwhm=psf_fwhm,
                      psf=_abs_if_file(psf), hdu=hdu, mask=mask,
                      overrides=tuple(sorted((overrides or {}).items())),
-                     torch_threads=torch_threads)
+                     torch_threads=torch_threads, use_mag=bool(use_mag))
 
 
 # ---------------------------------------------------------------------------------------------
