@@ -470,25 +470,27 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
             keys.append(k)
         kidx.append(keys.index(k))
     kidx = np.asarray(kidx)
-    parts: list[dict] = []
-    for s in range(0, len(kidx), chunk):
+    n = len(kidx)
+    out: dict = {}
+    unit, ok = np.empty(n), np.empty(n, bool)
+    for s in range(0, n, chunk):  # written into preallocated tensors: no second copy
         sl = slice(s, s + chunk)
         st = sim["stamps"][sl]
-        nxy = (1, 1)
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
-                     np.zeros(len(st)), nxy, sim["mag"][sl], kidx[sl], torch,
+                     np.zeros(len(st)), (1, 1), sim["mag"][sl], kidx[sl], torch,
                      neighbours=sim["neighbours"][sl] if neighbours else None)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
         t["coords"] = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
-        parts.append(t)
-    out = {k: torch.cat([p[k] for p in parts]) for k in ("x", "feats", "coords", "mag",
-                                                           "has_mag", "key")}
-    unit = np.concatenate([p["unit"] for p in parts])
+        for k in ("x", "feats", "coords", "mag", "has_mag", "key"):
+            if k not in out:
+                out[k] = torch.empty((n, *t[k].shape[1:]), dtype=t[k].dtype)
+            out[k][sl] = t[k]
+        unit[sl], ok[sl] = t["unit"], t["ok"]
     out["y"] = torch.from_numpy((sim["flux_true"] / unit).astype(np.float32))
     out["unit"] = unit
-    out["ok"] = np.concatenate([p["ok"] for p in parts])
+    out["ok"] = ok
     return out
 
 
@@ -849,6 +851,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                                  galaxies=pool, seed=seed + 1, quiet=quiet)
     keys: list[str] = []
     t = training_tensors(sim, keys, neighbours=ls.neighbours)
+    for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
+        sim.pop(k, None)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
