@@ -172,3 +172,17 @@ def test_tiny_overfit_and_save_load(tmp_path):
         out3 = fuse_for_inference(fused)(*b)
     for u, v, w in zip(out1, out2, out3, strict=True):
         assert torch.allclose(u, v) and torch.allclose(u, w, atol=1e-4, rtol=1e-4)
+
+
+def test_weighted_loss_is_the_weighted_mean_of_row_nlls():
+    g = torch.Generator().manual_seed(0)
+    a = torch.softmax(torch.randn(6, 5, generator=g), 1)
+    m = torch.randn(6, 5, generator=g) * 3
+    s = torch.rand(6, 5, generator=g) + 0.5
+    y = torch.randn(6, generator=g) * 2
+    mag = torch.full((6,), 19.0)
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0, 4.0])
+    rows = torch.stack([mdn_nll(a[i:i + 1], m[i:i + 1], s[i:i + 1], y[i:i + 1])
+                        for i in range(6)])
+    got = lumos_loss(a, m, s, y, mag, weight=w)
+    assert float(got) == pytest.approx(float((w * rows).sum() / w.sum()), rel=1e-6)

@@ -259,16 +259,21 @@ def mdn_nll_truncated(alpha, mu, sigma, y) -> torch.Tensor:
 
 
 def lumos_loss(alpha, mu, sigma, y, mag, *, faint_mag: float = 20.5,
-               likelihood: torch.Tensor | None = None) -> torch.Tensor:
+               likelihood: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 8 for ``mag < faint_mag``, eq. 10 for the rest (NaN magnitudes count as faint).
     Rows flagged ``likelihood`` (the data-only mode's prior-free stamps, whose labels may be
-    negative) always take eq. 8: their PDF is the likelihood, not truncated at zero."""
+    negative) always take eq. 8: their PDF is the likelihood, not truncated at zero.
+    ``weight``: per-row weights of the mean (importance weights), default 1."""
     bright = mag < faint_mag
     if likelihood is not None:
         bright = bright | likelihood
     lp8 = mixture_log_pdf(y, alpha, mu, sigma)
     lp10 = mixture_log_pdf(y.clamp_min(0.0), alpha, mu, sigma, truncated=True)
-    return -torch.where(bright, lp8, lp10).mean()
+    lp = torch.where(bright, lp8, lp10)
+    if weight is None:
+        return -lp.mean()
+    return -(weight * lp).sum() / weight.sum()
 
 
 def pair_log_overlap(a1, m1, s1, a2, m2, s2) -> torch.Tensor:

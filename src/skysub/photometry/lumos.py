@@ -143,6 +143,8 @@ class LumosSettings:
     max_pairs : at most this many pairs with ``pairs="auto"`` (paper: 20,000)
     neighbours : give the network the catalogued neighbours' models as a fourth channel and
         fit them jointly with the target in its reference flux (skysub's addition; blends)
+    prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
+        capped here; 1 = unweighted
     """
 
     faint_mag: float = 20.5
@@ -159,6 +161,7 @@ class LumosSettings:
     finetune_lr: float = 1e-4
     max_pairs: int = 5000
     neighbours: bool = True
+    prior_free_weight_cap: float = 1.0
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -497,16 +500,29 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
 TENSOR_KEYS = ("x", "feats", "coords", "mag", "has_mag", "key", "y")
 
 
-def make_loss(faint_mag: float):
-    """``loss(model, batch)`` for the Trainer: eq. 8 (bright) / eq. 10 (faint)."""
+def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
+    """``loss(model, batch)`` for the Trainer: eq. 8 (bright) / eq. 10 (faint).
+
+    Prior-free rows (``has_mag`` 0) get the importance weight ``min((|y| + knee) / knee,
+    weight_cap)`` (``knee`` in normalised flux units): their fluxes were drawn with density
+    ``~ 1 / (|f| + knee)``, and the weight makes the effective training prior flat up to
+    ``weight_cap`` knees, so the data-only mode learns the likelihood without a pull towards
+    faint fluxes.  ``weight_cap`` 1 = unweighted."""
+    import torch
+
     from ..nn.lumos import lumos_loss
 
     def loss(model, batch):
         a, m, s = model(batch["x"].float(), batch["feats"], batch["coords"], batch["mag"],
                         batch["has_mag"], batch["key"])
         mag = torch_where_mag(batch)
-        return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag,
-                          likelihood=batch["has_mag"] <= 0)
+        free = batch["has_mag"] <= 0
+        w = None
+        if weight_cap > 1 and knee > 0:
+            w = torch.where(free, ((batch["y"].abs() + knee) / knee).clamp(max=weight_cap),
+                            torch.ones_like(batch["y"]))
+        return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag, likelihood=free,
+                          weight=w)
 
     return loss
 
@@ -870,7 +886,11 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                      weight_decay=1e-4, patience=6, scheduler="plateau",
                      scheduler_kwargs={"factor": 0.3, "patience": 2}, grad_clip=10.0,
                      seed=seed, device=device, threads=threads, quiet=quiet)
-    trainer = Trainer(model, make_loss(ls.faint_mag), tc, checkpoint=output.with_suffix(".ckpt"))
+    from ..nn.lumos import FLUX_UNIT
+
+    loss = make_loss(ls.faint_mag, knee=gs.prior_free_knee / FLUX_UNIT,
+                     weight_cap=ls.prior_free_weight_cap)
+    trainer = Trainer(model, loss, tc, checkpoint=output.with_suffix(".ckpt"))
     hist = trainer.fit(_subset(t, tr), _subset(t, va), resume=resume)
     model = trainer.model.cpu().eval()
     # validation: the catalogue-like stamps (with and without their magnitude) and the
