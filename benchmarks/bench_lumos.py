@@ -60,13 +60,13 @@ def throughput(model: str, n: int, repeats: int, seed: int) -> tuple[float, floa
     return n / best, flops_per_stamp(net)
 
 
-def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, seed: int
-        ) -> BenchResult:
+def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, seed: int,
+        estimator: str | None = None) -> BenchResult:
     from skysub.evaluate import evaluate_photometry
 
     t0 = time.perf_counter()
     ev = evaluate_photometry(model, n_objects=n_objects, seed=seed + 123, quiet=True,
-                             n_blend=n_blend)
+                             n_blend=n_blend, estimator=estimator)
     elapsed = time.perf_counter() - t0
     summ, blend = ev["summary"], ev["blending"]
     rows = []
@@ -123,6 +123,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="held-out galaxies, each observed twice (default 5000; 300 with --quick)")
     p.add_argument("--n-blend", type=int, default=None, help="targets per R (100; 8 quick)")
     p.add_argument("--n-speed", type=int, default=None, help="sources timed (5000; 1000 quick)")
+    p.add_argument("--estimator", choices=("mode", "mean", "median"), default=None,
+                   help="Lumos point estimate (default: the model card's)")
     args = p.parse_args(argv)
     check_args(p, args)
     args.n_objects = args.n_objects or (300 if args.quick else 5000)
@@ -132,7 +134,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
-    return run(args.model, args.n_objects, args.n_blend, args.n_speed, args.repeats, args.seed)
+    return run(args.model, args.n_objects, args.n_blend, args.n_speed, args.repeats, args.seed,
+               getattr(args, "estimator", None))
 
 
 def main(argv: list[str] | None = None) -> BenchResult:

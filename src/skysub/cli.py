@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-blend", type=int, default=100,
                    help="i = 22 targets per neighbour distance in the blending test (100)")
     e.add_argument("--seed", type=int, default=123)
+    e.add_argument("--estimator", choices=("mode", "mean", "median"), default=None,
+                   help="Lumos point estimate (default: the model card's)")
     e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
     e.add_argument("--config", default="paus")
     e.add_argument("--overwrite", action="store_true")
@@ -487,7 +489,8 @@ def _cmd_evaluate_photometry(args) -> int:
                          f"{args.n_blend}")
     res = evaluate_photometry(args.model, n_objects=args.n_objects, seed=args.seed,
                               config=load_config(args.config), output_dir=args.output_dir,
-                              overwrite=args.overwrite, quiet=args.quiet, n_blend=args.n_blend)
+                              overwrite=args.overwrite, quiet=args.quiet, n_blend=args.n_blend,
+                              estimator=args.estimator)
     if not args.quiet:
         print_photometry_summary(res)
     return 0

@@ -413,9 +413,10 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods, context: Table | No
 def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int = 123,
                         config=None, output_dir=None, overwrite: bool = False,
                         quiet: bool = False, methods=PHOT_METHODS, blending: bool = True,
-                        n_blend: int = 100) -> dict:
+                        n_blend: int = 100, estimator: str | None = None) -> dict:
     """Benchmark photometers on held-out simulations as Lumos §5 does.
 
+    ``estimator``: Lumos' point estimate (mode, mean, median; default the model card's).
     Returns a dict of Tables: ``by_mag`` (method, mag bin, n, bias, sigma68 of (f - f0)/f0;
     Fig. 7), ``summary`` (per method: bias for i < 22, sigma68 for i > 21, sigma68[D] of the
     duplicates, and for Lumos the PIT KS p-value), ``pit`` (histogram, Fig. 6) and ``blending``
@@ -428,10 +429,11 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     from .simulate.galaxies import GalaxySimSettings
 
     cfg = config or load_config("paus")
-    lumos = {"lumos": LumosPhotometer(model)}
+    lumos = {"lumos": LumosPhotometer(model, estimator=estimator)}
     if "lumos_nomag" in methods:
         if lumos["lumos"].settings.prior_free_fraction > 0:
-            lumos["lumos_nomag"] = LumosPhotometer(model, use_mag=False, name="lumos_nomag")
+            lumos["lumos_nomag"] = LumosPhotometer(model, use_mag=False, name="lumos_nomag",
+                                                   estimator=estimator)
         else:  # a model trained without magnitude dropout has no data-only mode
             methods = tuple(m for m in methods if m != "lumos_nomag")
     settings = GalaxySimSettings.from_config(

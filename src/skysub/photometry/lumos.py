@@ -3,7 +3,9 @@ and its training on Teahupoo-like simulations (plus unsupervised transfer learni
 
 :class:`LumosPhotometer` follows the photometer protocol (``measure(image, x, y, *, mask, mag,
 neighbours, catalog) -> PhotometryResult``).  ``flux``/``flux_err`` are the point estimates
-chosen by ``estimator`` (default: the PDF's mode and sigma68, which the paper found best);
+chosen by ``estimator`` (default: the PDF's median and sigma68 -- with calibrated PDFs half the
+true fluxes lie below the median, so its median relative error, the paper's bias, vanishes;
+the paper's choice, the mode, sits below the median of a right-skewed faint-source PDF);
 ``extra`` holds the mixture (a1..a5, f1..f5, s1..s5, image units) and every summary
 (:func:`mixture_summary`: mean and std (eq. 15-16), mode, median, sigma68, sigma95, eta (eq. 22)).
 ``bkg`` is NaN: Lumos learns the background internally and never reports it.
@@ -134,8 +136,8 @@ class LumosSettings:
     Attributes
     ----------
     faint_mag : eq. 10 (truncated) loss for mag >= faint_mag, eq. 8 below (paper: 20.5)
-    estimator : point estimate reported as ``flux``: "mode" (+ sigma68 as flux_err; the paper's
-        best), "mean" (+ std) or "median" (+ sigma68)
+    estimator : point estimate reported as ``flux``: "median" (+ sigma68 as flux_err; unbiased
+        in the median for calibrated PDFs), "mode" (+ sigma68; the paper's) or "mean" (+ std)
     stamps_per_image, n_exposures, epochs, batch_size, lr, preset, val_fraction : training
     pair_weight : weight of the pair-overlap loss in eq. 12 (paper: 1)
     finetune_epochs, finetune_lr : transfer-learning schedule (paper: 100 epochs, 1e-5, /10
@@ -148,7 +150,7 @@ class LumosSettings:
     """
 
     faint_mag: float = 20.5
-    estimator: str = "mode"
+    estimator: str = "median"
     stamps_per_image: int = 400
     n_exposures: int = 48
     epochs: int = 30
@@ -229,7 +231,7 @@ class LumosPhotometer:
         Shipped model name (``"lumos-paus"``), model file, or ``(network, card)``.
     psf : 2-D array, optional
         PSF of the exposures (default: the Moffat PSF the model was trained with, from its card).
-    estimator : "mode", "mean" or "median" (default: the card's, else "mode")
+    estimator : "median", "mode" or "mean" (default: the card's, else "mode")
     use_mag : give the network the catalogue's reference magnitude (default).  The magnitude
         is a PRIOR shared by every exposure of an object: it sharpens single-exposure PDFs, but
         it correlates the errors of repeated measurements (their duplicates-test width is
