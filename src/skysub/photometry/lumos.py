@@ -509,7 +509,8 @@ def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
     weight_cap)`` (``knee`` in normalised flux units): their fluxes were drawn with density
     ``~ 1 / (|f| + knee)``, and the weight makes the effective training prior flat up to
     ``weight_cap`` knees, so the data-only mode learns the likelihood without a pull towards
-    faint fluxes.  ``weight_cap`` 1 = unweighted."""
+    faint fluxes; they are normalised to a mean of 1 over the batch's prior-free rows.
+    ``weight_cap`` 1 = unweighted."""
     import torch
 
     from ..nn.lumos import lumos_loss
@@ -520,9 +521,11 @@ def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
         mag = torch_where_mag(batch)
         free = batch["has_mag"] <= 0
         w = None
-        if weight_cap > 1 and knee > 0:
-            w = torch.where(free, ((batch["y"].abs() + knee) / knee).clamp(max=weight_cap),
-                            torch.ones_like(batch["y"]))
+        if weight_cap > 1 and knee > 0 and bool(free.any()):
+            raw = ((batch["y"].abs() + knee) / knee).clamp(max=weight_cap)
+            # normalised over the prior-free rows: they keep their share of the batch (the
+            # with-magnitude mode is not starved)
+            w = torch.where(free, raw / raw[free].mean(), torch.ones_like(raw))
         return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag, likelihood=free,
                           weight=w)
 
