@@ -436,12 +436,11 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     wing_map = np.zeros(img.shape)
     others_wings = np.zeros(st.data.shape)  # per cutout: the OTHER sources' modelled light
     own_psf = _psf_stamps(psf, size, dx, dy) if wings and use.any() else None
-    for _ in range(int(wings) if use.any() else 0):
-        from ..simulate.extended import inject_sources
+    from ..simulate.extended import inject_sources
 
+    for _ in range(int(wings) if use.any() else 0):
         # fluxes in the holes, each with its neighbours' modelled light taken out (Jacobi
         # iterations: overlapping holes share light; a few rounds converge)
-        f_hole = np.zeros(n)
         for _it in range(WING_ITERATIONS):
             f_new = _hole_fluxes(st.data - pred - others_wings, st.valid, psf, hole_r, dx, dy)
             f_hole = np.where(use & np.isfinite(f_new), np.clip(f_new, 0.0, None), 0.0)
