@@ -121,6 +121,11 @@ class SourceShapes:
     theta: np.ndarray  #: degrees CCW from +x
     is_point: np.ndarray
 
+    def take(self, idx) -> SourceShapes:
+        """The shapes of the sources ``idx`` (index array, mask or slice)."""
+        return SourceShapes(*(np.asarray(v)[idx] for v in (self.r50, self.n, self.ba,
+                                                          self.theta, self.is_point)))
+
 
 def source_shapes(catalog, n_src: int) -> SourceShapes:
     """Read ``r50`` (semi-major half-light radius, px), ``sersic_n``, ``ba`` and ``theta``
@@ -683,8 +688,7 @@ class ModelAperturePhotometer:
             step = max(1, int(self.chunk_size * (33 / size) ** 2))
             for start in range(0, len(sel), step):
                 ii = sel[start:start + step]
-                sh = SourceShapes(shapes.r50[ii], shapes.n[ii], shapes.ba[ii], shapes.theta[ii],
-                                  shapes.is_point[ii])
+                sh = shapes.take(ii)
                 models = render_models(sh, self.psf, size, dx[ii], dy[ii],
                                        oversample=self.oversample)
                 w, a, enc = self.aperture_weights(models, dx[ii], dy[ii], sh.ba, sh.theta)

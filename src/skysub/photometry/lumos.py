@@ -316,9 +316,7 @@ class LumosPhotometer:
         shapes = source_shapes(catalog, n)
         for s0 in range(0, n, 4096):
             ii = slice(s0, s0 + 4096)
-            sub = type(shapes)(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
-                                                              shapes.theta, shapes.is_point)))
-            out[ii] = model_images(sub, self.psf, dx[ii], dy[ii], small)
+            out[ii] = model_images(shapes.take(ii), self.psf, dx[ii], dy[ii], small)
         return out
 
     def neighbour_map(self, img: Image, x: np.ndarray, y: np.ndarray, catalog,
@@ -337,22 +335,19 @@ class LumosPhotometer:
         the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
         a neighbour channel); each target's own model is taken out of it here.  ``models``:
         the sources' models from :meth:`_models` (else rendered here)."""
-        from ..simulate.galaxies import pad_center, reference_flux
+        from ..simulate.galaxies import pad_center
 
         torch = self._torch
         n = len(x)
         S = self.settings.stamp_size
         st = cutouts(img, x, y, S)
-        ok = np.isfinite(st.dx) & np.isfinite(st.dy)
         small = self._models(x, y, catalog) if models is None else models
         models = pad_center(np.asarray(small, np.float64), S)
         nb = None
         if self.net.arch.neighbours:
             if nmap is None:
                 nmap = self.neighbour_map(img, x, y, catalog, models=small)
-            own = reference_flux(_catalog_mag(catalog, n))[:, None, None] * models
-            nb = np.nan_to_num(cutouts(nmap, np.where(ok, x, -1e9), np.where(ok, y, -1e9),
-                                       S).data) - own
+            nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models)
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
                         _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
                         neighbours=nb) | {"stamps": st}
@@ -711,6 +706,19 @@ def find_pairs(table, *, max_pairs: int = 20000, seed: int = 0):
     return Table({"id": ids[i], "band": bands[i], "image_1": imgs[i], "image_2": imgs[i + 1]})
 
 
+def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.ndarray,
+                       models: np.ndarray) -> np.ndarray:
+    """The neighbour channel: the catalogue's expected image ``nmap`` cut out around each
+    source, minus the source's own model (``models``, unit total, stamp-sized) times its
+    reference flux from ``mag``.  Sources without a position get zeros."""
+    from ..simulate.galaxies import reference_flux
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    S = models.shape[-1]
+    near = np.nan_to_num(cutouts(nmap, np.where(ok, x, -1e9), np.where(ok, y, -1e9), S).data)
+    return near - reference_flux(mag)[:, None, None] * models
+
+
 def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
                          keys: list[str], psf: np.ndarray,
                          neighbour_catalogs: list | None = None) -> dict:
@@ -720,7 +728,7 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
     source (the neighbour channel; None for networks without one)."""
     import torch
 
-    from ..simulate.galaxies import model_images, neighbour_map, reference_flux
+    from ..simulate.galaxies import model_images, neighbour_map
 
     by_name = {im.name: (im, c) for im, c in zip(images, catalogs, strict=True)}
     nmaps: dict[str, np.ndarray] = {}
@@ -758,8 +766,7 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
                 keys.append(k)
             nb = None
             if nmaps:
-                own = reference_flux(_catalog_mag(c, len(c)))[:, None, None] * models
-                nb = np.nan_to_num(cutouts(nmaps[name], x, y, settings.stamp_size).data) - own
+                nb = _neighbour_channel(nmaps[name], x, y, _catalog_mag(c, len(c)), models)
             t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch,
                          neighbours=nb)
             t["rows"] = rows
@@ -869,7 +876,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     items = list(zip(ims, pairs_xy, nbcats, strict=True)) if ls.neighbours else \
         list(zip(ims, pairs_xy, strict=True))
     sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
-                                 galaxies=pool, seed=seed + 1, quiet=quiet)
+                                 galaxies=pool, seed=seed + 1, quiet=quiet,
+                                 neighbour_channel=ls.neighbours)
     keys: list[str] = []
     t = training_tensors(sim, keys, neighbours=ls.neighbours)
     for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)

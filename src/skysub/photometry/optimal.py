@@ -227,8 +227,7 @@ class OptimalPhotometer:
                 res = self._weighted(d, st.valid, p, pv, gain, tot)
                 b_err = np.zeros(len(ii))
             else:
-                sh = type(shapes)(shapes.r50[ii], shapes.n[ii], shapes.ba[ii], shapes.theta[ii],
-                                  shapes.is_point[ii])
+                sh = shapes.take(ii)
                 ok = np.isfinite(st.dx) & np.isfinite(st.dy)
                 p = np.zeros((len(ii), size, size))
                 if ok.any():

@@ -98,9 +98,7 @@ class ProfileFitPhotometer:
         ok = np.isfinite(st.dx) & np.isfinite(st.dy)
         p = np.zeros((n, self.size, self.size))
         if ok.any():
-            sub = type(shapes)(shapes.r50[ok], shapes.n[ok], shapes.ba[ok], shapes.theta[ok],
-                               shapes.is_point[ok])
-            p[ok] = render_models(sub, self.psf, self.size, st.dx[ok], st.dy[ok],
+            p[ok] = render_models(shapes.take(ok), self.psf, self.size, st.dx[ok], st.dy[ok],
                                   oversample=self.oversample)
         valid = st.valid & ok[:, None, None]
         d = np.where(valid, st.data - np.asarray(bres.bkg, float)[:, None, None], 0.0)

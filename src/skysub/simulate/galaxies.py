@@ -172,8 +172,8 @@ def render_galaxies(flux: np.ndarray, r50: np.ndarray, n: np.ndarray, ba: np.nda
 
 def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, exptime: float,
                  gain: float, settings: GalaxySimSettings, rng: np.random.Generator,
-                 psf: np.ndarray | None = None, mag: np.ndarray | None = None
-                 ) -> dict[str, np.ndarray]:
+                 psf: np.ndarray | None = None, mag: np.ndarray | None = None,
+                 neighbour_channel: bool = True) -> dict[str, np.ndarray]:
     """Add one catalogue-like galaxy (with photon noise) at the centre of every cutout.
 
     Parameters
@@ -182,6 +182,7 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     galaxies : dict of joint rows ``mag, r50, sersic_n, ba, theta`` to draw from
     exptime, gain : of the exposure the cutouts come from
     mag : force these reference magnitudes (blending / benchmark set-ups)
+    neighbour_channel : also return ``neighbours`` (off: not rendered, and no memory spent)
 
     Returns
     -------
@@ -190,7 +191,8 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     ``dx``, ``dy`` (offset of the galaxy from ``S // 2``), ``prior_free`` (flux drawn from the
     locally flat density, not from ``mag``), ``blend_r``, ``blend_flux`` (the injected
     neighbour's distance [px] and flux; NaN without one), ``neighbours`` (m, S, S) float32: the
-    injected neighbour's catalogue model times its :func:`reference_flux` (the neighbour channel).
+    injected neighbour's catalogue model times its :func:`reference_flux` (the neighbour channel;
+    only with ``neighbour_channel``).
     """
     from ..photometry.aperture import SourceShapes
 
@@ -213,9 +215,8 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     dx, dy = rng.uniform(-0.5, 0.5, (2, m))
     clean = render_galaxies(flux, g["r50"], g["sersic_n"], g["ba"], g["theta"], dx, dy, psf,
                             s.stamp_size, s.oversample)
-    nb = _neighbours(g, dx, dy, galaxies, exptime, gain, s, rng, psf)
+    nb = _neighbours(g, dx, dy, galaxies, exptime, gain, s, rng, psf, neighbour_channel)
     clean += nb.pop("image")
-    nb["neighbours"] = nb.pop("model")
     # the galaxies' photon noise; the negative profiles of prior-free stamps are subtracted
     # noise-free (only where the sky's noise dominates anyway)
     noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain + np.minimum(clean, 0.0)
@@ -251,16 +252,18 @@ def locally_flat_flux(rng: np.random.Generator, knee: np.ndarray, high: float,
 
 
 def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime: float,
-                gain: float, s: GalaxySimSettings, rng: np.random.Generator, psf: np.ndarray
-                ) -> dict[str, np.ndarray]:
+                gain: float, s: GalaxySimSettings, rng: np.random.Generator, psf: np.ndarray,
+                channel: bool) -> dict[str, np.ndarray]:
     """Noise-free neighbour galaxies for a ``blend_fraction`` of the stamps (see the module
     notes).  Returns ``image`` (m, S, S) and per stamp ``blend_r`` [px] and ``blend_flux``
-    (image units), NaN where a stamp has no neighbour."""
+    (image units), NaN where a stamp has no neighbour; with ``channel`` also ``neighbours``
+    (m, S, S): each neighbour's catalogue model times its reference flux."""
+    from ..photometry.aperture import SourceShapes
     from .profiles import sersic_stamps
 
     m, S = len(dx), s.stamp_size
     image = np.zeros((m, S, S))
-    model = np.zeros((m, S, S), np.float32)
+    model = np.zeros((m, S, S), np.float32) if channel else None
     r_out, f_out = np.full(m, np.nan), np.full(m, np.nan)
     sel = np.flatnonzero(rng.random(m) < s.blend_fraction) if s.blend_fraction > 0 else []
     if len(sel):
@@ -272,24 +275,20 @@ def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime
         flux = band_flux(h["mag"], rng.normal(0.0, s.colour_scatter, k), exptime, gain, s)
         r = rng.uniform(*s.blend_radius, k)
         ang = rng.uniform(0.0, 2 * np.pi, k)
+        ox, oy = dx[sel] + r * np.cos(ang), dy[sel] + r * np.sin(ang)
+        shp = SourceShapes(h["r50"], np.clip(h["sersic_n"], 0.3, 8.0), np.clip(h["ba"], 0.05, 1.0),
+                           h["theta"], np.zeros(k, bool))
         size = S - (1 - S % 2)  # odd, centred like the target
-        st = sersic_stamps(size, flux, h["r50"], np.clip(h["sersic_n"], 0.3, 8.0),
-                           ba=np.clip(h["ba"], 0.05, 1.0), theta=h["theta"],
-                           dx=dx[sel] + r * np.cos(ang), dy=dy[sel] + r * np.sin(ang),
+        st = sersic_stamps(size, flux, shp.r50, shp.n, ba=shp.ba, theta=shp.theta, dx=ox, dy=oy,
                            oversample=s.oversample, psf=psf)
         image[sel] = pad_center(st, S)
         r_out[sel], f_out[sel] = r, flux
-        # what a catalogue would say of it: its model, weighted by its reference flux
-        from ..photometry.aperture import SourceShapes
-
-        ox, oy = dx[sel] + r * np.cos(ang), dy[sel] + r * np.sin(ang)
-        ix, iy = np.rint(ox).astype(int), np.rint(oy).astype(int)
-        shp = SourceShapes(h["r50"], np.clip(h["sersic_n"], 0.3, 8.0), np.clip(h["ba"], 0.05, 1.0),
-                           h["theta"], np.zeros(k, bool))
-        mdl = model_images(shp, psf, ox - ix, oy - iy, s)
-        w = reference_flux(h["mag"])[:, None, None]
-        model[sel] = _shift_int(mdl * w, ix, iy)
-    return {"image": image, "blend_r": r_out, "blend_flux": f_out, "model": model}
+        if channel:  # what a catalogue would say of it: its model times its reference flux
+            ix, iy = np.rint(ox).astype(int), np.rint(oy).astype(int)
+            mdl = model_images(shp, psf, ox - ix, oy - iy, s)
+            model[sel] = _shift_int(mdl * reference_flux(h["mag"])[:, None, None], ix, iy)
+    out = {"image": image, "blend_r": r_out, "blend_flux": f_out}
+    return out | ({"neighbours": model} if channel else {})
 
 
 def _shift_int(stamps: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
@@ -324,7 +323,7 @@ def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: 
     look like.  Lumos' neighbour channel is this map's cutout minus the target's own model.
     ``models``: the (n, model_size, model_size) models already rendered at each source's
     sub-pixel offset from its rounded pixel (else rendered here)."""
-    from ..photometry.aperture import SourceShapes, render_models
+    from ..photometry.aperture import render_models
     from ..stamps import _round_half_up
     from .ccd import _add_stamps
 
@@ -340,9 +339,7 @@ def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: 
         if models is not None:
             m = models[ii]
         else:
-            sub = SourceShapes(*(np.asarray(v)[ii] for v in (shapes.r50, shapes.n, shapes.ba,
-                                                             shapes.theta, shapes.is_point)))
-            m = render_models(sub, psf, settings.model_size, x[ii] - xi, y[ii] - yi,
+            m = render_models(shapes.take(ii), psf, settings.model_size, x[ii] - xi, y[ii] - yi,
                               oversample=settings.model_oversample)
         _add_stamps(out, m * w[ii, None, None], xi, yi)
     return out
@@ -366,13 +363,14 @@ def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None,
 
 def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSettings, *,
                            galaxies: dict[str, np.ndarray], seed: int = 0,
-                           mag: np.ndarray | None = None, quiet: bool = True
-                           ) -> dict[str, np.ndarray]:
+                           mag: np.ndarray | None = None, quiet: bool = True,
+                           neighbour_channel: bool = True) -> dict[str, np.ndarray]:
     """Teahupoo-like stamps from ``exposures`` (iterable of ``(image, cat_xy)`` or
     ``(image, cat_xy, catalog)``): background cutouts at empty positions plus simulated
     galaxies.  With the exposure's ``catalog`` rows (``x, y``, shapes, optional ``mag``) the
     neighbour channel also holds the catalogued sources around each cutout
-    (:func:`neighbour_map`), as :class:`skysub.photometry.lumos.LumosPhotometer` sees them.
+    (:func:`neighbour_map`), as :class:`skysub.photometry.lumos.LumosPhotometer` sees them;
+    ``neighbour_channel=False`` leaves the channel out (networks without one).
 
     Returns the arrays of :func:`add_galaxies` concatenated over exposures, plus ``x, y``
     (CCD position of the cutout centre), ``nx, ny`` (image size), ``band``, ``epoch``,
@@ -397,9 +395,10 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
         exptime = meta.exptime or 1.0
         d = add_galaxies(bg["stamps"], galaxies, exptime=exptime, gain=meta.gain,
                          settings=settings, rng=rng, psf=psf,
-                         mag=None if mag is None else np.resize(mag, m))
+                         mag=None if mag is None else np.resize(mag, m),
+                         neighbour_channel=neighbour_channel)
         ny, nx = image.shape
-        if catalog is not None and len(catalog):
+        if neighbour_channel and catalog is not None and len(catalog):
             names = catalog.colnames if hasattr(catalog, "colnames") else list(catalog)
             nmap = neighbour_map(image.shape, np.asarray(catalog["x"], float),
                                  np.asarray(catalog["y"], float),
