@@ -45,6 +45,45 @@ SUMMARY_KEYS = ("flux_mean", "flux_std", "flux_mode", "flux_median", "flux_sigma
                 "flux_sigma95", "eta")
 
 
+# -- the data-only likelihood ----------------------------------------------------------------------
+
+def divide_training_prior(alpha, mu, sigma, knee: float
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The likelihood from a posterior learned under the prior-free training density.
+
+    The no-magnitude mode is trained on fluxes drawn with density ``p(f) ~ 1 / (max(f, 0) +
+    knee)`` (:func:`skysub.simulate.galaxies.locally_flat_flux`), so what the network learns
+    is the posterior ``L(f) p(f) / Z``: tilted towards faint fluxes by ``p``.  The likelihood
+    is that posterior times ``w(f) = max(f, 0) + knee``.  A Gaussian component times ``w`` is
+    not Gaussian; each component is replaced by the Gaussian with the same zeroth, first and
+    second moments (exact, closed form with z = mu / sigma):
+
+        E[w]     = knee + mu Phi(z) + sigma phi(z)
+        E[X w]   = knee mu + (mu^2 + sigma^2) Phi(z) + mu sigma phi(z)
+        E[X^2 w] = knee (mu^2 + sigma^2) + (mu^3 + 3 mu sigma^2) Phi(z)
+                   + sigma (mu^2 + 2 sigma^2) phi(z)
+
+    and the weights become ``alpha E[w]`` (renormalised).  All in the network's normalised
+    flux units (``knee`` too).  Returns ``(alpha, mu, sigma)``.
+    """
+    from scipy.special import ndtr
+
+    a = np.asarray(alpha, float)
+    m = np.asarray(mu, float)
+    s = np.asarray(sigma, float)
+    k = float(knee)
+    z = m / s
+    Phi, phi = ndtr(z), np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    m2 = m * m + s * s
+    e0 = k + m * Phi + s * phi
+    e1 = k * m + m2 * Phi + m * s * phi
+    e2 = k * m2 + (m ** 3 + 3 * m * s * s) * Phi + s * (m * m + 2 * s * s) * phi
+    new_m = e1 / e0
+    new_s = np.sqrt(np.maximum(e2 / e0 - new_m ** 2, 1e-12 * s * s))
+    w = a * e0
+    return w / w.sum(-1, keepdims=True), new_m, new_s
+
+
 # -- point estimates ------------------------------------------------------------------------------
 
 def _comp_pdf(f: np.ndarray, a: np.ndarray, m: np.ndarray, s: np.ndarray, z: np.ndarray
@@ -290,6 +329,9 @@ class LumosPhotometer:
                              "magnitude")
         scale = inputs.get("sigma_scale", {})
         self.sigma_scale = float(scale.get("mag" if self.use_mag else "no_mag", 1.0))
+        #: knee of the prior-free training density (normalised flux units): the data-only
+        #: mode's posterior is divided by it (:func:`divide_training_prior`)
+        self.prior_knee: float | None = None if self.use_mag else _prior_knee(self.settings)
         #: the posterior is truncated to flux >= 0 (eq. 10); the likelihood is not
         self.lower: float | None = 0.0 if self.use_mag else None
         self.batch_size = int(batch_size)
@@ -383,9 +425,9 @@ class LumosPhotometer:
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
+            a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee)
             unit = t["unit"]
-            A[ii], M[ii] = a, m * unit[:, None]
-            Sg[ii] = sg * (unit * self.sigma_scale)[:, None]  # validation-calibrated widths
+            A[ii], M[ii], Sg[ii] = a, m * unit[:, None], sg * unit[:, None]
             good[ii] = t["ok"]
             st = t["stamps"]
             inside = _inside(img.shape, st.x0, st.y0, st.size)
@@ -412,6 +454,24 @@ class LumosPhotometer:
         extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
         return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
+
+
+def _prior_knee(settings) -> float:
+    """The prior-free training density's knee in the network's normalised flux units
+    (``prior_free_knee`` pixel sigmas; one unit is ``FLUX_UNIT`` pixel sigmas)."""
+    from ..nn.lumos import FLUX_UNIT
+
+    return float(settings.prior_free_knee) / FLUX_UNIT
+
+
+def _calibrated(a, m, s, sigma_scale: float, prior_knee: float | None):
+    """Normalised network mixtures with the validation-calibrated widths (``sigma_scale``,
+    calibrated on the posterior the network learned), then -- for the data-only mode --
+    divided by the prior-free training density (:func:`divide_training_prior`)."""
+    s = s * sigma_scale
+    if prior_knee is not None:
+        a, m, s = divide_training_prior(a, m, s, prior_knee)
+    return a, m, s
 
 
 def _catalog_mag(catalog, n: int) -> np.ndarray:
@@ -570,16 +630,18 @@ def calibrate_widths(model, t: dict, *, truncated: bool = True) -> float:
 
 
 def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray, *,
-                      sigma_scale: float = 1.0, lower: float | None = 0.0) -> dict:
+                      sigma_scale: float = 1.0, lower: float | None = 0.0,
+                      prior_knee: float | None = None) -> dict:
     """Validation metrics of a model on tensors ``t``: bias and sigma68 of the relative error of
     mode and mean, PIT KS p-value, per magnitude range; widths times ``sigma_scale``, components
-    truncated at ``lower`` (None: the likelihood mode)."""
+    truncated at ``lower`` (None: the likelihood mode), divided by the prior-free training
+    density of knee ``prior_knee`` (the likelihood mode; None: not)."""
     from ..metrics import bias, pit_gaussian_mixture, pit_uniformity, scatter
 
     model.eval()
     a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
                                t["key"])
-    s = s * sigma_scale
+    a, m, s = _calibrated(a, m, s, sigma_scale, prior_knee)
     unit = np.asarray(t["unit"])[:, None]
     summ = mixture_summary(a, m * unit, s * unit, lower=lower)
     pit = pit_gaussian_mixture(a, m * unit, s * unit, flux_true, lower=lower)
@@ -960,7 +1022,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if va_free.any():
         sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free), truncated=False)
         metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
-                                              sigma_scale=sigma_scale["no_mag"])
+                                              sigma_scale=sigma_scale["no_mag"],
+                                              prior_knee=_prior_knee(gs))
     say("validation width calibration (sigma_scale): "
         + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
@@ -993,4 +1056,4 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
 
 __all__ = ["LumosPhotometer", "LumosSettings", "mixture_summary", "train_lumos",
            "fine_tune_pairs", "calibrate_widths", "find_pairs", "predict_mixtures",
-           "training_tensors", "evaluate_mixtures", "pair_tensors"]
+           "training_tensors", "evaluate_mixtures", "pair_tensors", "divide_training_prior"]
