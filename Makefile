@@ -33,6 +33,8 @@ models: $(STAMP)
 	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 160 \
 	    --stamps-per-image 700 --pairs auto --epochs 15 --seed 0 --threads 1 \
 	    --output src/skysub/models/lumos-paus.pt --overwrite
+	$(VENV)/bin/skysub train lumos --calibrate-only --simulated --config paus --n-exposures 40 \
+	    --stamps-per-image 700 --seed 777 --output src/skysub/models/lumos-paus.pt
 	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \
 	    --output src/skysub/models/inpaint-default.pt --overwrite
 	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \

@@ -286,3 +286,41 @@ def test_coadd_of_likelihoods_applies_the_positivity_prior_once():
     rows["likelihood"] = [True, False]
     with pytest.raises(InputError, match="mix"):
         coadd_tables([rows])
+
+
+def test_cli_calibrate_only_rewrites_the_widths_not_the_weights(trained, tmp_path):
+    """``skysub train lumos --calibrate-only`` on fresh simulated stamps: a card whose widths
+    were spoiled (x4) gets them back near the training run's own validation values; the
+    weights are untouched and the card records the calibration's data and command."""
+    import json
+    import shutil
+
+    from skysub.cli import main
+    from skysub.nn.modelfile import load_model
+
+    path, card, _cfg = trained
+    model = tmp_path / "m.pt"
+    shutil.copy(path, model)
+    shutil.copy(path.with_suffix(".json"), model.with_suffix(".json"))
+    c = json.loads(model.with_suffix(".json").read_text())
+    good = dict(c["inputs"]["sigma_scale"])
+    c["inputs"]["sigma_scale"] = {k: 4 * v for k, v in good.items()}
+    model.with_suffix(".json").write_text(json.dumps(c))
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('base = "paus"\n[simulate]\nshape = [192, 256]\nn_galaxies = 150\n'
+                   'n_faint = 100\n')
+    assert main(["train", "lumos", "--calibrate-only", "--simulated", "--config", str(cfg),
+                 "--n-exposures", "6", "--stamps-per-image", "150", "--seed", "11",
+                 "--output", str(model), "-q"]) == 0
+    net0, _ = load_model(path, kind="lumos")
+    net1, c1 = load_model(model, kind="lumos")
+    for (k0, v0), (k1, v1) in zip(net0.state_dict().items(), net1.state_dict().items(),
+                                  strict=True):
+        assert k0 == k1 and torch.equal(v0, v1)
+    new = c1["inputs"]["sigma_scale"]
+    assert set(new) == {"mag", "no_mag"}
+    for k in new:
+        assert new[k] == pytest.approx(good[k], rel=0.35)
+    cal = c1["calibration"]
+    assert "--calibrate-only" in cal["command"] and cal["data"]["seed"] == 11
+    assert cal["data"]["n_catalogue_like"] + cal["data"]["n_prior_free"] > 500

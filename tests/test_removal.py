@@ -360,3 +360,25 @@ def test_texture_restores_the_pixel_scatter_of_the_holes(sim):
     assert np.array_equal(np.asarray(plain.table["flux"]), np.asarray(tex.table["flux"]))
     again = remove_sources(sim.image, texture=True, seed=3, **kw)
     assert np.array_equal(again.image, tex.image)
+
+
+def test_crowded_group_is_removed_by_rereading_the_map(sim):
+    """63 sources of 3,000-40,000 on a 14 px lattice: holes of up to 12 px cover most of the
+    central cutouts (< 10 % valid, NO_DATA in a single pass).  Re-reading the map with the
+    measurable sources removed inpaints them too: every source measured within 10 % (median
+    within 2 %), no flag NO_DATA, and the filled holes closer to the truth than its own
+    scatter there (a source left in place is off by ~2,000)."""
+    from skysub.simulate.extended import inject_sources
+
+    gx, gy = np.meshgrid(np.arange(40, 160, 14.0), np.arange(35, 130, 14.0))
+    x, y = gx.ravel() + 0.3, gy.ravel() - 0.2
+    rng = np.random.default_rng(2)
+    flux = rng.uniform(3000, 40000, len(x))
+    img = inject_sources(sim.truth + rng.normal(0, 1, sim.truth.shape), sim.psf, x, y, flux)
+    res = remove_sources(img, x, y, radii=(6.0,), psf=sim.psf)
+    assert not np.any(np.asarray(res.sources["flags"]) & 8)
+    r = np.asarray(res.table["flux"]) / flux
+    assert np.all(np.abs(r - 1) < 0.1) and abs(np.median(r) - 1) < 0.02
+    h = res.holes
+    assert np.sqrt(np.mean((res.image - sim.truth)[h] ** 2)) < np.std(sim.truth[h])
+    assert np.nanmax(np.abs(res.image - sim.truth)) < 100

@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    t.add_argument("--calibrate-only", action="store_true",
+                   help="re-measure the width calibration of the trained model --output on "
+                        "fresh stamps (--simulated --n-exposures N --seed S, or IMAGE... "
+                        "--catalog) and rewrite its card; the weights are unchanged")
     _add_common(t)
     p = sub.add_parser("coadd", help="coadd photometry across exposures (PDF product, eq. 21)",
                        epilog=EPILOG_COADD, formatter_class=fmt)
@@ -402,7 +406,7 @@ def _cmd_train(args) -> int:
                         inject=False if args.no_inject else None, resume=args.resume,
                         overwrite=args.overwrite, quiet=args.quiet,
                         batch_size=args.batch_size, lr=args.lr,
-                        stamps_per_image=args.stamps_per_image, command=command_line(),
+                        stamps_per_image=args.stamps_per_image, command=command_line(args.argv),
                         threads=args.threads,
                         **_read_kwargs(args, cfg))
     if not args.quiet:
@@ -461,13 +465,27 @@ def _cmd_train_lumos(args) -> int:
     from .photometry.lumos import train_lumos
 
     cfg = load_config(args.config or ("paus" if args.simulated else None))
+    if args.calibrate_only:
+        from .photometry.lumos import recalibrate_lumos
+
+        card = recalibrate_lumos(args.output, args.images, args.catalog, config=cfg,
+                                 simulated=args.simulated, n_exposures=args.n_exposures,
+                                 stamps_per_image=args.stamps_per_image, seed=args.seed,
+                                 quiet=args.quiet, command=command_line(args.argv),
+                                 **_read_kwargs(args, cfg))
+        if not args.quiet:
+            cal = card["calibration"]
+            print(f"width calibration {cal['sigma_scale']} from "
+                  f"{cal['data']['n_catalogue_like'] + cal['data']['n_prior_free']} stamps "
+                  f"written to the card of {args.output}")
+        return 0
     card = train_lumos(args.images, args.catalog, args.output, config=cfg,
                        simulated=args.simulated, n_exposures=args.n_exposures,
                        stamps_per_image=args.stamps_per_image, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, preset=args.preset,
                        pairs=args.pairs, seed=args.seed, device=args.device,
                        threads=args.threads, resume=args.resume, overwrite=args.overwrite,
-                       quiet=args.quiet, command=command_line(), **_read_kwargs(args, cfg))
+                       quiet=args.quiet, command=command_line(args.argv), **_read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
         nm = m.get("no_mag", {})

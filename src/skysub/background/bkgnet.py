@@ -769,6 +769,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     return card
 
 
-def command_line() -> str:
-    """The current command line, for model cards."""
-    return " ".join(shlex.quote(a) for a in ["skysub", *sys.argv[1:]])
+def command_line(argv: list[str] | None = None) -> str:
+    """The command line (``argv``, default the process's), for model cards."""
+    return " ".join(shlex.quote(a) for a in ["skysub", *(sys.argv[1:] if argv is None
+                                                         else argv)])

@@ -600,12 +600,15 @@ def _subset(t: dict, sel: np.ndarray) -> dict:
     return {k: t[k][idx] for k in TENSOR_KEYS}
 
 
-def calibrate_widths(model, t: dict, *, truncated: bool = True) -> float:
+def calibrate_widths(model, t: dict, *, truncated: bool = True,
+                     prior_knee: float | None = None) -> float:
     """Validation calibration of the PDF widths (as BKGnet's ``sigma_scale``): the factor ``c``
     on every component width that minimises the mixture negative log-likelihood (eq. 10's
     truncated density, or eq. 8's with ``truncated=False``) of the true fluxes of tensors ``t``
-    -- temperature scaling, which keeps the means and weights.  Returns ``c`` (> 1: the
-    network's PDFs were too narrow)."""
+    -- temperature scaling, which keeps the means and weights.  With ``prior_knee`` the scaled
+    mixture is divided by the prior-free training density first (:func:`_calibrated`, the
+    data-only mode): the likelihood's widths are calibrated, as the user gets them.  Returns
+    ``c`` (> 1: the network's PDFs were too narrow)."""
     from scipy.optimize import minimize_scalar
     from scipy.special import log_ndtr, logsumexp
 
@@ -618,10 +621,13 @@ def calibrate_widths(model, t: dict, *, truncated: bool = True) -> float:
     la = np.log(np.clip(a, 1e-30, None))
 
     def nll(logc: float) -> float:
-        sc = s * np.exp(logc)
-        lp = la - 0.5 * ((y - m) / sc) ** 2 - np.log(sc)
+        la_, m_, sc = la, m, s * np.exp(logc)
+        if prior_knee is not None:
+            a_, m_, sc = _calibrated(a, m, s, float(np.exp(logc)), prior_knee)
+            la_ = np.log(np.clip(a_, 1e-30, None))
+        lp = la_ - 0.5 * ((y - m_) / sc) ** 2 - np.log(sc)
         if truncated:
-            lp = lp - log_ndtr(m / sc)
+            lp = lp - log_ndtr(m_ / sc)
         return float(-logsumexp(lp, axis=1).mean())
 
     r = minimize_scalar(nll, bounds=(np.log(0.2), np.log(5.0)), method="bounded",
@@ -849,56 +855,19 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
     return {k: v[keep] for k, v in pt.items()}
 
 
-def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
-                simulated: bool = False, n_exposures: int | None = None,
-                stamps_per_image: int | None = None, epochs: int | None = None,
-                batch_size: int | None = None, lr: float | None = None,
-                preset: str | None = None, pairs: Any = None, seed: int = 0,
-                device: str = "auto", threads: int | None = None, resume: bool = False,
-                overwrite: bool = False, quiet: bool = False, command: str | None = None,
-                description: str = "", **read_kwargs: Any) -> dict:
-    """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
-
-    Parameters
-    ----------
-    images : FITS exposures whose empty positions give the background cutouts (ignored with
-        ``simulated``)
-    catalog : catalogue (positions to avoid; joint galaxy shapes and magnitudes to draw from)
-    output : model file (.pt); checkpoint ``<output>.ckpt``
-    config : SurveyConfig (``[lumos]``; ``[simulate]`` with ``simulated``)
-    simulated : background cutouts from ``n_exposures`` exposures of the built-in simulator
-    pairs : None, "auto" (pairs of the same catalogued object in two exposures of the same
-        band among the training exposures) or a table / path with ``id, image_1, image_2``:
-        fine-tune the last layer on them (eq. 11-12) after the supervised training
-    """
+def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str], *,
+                simulated: bool, seed: int, quiet: bool, say, **read_kwargs: Any) -> dict:
+    """Teahupoo-like stamps and their network tensors (training, and ``--calibrate-only``):
+    from ``ls.n_exposures`` exposures of the built-in simulator (``simulated``) or from the
+    user's ``images`` + ``catalog``; ``net_keys`` (band x epoch) is extended.  Returns a dict with
+    ``sim`` (per-stamp truths; the pixel arrays freed), ``tensors``, ``free`` (prior-free
+    stamps, shown without their magnitude), ``ims``, ``cats``, ``nbcats`` and ``summary``."""
     import torch
 
-    from .. import __version__
-    from ..background.bkgnet import _galaxy_pool, simulated_exposures, split_by_exposure
-    from ..config import load_config
-    from ..io import catalog_for_image, check_output, read_catalog
-    from ..nn.device import seed_everything
-    from ..nn.lumos import Lumos, LumosArch, flops_per_stamp
-    from ..nn.modelfile import save_model
-    from ..nn.trainer import TrainConfig, Trainer
-    from ..simulate.galaxies import GalaxySimSettings, psf_for, simulate_galaxy_stamps
+    from ..background.bkgnet import _galaxy_pool, simulated_exposures
+    from ..io import catalog_for_image, read_catalog
+    from ..simulate.galaxies import simulate_galaxy_stamps
 
-    t0 = time.perf_counter()
-    cfg = config or load_config()
-    output = Path(output)
-    if output.suffix != ".pt":
-        raise InputError(f"--output must end in .pt, got {output}")
-    inputs = [] if simulated else list(images or [])
-    if catalog is not None and not hasattr(catalog, "colnames"):
-        inputs.append(catalog)
-    check_output(output, overwrite=overwrite or resume, inputs=inputs)
-    section = dict(getattr(cfg, "lumos", {}) or {})
-    ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
-                                   preset=preset, stamps_per_image=stamps_per_image,
-                                   n_exposures=n_exposures)
-    gs = GalaxySimSettings.from_config(section)
-    seed_everything(seed)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     rng = np.random.default_rng(seed)
     if simulated:
         say(f"simulating {ls.n_exposures} exposures with the built-in simulator "
@@ -940,14 +909,72 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
                                  galaxies=pool, seed=seed + 1, quiet=quiet,
                                  neighbour_channel=ls.neighbours)
-    keys: list[str] = []
-    t = training_tensors(sim, keys, neighbours=ls.neighbours)
+    t = training_tensors(sim, net_keys, neighbours=ls.neighbours)
     for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
         sim.pop(k, None)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
     t["has_mag"][torch.from_numpy(free)] = 0.0
+    return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
+            "nbcats": nbcats, "summary": data_summary}
+
+
+def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
+                simulated: bool = False, n_exposures: int | None = None,
+                stamps_per_image: int | None = None, epochs: int | None = None,
+                batch_size: int | None = None, lr: float | None = None,
+                preset: str | None = None, pairs: Any = None, seed: int = 0,
+                device: str = "auto", threads: int | None = None, resume: bool = False,
+                overwrite: bool = False, quiet: bool = False, command: str | None = None,
+                description: str = "", **read_kwargs: Any) -> dict:
+    """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
+
+    Parameters
+    ----------
+    images : FITS exposures whose empty positions give the background cutouts (ignored with
+        ``simulated``)
+    catalog : catalogue (positions to avoid; joint galaxy shapes and magnitudes to draw from)
+    output : model file (.pt); checkpoint ``<output>.ckpt``
+    config : SurveyConfig (``[lumos]``; ``[simulate]`` with ``simulated``)
+    simulated : background cutouts from ``n_exposures`` exposures of the built-in simulator
+    pairs : None, "auto" (pairs of the same catalogued object in two exposures of the same
+        band among the training exposures) or a table / path with ``id, image_1, image_2``:
+        fine-tune the last layer on them (eq. 11-12) after the supervised training
+    """
+    import torch
+
+    from .. import __version__
+    from ..background.bkgnet import split_by_exposure
+    from ..config import load_config
+    from ..io import check_output, read_catalog
+    from ..nn.device import seed_everything
+    from ..nn.lumos import Lumos, LumosArch, flops_per_stamp
+    from ..nn.modelfile import save_model
+    from ..nn.trainer import TrainConfig, Trainer
+    from ..simulate.galaxies import GalaxySimSettings, psf_for
+
+    t0 = time.perf_counter()
+    cfg = config or load_config()
+    output = Path(output)
+    if output.suffix != ".pt":
+        raise InputError(f"--output must end in .pt, got {output}")
+    inputs = [] if simulated else list(images or [])
+    if catalog is not None and not hasattr(catalog, "colnames"):
+        inputs.append(catalog)
+    check_output(output, overwrite=overwrite or resume, inputs=inputs)
+    section = dict(getattr(cfg, "lumos", {}) or {})
+    ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   preset=preset, stamps_per_image=stamps_per_image,
+                                   n_exposures=n_exposures)
+    gs = GalaxySimSettings.from_config(section)
+    seed_everything(seed)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    keys: list[str] = []
+    data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
+                       quiet=quiet, say=say, **read_kwargs)
+    sim, t, free = data["sim"], data["tensors"], data["free"]
+    ims, cats, nbcats, data_summary = data["ims"], data["cats"], data["nbcats"], data["summary"]
     ok = t["ok"]
     is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
     tr, va = ok & ~is_val, ok & is_val
@@ -1020,7 +1047,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     metrics = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=sigma_scale["mag"])
     metrics["uncalibrated"] = evaluate_mixtures(model, vt, ftrue, vmag)
     if va_free.any():
-        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free), truncated=False)
+        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free), truncated=False,
+                                                 prior_knee=_prior_knee(gs))
         metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
                                               sigma_scale=sigma_scale["no_mag"],
                                               prior_knee=_prior_knee(gs))
@@ -1054,6 +1082,75 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     return card
 
 
+def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, config: Any = None,
+                      simulated: bool = False, n_exposures: int | None = None,
+                      stamps_per_image: int | None = None, seed: int = 1,
+                      quiet: bool = False, command: str | None = None,
+                      **read_kwargs: Any) -> dict:
+    """Re-measure a trained model's width calibration (``sigma_scale`` of both modes) on a
+    fresh calibration set and rewrite its card; the weights are unchanged
+    (``skysub train lumos --calibrate-only``).
+
+    The stamps are simulated exactly as in training, with the card's simulation settings, from
+    ``n_exposures`` simulator exposures (``simulated``; seed ``seed``: use one that neither
+    training nor the benchmark used) or from the user's ``images`` + ``catalog``.  Every stamp
+    is a calibration stamp: the catalogue-like ones calibrate the posterior mode, the
+    prior-free ones the data-only likelihood (after the prior division, as users get it).
+    The card records the data, the command and the calibrated metrics under ``calibration``.
+    """
+    from ..config import load_config
+    from ..nn.modelfile import load_model, save_model
+    from ..simulate.galaxies import GalaxySimSettings
+
+    cfg = config or load_config()
+    net, card = load_model(model_path, kind="lumos")
+    card.pop("path", None)
+    card.pop("file_size_bytes", None)
+    inputs = card.setdefault("inputs", {})
+    gs = GalaxySimSettings.from_config(inputs.get("simulation", {}))
+    ls = LumosSettings.from_config(dict(getattr(cfg, "lumos", {}) or {}),
+                                   stamps_per_image=stamps_per_image, n_exposures=n_exposures)
+    ls = replace(ls, neighbours=bool(net.arch.neighbours))
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    keys = list(inputs.get("keys", []))
+    n_keys = len(keys)
+    data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
+                       quiet=quiet, say=say, **read_kwargs)
+    if len(keys) > n_keys:
+        raise InputError(f"calibration exposures come from band x epoch combinations the model "
+                         f"was not trained on: {keys[n_keys:]}")
+    sim, t, free = data["sim"], data["tensors"], data["free"]
+    ok = np.asarray(t["ok"], bool)
+    cat_sel, free_sel = ok & ~free, ok & free
+    if cat_sel.sum() < 100:
+        raise InputError(f"only {int(cat_sel.sum())} usable calibration stamps: raise "
+                         "--n-exposures or --stamps-per-image")
+    vt = {**_subset(t, cat_sel), "unit": t["unit"][cat_sel]}
+    ftrue, vmag = sim["flux_true"][cat_sel], sim["mag"][cat_sel]
+    scale = {"mag": calibrate_widths(net, vt)}
+    metrics = {"mag": evaluate_mixtures(net, vt, ftrue, vmag, sigma_scale=scale["mag"])}
+    if gs.prior_free_fraction > 0 and free_sel.sum() >= 100:
+        knee = _prior_knee(gs)
+        scale["no_mag"] = calibrate_widths(net, _subset(t, free_sel), truncated=False,
+                                           prior_knee=knee)
+        vt0 = {**vt, "has_mag": vt["has_mag"] * 0}
+        metrics["no_mag"] = evaluate_mixtures(net, vt0, ftrue, vmag, lower=None,
+                                              sigma_scale=scale["no_mag"], prior_knee=knee)
+    say("width calibration (sigma_scale): "
+        + ", ".join(f"{k} {inputs.get('sigma_scale', {}).get(k, float('nan')):.4f} -> {v:.4f}"
+                    for k, v in scale.items()))
+    inputs["sigma_scale"] = {k: round(v, 5) for k, v in scale.items()}
+    card["calibration"] = {
+        "data": {**data["summary"], "stamps_per_image": int(ls.stamps_per_image),
+                 "n_catalogue_like": int(cat_sel.sum()), "n_prior_free": int(free_sel.sum())},
+        "sigma_scale": inputs["sigma_scale"], "metrics": metrics,
+        "command": command or "(API) skysub.photometry.lumos.recalibrate_lumos",
+    }
+    save_model(model_path, net, card, overwrite=True)
+    return card
+
+
 __all__ = ["LumosPhotometer", "LumosSettings", "mixture_summary", "train_lumos",
            "fine_tune_pairs", "calibrate_widths", "find_pairs", "predict_mixtures",
-           "training_tensors", "evaluate_mixtures", "pair_tensors", "divide_training_prior"]
+           "training_tensors", "evaluate_mixtures", "pair_tensors", "divide_training_prior",
+           "recalibrate_lumos"]

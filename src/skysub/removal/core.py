@@ -13,8 +13,10 @@ Pipeline of :func:`remove_sources` (all sources at once, no Python loop over sou
    otherwise squash the background into a sliver of [0, 1]); prediction; back to image units.
 4. Blending: each prediction replaces the map inside its own hole and fades out linearly over
    ``feather`` px beyond it (weights of overlapping sources are normalised), so there is no
-   seam.  NaN / masked pixels of the input stay as they were; sources whose cutout has too few
-   valid pixels are left untouched and flagged NO_DATA.
+   seam.  NaN / masked pixels of the input stay as they were.  Sources in crowded groups, whose
+   cutouts are mostly other sources' holes, are inpainted in further rounds from the map with
+   the sources removed so far (the published tool's re-reading of the updated map); those whose
+   cutout still has too few valid pixels are left untouched and flagged NO_DATA.
 5. Photometry per source and aperture radius: the sum of ``image - prediction`` in a circular
    aperture (exact pixel overlaps) divided by the PSF's enclosed fraction (aperture
    correction), no background subtraction (Madarász et al. §3.4); and, for comparison, the
@@ -44,6 +46,8 @@ log = logging.getLogger("skysub")
 DEFAULT_MODEL = "inpaint-default"
 #: a cutout needs at least this fraction of valid (non-hole, on-image) pixels
 MIN_VALID_FRACTION = 0.1
+#: rounds of re-reading the cleaned map for sources in crowded groups (:func:`remove_sources`)
+MAX_REREAD_ROUNDS = 4
 
 
 # -- normalisation (shared by training and inference) ------------------------------------------
@@ -410,16 +414,20 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
 
     cal = card.get("error_calibration")
 
-    def inpaint(data: np.ndarray) -> np.ndarray:
+    def inpaint(data: np.ndarray, sel: np.ndarray | None = None,
+                ok: np.ndarray | None = None) -> np.ndarray:
+        """Predictions of the cutouts ``sel`` (default ``use``) with validity ``ok``."""
+        sel = use if sel is None else sel
+        ok = valid if ok is None else ok
         out = np.full(data.shape, np.nan)
-        if use.any():
-            out[use] = predict_cutouts(net, data[use], valid[use], batch_size=batch_size,
+        if sel.any():
+            out[sel] = predict_cutouts(net, data[sel], ok[sel], batch_size=batch_size,
                                        device=dev, quiet=quiet, tta=tta)
             if anchor > 0:
-                out[use] += _anchor_offsets(data[use], out[use], valid[use], dx[use], dy[use],
-                                            hole_r[use], anchor, plane=False)
+                out[sel] += _anchor_offsets(data[sel], out[sel], ok[sel], dx[sel], dy[sel],
+                                            hole_r[sel], anchor, plane=False)
             if level is not None:  # the model's measured level bias (its calibration)
-                out[use] -= level[use][:, None, None]
+                out[sel] -= level[sel][:, None, None]
         return out
 
     level = None
@@ -452,8 +460,32 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         # hole nothing is seen anyway)
         pred = inpaint(st.data - wing_cut)
 
-    # 4. blend into the map (the modelled wings beyond the holes removed too)
     base = img.with_data(img.data - wing_map) if wings else img
+    # 3c. crowded groups: sources whose cutouts were mostly other sources' holes are inpainted
+    # from the map with the sources removed so far, re-read (their own group's holes still
+    # hidden), in rounds while any becomes measurable (the published tool's one-at-a-time
+    # re-reading, in batches)
+    pending = on & ~enough
+    rereads = np.zeros(n, bool)
+    for _round in range(MAX_REREAD_ROUNDS):
+        if not (pending.any() and use.any()):
+            break
+        first = _blend(base, pred[use], st.x0[use], st.y0[use], x[use], y[use], hole_r[use],
+                       feather)
+        first = np.where(img.mask, np.nan, first)
+        h2 = paint_holes(img.shape, x[pending], y[pending], hole_r[pending])
+        px, py = np.where(pending, x, -1e9), np.where(pending, y, -1e9)
+        st2 = cutouts(first, px, py, size)
+        in2 = np.nan_to_num(cutouts(h2.astype(float), px, py, size).data, nan=0.0) > 0.5
+        valid2 = st2.valid & ~in2 & pending[:, None, None]
+        now = pending & (valid2.reshape(n, -1).mean(axis=1) >= MIN_VALID_FRACTION)
+        if not now.any():
+            break
+        pred = np.where(now[:, None, None], inpaint(st2.data, now, valid2), pred)
+        use, pending, rereads = use | now, pending & ~now, rereads | now
+    flags &= np.where(rereads, ~np.int32(F.NO_DATA), ~np.int32(0)).astype(np.int32)
+
+    # 4. blend into the map (the modelled wings beyond the holes removed too)
     cleaned = base.data.copy()
     if use.any():
         cleaned = _blend(base, pred[use], st.x0[use], st.y0[use], x[use], y[use], hole_r[use],
