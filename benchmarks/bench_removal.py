@@ -37,6 +37,7 @@ from . import BenchResult, Check, base_parser, best_of, check_args, run_and_prin
 GOAL_RATE = 200.0
 COLUMNS = [("row", "row", ""), ("cutouts_s", "cutouts/s", ".0f"), ("n", "n", ".0f"),
            ("snr", "SNR", ".0f"), ("model_median", "model median", ".3f"),
+           ("model_median_se", "± SE", ".3f"),
            ("model_iqr", "model IQR", ".3f"), ("annulus_median", "annulus median", ".3f"),
            ("annulus_iqr", "annulus IQR", ".3f"), ("oracle_iqr", "oracle IQR", ".3f")]
 
@@ -103,6 +104,7 @@ def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: i
         res.rows.append({"row": f"flux {r['flux']:g}", "n": float(r["n"]),
                          "snr": float(r["snr_median"]),
                          "model_median": float(r["model_median"]),
+                         "model_median_se": float(r["model_median_se"]),
                          "model_iqr": float(r["model_iqr"]),
                          "annulus_median": float(r["annulus_median"]),
                          "annulus_iqr": float(r["annulus_iqr"]),

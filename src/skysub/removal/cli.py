@@ -94,9 +94,11 @@ def add_remove_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--wings", type=int, default=None,
                    help="PSF-wing subtraction passes: measure, subtract flux x PSF, inpaint "
                         "again (0 = the paper's single pass; default from [removal] wings, 1)")
-    p.add_argument("--no-texture", action="store_true",
-                   help="leave the filled holes smooth (default: the map's own small-scale "
-                        "texture is added to them; the photometry never uses it)")
+    p.add_argument("--texture", choices=("residual", "highpass", "none"), default=None,
+                   help="texture of the filled holes: residual (default: a nearby disc's "
+                        "inpainting residual, conditional simulation), highpass (its small "
+                        "scales only) or none; the photometry never uses it")
+    p.add_argument("--no-texture", action="store_true", help="= --texture none")
     _common(p)
     p.set_defaults(func=cmd_remove)
     return p
@@ -177,7 +179,8 @@ def cmd_remove(args) -> int:
                          tta=args.tta or int(section.get("tta", 1)),
                          wings=int(args.wings if args.wings is not None
                                    else section.get("wings", 1)),
-                         texture=not args.no_texture and bool(section.get("texture", True)),
+                         texture="none" if args.no_texture else
+                         (args.texture or section.get("texture", "residual")),
                          batch_size=args.batch_size or int(section.get("batch_size", 256)),
                          device=args.device, quiet=args.quiet)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,

@@ -290,7 +290,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
                    psf: np.ndarray | None = None, psf_fwhm: float | None = None,
                    annulus: tuple[float, float] | None = None, feather: float = 3.0,
                    batch_size: int = 256, device: str = "cpu", mask: np.ndarray | None = None,
-                   anchor: float = 8.0, tta: int = 1, wings: int = 1, texture: bool = True,
+                   anchor: float = 8.0, tta: int = 1, wings: int = 1, texture: str | bool = True,
                    seed: int = 0, quiet: bool = True, keep_cutouts: bool = False
                    ) -> RemovalResult:
     """Remove catalogued compact sources from a map and measure what was removed.
@@ -324,12 +324,16 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         every source in its hole, subtracts ``flux x PSF`` from the whole map and inpaints
         again from the wing-free surroundings; the cleaned map has the modelled wings beyond
         the holes removed too.  Each pass costs one more network pass.
-    texture : give the filled holes of the cleaned MAP the map's own small-scale texture
-        (skysub's addition): the network predicts the expected background, which is smoother
-        than any real patch of sky -- too low a pixel scatter, a power-spectrum deficit at high
-        spatial frequency.  Each hole gets the high-pass residual (map minus its 1.5 px
-        Gaussian smoothing) of a nearby source-free disc of its size, shifted in.  The
-        photometry and :class:`InpaintBackground` use the untextured prediction.
+    texture : "residual" (= True, default), "highpass" or "none" (= False): give the filled
+        holes of the cleaned MAP the sky's texture (skysub's addition).  The network predicts
+        the expected background, smoother than any real patch of sky: too low a pixel scatter,
+        a power-spectrum deficit.  "residual" is a conditional simulation: a nearby source-free
+        disc of the hole's size is inpainted as the hole was, and its inpainting residual
+        (data - prediction: what the network cannot know, at every scale) is added to the hole
+        (:func:`_residual_texture`; one more network pass).  "highpass" adds only the
+        small-scale part: the high-pass residual (map minus its 1.5 px Gaussian smoothing) of
+        such a disc, scaled to the missing high-pass variance.  The photometry and
+        :class:`InpaintBackground` use the untextured prediction.
     seed : random seed of the texture donors (reproducible maps)
     batch_size : cutouts per forward pass
     device : "cpu" (default), "auto", "cuda"...
@@ -363,6 +367,9 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     radii = [float(r) for r in radii]
     if not radii or any(not (r > 0) for r in radii):
         raise InputError(f"aperture radii must be positive, got {radii}")
+    texture = {True: "residual", False: "none", None: "none"}.get(texture, texture)
+    if texture not in TEXTURES:
+        raise InputError(f"texture must be one of {TEXTURES} (or True / False), got {texture!r}")
     if int(wings) != wings or wings < 0:
         raise InputError(f"wings (PSF-wing passes) must be a whole number >= 0, got {wings!r}")
     dev = resolve_device(device)
@@ -490,9 +497,25 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     if use.any():
         cleaned = _blend(base, pred[use], st.x0[use], st.y0[use], x[use], y[use], hole_r[use],
                          feather)
-    if texture and use.any():
+    smooth = np.where(img.mask, img.data, cleaned)  # untextured: what photometry uses
+    if texture == "highpass" and use.any():
         cleaned = cleaned + _texture(base.data, cleaned, holes | img.mask, x[use], y[use],
                                      hole_r[use], feather, np.random.default_rng(seed))
+    elif texture == "residual" and use.any():
+        ui = np.flatnonzero(use)
+
+        def predict_donors(data_c: np.ndarray, valid_c: np.ndarray, idx: np.ndarray
+                           ) -> np.ndarray:
+            sel = np.zeros(n, bool)
+            sel[ui[idx]] = True
+            full = np.full(st.data.shape, np.nan)
+            ok = np.zeros(st.data.shape, bool)
+            full[ui[idx]], ok[ui[idx]] = data_c, valid_c
+            return inpaint(full, sel, ok)[ui[idx]]
+
+        cleaned = cleaned + _residual_texture(
+            base.data, holes | img.mask, x[use], y[use], hole_r[use], feather,
+            np.random.default_rng(seed), st.x0[use], st.y0[use], size, predict_donors)
     cleaned = np.where(img.mask, img.data, cleaned)
 
     # 5. photometry
@@ -502,7 +525,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     # photometry of source i: image - prediction_i, with the light of the *other* catalogued
     # sources taken out where they were inpainted (their holes), so a bright neighbour inside
     # the aperture is not counted (its wings beyond its hole still are: flag CROWDED below)
-    removed = np.where(img.mask, 0.0, img.data - cleaned)
+    removed = np.where(img.mask, 0.0, img.data - smooth)
     rem = cutouts(removed, np.where(on, x, -1e9), np.where(on, y, -1e9), size).data
     c = size // 2
     g = np.arange(size) - c
@@ -590,6 +613,8 @@ def _anchor_offsets(data: np.ndarray, pred: np.ndarray, valid: np.ndarray, dx: n
     return coef[:, 0, None, None] + coef[:, 1, None, None] * gx + coef[:, 2, None, None] * gy
 
 
+#: texture of the filled holes (``remove_sources(texture=...)``)
+TEXTURES = ("residual", "highpass", "none")
 #: Gaussian sigma [px] separating the texture (high-pass) from the predicted background
 TEXTURE_SIGMA = 1.5
 
@@ -643,6 +668,69 @@ def _texture(data: np.ndarray, filled: np.ndarray, bad: np.ndarray, x: np.ndarra
                 out[ty[keep], tx[keep]] = (gain * wt * donor)[keep]
                 done[ty, tx] = True
                 break
+    return out
+
+
+def _residual_texture(data: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray,
+                      radius: np.ndarray, feather: float, rng: np.random.Generator,
+                      x0: np.ndarray, y0: np.ndarray, size: int, predict, tries: int = 24
+                      ) -> np.ndarray:
+    """Texture for the filled holes (``remove_sources(texture=True)``) by conditional
+    simulation: per source, a source-free donor disc of the hole's size 2.5-6 hole radii away
+    is inpainted exactly as the hole was (same radius, pixel phase and surroundings' masking),
+    and the donor's *inpainting residual* (data - prediction) is added to the hole, faded like
+    the feathered blend.  The prediction is the expected background; the residual is a draw of
+    what it cannot know, with the right variance and spatial correlation at every scale, so the
+    filled map keeps the sky's pixel statistics and power spectrum.
+
+    ``data``: the map; ``bad``: holes and no-data pixels (never donors); ``x0, y0``: each
+    source's cutout origin; ``predict(cutouts, valid, idx)``: predictions of the donors of
+    sources ``idx``.  Sources without a clean donor within ``tries`` draws get none.  Overlapping
+    holes: a pixel takes the first source's texture."""
+    ny, nx = data.shape
+    m = len(x)
+    shifts = np.zeros((m, 2), int)
+    found = np.zeros(m, bool)
+    clean = ~bad & np.isfinite(data)
+    c = size // 2
+    for i in range(m):
+        reach = radius[i] + max(feather, 0.0)
+        h = int(np.ceil(reach)) + 1
+        cx, cy = int(np.floor(x[i] + 0.5)), int(np.floor(y[i] + 0.5))
+        for _ in range(tries):
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(2.5, 6.0) * max(reach, 2.0)
+            sx, sy = int(round(dist * np.cos(ang))), int(round(dist * np.sin(ang)))
+            lo_x, hi_x, lo_y, hi_y = cx + sx - h, cx + sx + h, cy + sy - h, cy + sy + h
+            if lo_x < 0 or lo_y < 0 or hi_x >= nx or hi_y >= ny:
+                continue
+            if clean[lo_y:hi_y + 1, lo_x:hi_x + 1].all():
+                shifts[i], found[i] = (sx, sy), True
+                break
+    out = np.zeros(data.shape)
+    if not found.any():
+        return out
+    idx = np.flatnonzero(found)
+    dxs, dys = x[idx] - np.floor(x[idx] + 0.5), y[idx] - np.floor(y[idx] + 0.5)
+    donor = cutouts(data, x[idx] + shifts[idx, 0], y[idx] + shifts[idx, 1], size)
+    hole_mask = cutouts(bad.astype(float), x[idx] + shifts[idx, 0], y[idx] + shifts[idx, 1],
+                        size)
+    g = np.arange(size) - c
+    r = np.hypot(g[None, None, :] - dxs[:, None, None], g[None, :, None] - dys[:, None, None])
+    disc = r <= radius[idx][:, None, None]
+    valid = donor.valid & ~(np.nan_to_num(hole_mask.data, nan=1.0) > 0.5) & ~disc
+    pred = predict(donor.data, valid, idx)
+    resid = np.nan_to_num(donor.data - pred)
+    wt = np.clip(1.0 - (r - radius[idx][:, None, None]) / max(feather, 1e-9), 0.0, 1.0) \
+        if feather > 0 else disc.astype(float)
+    done = np.zeros(data.shape, bool)
+    for j, i in enumerate(idx):
+        jj, ii = np.nonzero(wt[j] > 0)
+        ty, tx = jj + int(y0[i]), ii + int(x0[i])
+        inside = (tx >= 0) & (tx < nx) & (ty >= 0) & (ty < ny)
+        jj, ii, ty, tx = jj[inside], ii[inside], ty[inside], tx[inside]
+        keep = ~done[ty, tx]
+        out[ty[keep], tx[keep]] = (wt[j] * resid[j])[jj[keep], ii[keep]]
+        done[ty, tx] = True
     return out
 
 

@@ -136,7 +136,9 @@ def _oracle_flux(sim, t: Table) -> np.ndarray:
 
 
 def flux_ratio_table(rows: Table, radius: float = REFERENCE_RADIUS) -> Table:
-    """Median and IQR of the flux ratio per flux level at one aperture radius."""
+    """Median and IQR of the flux ratio per flux level at one aperture radius, and the
+    median's standard error (``model_median_se``: 1.2533 sigma / sqrt(n) with sigma =
+    IQR / 1.349, the large-sample error of a median): whether a 2 % offset is resolved."""
     sel = np.isclose(np.asarray(rows["radius"], float), radius)
     r = rows[sel]
     levels = np.unique(np.asarray(r["flux_true"]))
@@ -148,6 +150,8 @@ def flux_ratio_table(rows: Table, radius: float = REFERENCE_RADIUS) -> Table:
         snr = np.asarray(r["snr"], float)[s]
         row = {"flux": float(lv), "n": int(s.sum()), "snr_median": float(np.nanmedian(snr)),
                "model_median": float(np.nanmedian(m)), "model_iqr": _iqr(m),
+               "model_median_se": 1.2533 * _iqr(m) / 1.349 / np.sqrt(max(
+                   int(np.isfinite(m).sum()), 1)),
                "annulus_median": float(np.nanmedian(a)), "annulus_iqr": _iqr(a)}
         if "ratio_oracle" in r.colnames:
             row["oracle_iqr"] = _iqr(np.asarray(r["ratio_oracle"], float)[s])
