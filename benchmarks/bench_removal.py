@@ -65,7 +65,7 @@ def speed(preset: str, n: int, batch: int, repeats: int, seed: int = 0,
     return n / t
 
 
-def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: int = 3,
+def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: int = 12,
         field_size: int = 384, model: str = "inpaint-default", tta: int = 1) -> BenchResult:
     from skysub.removal.evaluation import (
         evaluate_fields,
@@ -131,7 +131,8 @@ def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: i
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--n-fields", type=int, default=None,
-                   help="held-out fields (default 3; 1 with --quick)")
+                   help="held-out fields (default 12: ~800 sources per level, so a 2 %% median "
+                        "offset at SNR 10 is resolved; 1 with --quick)")
     p.add_argument("--field-size", type=int, default=None,
                    help="field side in px (default 384; 256 with --quick)")
     p.add_argument("--model", default="inpaint-default", help="model name or file")
@@ -140,7 +141,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_args(p, args)
     if args.n_fields is None:
-        args.n_fields = 1 if args.quick else 3
+        args.n_fields = 1 if args.quick else 12
     if args.field_size is None:
         args.field_size = 256 if args.quick else 384
     if args.n_fields < 1:
