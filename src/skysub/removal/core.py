@@ -421,32 +421,36 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
 
     cal = card.get("error_calibration")
 
-    def inpaint(data: np.ndarray, sel: np.ndarray | None = None,
-                ok: np.ndarray | None = None) -> np.ndarray:
-        """Predictions of the cutouts ``sel`` (default ``use``) with validity ``ok``."""
-        sel = use if sel is None else sel
-        ok = valid if ok is None else ok
+    def inpaint(data: np.ndarray, idx: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Predictions of cutouts ``data`` (k, S, S) with validity ``ok``, centred like the
+        cutouts of sources ``idx`` (their pixel phase, hole radius and level calibration)."""
+        if not len(idx):
+            return np.zeros(data.shape)
+        out = predict_cutouts(net, data, ok, batch_size=batch_size, device=dev, quiet=quiet,
+                              tta=tta)
+        if anchor > 0:
+            out += _anchor_offsets(data, out, ok, dx[idx], dy[idx], hole_r[idx], anchor,
+                                   plane=False)
+        if level is not None:  # the model's measured level bias (its calibration)
+            out -= level[idx][:, None, None]
+        return out
+
+    def inpaint_used(data: np.ndarray) -> np.ndarray:
+        """(n, S, S) predictions of the sources in ``use`` (NaN elsewhere)."""
         out = np.full(data.shape, np.nan)
-        if sel.any():
-            out[sel] = predict_cutouts(net, data[sel], ok[sel], batch_size=batch_size,
-                                       device=dev, quiet=quiet, tta=tta)
-            if anchor > 0:
-                out[sel] += _anchor_offsets(data[sel], out[sel], ok[sel], dx[sel], dy[sel],
-                                            hole_r[sel], anchor, plane=False)
-            if level is not None:  # the model's measured level bias (its calibration)
-                out[sel] -= level[sel][:, None, None]
+        out[use] = inpaint(data[use], np.flatnonzero(use), valid[use])
         return out
 
     level = None
-    if cal and "level_bias" in cal and use.any():
+    if cal and "level_bias" in cal and on.any():
         from .calibration import level_offset
         from .masks import peak_snr
 
-        sigma_bg = np.zeros(n)
-        sigma_bg[use] = np.nan_to_num(peak_snr(img, x[use], y[use], masks)["sigma_bg"])
+        sigma_bg = np.zeros(n)  # every source on the map (crowded ones may be inpainted later)
+        sigma_bg[on] = np.nan_to_num(peak_snr(img, x[on], y[on], masks)["sigma_bg"])
         level = level_offset(cal, hole_r) * sigma_bg
 
-    pred = inpaint(st.data)
+    pred = inpaint_used(st.data)
     # 3b. PSF-wing subtraction (see ``wings``): flux in each hole -> wing model -> inpaint again
     wing_map = np.zeros(img.shape)
     others_wings = np.zeros(st.data.shape)  # per cutout: the OTHER sources' modelled light
@@ -465,7 +469,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
             others_wings = wing_cut - f_hole[:, None, None] * own_psf
         # the network sees the map without any modelled source light (inside the target's own
         # hole nothing is seen anyway)
-        pred = inpaint(st.data - wing_cut)
+        pred = inpaint_used(st.data - wing_cut)
 
     base = img.with_data(img.data - wing_map) if wings else img
     # 3c. crowded groups: sources whose cutouts were mostly other sources' holes are inpainted
@@ -480,16 +484,17 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         first = _blend(base, pred[use], st.x0[use], st.y0[use], x[use], y[use], hole_r[use],
                        feather)
         first = np.where(img.mask, np.nan, first)
-        h2 = paint_holes(img.shape, x[pending], y[pending], hole_r[pending])
-        px, py = np.where(pending, x, -1e9), np.where(pending, y, -1e9)
-        st2 = cutouts(first, px, py, size)
-        in2 = np.nan_to_num(cutouts(h2.astype(float), px, py, size).data, nan=0.0) > 0.5
-        valid2 = st2.valid & ~in2 & pending[:, None, None]
-        now = pending & (valid2.reshape(n, -1).mean(axis=1) >= MIN_VALID_FRACTION)
-        if not now.any():
+        pi = np.flatnonzero(pending)
+        h2 = paint_holes(img.shape, x[pi], y[pi], hole_r[pi])
+        st2 = cutouts(first, x[pi], y[pi], size)
+        in2 = np.nan_to_num(cutouts(h2.astype(float), x[pi], y[pi], size).data, nan=0.0) > 0.5
+        valid2 = st2.valid & ~in2
+        fit = valid2.reshape(len(pi), -1).mean(axis=1) >= MIN_VALID_FRACTION
+        if not fit.any():
             break
-        pred = np.where(now[:, None, None], inpaint(st2.data, now, valid2), pred)
-        use, pending, rereads = use | now, pending & ~now, rereads | now
+        now = pi[fit]
+        pred[now] = inpaint(st2.data[fit], now, valid2[fit])
+        use[now], pending[now], rereads[now] = True, False, True
     flags &= np.where(rereads, ~np.int32(F.NO_DATA), ~np.int32(0)).astype(np.int32)
 
     # 4. blend into the map (the modelled wings beyond the holes removed too)
@@ -503,19 +508,10 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
                                      hole_r[use], feather, np.random.default_rng(seed))
     elif texture == "residual" and use.any():
         ui = np.flatnonzero(use)
-
-        def predict_donors(data_c: np.ndarray, valid_c: np.ndarray, idx: np.ndarray
-                           ) -> np.ndarray:
-            sel = np.zeros(n, bool)
-            sel[ui[idx]] = True
-            full = np.full(st.data.shape, np.nan)
-            ok = np.zeros(st.data.shape, bool)
-            full[ui[idx]], ok[ui[idx]] = data_c, valid_c
-            return inpaint(full, sel, ok)[ui[idx]]
-
         cleaned = cleaned + _residual_texture(
             base.data, holes | img.mask, x[use], y[use], hole_r[use], feather,
-            np.random.default_rng(seed), st.x0[use], st.y0[use], size, predict_donors)
+            np.random.default_rng(seed), st.x0[use], st.y0[use], size,
+            lambda d, ok, j: inpaint(d, ui[j], ok))
     cleaned = np.where(img.mask, img.data, cleaned)
 
     # 5. photometry
