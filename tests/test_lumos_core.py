@@ -222,3 +222,28 @@ def test_divide_training_prior_recovers_the_likelihood(f_hat):
     assert before["flux_mean"][0] < f_hat - 0.03 * sd
     assert after["flux_mean"][0] == pytest.approx(f_hat, abs=2e-3)
     assert after["flux_std"][0] == pytest.approx(sd, rel=2e-3)
+
+
+def test_stamp_features_neighbour_feature_without_the_joint_fit():
+    """``joint=False``: the reference flux is the target-only matched filter whatever the
+    neighbour image, a fourth channel is added, and the extra feature is the neighbours' light
+    in that filter, sum p q / sum p^2 (0 for an isolated source, c for q = c p)."""
+    from skysub.nn.lumos import stamp_features
+
+    rng = np.random.default_rng(1)
+    g = np.arange(31) - 15.0
+    p = np.exp(-0.5 * (g[None, :] ** 2 + g[:, None] ** 2) / 4.0)
+    p = torch.from_numpy(np.broadcast_to(p / p.sum(), (3, 31, 31)).copy())
+    data = torch.from_numpy(rng.normal(0.0, 1.0, (3, 31, 31)) + 50.0 * p.numpy())
+    valid = torch.ones(3, 31, 31, dtype=torch.bool)
+    q = torch.stack([torch.zeros(31, 31), 2.5 * p[1], torch.roll(p[2], 6, dims=1)])
+    x0, f0, u0, _ = stamp_features(data, valid, p)
+    x1, f1, u1, _ = stamp_features(data, valid, p, q, joint=False)
+    assert x0.shape[1] == 3 and x1.shape[1] == 4
+    assert torch.allclose(f1[:, :3], f0) and torch.allclose(u1, u0)
+    want = (p * q).sum((1, 2)) / (p * p).sum((1, 2))
+    assert f1[0, 3] == 0 and float(f1[1, 3]) == pytest.approx(2.5, rel=1e-5)
+    assert float(f1[2, 3]) == pytest.approx(float(want[2]), rel=1e-5) and 0 < want[2] < 1
+    # the joint fit changes the reference flux when a neighbour overlaps
+    _, fj, _, _ = stamp_features(data, valid, p, q, joint=True)
+    assert not torch.allclose(fj[2, :2], f0[2, :2])

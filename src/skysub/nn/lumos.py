@@ -94,6 +94,11 @@ class LumosArch(PresetArch):
     #: feed the SNR features to the dense head as asinh(snr / 10) (bright sources' SNRs of
     #: hundreds destabilised training); the reference flux still uses the raw SNR
     compress_feats: bool = False
+    #: with ``neighbours``: fit the neighbour image jointly with the target in the reference
+    #: flux (True), or keep the target-only matched filter and give the head the neighbours'
+    #: light in that filter as a feature (False; the joint fit is ill-conditioned for close
+    #: pairs and over-subtracted them)
+    neighbour_fit: bool = True
 
 
 class Lumos(nn.Module):
@@ -167,7 +172,7 @@ def build_from_arch(arch: dict) -> Lumos:
 # -- inputs ---------------------------------------------------------------------------------------
 
 def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Tensor,
-                   neighbours: torch.Tensor | None = None
+                   neighbours: torch.Tensor | None = None, joint: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network inputs from cutouts and unit-total model images (the SAME function in training
     and inference).
@@ -179,14 +184,18 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     models : (B, S, S) float, PSF-convolved model of unit total flux centred like the source
     neighbours : (B, S, S) float, optional -- the catalogued neighbours' models times their
         reference fluxes (:func:`skysub.simulate.galaxies.neighbour_map`); adds a channel and
-        makes the reference flux a joint fit of the target and the neighbours
+        (``joint``) makes the reference flux a joint fit of the target and the neighbours
+    joint : with ``neighbours``: the joint fit (True), or the target-only matched filter plus
+        the feature ``sum p q / sum p^2`` -- the neighbours' catalogue light that filter picks
+        up, in reference-flux units (False)
 
     Returns
     -------
     x : (B, C, S, S) float32 -- normalised cutout, validity, model / its peak (and
         ``asinh(neighbours / model peak)``)
     feats : (B, F) float32 -- reference SNR ``f_ref / s_ref``, ``log s_ref``, log model peak
-        (and the target-only matched-filter SNR)
+        (and the target-only matched-filter SNR, or without ``joint`` the neighbours' light in
+        the matched filter)
     unit : (B,) float64 -- image units per normalised flux unit (``scale * FLUX_UNIT``)
     ok : (B,) bool -- enough valid pixels
 
@@ -208,6 +217,11 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     if neighbours is None:
         f_ref, s_ref = f_one, s_one
         extra: list[torch.Tensor] = []
+    elif not joint:
+        q = torch.where(valid, neighbours.double(), zero)
+        f_ref, s_ref = f_one, s_one
+        chans.append(torch.asinh(neighbours.double() / peak[:, None, None]).float()[:, None])
+        extra = [(p * q).sum((1, 2)) / pp]
     else:
         q = torch.where(valid, neighbours.double(), zero)
         qq, pq, qv = (q * q).sum((1, 2)), (p * q).sum((1, 2)), (q * v).sum((1, 2))

@@ -182,8 +182,11 @@ class LumosSettings:
     finetune_epochs, finetune_lr : transfer-learning schedule (paper: 100 epochs, 1e-5, /10
         every 50; shortened for CPU budgets: halved once)
     max_pairs : at most this many pairs with ``pairs="auto"`` (paper: 20,000)
-    neighbours : give the network the catalogued neighbours' models as a fourth channel and
-        fit them jointly with the target in its reference flux (skysub's addition; blends)
+    neighbours : give the network the catalogued neighbours' models as a fourth channel
+        (skysub's addition; blends)
+    neighbour_fit : with ``neighbours``, fit them jointly with the target in its reference flux
+        (True), or keep the target-only reference flux and give the head the neighbours' light
+        in its matched filter (False; see :class:`skysub.nn.lumos.LumosArch`)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -202,6 +205,7 @@ class LumosSettings:
     finetune_lr: float = 1e-4
     max_pairs: int = 5000
     neighbours: bool = True
+    neighbour_fit: bool = True
     prior_free_weight_cap: float = 1.0
 
     @classmethod
@@ -392,7 +396,7 @@ class LumosPhotometer:
             nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models)
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
                         _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
-                        neighbours=nb) | {"stamps": st}
+                        neighbours=nb, joint=self.net.arch.neighbour_fit) | {"stamps": st}
 
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
@@ -489,7 +493,8 @@ def _rows(catalog, ii: np.ndarray):
     return {k: np.asarray(v)[ii] for k, v in catalog.items()}
 
 
-def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None) -> dict:
+def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
+             joint: bool = True) -> dict:
     """Network tensors from cutouts (NaN invalid), model images, the neighbour channel (or
     None) and per-source metadata."""
     from ..nn.lumos import stamp_features
@@ -499,7 +504,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None)
     v = torch.from_numpy(np.asarray(valid, bool))
     nb = None if neighbours is None else torch.from_numpy(np.asarray(neighbours, np.float32))
     xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
-                                          nb)
+                                          nb, joint=joint)
     ny, nx = shape
     coords = np.column_stack([np.asarray(x, float) / max(nx - 1, 1) * 2 - 1,
                               np.asarray(y, float) / max(ny - 1, 1) * 2 - 1])
@@ -515,7 +520,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None)
 # -- training -------------------------------------------------------------------------------------
 
 def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
-                     neighbours: bool = False) -> dict:
+                     neighbours: bool = False, joint: bool = True) -> dict:
     """Tensors for :class:`skysub.nn.trainer.Trainer` from :func:`simulate_galaxy_stamps` output
     (``keys`` is extended with new band x epoch entries), with the neighbour channel when
     ``neighbours``.  Adds ``y`` (normalised true flux), ``unit`` and ``ok``."""
@@ -538,7 +543,7 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
         st = sim["stamps"][sl]
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
                      np.zeros(len(st)), (1, 1), sim["mag"][sl], kidx[sl], torch,
-                     neighbours=sim["neighbours"][sl] if neighbours else None)
+                     neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
@@ -789,7 +794,7 @@ def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.n
 
 def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
                          keys: list[str], psf: np.ndarray,
-                         neighbour_catalogs: list | None = None) -> dict:
+                         neighbour_catalogs: list | None = None, joint: bool = True) -> dict:
     """Network tensors of both observations of each pair.  ``images``: exposures (with names);
     ``catalogs``: per exposure, its catalogue rows with ``x, y`` and shape columns; ``pairs``:
     Table ``id, image_1, image_2``; ``neighbour_catalogs``: per exposure, every catalogued
@@ -836,7 +841,7 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
             if nmaps:
                 nb = _neighbour_channel(nmaps[name], x, y, _catalog_mag(c, len(c)), models)
             t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch,
-                         neighbours=nb)
+                         neighbours=nb, joint=joint)
             t["rows"] = rows
             acc.append(t)
 
@@ -909,7 +914,7 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
     sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
                                  galaxies=pool, seed=seed + 1, quiet=quiet,
                                  neighbour_channel=ls.neighbours)
-    t = training_tensors(sim, net_keys, neighbours=ls.neighbours)
+    t = training_tensors(sim, net_keys, neighbours=ls.neighbours, joint=ls.neighbour_fit)
     for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
         sim.pop(k, None)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
@@ -982,7 +987,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         va = tr
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
     arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
-                                 neighbours=ls.neighbours, compress_feats=True)
+                                 neighbours=ls.neighbours, compress_feats=True,
+                                 neighbour_fit=ls.neighbour_fit)
     model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
                      weight_decay=1e-4, patience=6, scheduler="plateau",
@@ -1029,7 +1035,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         ptab = ptab[keep]
         say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
         pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
-                                  nbcats if ls.neighbours else None)
+                                  nbcats if ls.neighbours else None, joint=ls.neighbour_fit)
         if len(keys) > arch.n_keys:
             raise InputError(f"pairs come from band x epoch combinations unseen in training: "
                              f"{keys[arch.n_keys:]}")
@@ -1110,7 +1116,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     gs = GalaxySimSettings.from_config(inputs.get("simulation", {}))
     ls = LumosSettings.from_config(dict(getattr(cfg, "lumos", {}) or {}),
                                    stamps_per_image=stamps_per_image, n_exposures=n_exposures)
-    ls = replace(ls, neighbours=bool(net.arch.neighbours))
+    ls = replace(ls, neighbours=bool(net.arch.neighbours),
+                 neighbour_fit=bool(net.arch.neighbour_fit))
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     keys = list(inputs.get("keys", []))
     n_keys = len(keys)
