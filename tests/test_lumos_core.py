@@ -226,8 +226,9 @@ def test_divide_training_prior_recovers_the_likelihood(f_hat):
 
 def test_stamp_features_neighbour_feature_without_the_joint_fit():
     """``joint=False``: the reference flux is the target-only matched filter whatever the
-    neighbour image, a fourth channel is added, and the extra feature is the neighbours' light
-    in that filter, sum p q / sum p^2 (0 for an isolated source, c for q = c p)."""
+    neighbour image, a fourth channel is added, and the extra features are the neighbours'
+    light in that filter, sum p q / sum p^2 (0 for an isolated source, c for q = c p), and the
+    joint fit's SNR."""
     from skysub.nn.lumos import stamp_features
 
     rng = np.random.default_rng(1)
@@ -240,10 +241,12 @@ def test_stamp_features_neighbour_feature_without_the_joint_fit():
     x0, f0, u0, _ = stamp_features(data, valid, p)
     x1, f1, u1, _ = stamp_features(data, valid, p, q, joint=False)
     assert x0.shape[1] == 3 and x1.shape[1] == 4
-    assert torch.allclose(f1[:, :3], f0) and torch.allclose(u1, u0)
+    assert torch.allclose(f1[:, :3], f0) and torch.allclose(u1, u0) and f1.shape[1] == 5
     want = (p * q).sum((1, 2)) / (p * p).sum((1, 2))
     assert f1[0, 3] == 0 and float(f1[1, 3]) == pytest.approx(2.5, rel=1e-5)
     assert float(f1[2, 3]) == pytest.approx(float(want[2]), rel=1e-5) and 0 < want[2] < 1
-    # the joint fit changes the reference flux when a neighbour overlaps
+    # the joint fit changes the reference flux when a neighbour overlaps; without ``joint``
+    # its SNR is the fifth feature
     _, fj, _, _ = stamp_features(data, valid, p, q, joint=True)
     assert not torch.allclose(fj[2, :2], f0[2, :2])
+    assert float(f1[2, 4]) == pytest.approx(float(fj[2, 0]), rel=1e-5)

@@ -112,7 +112,7 @@ class Lumos(nn.Module):
         super().__init__()
         self.arch = arch
         self.in_channels = 4 if arch.neighbours else 3
-        self.N_FEATS = 4 if arch.neighbours else 3
+        self.N_FEATS = (4 if arch.neighbour_fit else 5) if arch.neighbours else 3
         self.trunk = conv_trunk(arch.block, arch.channels, arch.kernels, self.in_channels,
                                 ceil_mode=True)
         with torch.no_grad():
@@ -186,8 +186,8 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
         reference fluxes (:func:`skysub.simulate.galaxies.neighbour_map`); adds a channel and
         (``joint``) makes the reference flux a joint fit of the target and the neighbours
     joint : with ``neighbours``: the joint fit (True), or the target-only matched filter plus
-        the feature ``sum p q / sum p^2`` -- the neighbours' catalogue light that filter picks
-        up, in reference-flux units (False)
+        the features ``sum p q / sum p^2`` -- the neighbours' catalogue light that filter picks
+        up, in reference-flux units -- and the joint fit's SNR (False)
 
     Returns
     -------
@@ -195,7 +195,7 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
         ``asinh(neighbours / model peak)``)
     feats : (B, F) float32 -- reference SNR ``f_ref / s_ref``, ``log s_ref``, log model peak
         (and the target-only matched-filter SNR, or without ``joint`` the neighbours' light in
-        the matched filter)
+        the matched filter and the joint fit's SNR)
     unit : (B,) float64 -- image units per normalised flux unit (``scale * FLUX_UNIT``)
     ok : (B,) bool -- enough valid pixels
 
@@ -217,20 +217,20 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     if neighbours is None:
         f_ref, s_ref = f_one, s_one
         extra: list[torch.Tensor] = []
-    elif not joint:
-        q = torch.where(valid, neighbours.double(), zero)
-        f_ref, s_ref = f_one, s_one
-        chans.append(torch.asinh(neighbours.double() / peak[:, None, None]).float()[:, None])
-        extra = [(p * q).sum((1, 2)) / pp]
     else:
         q = torch.where(valid, neighbours.double(), zero)
         qq, pq, qv = (q * q).sum((1, 2)), (p * q).sum((1, 2)), (q * v).sum((1, 2))
         qq = qq + 1e-6 * pp  # a vanishing neighbour image leaves the single fit
         det = pp * qq - pq * pq
-        f_ref = (qq * pv - pq * qv) / det / FLUX_UNIT
-        s_ref = torch.sqrt(qq / det) / FLUX_UNIT
+        f_joint = (qq * pv - pq * qv) / det / FLUX_UNIT
+        s_joint = torch.sqrt(qq / det) / FLUX_UNIT
         chans.append(torch.asinh(neighbours.double() / peak[:, None, None]).float()[:, None])
-        extra = [f_one / s_one]
+        if joint:
+            f_ref, s_ref = f_joint, s_joint
+            extra = [f_one / s_one]
+        else:  # the single fit stays the reference; the joint fit is a hint the head may use
+            f_ref, s_ref = f_one, s_one
+            extra = [pq / pp, f_joint / s_joint]
     x = torch.cat(chans, dim=1)
     feats = torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak), *extra],
                         dim=1).float()

@@ -360,8 +360,8 @@ class LumosPhotometer:
         small = replace(self.settings, stamp_size=k)
         out = np.zeros((n, k, k), np.float32)
         shapes = source_shapes(catalog, n)
-        for s0 in range(0, n, 4096):
-            ii = slice(s0, s0 + 4096)
+        for s0 in range(0, n, 1024):  # batches that stay in cache (faster than 4096)
+            ii = slice(s0, s0 + 1024)
             out[ii] = model_images(shapes.take(ii), self.psf, dx[ii], dy[ii], small)
         return out
 
