@@ -113,6 +113,12 @@ def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, se
                                                "source; the CPU may be shared"))
     res.notes.append(f"accuracy part: {elapsed:.0f} s; blending: i = 22 target, i = 20 "
                      f"neighbour, {n_blend} targets per R")
+    for name in ("lumos", "lumos_nomag"):
+        b = blend[blend["method"] == name]
+        if len(b):
+            per_r = ", ".join(f"{r:g} px {v:+.3f} ± {e:.3f}" for r, v, e in
+                              zip(b["R"], b["bias"], b["bias_se"], strict=True))
+            res.notes.append(f"blending, {name}: median error ± standard error per R: {per_r}")
     return res
 
 
