@@ -580,7 +580,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
     from scipy.spatial import cKDTree
 
     from .background.bkgnet import simulated_exposures
-    from .metrics import bias, scatter
+    from .metrics import bias, median_standard_error, scatter
 
     rng = np.random.default_rng(seed)
     radii = tuple(float(r) for r in radii)
@@ -643,7 +643,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
                          "bias": bias(f[ok], t0[ok]) if ok.sum() else np.nan,
                          "sigma68": s68,
                          # large-sample standard error of the median: is a 10 % offset resolved?
-                         "bias_se": 1.2533 * s68 / np.sqrt(max(int(ok.sum()), 1))})
+                         "bias_se": median_standard_error(s68, int(ok.sum()))})
     return Table(rows=rows)
 
 

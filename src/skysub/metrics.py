@@ -31,7 +31,7 @@ from .errors import CatalogError, InputError
 from .stats import mad_std, sigma68
 
 __all__ = [
-    "relative_error", "bias", "scatter", "sigma95", "gaussianity",
+    "relative_error", "bias", "scatter", "median_standard_error", "sigma95", "gaussianity",
     "pulls", "pull_summary",
     "duplicates", "duplicates_from_table", "duplicates_sigma68",
     "mixture_cdf", "pit_gaussian_mixture", "pit_histogram", "pit_uniformity", "KSResult",
@@ -156,6 +156,13 @@ def scatter(pred: Any, true: Any, *, relative: bool = True) -> float:
         NaN when no pair is valid.
     """
     return _sigma68(_difference(pred, true, relative))
+
+
+def median_standard_error(sigma: float, n: int) -> float:
+    """Large-sample standard error of the median of ``n`` values of (robust) width ``sigma``:
+    ``1.2533 sigma / sqrt(n)`` (sqrt(pi / 2) for a Gaussian) -- whether a benchmark's median
+    offset is resolved."""
+    return 1.2533 * float(sigma) / np.sqrt(max(int(n), 1))
 
 
 def sigma95(values: Any) -> float:

@@ -1007,7 +1007,6 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if va_cat.sum() == 0:
         va_cat = va
     vt = {**_subset(t, va_cat), "unit": t["unit"][va_cat]}
-    vt0 = {**vt, "has_mag": torch.zeros_like(vt["has_mag"])}
     ftrue, vmag = sim["flux_true"][va_cat], sim["mag"][va_cat]
     metrics = evaluate_mixtures(model, vt, ftrue, vmag)
     finetune = None
@@ -1049,15 +1048,10 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                     "lr": ls.finetune_lr, "final_loss": fh.train_loss[-1] if fh.epochs else None,
                     "metrics_before": metrics, "metrics_after": metrics_ft}
     # temperature scaling of the widths on the validation exposures, per mode
-    sigma_scale = {"mag": calibrate_widths(model, vt)}
-    metrics = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=sigma_scale["mag"])
+    sigma_scale, metrics, no_mag = _calibrate_modes(model, t, vt, va_free, ftrue, vmag, gs)
     metrics["uncalibrated"] = evaluate_mixtures(model, vt, ftrue, vmag)
-    if va_free.any():
-        sigma_scale["no_mag"] = calibrate_widths(model, _subset(t, va_free), truncated=False,
-                                                 prior_knee=_prior_knee(gs))
-        metrics["no_mag"] = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
-                                              sigma_scale=sigma_scale["no_mag"],
-                                              prior_knee=_prior_knee(gs))
+    if no_mag is not None:
+        metrics["no_mag"] = no_mag
     say("validation width calibration (sigma_scale): "
         + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
@@ -1086,6 +1080,27 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     save_model(output, model, card, overwrite=True)
     del torch
     return card
+
+
+def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.ndarray,
+                     vmag: np.ndarray, gs, *, min_free: int = 1
+                     ) -> tuple[dict, dict, dict | None]:
+    """Temperature scaling of both modes' widths (training and ``--calibrate-only``): the
+    with-magnitude mode on the catalogue-like tensors ``vt`` (true fluxes ``ftrue``, magnitudes
+    ``vmag``), the data-only mode on the prior-free rows ``free_sel`` of ``t`` (at least
+    ``min_free``) after the prior division.  Returns ``sigma_scale`` and the calibrated
+    metrics of each mode on ``vt`` (data-only: None without prior-free rows)."""
+    scale = {"mag": calibrate_widths(model, vt)}
+    m_mag = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=scale["mag"])
+    if int(np.sum(free_sel)) < max(min_free, 1):
+        return scale, m_mag, None
+    knee = _prior_knee(gs)
+    scale["no_mag"] = calibrate_widths(model, _subset(t, free_sel), truncated=False,
+                                       prior_knee=knee)
+    vt0 = {**vt, "has_mag": vt["has_mag"] * 0}
+    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, sigma_scale=scale["no_mag"],
+                                prior_knee=knee)
+    return scale, m_mag, m_nomag
 
 
 def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, config: Any = None,
@@ -1134,15 +1149,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
                          "--n-exposures or --stamps-per-image")
     vt = {**_subset(t, cat_sel), "unit": t["unit"][cat_sel]}
     ftrue, vmag = sim["flux_true"][cat_sel], sim["mag"][cat_sel]
-    scale = {"mag": calibrate_widths(net, vt)}
-    metrics = {"mag": evaluate_mixtures(net, vt, ftrue, vmag, sigma_scale=scale["mag"])}
-    if gs.prior_free_fraction > 0 and free_sel.sum() >= 100:
-        knee = _prior_knee(gs)
-        scale["no_mag"] = calibrate_widths(net, _subset(t, free_sel), truncated=False,
-                                           prior_knee=knee)
-        vt0 = {**vt, "has_mag": vt["has_mag"] * 0}
-        metrics["no_mag"] = evaluate_mixtures(net, vt0, ftrue, vmag, lower=None,
-                                              sigma_scale=scale["no_mag"], prior_knee=knee)
+    scale, m_mag, m_nomag = _calibrate_modes(net, t, vt, free_sel, ftrue, vmag, gs, min_free=100)
+    metrics = {"mag": m_mag} | ({} if m_nomag is None else {"no_mag": m_nomag})
     say("width calibration (sigma_scale): "
         + ", ".join(f"{k} {inputs.get('sigma_scale', {}).get(k, float('nan')):.4f} -> {v:.4f}"
                     for k, v in scale.items()))

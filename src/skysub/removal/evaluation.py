@@ -23,7 +23,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from ..errors import InputError
-from ..metrics import pixel_stats, power_spectrum
+from ..metrics import median_standard_error, pixel_stats, power_spectrum
 from .core import DEFAULT_MODEL, remove_sources
 from .masks import MaskTable
 
@@ -150,8 +150,8 @@ def flux_ratio_table(rows: Table, radius: float = REFERENCE_RADIUS) -> Table:
         snr = np.asarray(r["snr"], float)[s]
         row = {"flux": float(lv), "n": int(s.sum()), "snr_median": float(np.nanmedian(snr)),
                "model_median": float(np.nanmedian(m)), "model_iqr": _iqr(m),
-               "model_median_se": 1.2533 * _iqr(m) / 1.349 / np.sqrt(max(
-                   int(np.isfinite(m).sum()), 1)),
+               "model_median_se": median_standard_error(_iqr(m) / 1.349,
+                                                        int(np.isfinite(m).sum())),
                "annulus_median": float(np.nanmedian(a)), "annulus_iqr": _iqr(a)}
         if "ratio_oracle" in r.colnames:
             row["oracle_iqr"] = _iqr(np.asarray(r["ratio_oracle"], float)[s])
