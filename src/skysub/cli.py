@@ -475,9 +475,13 @@ def _cmd_train_lumos(args) -> int:
                                  **_read_kwargs(args, cfg))
         if not args.quiet:
             cal = card["calibration"]
+            m = cal["metrics"]["mag"]
             print(f"width calibration {cal['sigma_scale']} from "
                   f"{cal['data']['n_catalogue_like'] + cal['data']['n_prior_free']} stamps "
-                  f"written to the card of {args.output}")
+                  f"written to the card of {args.output}; with-magnitude PIT KS p "
+                  f"{m['pit_ks_pvalue']:.3g} (isolated stamps "
+                  f"{m.get('pit_ks_pvalue_isolated', float('nan')):.3g}, with a neighbour "
+                  f"{m.get('pit_ks_pvalue_blended', float('nan')):.3g})")
         return 0
     card = train_lumos(args.images, args.catalog, args.output, config=cfg,
                        simulated=args.simulated, n_exposures=args.n_exposures,

@@ -1151,6 +1151,14 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     ftrue, vmag = sim["flux_true"][cat_sel], sim["mag"][cat_sel]
     scale, m_mag, m_nomag = _calibrate_modes(net, t, vt, free_sel, ftrue, vmag, gs, min_free=100)
     metrics = {"mag": m_mag} | ({} if m_nomag is None else {"no_mag": m_nomag})
+    # the with-magnitude PIT of stamps with and without an injected neighbour: a network that
+    # cannot tell them apart errs in opposite directions on the two (docs/lumos.md)
+    blended = np.isfinite(np.asarray(sim["blend_r"], float))[cat_sel]
+    for name, sel in (("isolated", ~blended), ("blended", blended)):
+        if sel.sum() >= 100:
+            sub = _subset(vt, sel) | {"unit": vt["unit"][sel]}
+            m_mag[f"pit_ks_pvalue_{name}"] = evaluate_mixtures(
+                net, sub, ftrue[sel], vmag[sel], sigma_scale=scale["mag"])["pit_ks_pvalue"]
     say("width calibration (sigma_scale): "
         + ", ".join(f"{k} {inputs.get('sigma_scale', {}).get(k, float('nan')):.4f} -> {v:.4f}"
                     for k, v in scale.items()))
