@@ -250,3 +250,41 @@ def test_stamp_features_neighbour_feature_without_the_joint_fit():
     _, fj, _, _ = stamp_features(data, valid, p, q, joint=True)
     assert not torch.allclose(fj[2, :2], f0[2, :2])
     assert float(f1[2, 4]) == pytest.approx(float(fj[2, 0]), rel=1e-5)
+
+
+def test_stamp_features_flux_ratio_deblend_recovers_the_target():
+    """``ref_flux`` (LumosArch.neighbour_ratio): a target of catalogue flux 0.4 blended with a
+    neighbour of catalogue flux 2.5 whose light overlaps the target's filter; both in the same
+    units per catalogue flux (equal colours, noise-free).  f_one / (1 + c) is the target's own
+    flux, where the matched filter alone is inflated by the neighbour; unknown magnitudes (NaN)
+    leave the matched filter, and the extra feature is log(1 + c)."""
+    from skysub.nn.lumos import stamp_features
+
+    g = np.arange(41) - 20.0
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+
+    def blob(x0):
+        b = np.exp(-0.5 * ((xx - x0) ** 2 + yy ** 2) / 2.5 ** 2)
+        return b / b.sum()
+
+    p = torch.from_numpy(np.stack([blob(0.0)] * 2))
+    unit_per_ref = 1000.0  # image units per catalogue reference-flux unit
+    rng = np.random.default_rng(3)
+    sky = rng.normal(0.0, 1.0, (2, 41, 41))
+    sky[:, 12:29, 12:29] = 0.0  # noise only far from the pair: a noise-free core
+    q = torch.from_numpy(np.stack([2.5 * blob(5.0)] * 2))
+    data = torch.from_numpy(sky + unit_per_ref * (0.4 * p.numpy() + q.numpy()))
+    valid = torch.ones(2, 41, 41, dtype=torch.bool)
+    ref = torch.tensor([0.4, np.nan], dtype=torch.float64)
+    _, f, unit, _ = stamp_features(data, valid, p, q, joint=False, ref_flux=ref)
+    _, f0, _, _ = stamp_features(data, valid, p, q, joint=False)
+    assert f.shape[1] == 6
+    s_ref = torch.exp(f[:, 1].double())
+    flux = (f[:, 0].double() * s_ref * unit).numpy()  # image units
+    one = (f0[:, 0].double() * torch.exp(f0[:, 1].double()) * unit).numpy()
+    true = 0.4 * unit_per_ref
+    assert one[0] > 1.3 * true  # the neighbour inflates the matched filter
+    assert flux[0] == pytest.approx(true, rel=0.02)
+    c = float(((p * q).sum((1, 2)) / (p * p).sum((1, 2)))[0]) / 0.4
+    assert float(f[0, 5]) == pytest.approx(np.log1p(c), rel=1e-5)
+    assert float(f[1, 5]) == 0.0 and flux[1] == pytest.approx(one[1], rel=1e-6)

@@ -226,6 +226,44 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     assert main(ev) == 2  # refuses to overwrite
 
 
+def test_cli_train_init_fine_tunes_a_model(tmp_path, capsys):
+    """--init starts from a saved model's weights (checked with a vanishing learning rate: the
+    convolution weights stay the initial model's, not a fresh random draw) and the card says so;
+    a model of another architecture is refused before any data are simulated."""
+    import torch
+
+    from skysub.nn.modelfile import load_model
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    base = ["train", "inpaint", "--config", str(cfg), "--quiet", "--threads", "1",
+            "--device", "cpu", "--epochs", "1"]
+    assert main([*base, "--output", str(first)]) == 0
+    assert main([*base, "--output", str(second), "--init", str(first), "--lr", "1e-12"]) == 0
+    a, _ = load_model(first)
+    b, card = load_model(second)
+    assert card["init"]["model"] == str(first)
+    assert card["init"]["training_command"] == read_card(first)["training_command"]
+    wa = {k: v for k, v in a.state_dict().items() if k.endswith("weight") and v.ndim == 4}
+    wb = b.state_dict()
+    assert len(wa) > 5
+    for k, v in wa.items():
+        assert torch.allclose(v, wb[k], atol=1e-8), k
+    # without --init the same run starts from other (random) weights
+    third = tmp_path / "third.pt"
+    assert main([*base, "--output", str(third), "--lr", "1e-12"]) == 0
+    c, _ = load_model(third)
+    assert max(float((v - c.state_dict()[k]).abs().max()) for k, v in wa.items()) > 1e-3
+    capsys.readouterr()
+    big = tmp_path / "big.toml"
+    big.write_text(TINY_TOML.replace("size = 64", "size = 96"))
+    assert main(["train", "inpaint", "--config", str(big), "--quiet", "--output",
+                 str(tmp_path / "x.pt"), "--init", str(first)]) == 2
+    err = capsys.readouterr().err
+    assert "init" in err and "first.pt" in err and "size" in err
+
+
 def test_tta_undoes_every_symmetry():
     """Test-time augmentation maps each prediction back: a network that copies its input
     (and one that paints a fixed ramp) shows whether the inverse transforms are right."""

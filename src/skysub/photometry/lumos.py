@@ -187,6 +187,9 @@ class LumosSettings:
     neighbour_fit : with ``neighbours``, fit them jointly with the target in its reference flux
         (True), or keep the target-only reference flux and give the head the neighbours' light
         in its matched filter (False; see :class:`skysub.nn.lumos.LumosArch`)
+    neighbour_ratio : with ``neighbours`` and not ``neighbour_fit``: deblend the reference flux
+        by the catalogue's flux ratio when the target's magnitude is known
+        (:class:`skysub.nn.lumos.LumosArch`)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -206,6 +209,7 @@ class LumosSettings:
     max_pairs: int = 5000
     neighbours: bool = True
     neighbour_fit: bool = True
+    neighbour_ratio: bool = False
     prior_free_weight_cap: float = 1.0
 
     @classmethod
@@ -220,6 +224,9 @@ class LumosSettings:
             raise ConfigError(f"[lumos]: unknown setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(names | sim_names))}")
         s = cls(**{k: v for k, v in section.items() if k in names})
+        if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
+            raise ConfigError("[lumos]: neighbour_ratio = true needs neighbours = true and "
+                              "neighbour_fit = false")
         if s.estimator not in ESTIMATORS:
             raise ConfigError(f"[lumos]: estimator must be one of {ESTIMATORS}, got "
                               f"{s.estimator!r}")
@@ -396,7 +403,9 @@ class LumosPhotometer:
             nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models)
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
                         _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
-                        neighbours=nb, joint=self.net.arch.neighbour_fit) | {"stamps": st}
+                        neighbours=nb, joint=self.net.arch.neighbour_fit,
+                        ratio=bool(getattr(self.net.arch, "neighbour_ratio", False))
+                        ) | {"stamps": st}
 
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
@@ -494,21 +503,29 @@ def _rows(catalog, ii: np.ndarray):
 
 
 def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
-             joint: bool = True) -> dict:
+             joint: bool = True, ratio: bool = False, ratio_mag=None) -> dict:
     """Network tensors from cutouts (NaN invalid), model images, the neighbour channel (or
-    None) and per-source metadata."""
+    None) and per-source metadata.  ``ratio``: the catalogue flux-ratio deblend
+    (``LumosArch.neighbour_ratio``) with the targets' magnitudes ``ratio_mag`` (default
+    ``mag``; NaN or None = unknown, no deblend)."""
     from ..nn.lumos import stamp_features
+    from ..simulate.galaxies import REFERENCE_MAG
 
     n = len(x)
     d = torch.from_numpy(np.nan_to_num(np.asarray(data, np.float32)))
     v = torch.from_numpy(np.asarray(valid, bool))
     nb = None if neighbours is None else torch.from_numpy(np.asarray(neighbours, np.float32))
+    mg = np.full(n, np.nan) if mag is None else np.asarray(mag, float)
+    ref = None
+    if ratio:
+        rm = mg if ratio_mag is None else np.asarray(ratio_mag, float)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ref = torch.from_numpy(10 ** (-0.4 * (rm - REFERENCE_MAG)))  # NaN where unknown
     xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
-                                          nb, joint=joint)
+                                          nb, joint=joint, ref_flux=ref)
     ny, nx = shape
     coords = np.column_stack([np.asarray(x, float) / max(nx - 1, 1) * 2 - 1,
                               np.asarray(y, float) / max(ny - 1, 1) * 2 - 1])
-    mg = np.full(n, np.nan) if mag is None else np.asarray(mag, float)
     return {"x": xin.to(torch.float16), "feats": feats,
             "coords": torch.from_numpy(np.nan_to_num(coords).astype(np.float32)),
             "mag": torch.from_numpy(np.nan_to_num(mg, nan=0.0).astype(np.float32)),
@@ -520,10 +537,13 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
 # -- training -------------------------------------------------------------------------------------
 
 def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
-                     neighbours: bool = False, joint: bool = True) -> dict:
+                     neighbours: bool = False, joint: bool = True, ratio: bool = False,
+                     hidden_mag: np.ndarray | None = None) -> dict:
     """Tensors for :class:`skysub.nn.trainer.Trainer` from :func:`simulate_galaxy_stamps` output
     (``keys`` is extended with new band x epoch entries), with the neighbour channel when
-    ``neighbours``.  Adds ``y`` (normalised true flux), ``unit`` and ``ok``."""
+    ``neighbours`` (and the flux-ratio deblend when ``ratio``, except for rows in
+    ``hidden_mag``: stamps shown without their magnitude).  Adds ``y`` (normalised true flux),
+    ``unit`` and ``ok``."""
     import torch
 
     from ..background.bkgnet import key_name
@@ -541,9 +561,12 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
     for s in range(0, n, chunk):  # written into preallocated tensors: no second copy
         sl = slice(s, s + chunk)
         st = sim["stamps"][sl]
+        rm = sim["mag"][sl] if hidden_mag is None else \
+            np.where(np.asarray(hidden_mag, bool)[sl], np.nan, sim["mag"][sl])
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
                      np.zeros(len(st)), (1, 1), sim["mag"][sl], kidx[sl], torch,
-                     neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint)
+                     neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint,
+                     ratio=ratio, ratio_mag=rm)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
@@ -794,7 +817,8 @@ def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.n
 
 def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
                          keys: list[str], psf: np.ndarray,
-                         neighbour_catalogs: list | None = None, joint: bool = True) -> dict:
+                         neighbour_catalogs: list | None = None, joint: bool = True,
+                         ratio: bool = False) -> dict:
     """Network tensors of both observations of each pair.  ``images``: exposures (with names);
     ``catalogs``: per exposure, its catalogue rows with ``x, y`` and shape columns; ``pairs``:
     Table ``id, image_1, image_2``; ``neighbour_catalogs``: per exposure, every catalogued
@@ -841,7 +865,7 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
             if nmaps:
                 nb = _neighbour_channel(nmaps[name], x, y, _catalog_mag(c, len(c)), models)
             t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch,
-                         neighbours=nb, joint=joint)
+                         neighbours=nb, joint=joint, ratio=ratio)
             t["rows"] = rows
             acc.append(t)
 
@@ -914,12 +938,13 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
     sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
                                  galaxies=pool, seed=seed + 1, quiet=quiet,
                                  neighbour_channel=ls.neighbours)
-    t = training_tensors(sim, net_keys, neighbours=ls.neighbours, joint=ls.neighbour_fit)
-    for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
-        sim.pop(k, None)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
+    t = training_tensors(sim, net_keys, neighbours=ls.neighbours, joint=ls.neighbour_fit,
+                         ratio=ls.neighbour_ratio, hidden_mag=free)
+    for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
+        sim.pop(k, None)
     t["has_mag"][torch.from_numpy(free)] = 0.0
     return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
             "nbcats": nbcats, "summary": data_summary}
@@ -988,7 +1013,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
     arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
                                  neighbours=ls.neighbours, compress_feats=True,
-                                 neighbour_fit=ls.neighbour_fit)
+                                 neighbour_fit=ls.neighbour_fit,
+                                 neighbour_ratio=ls.neighbour_ratio)
     model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
                      weight_decay=1e-4, patience=6, scheduler="plateau",
@@ -1034,7 +1060,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         ptab = ptab[keep]
         say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
         pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
-                                  nbcats if ls.neighbours else None, joint=ls.neighbour_fit)
+                                  nbcats if ls.neighbours else None, joint=ls.neighbour_fit,
+                                  ratio=ls.neighbour_ratio)
         if len(keys) > arch.n_keys:
             raise InputError(f"pairs come from band x epoch combinations unseen in training: "
                              f"{keys[arch.n_keys:]}")
@@ -1132,7 +1159,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     ls = LumosSettings.from_config(dict(getattr(cfg, "lumos", {}) or {}),
                                    stamps_per_image=stamps_per_image, n_exposures=n_exposures)
     ls = replace(ls, neighbours=bool(net.arch.neighbours),
-                 neighbour_fit=bool(net.arch.neighbour_fit))
+                 neighbour_fit=bool(net.arch.neighbour_fit),
+                 neighbour_ratio=bool(getattr(net.arch, "neighbour_ratio", False)))
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     keys = list(inputs.get("keys", []))
     n_keys = len(keys)

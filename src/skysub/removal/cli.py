@@ -33,6 +33,8 @@ EPILOG_TRAIN = """examples:
   skysub train inpaint --config inpaint-generic --output my-inpaint.pt
   skysub train inpaint --config my.toml --output my-inpaint.pt --resume
   skysub train inpaint --config inpaint-generic --output tiny.pt --epochs 1 --n-train 2
+  skysub train inpaint --config my-maps.toml --init inpaint-default --lr 0.001 \
+      --output my-inpaint.pt      # fine-tune the shipped model on your own maps
 the [removal.train] table of the configuration sets the data (simulated fields, or your own
 source-poor maps: maps = ["a.fits", "b.fits", "c.fits"]), the U-Net preset and the training
 (Adam, ReduceLROnPlateau, best checkpoint, early stopping); OUTPUT.ckpt allows --resume.
@@ -120,6 +122,11 @@ def add_train_parser(train_sub) -> argparse.ArgumentParser:
                    help="U-Net preset (override)")
     p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model's weights (e.g. inpaint-default, or a .pt): "
+                        "fine-tune it on the configuration's data (override [removal.train] "
+                        "init)")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
     _common(p)
     p.set_defaults(func=cmd_train, device="auto")
     return p
@@ -199,7 +206,8 @@ def cmd_train(args) -> int:
     cfg, section = _removal_settings(args)
     train = dict(section.get("train", {}))
     for key, val in (("epochs", args.epochs), ("n_train", args.n_train),
-                     ("preset", args.preset), ("seed", args.seed), ("threads", args.threads)):
+                     ("preset", args.preset), ("seed", args.seed), ("threads", args.threads),
+                     ("init", args.init), ("lr", args.lr)):
         if val is not None:
             train[key] = val
     train["device"] = args.device

@@ -59,6 +59,9 @@ class InpaintTrainConfig:
     wing_subtraction : train on inputs with the sources' PSF light subtracted (with the flux
         errors of a real estimate), as :func:`skysub.removal.remove_sources` feeds the network
         after its wing passes; False = the paper's raw inputs
+    init : start from this model's weights (a shipped name such as "inpaint-default" or a .pt
+        file) instead of random ones -- fine-tuning, e.g. on your own maps; its architecture
+        must be the one ``preset``/``channels``/``size`` build
     """
 
     preset: str = "default"
@@ -85,6 +88,7 @@ class InpaintTrainConfig:
     loss: dict = field(default_factory=dict)
     style_samples: int | None = None
     wing_subtraction: bool = False
+    init: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
@@ -288,6 +292,11 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
     check_output(card_path(output), overwrite=overwrite)
     masks = masks or MaskTable.from_config(None, psf_fwhm=cfg.psf_fwhm)
     t0 = time.perf_counter()
+    arch = arch_for(cfg.preset, cfg.size)
+    if cfg.channels:
+        arch["channels"] = list(cfg.channels)
+    model = build_from_arch(arch)
+    init = _initial_weights(model, arch, cfg.init) if cfg.init else None  # before the data
     split = split_maps(cfg)
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     seeds = {"train": cfg.seed * 1000 + 1, "val": cfg.seed * 1000 + 2, "test": cfg.seed * 1000 + 3}
@@ -295,10 +304,6 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
             for k in ("train", "val")}
     train = as_tensors(data["train"], cfg.max_cutouts, cfg.seed)
     val = as_tensors(data["val"], max(256, cfg.max_cutouts // 6), cfg.seed + 1)
-    arch = arch_for(cfg.preset, cfg.size)
-    if cfg.channels:
-        arch["channels"] = list(cfg.channels)
-    model = build_from_arch(arch)
     weights = InpaintLossWeights.from_dict(cfg.loss)
     criterion = InpaintLoss(weights, style_samples=cfg.style_samples)
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -338,6 +343,7 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
                      "wall_seconds_this_run": round(seconds, 1),
                      "history": [{k: round(v, 5) if isinstance(v, float) else v
                                   for k, v in e.items()} for e in hist.epochs]},
+        **({"init": init} if init else {}),
         "metrics": {"best_val_loss": hist.best_val,
                     "final_train_loss": hist.train_loss[-1] if hist.epochs else None},
     }
@@ -345,6 +351,27 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
                                                 maps=split["test"], quiet=quiet)
     save_model(output, trainer.model.cpu(), card, overwrite=overwrite)
     return card
+
+
+def _initial_weights(model: torch.nn.Module, arch: dict, name: str) -> dict[str, Any]:
+    """Load the weights of model ``name`` (shipped name or .pt) into ``model`` (built from
+    ``arch``); return what the card records about it.  A model of another kind or another
+    architecture is an :class:`InputError` naming both."""
+    from ..nn.modelfile import load_model
+
+    src, card = load_model(name, kind="inpaint")
+    theirs = {k: card["arch"].get(k) for k in ("size", "channels", "n_down")}
+    ours = {k: arch.get(k) for k in theirs}
+    if theirs != ours:
+        raise InputError(f"[removal.train] init = {name!r}: that model's U-Net {theirs} is not "
+                         f"the one this configuration builds {ours}; set preset/channels/size "
+                         "to match it")
+    model.load_state_dict(src.state_dict())
+    t = card.get("training", {})
+    return {"model": str(name), "path": card.get("path"),
+            "training_command": card.get("training_command"),
+            "seconds": t.get("seconds"), "best_val_loss": card.get("metrics", {}).get(
+                "best_val_loss")}
 
 
 def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTable, *,
