@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-objects", type=int, default=4000,
                    help="held-out galaxies, each observed twice (4000)")
     e.add_argument("--n-blend", type=int, default=100,
-                   help="i = 22 targets per neighbour distance in the blending test (100)")
+                   help="i = 22 targets per neighbour distance in the blending test (100; "
+                        "the median's standard error is printed: ~6 %% at 100, ~3 %% at 400)")
     e.add_argument("--seed", type=int, default=123)
     e.add_argument("--estimator", choices=("mode", "mean", "median"), default=None,
                    help="Lumos point estimate (default: the model card's)")
