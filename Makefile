@@ -31,7 +31,7 @@ models: $(STAMP)
 	    --stamps-per-image 600 --epochs 20 --seed 7 --threads 1 \
 	    --output src/skysub/models/bkgnet-paus.pt --overwrite
 	$(VENV)/bin/skysub train lumos --simulated --config paus --n-exposures 160 \
-	    --stamps-per-image 700 --pairs auto --epochs 15 --seed 0 --threads 2 \
+	    --stamps-per-image 700 --pairs auto --epochs 12 --seed 0 --threads 1 \
 	    --output src/skysub/models/lumos-paus.pt --overwrite
 	$(VENV)/bin/skysub train lumos --calibrate-only --simulated --config paus --n-exposures 40 \
 	    --stamps-per-image 700 --seed 777 --output src/skysub/models/lumos-paus.pt

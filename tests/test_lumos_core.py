@@ -288,3 +288,66 @@ def test_stamp_features_flux_ratio_deblend_recovers_the_target():
     c = float(((p * q).sum((1, 2)) / (p * p).sum((1, 2)))[0]) / 0.4
     assert float(f[0, 5]) == pytest.approx(np.log1p(c), rel=1e-5)
     assert float(f[1, 5]) == 0.0 and flux[1] == pytest.approx(one[1], rel=1e-6)
+
+
+def test_snr_calibration_corrects_an_snr_dependent_location_and_width():
+    """Mixtures that are too narrow by 1.5x and whose truth lies +0.4 sd above them at low SNR
+    and -0.4 sd below at high SNR: the per-SNR calibration recovers both (shift and width per
+    bin), the PIT becomes flat, and a single width factor cannot fix the location."""
+    from scipy import stats
+
+    from skysub.metrics import pit_gaussian_mixture, pit_uniformity
+    from skysub.photometry.lumos import SNRCalibration, _calibrated, fit_snr_calibration
+
+    rng = np.random.default_rng(0)
+    n = 12000
+    snr = np.exp(rng.uniform(np.log(1.0), np.log(200.0), n))
+    sd = np.ones(n)
+    mu = snr * sd
+    shift_true = np.where(snr < 14, 0.4, -0.4)
+    y = mu + shift_true * sd + 1.5 * sd * rng.standard_normal(n)
+    a = np.tile([0.5, 0.5], (n, 1))
+    m = np.column_stack([mu, mu])
+    s = np.column_stack([sd, sd])
+    cal = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=6)
+    assert len(cal.shift) == 6
+    assert np.allclose(np.exp(cal.log_scale), 1.5, rtol=0.06)
+    lo, hi = np.asarray(cal.shift)[:2], np.asarray(cal.shift)[-2:]
+    assert np.allclose(lo, 0.4, atol=0.1) and np.allclose(hi, -0.4, atol=0.1)
+    a2, m2, s2 = _calibrated(a, m, s, cal, None)
+    pit = pit_gaussian_mixture(a2, m2, s2, y, lower=None)
+    assert pit_uniformity(pit).pvalue > 0.01
+    # round trip through the card
+    assert SNRCalibration.from_dict(cal.as_dict()).shift == pytest.approx(cal.shift, abs=1e-5)
+    # the single width factor leaves the location errors: PIT of the low-SNR half is off
+    pit1 = pit_gaussian_mixture(a, m, s * 1.5, y, lower=None)
+    assert stats.kstest(pit1[snr < 14], "uniform").pvalue < 1e-6
+
+
+def test_snr_calibration_calibrates_crowded_targets_apart():
+    """Isolated rows too narrow by 1.5x, crowded rows (c > 0.05) biased +0.5 sd and too wide
+    by 1/0.8: with the crowding given, each group gets its own calibration and both PITs are
+    flat; without it one compromise leaves the crowded PIT off."""
+    from skysub.metrics import pit_gaussian_mixture, pit_uniformity
+    from skysub.photometry.lumos import SNRCalibration, _calibrated, fit_snr_calibration
+
+    rng = np.random.default_rng(1)
+    n = 12000
+    mu = np.exp(rng.uniform(0.0, np.log(100.0), n))
+    crowd = rng.random(n) < 0.4
+    c = np.where(crowd, rng.uniform(0.1, 3.0, n), rng.uniform(0.0, 0.04, n))
+    y = np.where(crowd, mu + 0.5 + 0.8 * rng.standard_normal(n), mu + 1.5 * rng.standard_normal(n))
+    a, m, s = np.ones((n, 1)), mu[:, None], np.ones((n, 1))
+    cal = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=4, c=c)
+    assert cal.crowded is not None and len(cal.crowded.shift) == 2
+    assert np.allclose(cal.crowded.shift, 0.5, atol=0.1)
+    assert np.allclose(np.exp(cal.crowded.log_scale), 0.8, rtol=0.08)
+    assert np.allclose(np.exp(cal.log_scale), 1.5, rtol=0.06)
+    back = SNRCalibration.from_dict(cal.as_dict())
+    a2, m2, s2 = _calibrated(a, m, s, back, None, c)
+    pit = pit_gaussian_mixture(a2, m2, s2, y, lower=None)
+    for sel in (crowd, ~crowd):
+        assert pit_uniformity(pit[sel]).pvalue > 0.01
+    one = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=4)
+    a3, m3, s3 = _calibrated(a, m, s, one, None)
+    assert pit_uniformity(pit_gaussian_mixture(a3, m3, s3, y, lower=None)[crowd]).pvalue < 1e-4

@@ -477,7 +477,9 @@ def _cmd_train_lumos(args) -> int:
         if not args.quiet:
             cal = card["calibration"]
             m = cal["metrics"]["mag"]
-            print(f"width calibration {cal['sigma_scale']} from "
+            nb = len(cal.get("snr_calibration", {}).get("mag", {}).get("shift", []))
+            what = f"{nb}-bin SNR calibration" if nb else "width calibration"
+            print(f"{what} (single width factors {cal['sigma_scale']}) from "
                   f"{cal['data']['n_catalogue_like'] + cal['data']['n_prior_free']} stamps "
                   f"written to the card of {args.output}; with-magnitude PIT KS p "
                   f"{m['pit_ks_pvalue']:.3g} (isolated stamps "
