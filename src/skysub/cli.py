@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
     t.add_argument("--calibrate-only", action="store_true",
-                   help="re-measure the width calibration of the trained model --output on "
+                   help="re-measure the calibration (per-SNR shift and width with the "
+                        "magnitude, one width factor without) of the trained model --output on "
                         "fresh stamps (--simulated --n-exposures N --seed S, or IMAGE... "
                         "--catalog) and rewrite its card; the weights are unchanged")
     _add_common(t)

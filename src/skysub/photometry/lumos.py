@@ -828,7 +828,7 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
 
 
 def evaluate_mixtures(model, t: dict, flux_true: np.ndarray, mag: np.ndarray, *,
-                      sigma_scale: float = 1.0, lower: float | None = 0.0,
+                      sigma_scale: float | SNRCalibration = 1.0, lower: float | None = 0.0,
                       prior_knee: float | None = None) -> dict:
     """Validation metrics of a model on tensors ``t``: bias and sigma68 of the relative error of
     mode and mean, PIT KS p-value, per magnitude range; widths times ``sigma_scale``, components
