@@ -1283,8 +1283,8 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     ``vmag``), the data-only mode on the prior-free rows ``free_sel`` of ``t`` (at least
     ``min_free``) after the prior division.  Returns the single width factors (``sigma_scale``),
     the with-magnitude mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
-    none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None without prior-free
-    rows), measured with the calibration the photometer applies."""
+    none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None
+    without prior-free rows), measured with the calibration the photometer applies."""
     scale = {"mag": calibrate_widths(model, vt)}
     snr = {"mag": calibrate_snr(model, vt, n_bins=bins)} if bins else {}
     m_mag = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=snr.get("mag", scale["mag"]))
