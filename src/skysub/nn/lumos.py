@@ -103,7 +103,7 @@ class LumosArch(PresetArch):
     #: deblend its matched-filter flux by the catalogue's flux ratio, ``f_ref = f_one / (1 + c)``
     #: with ``c`` the neighbours' catalogue light in the target's filter over the target's own
     #: catalogue flux, and give the head ``log(1 + c)`` (an i = 20 neighbour 5 px from an
-    #: i = 22 target was under-subtracted by 18 % without it)
+    #: i = 22 target was under-subtracted by 13 % without it)
     neighbour_ratio: bool = False
 
 
