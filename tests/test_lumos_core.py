@@ -351,3 +351,22 @@ def test_snr_calibration_calibrates_crowded_targets_apart():
     one = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=4)
     a3, m3, s3 = _calibrated(a, m, s, one, None)
     assert pit_uniformity(pit_gaussian_mixture(a3, m3, s3, y, lower=None)[crowd]).pvalue < 1e-4
+
+
+def test_calibration_and_ratio_settings_are_checked():
+    """A malformed per-SNR calibration in a card and inconsistent [lumos] settings are clear
+    errors naming what is wrong."""
+    from skysub.errors import ConfigError, InputError
+    from skysub.photometry.lumos import LumosSettings, SNRCalibration
+
+    with pytest.raises(InputError, match="snr_calibration"):
+        SNRCalibration.from_dict({"asinh_snr": [1.0, 2.0], "log_scale": [0.0], "shift": [0, 0]})
+    with pytest.raises(InputError, match="snr_calibration"):
+        SNRCalibration.from_dict({"asinh_snr": [2.0, 1.0], "log_scale": [0, 0], "shift": [0, 0]})
+    with pytest.raises(InputError, match="snr_calibration"):
+        SNRCalibration.from_dict({"log_scale": [0.0], "shift": [0.0]})
+    with pytest.raises(ConfigError, match="neighbour_ratio"):
+        LumosSettings.from_config({"neighbours": True, "neighbour_fit": True,
+                                   "neighbour_ratio": True})
+    with pytest.raises(ConfigError, match="calibration_bins"):
+        LumosSettings.from_config({"calibration_bins": -1})
