@@ -504,7 +504,7 @@ class SNRCalibration:
     The single width factor (temperature scaling) cannot correct a location error, and the
     network's errors differ with SNR: on the calibration stamps of the neighbour-ratio model,
     bright isolated galaxies came out a little low (mean PIT 0.54) and faint ones a little high
-    (0.47).  Fitted by :func:`calibrate_snr` (maximum likelihood per bin).
+    (0.47).  Fitted by :func:`fit_snr_calibration` (maximum likelihood per bin).
 
     ``crowded``: a second calibration for crowded targets -- those whose catalogued neighbours
     put more than ``crowd_c`` of the target's own catalogue flux into its matched filter (the
@@ -551,12 +551,29 @@ class SNRCalibration:
                 for o, x0, x1 in zip(out, (a0, m0, s0), (a1, m1, s1), strict=True):
                     o[crowd], o[~crowd] = x0, x1
                 return tuple(out)
-        mean = (a * m).sum(1)
-        sd = np.sqrt(np.clip((a * (s ** 2 + m ** 2)).sum(1) - mean ** 2, 1e-30, None))
-        z = np.arcsinh(mean / sd)
+        z, sd = _mixture_snr(a, m, s)
         ls = np.interp(z, self.asinh_snr, self.log_scale)
         d = np.interp(z, self.asinh_snr, self.shift)
         return a, m + (d * sd)[:, None], s * np.exp(ls)[:, None]
+
+
+def _mixture_snr(a, m, s) -> tuple[np.ndarray, np.ndarray]:
+    """``asinh(mean / std)`` and the standard deviation of each row's mixture (the binning
+    variable of :class:`SNRCalibration`)."""
+    mean = (a * m).sum(1)
+    sd = np.sqrt(np.clip((a * (s ** 2 + m ** 2)).sum(1) - mean ** 2, 1e-30, None))
+    return np.arcsinh(mean / sd), sd
+
+
+def _mixture_nll(a, m, s, y, truncated: bool) -> float:
+    """Mean negative log-likelihood of ``y`` (n, 1) under the mixtures (eq. 10's truncated
+    density, or eq. 8's), up to the constant log sqrt(2 pi)."""
+    from scipy.special import log_ndtr, logsumexp
+
+    lp = np.log(np.clip(a, 1e-30, None)) - 0.5 * ((y - m) / s) ** 2 - np.log(s)
+    if truncated:
+        lp = lp - log_ndtr(m / s)
+    return float(-logsumexp(lp, axis=1).mean())
 
 
 def crowding(feats) -> np.ndarray | None:
@@ -603,7 +620,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
     (``LumosArch.neighbour_ratio``) with the targets' magnitudes ``ratio_mag`` (default
     ``mag``; NaN or None = unknown, no deblend)."""
     from ..nn.lumos import stamp_features
-    from ..simulate.galaxies import REFERENCE_MAG
+    from ..simulate.galaxies import reference_flux
 
     n = len(x)
     d = torch.from_numpy(np.nan_to_num(np.asarray(data, np.float32)))
@@ -613,8 +630,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
     ref = None
     if ratio:
         rm = mg if ratio_mag is None else np.asarray(ratio_mag, float)
-        with np.errstate(invalid="ignore", over="ignore"):
-            ref = torch.from_numpy(10 ** (-0.4 * (rm - REFERENCE_MAG)))  # NaN where unknown
+        ref = torch.from_numpy(reference_flux(rm, unknown=np.nan))
     xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
                                           nb, joint=joint, ref_flux=ref)
     ny, nx = shape
@@ -731,54 +747,45 @@ def calibrate_widths(model, t: dict, *, truncated: bool = True,
     mixture is divided by the prior-free training density first (:func:`_calibrated`, the
     data-only mode): the likelihood's widths are calibrated, as the user gets them.  Returns
     ``c`` (> 1: the network's PDFs were too narrow)."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_ndtr, logsumexp
+    return fit_width_factor(*_predict(model, t), np.asarray(t["y"], float), truncated=truncated,
+                            prior_knee=prior_knee)
 
+
+def _predict(model, t: dict):
     model.eval()
-    a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
-                               t["key"])
-    y = np.asarray(t["y"], float)[:, None]
+    return predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
+                            t["key"])
+
+
+def fit_width_factor(a, m, s, y, *, truncated: bool = True,
+                     prior_knee: float | None = None) -> float:
+    """:func:`calibrate_widths` on given mixtures ``a, m, s`` and true values ``y``."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y, float)[:, None]
     if truncated:
         y = np.clip(y, 0.0, None)
-    la = np.log(np.clip(a, 1e-30, None))
 
     def nll(logc: float) -> float:
-        la_, m_, sc = la, m, s * np.exp(logc)
-        if prior_knee is not None:
-            a_, m_, sc = _calibrated(a, m, s, float(np.exp(logc)), prior_knee)
-            la_ = np.log(np.clip(a_, 1e-30, None))
-        lp = la_ - 0.5 * ((y - m_) / sc) ** 2 - np.log(sc)
-        if truncated:
-            lp = lp - log_ndtr(m_ / sc)
-        return float(-logsumexp(lp, axis=1).mean())
+        return _mixture_nll(*_calibrated(a, m, s, float(np.exp(logc)), prior_knee), y,
+                            truncated)
 
     r = minimize_scalar(nll, bounds=(np.log(0.2), np.log(5.0)), method="bounded",
                         options={"xatol": 1e-4})
     return float(np.exp(r.x))
 
 
-def calibrate_snr(model, t: dict, *, truncated: bool = True, prior_knee: float | None = None,
-                  n_bins: int = 6, min_per_bin: int = 300) -> SNRCalibration:
-    """Fit an :class:`SNRCalibration` on tensors ``t`` (true normalised fluxes ``y``): the
-    stamps are split into ``n_bins`` equal-count bins of the network mixture's
-    ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
-    negative log-likelihood of the true fluxes (eq. 10's truncated density, or eq. 8's with
-    ``truncated=False``; with ``prior_knee`` after the prior division, as users get the
-    data-only mode).  Fewer bins when there are fewer than ``min_per_bin`` stamps per bin."""
-    model.eval()
-    a, m, s = predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
-                               t["key"])
-    return fit_snr_calibration(a, m, s, np.asarray(t["y"], float), truncated=truncated,
-                               prior_knee=prior_knee, n_bins=n_bins, min_per_bin=min_per_bin,
-                               c=crowding(t["feats"]))
-
-
 def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float | None = None,
                         n_bins: int = 6, min_per_bin: int = 300, c=None,
                         crowd_c: float = CROWD_C) -> SNRCalibration:
-    """:func:`calibrate_snr` on given mixtures ``a, m, s`` (n, K) and true values ``y`` (n,);
-    with the rows' crowding ``c``, crowded rows (``c > crowd_c``) get their own calibration
-    (half the bins) when both groups hold ``2 min_per_bin`` rows."""
+    """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
+    fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
+    ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
+    negative log-likelihood of the true fluxes (eq. 10's truncated density, or eq. 8's with
+    ``truncated=False``; with ``prior_knee`` after the prior division, as users get the
+    data-only mode).  Fewer bins when there are fewer than ``min_per_bin`` stamps per bin.
+    With the rows' crowding ``c`` (:func:`crowding`), crowded rows (``c > crowd_c``) get their
+    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows."""
     if c is not None:
         crowd = np.asarray(c, float) > crowd_c
         if min(crowd.sum(), (~crowd).sum()) >= 2 * min_per_bin:
@@ -789,15 +796,12 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
                                      n_bins=max(n_bins // 2, 1), **kw)
             return replace(iso, crowded=cr, crowd_c=float(crowd_c))
     from scipy.optimize import minimize
-    from scipy.special import log_ndtr, logsumexp
 
     a, m, s = (np.asarray(v, float) for v in (a, m, s))
     y = np.asarray(y, float)[:, None]
     if truncated:
         y = np.clip(y, 0.0, None)
-    mean = (a * m).sum(1)
-    sd = np.sqrt(np.clip((a * (s ** 2 + m ** 2)).sum(1) - mean ** 2, 1e-30, None))
-    z = np.arcsinh(mean / sd)
+    z, sd = _mixture_snr(a, m, s)
     nb = int(max(1, min(n_bins, len(z) // max(min_per_bin, 1))))
     edges = np.quantile(z, np.linspace(0, 1, nb + 1))
     idx = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, nb - 1)
@@ -810,10 +814,7 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
             a_, m_, s_ = ab, mb + p[1] * sdb, sb * np.exp(p[0])
             if prior_knee is not None:
                 a_, m_, s_ = divide_training_prior(a_, m_, s_, prior_knee)
-            lp = np.log(np.clip(a_, 1e-30, None)) - 0.5 * ((yb - m_) / s_) ** 2 - np.log(s_)
-            if truncated:
-                lp = lp - log_ndtr(m_ / s_)
-            return float(-logsumexp(lp, axis=1).mean())
+            return _mixture_nll(a_, m_, s_, yb, truncated)
 
         r = minimize(nll, np.zeros(2), method="Nelder-Mead",
                      options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400})
@@ -1285,8 +1286,11 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     the with-magnitude mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
     none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None
     without prior-free rows), measured with the calibration the photometer applies."""
-    scale = {"mag": calibrate_widths(model, vt)}
-    snr = {"mag": calibrate_snr(model, vt, n_bins=bins)} if bins else {}
+    a, m, s = _predict(model, vt)  # one pass serves both with-magnitude fits
+    y = np.asarray(vt["y"], float)
+    scale = {"mag": fit_width_factor(a, m, s, y)}
+    snr = {"mag": fit_snr_calibration(a, m, s, y, n_bins=bins, c=crowding(vt["feats"]))} \
+        if bins else {}
     m_mag = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=snr.get("mag", scale["mag"]))
     if int(np.sum(free_sel)) < max(min_free, 1):
         return scale, snr, m_mag, None

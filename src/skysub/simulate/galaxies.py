@@ -306,13 +306,14 @@ def _shift_int(stamps: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray
 REFERENCE_MAG = 21.0
 
 
-def reference_flux(mag: Any) -> np.ndarray:
+def reference_flux(mag: Any, unknown: float = 1.0) -> np.ndarray:
     """Expected relative flux ``10^(-0.4 (mag - 21))`` of sources with reference magnitudes
-    ``mag`` (1 where unknown): the weights of the Lumos neighbour channel."""
+    ``mag`` (``unknown`` where the magnitude is not finite): the weights of the Lumos neighbour
+    channel, and the targets' catalogue fluxes of its flux-ratio deblend."""
     m = np.asarray(mag, float)
     with np.errstate(invalid="ignore", over="ignore"):
         f = 10 ** (-0.4 * (m - REFERENCE_MAG))
-    return np.where(np.isfinite(f), f, 1.0)
+    return np.where(np.isfinite(f), f, unknown)
 
 
 def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: Any,
