@@ -502,9 +502,9 @@ class SNRCalibration:
     network's mixture between the calibration bins' centres ``asinh_snr`` (constant beyond).
 
     The single width factor (temperature scaling) cannot correct a location error, and the
-    network's errors differ with SNR: on the calibration stamps of the neighbour-ratio model,
-    bright isolated galaxies came out a little low (mean PIT 0.54) and faint ones a little high
-    (0.47).  Fitted by :func:`fit_snr_calibration` (maximum likelihood per bin).
+    network's errors differ with SNR: the neighbour-ratio model measured bright isolated
+    galaxies a little low and faint ones a little high.  Fitted by
+    :func:`fit_snr_calibration` (maximum likelihood per bin).
 
     ``crowded``: a second calibration for crowded targets -- those whose catalogued neighbours
     put more than ``crowd_c`` of the target's own catalogue flux into its matched filter (the
@@ -1297,8 +1297,7 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     knee = _prior_knee(gs)
     free = _subset(t, free_sel)
     # the data-only mode keeps the single width factor: a per-SNR calibration fitted on the
-    # prior-free stamps moved the likelihoods' medians (blends 12-20 px from -2..+7 % to
-    # -9..-21 %, duplicates sigma68[D] 1.02 -> 0.98: docs/lumos.md)
+    # prior-free stamps moved the likelihoods' medians (docs/lumos.md)
     scale["no_mag"] = calibrate_widths(model, free, truncated=False, prior_knee=knee)
     vt0 = {**vt, "has_mag": vt["has_mag"] * 0}
     m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
