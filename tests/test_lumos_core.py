@@ -290,6 +290,67 @@ def test_stamp_features_flux_ratio_deblend_recovers_the_target():
     assert float(f[1, 5]) == 0.0 and flux[1] == pytest.approx(one[1], rel=1e-6)
 
 
+def test_stamp_features_data_deblend_needs_no_magnitude():
+    """``data_deblend`` (LumosArch.data_deblend): the same blend as above, now with the target's
+    magnitude unknown and the neighbour twice as bright in the exposure as its catalogue flux
+    says (a colour): the joint fit's neighbour amplitude takes its light out of the matched
+    filter, so the reference is the target's flux; ``c`` is that light over the reference.  A
+    known magnitude keeps the catalogue ratio, and a stamp without a neighbour is untouched."""
+    from skysub.nn.lumos import stamp_features
+
+    g = np.arange(41) - 20.0
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+
+    def blob(x0):
+        b = np.exp(-0.5 * ((xx - x0) ** 2 + yy ** 2) / 2.5 ** 2)
+        return b / b.sum()
+
+    p = torch.from_numpy(np.stack([blob(0.0)] * 3))
+    q = torch.from_numpy(np.stack([2.5 * blob(5.0), 2.5 * blob(5.0), 0.0 * blob(5.0)]))
+    colour = 2.0  # the neighbour is twice as bright as its catalogue flux says
+    data = torch.from_numpy(1000.0 * (0.4 * p.numpy() + colour * q.numpy()))  # noise-free
+    valid = torch.ones(3, 41, 41, dtype=torch.bool)
+    ref = torch.tensor([np.nan, 0.4, np.nan], dtype=torch.float64)
+    _, f, unit, _ = stamp_features(data, valid, p, q, joint=False, ref_flux=ref,
+                                   data_deblend=True)
+    _, f_cat, _, _ = stamp_features(data, valid, p, q, joint=False, ref_flux=ref)
+    flux = (f[:, 0].double() * torch.exp(f[:, 1].double()) * unit).numpy()
+    flux_cat = (f_cat[:, 0].double() * torch.exp(f_cat[:, 1].double()) * unit).numpy()
+    assert flux[0] == pytest.approx(400.0, rel=1e-4)  # magnitude-free, colour and all
+    assert flux_cat[0] > 1.5 * 400.0  # without it: the matched filter, neighbour included
+    pq_pp = float(((p * q).sum((1, 2)) / (p * p).sum((1, 2)))[0])
+    light = colour * pq_pp * 1000.0
+    assert float(f[0, 5]) == pytest.approx(np.log1p(light / flux[0]), rel=1e-4)
+    # a known magnitude: the catalogue ratio, which assumes equal colours (reads high here)
+    assert float(f[1, 0]) == float(f_cat[1, 0]) and flux[1] > 1.3 * 400.0
+    # no neighbour: the matched filter, c = 0
+    assert float(f[2, 5]) == 0.0 and float(f[2, 0]) == pytest.approx(float(f_cat[2, 0]))
+
+
+def test_band_system_catalog_matches_injected_fluxes():
+    """The simulator's own sources, their magnitudes put in the injected galaxies' band system,
+    have the fluxes that system gives: a catalogued galaxy of band-system magnitude m is as
+    bright as an injected galaxy of magnitude m (same colour)."""
+    from skysub.background.bkgnet import simulated_exposures
+    from skysub.simulate.galaxies import GalaxySimSettings, band_flux, band_system_catalog
+
+    sim = {"shape": [128, 256], "n_galaxies": 800, "n_stars": 0, "n_faint": 0}
+    exps, fieldcat = simulated_exposures(1, config=sim, seed=2)
+    gs = GalaxySimSettings(zero_point=23.0)
+    bandcat = band_system_catalog(fieldcat, sim, gs)
+    assert np.allclose(np.asarray(bandcat["mag"]) - np.asarray(fieldcat["mag"]), -2.0)
+    image, _xy, _bg, truth = exps[0]
+    band = image.meta.band
+    row = {int(i): k for k, i in enumerate(np.asarray(bandcat["id"]))}
+    on = [k for k, i in enumerate(np.asarray(truth["id"])) if int(i) in row]
+    k = np.array([row[int(i)] for i in np.asarray(truth["id"])[on]])
+    f = band_flux(np.asarray(bandcat["mag"])[k], np.asarray(bandcat[f"dmag_{band}"])[k],
+                  image.meta.exptime, image.meta.gain, gs)
+    below = f < gs.flux_range[1] * image.meta.exptime / image.meta.gain  # band_flux clips there
+    assert below.sum() > 20
+    assert np.allclose(f[below], np.asarray(truth["flux_true"])[on][below], rtol=1e-9)
+
+
 def test_snr_calibration_corrects_an_snr_dependent_location_and_width():
     """Mixtures that are too narrow by 1.5x and whose truth lies +0.4 sd above them at low SNR
     and -0.4 sd below at high SNR: the per-SNR calibration recovers both (shift and width per
@@ -370,3 +431,6 @@ def test_calibration_and_ratio_settings_are_checked():
                                    "neighbour_ratio": True})
     with pytest.raises(ConfigError, match="calibration_bins"):
         LumosSettings.from_config({"calibration_bins": -1})
+    with pytest.raises(ConfigError, match="data_deblend"):
+        LumosSettings.from_config({"neighbours": True, "neighbour_fit": False,
+                                   "data_deblend": True})

@@ -316,7 +316,7 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
     on a jittered grid of empty positions; every object is observed twice (exposures k and
     k + n_keys share band and epoch) with the same flux, for the duplicates test."""
     from .background.bkgnet import _galaxy_pool, simulated_exposures
-    from .simulate.galaxies import psf_for
+    from .simulate.galaxies import band_system_catalog, psf_for
 
     rng = np.random.default_rng(seed)
     psf = psf_for(settings)
@@ -328,6 +328,7 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
     n_exp = int(np.ceil(n_objects / max(per, 1) / nk)) * 2 * nk
     exps, fieldcat = simulated_exposures(n_exp, config=config.simulate, seed=seed + 7)
     pool = _galaxy_pool(fieldcat, rng)
+    bandcat = band_system_catalog(fieldcat, config.simulate, settings)  # the neighbours' mags
     rows, images = [], []
     for blk in range(0, n_exp, 2 * nk):
         for k in range(nk):
@@ -354,7 +355,7 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
                 flux, model, bt = _inject(image, bg, x, y, g, settings, psf, rng, dmag=dmag)
                 rows.append(Table({"image": [image.name] * m, "id": oid, "x": x, "y": y,
                                    "flux_true": flux, "band": [image.meta.band] * m, **g}))
-                images.append((image, rows[-1], model, bt, _context(xy, fieldcat)))
+                images.append((image, rows[-1], model, bt, _context(xy, bandcat)))
     return images, psf
 
 
@@ -581,6 +582,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
 
     from .background.bkgnet import simulated_exposures
     from .metrics import bias, median_standard_error, scatter
+    from .simulate.galaxies import band_system_catalog
 
     rng = np.random.default_rng(seed)
     radii = tuple(float(r) for r in radii)
@@ -592,6 +594,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
     batch_seed = seed
     while sum(count.values()) < need:
         exps, fieldcat = simulated_exposures(4, config=cfg.simulate, seed=batch_seed)
+        fieldcat = band_system_catalog(fieldcat, cfg.simulate, settings)
         batch_seed += 1
         for image, cat_xy, bg, _t in exps:
             if sum(count.values()) >= need:

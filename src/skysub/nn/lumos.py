@@ -105,6 +105,12 @@ class LumosArch(PresetArch):
     #: catalogue flux, and give the head ``log(1 + c)`` (an i = 20 neighbour 5 px from an
     #: i = 22 target was under-subtracted by 13 % without it)
     neighbour_ratio: bool = False
+    #: with ``neighbour_ratio``: where the target's magnitude is unknown (the data-only mode)
+    #: deblend the matched filter by the neighbours' amplitude in a joint fit of the target and
+    #: the neighbour image -- a magnitude-free deblend: ``f_ref = f_one - a_q+ sum p q / sum p^2``
+    #: and ``c`` = that light over ``max(f_ref, s_ref)`` (without it the data-only mode read an
+    #: i = 20 neighbour 5 px away as +70 % of an i = 22 target)
+    data_deblend: bool = False
 
 
 class Lumos(nn.Module):
@@ -180,7 +186,7 @@ def build_from_arch(arch: dict) -> Lumos:
 
 def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Tensor,
                    neighbours: torch.Tensor | None = None, joint: bool = True,
-                   ref_flux: torch.Tensor | None = None
+                   ref_flux: torch.Tensor | None = None, data_deblend: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network inputs from cutouts and unit-total model images (the SAME function in training
     and inference).
@@ -199,6 +205,8 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     ref_flux : (B,) float, optional (only without ``joint``) -- the target's catalogue
         reference flux (:func:`skysub.simulate.galaxies.reference_flux`, the neighbour image's
         units), NaN where unknown: the catalogue flux-ratio deblend (``LumosArch.neighbour_ratio``)
+    data_deblend : with ``ref_flux``: where it is NaN, deblend by the joint fit instead
+        (``LumosArch.data_deblend``)
 
     Returns
     -------
@@ -218,7 +226,11 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
     catalogue's flux ratio: ``f_one / (1 + c)``, ``c = (sum p q / sum p^2) / ref_flux`` the
     neighbours' share of the filter relative to the target (0 where ``ref_flux`` is unknown;
     the noise unit ``s_ref`` stays the matched filter's).  It assumes the neighbours have the
-    target's colour; the head learns the colour scatter's consequences.
+    target's colour; the head learns the colour scatter's consequences.  With ``data_deblend``
+    the rows of unknown ``ref_flux`` subtract the neighbours' light as the joint fit measures it
+    (amplitude ``a_q`` of the neighbour image, clipped at 0): ``f_ref = f_one - a_q pq / pp``
+    (the joint fit's target amplitude when ``a_q > 0``) and ``c`` = that light over
+    ``max(f_ref, s_ref)``; no magnitude enters.
     """
     xin, loc, scale, ok = normalise_stamps(cutouts, valid, 0)
     zero = torch.zeros((), dtype=torch.float64)
@@ -249,8 +261,15 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
             extra = [pq / pp, f_joint / s_joint]
             if ref_flux is not None:
                 c = (pq / pp) / ref_flux.double()
-                c = torch.where(torch.isfinite(c), c.clamp_min(0.0), torch.zeros_like(c))
+                known = torch.isfinite(c)
+                c = torch.where(known, c.clamp_min(0.0), torch.zeros_like(c))
                 f_ref = f_one / (1.0 + c)
+                if data_deblend:  # magnitude unknown: the neighbours' amplitude from the pixels
+                    a_q = ((pp * qv - pq * pv) / det).clamp_min(0.0)
+                    light = a_q * pq / pp / FLUX_UNIT
+                    f_d = f_one - light
+                    f_ref = torch.where(known, f_ref, f_d)
+                    c = torch.where(known, c, light / torch.maximum(f_d, s_one))
                 extra.append(torch.log1p(c))
     x = torch.cat(chans, dim=1)
     feats = torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak), *extra],

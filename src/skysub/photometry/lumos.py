@@ -190,6 +190,8 @@ class LumosSettings:
     neighbour_ratio : with ``neighbours`` and not ``neighbour_fit``: deblend the reference flux
         by the catalogue's flux ratio when the target's magnitude is known
         (:class:`skysub.nn.lumos.LumosArch`)
+    data_deblend : with ``neighbour_ratio``: the data-only mode deblends by the joint fit's
+        neighbour amplitude (magnitude-free; :class:`skysub.nn.lumos.LumosArch`)
     calibration_bins : the validation calibration's SNR bins (:class:`SNRCalibration`: a shift
         and a width factor per bin); 0 = one width factor for all (temperature scaling)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
@@ -212,6 +214,7 @@ class LumosSettings:
     neighbours: bool = True
     neighbour_fit: bool = True
     neighbour_ratio: bool = False
+    data_deblend: bool = False
     prior_free_weight_cap: float = 1.0
     calibration_bins: int = 6
 
@@ -233,6 +236,8 @@ class LumosSettings:
         if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
             raise ConfigError("[lumos]: neighbour_ratio = true needs neighbours = true and "
                               "neighbour_fit = false")
+        if s.data_deblend and not s.neighbour_ratio:
+            raise ConfigError("[lumos]: data_deblend = true needs neighbour_ratio = true")
         if s.estimator not in ESTIMATORS:
             raise ConfigError(f"[lumos]: estimator must be one of {ESTIMATORS}, got "
                               f"{s.estimator!r}")
@@ -416,7 +421,8 @@ class LumosPhotometer:
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
                         _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
                         neighbours=nb, joint=self.net.arch.neighbour_fit,
-                        ratio=bool(getattr(self.net.arch, "neighbour_ratio", False))
+                        ratio=bool(getattr(self.net.arch, "neighbour_ratio", False)),
+                        deblend=bool(getattr(self.net.arch, "data_deblend", False))
                         ) | {"stamps": st}
 
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
@@ -614,11 +620,13 @@ def _rows(catalog, ii: np.ndarray):
 
 
 def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
-             joint: bool = True, ratio: bool = False, ratio_mag=None) -> dict:
+             joint: bool = True, ratio: bool = False, ratio_mag=None,
+             deblend: bool = False) -> dict:
     """Network tensors from cutouts (NaN invalid), model images, the neighbour channel (or
     None) and per-source metadata.  ``ratio``: the catalogue flux-ratio deblend
     (``LumosArch.neighbour_ratio``) with the targets' magnitudes ``ratio_mag`` (default
-    ``mag``; NaN or None = unknown, no deblend)."""
+    ``mag``; NaN or None = unknown: no deblend, or with ``deblend`` the joint fit's,
+    ``LumosArch.data_deblend``)."""
     from ..nn.lumos import stamp_features
     from ..simulate.galaxies import reference_flux
 
@@ -632,7 +640,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
         rm = mg if ratio_mag is None else np.asarray(ratio_mag, float)
         ref = torch.from_numpy(reference_flux(rm, unknown=np.nan))
     xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
-                                          nb, joint=joint, ref_flux=ref)
+                                          nb, joint=joint, ref_flux=ref, data_deblend=deblend)
     ny, nx = shape
     coords = np.column_stack([np.asarray(x, float) / max(nx - 1, 1) * 2 - 1,
                               np.asarray(y, float) / max(ny - 1, 1) * 2 - 1])
@@ -648,11 +656,12 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
 
 def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
                      neighbours: bool = False, joint: bool = True, ratio: bool = False,
-                     hidden_mag: np.ndarray | None = None) -> dict:
+                     hidden_mag: np.ndarray | None = None, deblend: bool = False) -> dict:
     """Tensors for :class:`skysub.nn.trainer.Trainer` from :func:`simulate_galaxy_stamps` output
     (``keys`` is extended with new band x epoch entries), with the neighbour channel when
     ``neighbours`` (and the flux-ratio deblend when ``ratio``, except for rows in
-    ``hidden_mag``: stamps shown without their magnitude).  Adds ``y`` (normalised true flux),
+    ``hidden_mag``: stamps shown without their magnitude, which get the joint fit's deblend
+    with ``deblend``).  Adds ``y`` (normalised true flux),
     ``unit`` and ``ok``."""
     import torch
 
@@ -676,7 +685,7 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
                      np.zeros(len(st)), (1, 1), sim["mag"][sl], kidx[sl], torch,
                      neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint,
-                     ratio=ratio, ratio_mag=rm)
+                     ratio=ratio, ratio_mag=rm, deblend=deblend)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
@@ -983,7 +992,7 @@ def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.n
 def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
                          keys: list[str], psf: np.ndarray,
                          neighbour_catalogs: list | None = None, joint: bool = True,
-                         ratio: bool = False) -> dict:
+                         ratio: bool = False, deblend: bool = False) -> dict:
     """Network tensors of both observations of each pair.  ``images``: exposures (with names);
     ``catalogs``: per exposure, its catalogue rows with ``x, y`` and shape columns; ``pairs``:
     Table ``id, image_1, image_2``; ``neighbour_catalogs``: per exposure, every catalogued
@@ -1030,7 +1039,7 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
             if nmaps:
                 nb = _neighbour_channel(nmaps[name], x, y, _catalog_mag(c, len(c)), models)
             t = _tensors(st.data, st.valid, models, x, y, im.shape, mag, keys.index(k), torch,
-                         neighbours=nb, joint=joint, ratio=ratio)
+                         neighbours=nb, joint=joint, ratio=ratio, deblend=deblend)
             t["rows"] = rows
             acc.append(t)
 
@@ -1060,7 +1069,7 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
 
     from ..background.bkgnet import _galaxy_pool, simulated_exposures
     from ..io import catalog_for_image, read_catalog
-    from ..simulate.galaxies import simulate_galaxy_stamps
+    from ..simulate.galaxies import band_system_catalog, simulate_galaxy_stamps
 
     rng = np.random.default_rng(seed)
     if simulated:
@@ -1070,8 +1079,10 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         pool = _galaxy_pool(fieldcat, rng)
         ims = [e[0] for e in exps]
         cats = []
+        # the simulator's own sources in the injected galaxies' band system
+        bandcat = band_system_catalog(fieldcat, cfg.simulate, gs)
         for im, _xy, _bg, _truth in exps:
-            c = fieldcat.copy()
+            c = bandcat.copy()
             cx, cy = im.wcs.all_world2pix(np.asarray(c["ra"]), np.asarray(c["dec"]), 0)
             c["x"], c["y"] = cx, cy
             cats.append(c)
@@ -1107,7 +1118,7 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
     t = training_tensors(sim, net_keys, neighbours=ls.neighbours, joint=ls.neighbour_fit,
-                         ratio=ls.neighbour_ratio, hidden_mag=free)
+                         ratio=ls.neighbour_ratio, hidden_mag=free, deblend=ls.data_deblend)
     for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
         sim.pop(k, None)
     t["has_mag"][torch.from_numpy(free)] = 0.0
@@ -1179,7 +1190,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
                                  neighbours=ls.neighbours, compress_feats=True,
                                  neighbour_fit=ls.neighbour_fit,
-                                 neighbour_ratio=ls.neighbour_ratio)
+                                 neighbour_ratio=ls.neighbour_ratio,
+                                 data_deblend=ls.data_deblend)
     model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
                      weight_decay=1e-4, patience=6, scheduler="plateau",
@@ -1226,7 +1238,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
         pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
                                   nbcats if ls.neighbours else None, joint=ls.neighbour_fit,
-                                  ratio=ls.neighbour_ratio)
+                                  ratio=ls.neighbour_ratio, deblend=ls.data_deblend)
         if len(keys) > arch.n_keys:
             raise InputError(f"pairs come from band x epoch combinations unseen in training: "
                              f"{keys[arch.n_keys:]}")
@@ -1335,7 +1347,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
                                    stamps_per_image=stamps_per_image, n_exposures=n_exposures)
     ls = replace(ls, neighbours=bool(net.arch.neighbours),
                  neighbour_fit=bool(net.arch.neighbour_fit),
-                 neighbour_ratio=bool(getattr(net.arch, "neighbour_ratio", False)))
+                 neighbour_ratio=bool(getattr(net.arch, "neighbour_ratio", False)),
+                 data_deblend=bool(getattr(net.arch, "data_deblend", False)))
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     keys = list(inputs.get("keys", []))
     n_keys = len(keys)
