@@ -173,6 +173,11 @@ def test_interrupted_run_resumes_without_recomputing(survey, tmp_path):
         assert (out / "parquet" / p.name).read_bytes() == p.read_bytes()
     third = _run(survey, out)  # nothing left
     assert (third.n_done, third.n_skipped) == (0, N_EXP) and "nothing to do" in third.summary()
+    # a manifest written before a setting existed (here mag_offset) resumes at its default
+    man = json.loads((out / batch.MANIFEST).read_text())
+    del man["mag_offset"]
+    (out / batch.MANIFEST).write_text(json.dumps(man))
+    assert _run(survey, out).n_skipped == N_EXP
 
 
 def test_different_settings_refused_overwrite_recomputes(survey, tmp_path):

@@ -324,3 +324,31 @@ def test_cli_calibrate_only_rewrites_the_widths_not_the_weights(trained, tmp_pat
     cal = c1["calibration"]
     assert "--calibrate-only" in cal["command"] and cal["data"]["seed"] == 11
     assert cal["data"]["n_catalogue_like"] + cal["data"]["n_prior_free"] > 500
+
+
+def test_shipped_model_measures_the_simulators_own_galaxies(tmp_path):
+    """`skysub simulate ccd` then `skysub photometry -p lumos --mag-offset -2` with the shipped
+    model: the simulator's catalogued galaxies (zero point 25; the model's band system has 23)
+    come back unbiased in both modes.  Without the offset the magnitude prior reads every
+    galaxy 2 mag too faint (it did: -17 % median, -43 % in the faint third)."""
+    from skysub.cli import main
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "ccd", "--config", "paus", "-o", str(sim), "--n-exposures", "1",
+                 "--seed", "11", "-q"]) == 0
+    img = sorted((sim / "images").glob("*.fits"))[0]
+    truth = Table.read(sim / "truth.csv")
+    truth = truth[(truth["kind"] == "galaxy") & (truth["edge_distance"] > 30)]
+    for extra in ([], ["--no-mag"]):
+        out = tmp_path / f"phot{len(extra)}.csv"
+        assert main(["photometry", str(img), "-c", str(sim / "catalog.csv"), "-p", "lumos",
+                     "--mag-offset", "-2", *extra, "-o", str(out), "-q"]) == 0
+        t = Table.read(out)
+        f = dict(zip(np.asarray(t["id"]).tolist(), np.asarray(t["flux"], float), strict=True))
+        got = np.array([f.get(i, np.nan) for i in np.asarray(truth["id"]).tolist()])
+        err = got / np.asarray(truth["flux_true"], float) - 1.0
+        assert len(err) > 100
+        assert abs(np.nanmedian(err)) < 0.04, (extra, np.nanmedian(err))
+    with pytest.raises(SystemExit):
+        main(["photometry", str(img), "-c", str(sim / "catalog.csv"), "-p", "lumos",
+              "--mag-offset", "two", "-o", str(tmp_path / "x.csv"), "-q"])

@@ -113,6 +113,7 @@ class BatchSpec:
     overrides: tuple[tuple[str, Any], ...] = ()
     torch_threads: int | None = 1
     use_mag: bool = True
+    mag_offset: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -132,7 +133,7 @@ class BatchSpec:
         if self.photometer is not None:
             # learned photometers (lumos) may take model/device/batch_size: pass what is accepted
             extra = {"model": self.model, "device": self.device, "batch_size": bs,
-                     "use_mag": self.use_mag}
+                     "use_mag": self.use_mag, "mag_offset": self.mag_offset}
             accepted = inspect.signature(make_photometer).parameters
             extra = {k: v for k, v in extra.items() if k in accepted}
             tool = make_photometer(self.photometer, background=est, config=cfg,
@@ -177,7 +178,7 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
               psf_fwhm: float | None = None, psf: str | os.PathLike | None = None,
               hdu: int | str | None = None, mask: int | str | os.PathLike | None = None,
               overrides: dict | None = None, torch_threads: int | None = 1,
-              use_mag: bool = True) -> BatchSpec:
+              use_mag: bool = True, mag_offset: float = 0.0) -> BatchSpec:
     """A :class:`BatchSpec` with file arguments made absolute."""
     if mask is not None and not isinstance(mask, int):
         mask = _abs_if_file(mask)
@@ -188,7 +189,8 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
                      statistic=statistic, radius=radius, psf_fwhm=psf_fwhm,
                      psf=_abs_if_file(psf), hdu=hdu, mask=mask,
                      overrides=tuple(sorted((overrides or {}).items())),
-                     torch_threads=torch_threads, use_mag=bool(use_mag))
+                     torch_threads=torch_threads, use_mag=bool(use_mag),
+                     mag_offset=float(mag_offset))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,8 +559,10 @@ def _prepare_output(out: Path, manifest: dict, *, overwrite: bool, inputs: Seque
         for name in (MANIFEST, FAILURES, SUMMARY):
             (out / name).unlink(missing_ok=True)
     elif old is not None:
-        diff = {k: (old.get(k), v) for k, v in manifest.items()
-                if k not in _SPEED_ONLY and old.get(k) != v}
+        # a setting newer than the old manifest counts as its default there
+        defaults = {f.name: f.default for f in fields(BatchSpec)}
+        diff = {k: (old.get(k, defaults.get(k)), v) for k, v in manifest.items()
+                if k not in _SPEED_ONLY and old.get(k, defaults.get(k)) != v}
         if diff:
             what = "; ".join(_describe_change(k, a, b) for k, (a, b) in diff.items())
             raise OutputExistsError(f"{out} holds results of a different run ({what}); use "

@@ -49,6 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")
     g.add_argument("--no-mag", action="store_true",
                    help="lumos: data-only PDFs (likelihoods) without the catalogue magnitude")
+    g.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
+                   help="lumos: added to the catalogue's mag column (the model's band system; "
+                        "see `skysub photometry --help`)")
     _add_model_args(p)
     for action in p._actions:  # batch runs choose the batch size per device
         if action.dest == "batch_size":
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                            statistic=args.statistic, radius=args.radius,
                            psf_fwhm=args.psf_fwhm, psf=args.psf, hdu=rk["hdu"],
                            mask=rk["mask"], overrides=rk["overrides"],
-                           torch_threads=args.torch_threads, use_mag=not args.no_mag)
+                           torch_threads=args.torch_threads, use_mag=not args.no_mag,
+                           mag_offset=args.mag_offset)
     formats = ("parquet", "csv") if args.format == "both" else (args.format,)
     res = batch.run(args.images, args.catalog, args.output, spec=spec, workers=args.workers,
                     scheduler=args.scheduler, formats=formats, overwrite=args.overwrite,

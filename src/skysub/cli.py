@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mag", action="store_true",
                    help="lumos: data-only PDFs, without the catalogue magnitude as a prior (for "
                         "duplicates tests and PDF coadds; see docs/lumos.md)")
+    p.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
+                   help="lumos: added to the catalogue's mag column to put it in the model's "
+                        "band system (lumos-paus: zero point 23; exposures of `skysub simulate "
+                        "ccd` have 25, so -2)")
     p.add_argument("--output", "-o", required=True)
     _add_common(p)
 
@@ -381,7 +385,7 @@ def _cmd_photometry(args) -> int:
     phot = make_photometer(args.photometer, background=est, config=cfg, radius=args.radius,
                            psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
                            device=args.device, batch_size=args.batch_size,
-                           use_mag=not args.no_mag)
+                           use_mag=not args.no_mag, mag_offset=args.mag_offset)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **_read_kwargs(args, cfg))
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)

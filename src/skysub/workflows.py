@@ -217,11 +217,12 @@ def _stack(tables: list[Table]) -> Table:
 def make_photometer(name: str, *, background: Any, config: SurveyConfig | None = None,
                     radius: float | None = None, psf_fwhm: float | None = None,
                     psf: str | Path | None = None, model: str | Path | None = None,
-                    device: str = "auto", batch_size: int = 512, use_mag: bool = True):
+                    device: str = "auto", batch_size: int = 512, use_mag: bool = True,
+                    mag_offset: float = 0.0):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
-    False gives its data-only PDFs)."""
+    False gives its data-only PDFs; ``mag_offset`` is added to the catalogue magnitudes)."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -237,7 +238,8 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
 
         return LumosPhotometer(model or DEFAULT_MODEL, psf=None if psf is None else load_psf(psf),
                                device=device, batch_size=batch_size, use_mag=use_mag,
-                               estimator=(config.lumos or {}).get("estimator"))
+                               estimator=(config.lumos or {}).get("estimator"),
+                               mag_offset=mag_offset)
 
     if psf is not None:
         kernel = load_psf(psf)

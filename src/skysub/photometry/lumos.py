@@ -304,6 +304,12 @@ class LumosPhotometer:
     device : "auto" (GPU when present), "cpu", "cuda"
     threads : torch threads on CPU
     name : label in output tables
+    mag_offset : added to the catalogue's ``mag`` (the targets' prior and the neighbour
+        channel) to put it in the band system the model assumes -- a galaxy of magnitude ``m``
+        gives ``exptime 10^(-0.4 (m - zero_point)) / gain`` image units, ``zero_point`` in the
+        card's ``inputs.simulation`` (23 for ``lumos-paus``).  Exposures of ``skysub simulate
+        ccd`` have zero point 25: use -2 there
+        (:func:`skysub.simulate.galaxies.band_system_catalog`).
 
     Notes
     -----
@@ -319,7 +325,8 @@ class LumosPhotometer:
 
     def __init__(self, model: Any = DEFAULT_MODEL, *, psf=None, estimator: str | None = None,
                  use_mag: bool = True, batch_size: int = 512, device: str = "auto",
-                 threads: int | None = None, name: str = "lumos") -> None:
+                 threads: int | None = None, name: str = "lumos",
+                 mag_offset: float = 0.0) -> None:
         import torch
 
         from ..nn.device import configure_threads, resolve_device
@@ -345,6 +352,10 @@ class LumosPhotometer:
             raise InputError(f"estimator must be one of {ESTIMATORS}, got {est!r}")
         self.estimator = est
         self.use_mag = bool(use_mag)
+        if not np.isfinite(float(mag_offset)):
+            raise InputError(f"mag_offset must be a finite number of magnitudes, got "
+                             f"{mag_offset!r}")
+        self.mag_offset = float(mag_offset)
         if not self.use_mag and not self.settings.prior_free_fraction:
             raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
                              "prior_free_fraction > 0; this one always saw the reference "
@@ -433,10 +444,15 @@ class LumosPhotometer:
         img = as_image(image, mask)
         x, y = check_positions(x, y)
         n = len(x)
+        if self.mag_offset:  # the catalogue in the model's band system
+            if mag is not None:
+                mag = np.asarray(mag, float) + self.mag_offset
+            if catalog is not None and "mag" in _colnames(catalog):
+                catalog = catalog.copy()
+                catalog["mag"] = np.asarray(catalog["mag"], float) + self.mag_offset
         if not self.use_mag:
             mag = None
-        elif mag is None and catalog is not None and "mag" in getattr(
-                catalog, "colnames", getattr(catalog, "keys", lambda: [])()):
+        elif mag is None and catalog is not None and "mag" in _colnames(catalog):
             mag = np.asarray(catalog["mag"], float)
         k = self.net.arch.n_components
         A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
@@ -602,6 +618,10 @@ def _calibrated(a, m, s, sigma_scale: float | SNRCalibration, prior_knee: float 
     if prior_knee is not None:
         a, m, s = divide_training_prior(a, m, s, prior_knee)
     return a, m, s
+
+
+def _colnames(catalog) -> list[str]:
+    return list(getattr(catalog, "colnames", None) or catalog.keys())
 
 
 def _catalog_mag(catalog, n: int) -> np.ndarray:
