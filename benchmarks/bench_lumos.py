@@ -119,6 +119,14 @@ def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, se
             per_r = ", ".join(f"{r:g} px {v:+.3f} ± {e:.3f}" for r, v, e in
                               zip(b["R"], b["bias"], b["bias_se"], strict=True))
             res.notes.append(f"blending, {name}: median error ± standard error per R: {per_r}")
+    pbm = ev.get("pit_by_mag")
+    for name in ("lumos", "lumos_nomag"):
+        if pbm is not None and len(pbm):
+            p = pbm[pbm["method"] == name]
+            per_m = ", ".join(f"{lo:g}-{hi:g}: {mp:.3f} (p {kp:.2g})" for lo, hi, mp, kp in
+                              zip(p["mag_lo"], p["mag_hi"], p["median_pit"], p["pit_ks_p"],
+                                  strict=True))
+            res.notes.append(f"PIT by magnitude, {name}: median PIT (KS p) per i bin: {per_m}")
     return res
 
 

@@ -224,6 +224,11 @@ def test_cli_evaluate_photometry(trained, tmp_path):
     pit = Table.read(out / "evaluate_photometry_pit.csv")
     assert {"lumos", "lumos_nomag"} <= set(pit.colnames)
     assert pit["lumos"].sum() == s[s["method"] == "lumos"]["n"][0]
+    # the per-magnitude PIT covers the same objects, bin by bin
+    pm = Table.read(out / "evaluate_photometry_pit_by_mag.csv")
+    lum = pm[pm["method"] == "lumos"]
+    assert 0 < lum["n"].sum() <= pit["lumos"].sum() and len(lum) >= 2
+    assert ((lum["median_pit"] > 0) & (lum["median_pit"] < 1)).all()
     assert (out / "evaluate_photometry.png").stat().st_size > 10000
     assert main(["evaluate", "photometry", "--model", str(path), "--n-objects", "0",
                  "-o", str(tmp_path / "x"), "-q"]) == 2

@@ -455,7 +455,7 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
     f0 = np.asarray(tr["flux_true"])
     mag = np.asarray(tr["mag"])
     edges = np.arange(18.0, 23.5, 0.5)
-    rows, summ = [], []
+    rows, summ, pit_rows = [], [], []
     pit_cols: dict[str, np.ndarray] = {}
     for m in methods:
         f = np.concatenate([r[0] for r in res[m]])
@@ -485,10 +485,21 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
             pit_cols.setdefault("lo", pedges[:-1])
             pit_cols.setdefault("hi", pedges[1:])
             pit_cols[m] = counts
+            # per magnitude: a calibration that is flat overall may err in opposite directions
+            # at the bright and faint ends (median PIT > 0.5: the truth above the PDF's median)
+            pm = mag[ok]
+            for lo, hi in PIT_MAG_BINS:
+                sel = (pm >= lo) & (pm < hi) & np.isfinite(pit)
+                if sel.sum() >= 20:
+                    pit_rows.append({"method": m, "mag_lo": lo, "mag_hi": hi,
+                                     "n": int(sel.sum()),
+                                     "median_pit": float(np.median(pit[sel])),
+                                     "pit_ks_p": pit_uniformity(pit[sel]).pvalue})
         summ.append(row)
     out_t = {"by_mag": Table(rows=rows), "summary": Table(rows=summ)}
     if pit_cols:
         out_t["pit"] = Table(pit_cols)
+        out_t["pit_by_mag"] = Table(rows=pit_rows)
     if blending:
         out_t["blending"] = blending_test(
             lumos, cfg, settings, psf, seed=seed + 1, n_per_r=n_blend,
@@ -498,6 +509,10 @@ def evaluate_photometry(model="lumos-paus", *, n_objects: int = 4000, seed: int 
             write_table(v, out / f"evaluate_photometry_{k}.csv", overwrite=overwrite)
         _photometry_plots(out_t, out / "evaluate_photometry.png", overwrite=overwrite)
     return out_t
+
+
+#: magnitude bins of the per-magnitude PIT (``evaluate_photometry``'s ``pit_by_mag``)
+PIT_MAG_BINS = ((18.0, 20.0), (20.0, 21.0), (21.0, 22.0), (22.0, 23.5))
 
 
 def _photometry_plots(res: dict, path: Path, *, overwrite: bool = False) -> None:
@@ -652,7 +667,7 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
 
 def print_photometry_summary(res: dict) -> None:
     """Print the benchmark tables."""
-    for k in ("summary", "by_mag", "blending", "pit"):
+    for k in ("summary", "by_mag", "blending", "pit", "pit_by_mag"):
         if k in res:
             t = res[k]
             for c in t.colnames:
