@@ -60,6 +60,51 @@ def throughput(model: str, n: int, repeats: int, seed: int) -> tuple[float, floa
     return n / best, flops_per_stamp(net)
 
 
+def native_galaxies(model: str, seed: int, n_exposures: int = 4) -> list[str]:
+    """Median relative flux error of the simulator's OWN catalogued galaxies (not injected
+    ones) in both Lumos modes, with the catalogue's magnitudes as the simulator writes them
+    (zero point 25) and in the model's band system
+    (:func:`skysub.simulate.galaxies.band_system_catalog`, what ``--mag-offset -2`` does)."""
+    from skysub.background.bkgnet import simulated_exposures
+    from skysub.config import load_config
+    from skysub.photometry.lumos import LumosPhotometer
+    from skysub.simulate.galaxies import band_system_catalog
+
+    cfg = load_config("paus")
+    exps, fieldcat = simulated_exposures(n_exposures, config=cfg.simulate, seed=seed + 91)
+    phot = {m: LumosPhotometer(model, use_mag=m == "lumos") for m in ("lumos", "lumos_nomag")}
+    cats = {"as written": fieldcat,
+            "band system": band_system_catalog(fieldcat, cfg.simulate, phot["lumos"].settings)}
+    row = {int(i): k for k, i in enumerate(np.asarray(fieldcat["id"]))}
+    notes = []
+    for label, cat in cats.items():
+        errs: dict[str, list] = {m: [] for m in phot}
+        truth = []
+        for image, _xy, _bg, tr in exps:
+            tr = tr[np.array([int(i) in row for i in tr["id"]])]  # the catalogued sources
+            k = np.array([row[int(i)] for i in tr["id"]])
+            c = {col: np.asarray(cat[col], float)[k] for col in
+                 ("mag", "r50", "sersic_n", "ba", "theta")}
+            c["x"], c["y"] = np.asarray(tr["x"], float), np.asarray(tr["y"], float)
+            gal = np.asarray(tr["kind"]) == "galaxy"
+            f_true = np.asarray(tr["flux_true"], float)[gal]
+            for m, ph in phot.items():
+                # every catalogued source is measured (the neighbour channel sees them all)
+                r = ph.measure(image, c["x"], c["y"], catalog=c)
+                errs[m].append(r.flux[gal] / f_true - 1)
+            truth.append(f_true)
+        f0 = np.concatenate(truth)
+        q = np.quantile(f0, [1 / 3, 2 / 3])
+        for m in phot:
+            e = np.concatenate(errs[m])
+            parts = [np.nanmedian(e[sel]) for sel in (f0 < q[0], (f0 >= q[0]) & (f0 < q[1]),
+                                                      f0 >= q[1])]
+            notes.append(f"simulator's own galaxies ({len(f0)}), magnitudes {label}, {m}: median "
+                         f"error {np.nanmedian(e):+.3f} (faint / middle / bright third: "
+                         + " / ".join(f"{v:+.3f}" for v in parts) + ")")
+    return notes
+
+
 def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, seed: int,
         estimator: str | None = None) -> BenchResult:
     from skysub.evaluate import evaluate_photometry
@@ -119,6 +164,7 @@ def run(model: str, n_objects: int, n_blend: int, n_speed: int, repeats: int, se
             per_r = ", ".join(f"{r:g} px {v:+.3f} ± {e:.3f}" for r, v, e in
                               zip(b["R"], b["bias"], b["bias_se"], strict=True))
             res.notes.append(f"blending, {name}: median error ± standard error per R: {per_r}")
+    res.notes.extend(native_galaxies(model, seed))
     pbm = ev.get("pit_by_mag")
     for name in ("lumos", "lumos_nomag"):
         if pbm is not None and len(pbm):

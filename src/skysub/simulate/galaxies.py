@@ -313,8 +313,8 @@ def band_system_catalog(catalog, simulate: Any, settings: GalaxySimSettings):
     injected one of ``m + settings.zero_point - ccd_zero_point``: that is its magnitude in the
     system the Lumos inputs assume (the catalogue prior, the neighbour channel, the flux-ratio
     deblend).  A real survey's catalogue is one system; the simulator's world was not, and the
-    with-magnitude mode read its own sources 2 mag too faint (a -17 % median bias on them,
-    -43 % in the faint third).  The pixels are unchanged."""
+    with-magnitude mode read its own sources 2 mag too faint (``python -m
+    benchmarks.bench_lumos`` measures both).  The pixels are unchanged."""
     from .ccd import CCDSimConfig
 
     ccd = simulate if isinstance(simulate, CCDSimConfig) else CCDSimConfig(**(simulate or {}))
