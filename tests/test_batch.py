@@ -356,10 +356,13 @@ def test_lumos_photometer_equals_serial(survey, tmp_path):
     from skysub.nn.device import configure_threads
 
     root, images, cat = survey
-    res = _run(survey, tmp_path / "out", photometer="lumos", device="cpu", workers=1)
+    # the simulator's catalogue in the shipped model's band system (--mag-offset -2)
+    res = _run(survey, tmp_path / "out", photometer="lumos", device="cpu", workers=1,
+               mag_offset=-2.0)
     assert res.ok and res.n_done == N_EXP
+    assert json.loads((tmp_path / "out" / batch.MANIFEST).read_text())["mag_offset"] == -2.0
     phot = make_photometer("lumos", background=None, config=load_config("paus"), device="cpu",
-                           batch_size=batch.CPU_BATCH_SIZE)
+                           batch_size=batch.CPU_BATCH_SIZE, mag_offset=-2.0)
     configure_threads(1)  # the workers' torch threads (bit-for-bit float32 sums)
     serial = measure_photometry(images, cat, phot, quiet=True)
     assert_tables_equal(batch.read_results(tmp_path / "out"), serial)
