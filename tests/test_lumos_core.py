@@ -252,6 +252,14 @@ def test_stamp_features_neighbour_feature_without_the_joint_fit():
     assert float(f1[2, 4]) == pytest.approx(float(fj[2, 0]), rel=1e-5)
 
 
+def _blob(x0: float) -> np.ndarray:
+    """A unit-total Gaussian (sigma 2.5 px) on a 41 x 41 grid, ``x0`` px right of the centre."""
+    g = np.arange(41) - 20.0
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+    b = np.exp(-0.5 * ((xx - x0) ** 2 + yy ** 2) / 2.5 ** 2)
+    return b / b.sum()
+
+
 def test_stamp_features_flux_ratio_deblend_recovers_the_target():
     """``ref_flux`` (LumosArch.neighbour_ratio): a target of catalogue flux 0.4 blended with a
     neighbour of catalogue flux 2.5 whose light overlaps the target's filter; both in the same
@@ -260,19 +268,12 @@ def test_stamp_features_flux_ratio_deblend_recovers_the_target():
     leave the matched filter, and the extra feature is log(1 + c)."""
     from skysub.nn.lumos import stamp_features
 
-    g = np.arange(41) - 20.0
-    yy, xx = np.meshgrid(g, g, indexing="ij")
-
-    def blob(x0):
-        b = np.exp(-0.5 * ((xx - x0) ** 2 + yy ** 2) / 2.5 ** 2)
-        return b / b.sum()
-
-    p = torch.from_numpy(np.stack([blob(0.0)] * 2))
+    p = torch.from_numpy(np.stack([_blob(0.0)] * 2))
     unit_per_ref = 1000.0  # image units per catalogue reference-flux unit
     rng = np.random.default_rng(3)
     sky = rng.normal(0.0, 1.0, (2, 41, 41))
     sky[:, 12:29, 12:29] = 0.0  # noise only far from the pair: a noise-free core
-    q = torch.from_numpy(np.stack([2.5 * blob(5.0)] * 2))
+    q = torch.from_numpy(np.stack([2.5 * _blob(5.0)] * 2))
     data = torch.from_numpy(sky + unit_per_ref * (0.4 * p.numpy() + q.numpy()))
     valid = torch.ones(2, 41, 41, dtype=torch.bool)
     ref = torch.tensor([0.4, np.nan], dtype=torch.float64)
@@ -298,15 +299,8 @@ def test_stamp_features_data_deblend_needs_no_magnitude():
     known magnitude keeps the catalogue ratio, and a stamp without a neighbour is untouched."""
     from skysub.nn.lumos import stamp_features
 
-    g = np.arange(41) - 20.0
-    yy, xx = np.meshgrid(g, g, indexing="ij")
-
-    def blob(x0):
-        b = np.exp(-0.5 * ((xx - x0) ** 2 + yy ** 2) / 2.5 ** 2)
-        return b / b.sum()
-
-    p = torch.from_numpy(np.stack([blob(0.0)] * 3))
-    q = torch.from_numpy(np.stack([2.5 * blob(5.0), 2.5 * blob(5.0), 0.0 * blob(5.0)]))
+    p = torch.from_numpy(np.stack([_blob(0.0)] * 3))
+    q = torch.from_numpy(np.stack([2.5 * _blob(5.0), 2.5 * _blob(5.0), 0.0 * _blob(5.0)]))
     colour = 2.0  # the neighbour is twice as bright as its catalogue flux says
     data = torch.from_numpy(1000.0 * (0.4 * p.numpy() + colour * q.numpy()))  # noise-free
     valid = torch.ones(3, 41, 41, dtype=torch.bool)
