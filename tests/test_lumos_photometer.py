@@ -357,3 +357,28 @@ def test_shipped_model_measures_the_simulators_own_galaxies(tmp_path):
     with pytest.raises(SystemExit):
         main(["photometry", str(img), "-c", str(sim / "catalog.csv"), "-p", "lumos",
               "--mag-offset", "two", "-o", str(tmp_path / "x.csv"), "-q"])
+
+
+def test_validation_features_without_the_magnitude_are_the_data_only_inputs():
+    """training_tensors' ``feats_nomag`` (the data-only mode's validation inputs) are the rows'
+    features with the magnitude hidden -- what a data-only row gets -- and, for stamps with an
+    injected neighbour, they differ from the with-magnitude features (the joint-fit deblend
+    instead of the catalogue ratio)."""
+    from skysub.background.bkgnet import _galaxy_pool, simulated_exposures
+    from skysub.photometry.lumos import training_tensors
+    from skysub.simulate.galaxies import simulate_galaxy_stamps
+
+    sim_cfg = {"shape": [192, 256], "n_galaxies": 150, "n_faint": 50}
+    exps, fieldcat = simulated_exposures(1, config=sim_cfg, seed=4)
+    image, cat_xy, _bg, _t = exps[0]
+    gs = GalaxySimSettings(blend_fraction=0.5, prior_free_fraction=0.0)
+    sim = simulate_galaxy_stamps([(image, cat_xy)], 40, gs, seed=5,
+                                 galaxies=_galaxy_pool(fieldcat, np.random.default_rng(0)))
+    kw = {"neighbours": True, "joint": False, "ratio": True, "deblend": True}
+    t = training_tensors(sim, [], **kw)
+    hidden = training_tensors(sim, [], hidden_mag=np.ones(len(sim["mag"]), bool), **kw)
+    assert torch.equal(t["feats_nomag"], hidden["feats"])
+    blended = np.isfinite(sim["blend_r"])
+    assert blended.sum() >= 5 and (~blended).sum() >= 5
+    diff = (t["feats_nomag"] != t["feats"]).any(1).numpy()
+    assert diff[blended].all()

@@ -682,7 +682,8 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
     ``neighbours`` (and the flux-ratio deblend when ``ratio``, except for rows in
     ``hidden_mag``: stamps shown without their magnitude, which get the joint fit's deblend
     with ``deblend``).  Adds ``y`` (normalised true flux),
-    ``unit`` and ``ok``."""
+    ``unit`` and ``ok``, and with ``ratio`` ``feats_nomag``: every row's features as the
+    data-only mode computes them (the magnitude hidden), for its validation metrics."""
     import torch
 
     from ..background.bkgnet import key_name
@@ -710,7 +711,15 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
         t["coords"] = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
-        for k in ("x", "feats", "coords", "mag", "has_mag", "key"):
+        if ratio:  # the features without the magnitude (the data-only mode's inputs)
+            t["feats_nomag"] = _tensors(
+                st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)), np.zeros(len(st)),
+                (1, 1), None, kidx[sl], torch,
+                neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint,
+                ratio=True, deblend=deblend)["feats"]
+        for k in ("x", "feats", "coords", "mag", "has_mag", "key", "feats_nomag"):
+            if k not in t:
+                continue
             if k not in out:
                 out[k] = torch.empty((n, *t[k].shape[1:]), dtype=t[k].dtype)
             out[k][sl] = t[k]
@@ -764,7 +773,7 @@ def _subset(t: dict, sel: np.ndarray) -> dict:
     import torch
 
     idx = torch.from_numpy(np.flatnonzero(sel))
-    return {k: t[k][idx] for k in TENSOR_KEYS}
+    return {k: t[k][idx] for k in (*TENSOR_KEYS, "feats_nomag") if k in t}
 
 
 def calibrate_widths(model, t: dict, *, truncated: bool = True,
@@ -1331,7 +1340,8 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     # the data-only mode keeps the single width factor: a per-SNR calibration fitted on the
     # prior-free stamps moved the likelihoods' medians (docs/lumos.md)
     scale["no_mag"] = calibrate_widths(model, free, truncated=False, prior_knee=knee)
-    vt0 = {**vt, "has_mag": vt["has_mag"] * 0}
+    # the data-only mode on the same stamps, with the inputs it computes without the magnitude
+    vt0 = {**vt, "has_mag": vt["has_mag"] * 0, "feats": vt.get("feats_nomag", vt["feats"])}
     m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
                                 sigma_scale=snr.get("no_mag", scale["no_mag"]), prior_knee=knee)
     return scale, snr, m_mag, m_nomag
