@@ -226,6 +226,37 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     assert main(ev) == 2  # refuses to overwrite
 
 
+def test_training_and_removal_mask_tables(tmp_path, sim):
+    """[removal.train.masks] cuts the training holes; --calibrate-only measures the error
+    calibration with the removal table [removal.masks] and records it in the card
+    (``inference_masks``), and remove_sources uses it when no table is given."""
+    from skysub.removal.masks import MaskTable
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML + "n_test = 8\n[removal.masks]\nradii = [1.2, 1.3, 1.4, 1.5, 1.6, 1.7]"
+                   "\n[removal.train.masks]\nradii = [1.45, 1.7, 2.0, 2.6, 3.15, 3.45]\n")
+    model = tmp_path / "tiny.pt"
+    base = ["train", "inpaint", "--config", str(cfg), "--output", str(model), "--quiet",
+            "--threads", "1", "--device", "cpu"]
+    assert main([*base, "--epochs", "1"]) == 0
+    card = read_card(model)
+    assert card["inputs"]["masks"]["radii"] == pytest.approx(
+        [3.5 * r for r in (1.45, 1.7, 2.0, 2.6, 3.15, 3.45)])
+    assert "inference_masks" not in card["inputs"]
+    assert main([*base, "--calibrate-only"]) == 0
+    card = read_card(model)
+    removal = MaskTable.from_config(card["inputs"]["inference_masks"])
+    assert list(removal.radii) == pytest.approx([3.5 * r for r in (1.2, 1.3, 1.4, 1.5, 1.6, 1.7)])
+    assert card["error_calibration"]["n_cutouts"] > 0
+    x, y = np.asarray(sim.catalog["x"]), np.asarray(sim.catalog["y"])
+    trained = MaskTable.from_config(card["inputs"]["masks"])
+    default = remove_sources(sim.image, x, y, model=model, device="cpu").table
+    explicit = remove_sources(sim.image, x, y, model=model, device="cpu", masks=removal).table
+    other = remove_sources(sim.image, x, y, model=model, device="cpu", masks=trained).table
+    assert np.array_equal(default["mask_radius"], explicit["mask_radius"])
+    assert (np.asarray(other["mask_radius"]) > np.asarray(default["mask_radius"])).any()
+
+
 def test_cli_train_init_fine_tunes_a_model(tmp_path, capsys):
     """--init starts from a saved model's weights (checked with a vanishing learning rate: the
     convolution weights stay the initial model's, not a fresh random draw) and the card says so;

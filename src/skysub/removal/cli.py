@@ -205,6 +205,9 @@ def cmd_train(args) -> int:
 
     cfg, section = _removal_settings(args)
     train = dict(section.get("train", {}))
+    # [removal.train.masks]: the table training cuts its holes with, when it differs from the
+    # removal table [removal.masks] (which --calibrate-only records for removal)
+    train_masks = train.pop("masks", None)
     for key, val in (("epochs", args.epochs), ("n_train", args.n_train),
                      ("preset", args.preset), ("seed", args.seed), ("threads", args.threads),
                      ("init", args.init), ("lr", args.lr)):
@@ -213,6 +216,9 @@ def cmd_train(args) -> int:
     train["device"] = args.device
     tc = InpaintTrainConfig.from_dict(train)
     masks = MaskTable.from_config(section.get("masks"), psf_fwhm=tc.psf_fwhm)
+    if train_masks is not None:
+        train_masks = MaskTable.from_config({**section.get("masks", {}), **train_masks},
+                                            psf_fwhm=tc.psf_fwhm)
     import shlex
     import sys
 
@@ -223,13 +229,13 @@ def cmd_train(args) -> int:
         from .training import recalibrate
 
         configure_threads(tc.threads)
-        card = recalibrate(args.output, tc, quiet=args.quiet, command=command)
+        card = recalibrate(args.output, tc, masks=masks, quiet=args.quiet, command=command)
         if not args.quiet:
             cal = card["error_calibration"]
             print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
                   f"of {args.output}")
         return 0
-    card = train_inpaint(args.output, config=tc, masks=masks, resume=args.resume,
+    card = train_inpaint(args.output, config=tc, masks=train_masks or masks, resume=args.resume,
                          overwrite=args.overwrite or args.resume, quiet=args.quiet,
                          command=command)
     if not args.quiet:

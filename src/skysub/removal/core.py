@@ -378,8 +378,9 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     inputs = card.get("inputs", {})
     if psf_fwhm is None:
         psf_fwhm = float(inputs.get("psf_fwhm", 3.5))
-    if masks is None:
-        masks = MaskTable.from_config(inputs.get("masks"), psf_fwhm=psf_fwhm)
+    if masks is None:  # the card's removal table (see recalibrate), else its training table
+        masks = MaskTable.from_config(inputs.get("inference_masks", inputs.get("masks")),
+                                      psf_fwhm=psf_fwhm)
     if psf is None:
         psf = gaussian_psf(int(2 * np.ceil(4 * psf_fwhm) + 1), psf_fwhm)
     psf = np.asarray(psf, float) / np.sum(psf)

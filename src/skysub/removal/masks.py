@@ -102,6 +102,14 @@ class MaskTable:
     def max_radius(self) -> float:
         return float(max(self.radii))
 
+    def as_card(self) -> dict[str, Any]:
+        """The table as a model card records it (lengths in px; :meth:`from_config` reads it)."""
+        return {"thresholds": list(self.thresholds), "radii": list(self.radii),
+                "source_radius": self.source_radius, "annulus_in": self.annulus_in,
+                "annulus_out": self.annulus_out, "units": "px",
+                **({"wing_sigma": self.wing_sigma, "max_radius_px": self.max_radius_px}
+                   if self.wing_sigma is not None else {})}
+
     def radius_for(self, snr: np.ndarray, psf: np.ndarray | None = None,
                    wing_snr: np.ndarray | None = None) -> np.ndarray:
         """Hole radius [px] for each SNR (NaN SNR -> the largest radius, to be safe); with a

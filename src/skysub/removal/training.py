@@ -324,13 +324,7 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
         "training_command": cmd,
         "inputs": {"size": cfg.size, "normalisation": "per-cutout min-max over valid pixels",
                    "mask": "1 = valid, 0 = hole (every catalogued source in the cutout)",
-                   "psf_fwhm": cfg.psf_fwhm, "masks": {
-                       "thresholds": list(masks.thresholds), "radii": list(masks.radii),
-                       "source_radius": masks.source_radius, "annulus_in": masks.annulus_in,
-                       "annulus_out": masks.annulus_out, "units": "px",
-                       **({"wing_sigma": masks.wing_sigma,
-                           "max_radius_px": masks.max_radius_px}
-                          if masks.wing_sigma is not None else {})}},
+                   "psf_fwhm": cfg.psf_fwhm, "masks": masks.as_card()},
         "data": {"fields": counts, "user_maps": list(cfg.maps), "psf": list(cfg.psf),
                  "n_train_cutouts": int(len(train["image"])),
                  "n_val_cutouts": int(len(val["image"])), "seed": cfg.seed},
@@ -396,7 +390,10 @@ def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None
                 masks: MaskTable | None = None, quiet: bool = True,
                 command: str | None = None) -> dict[str, Any]:
     """Measure a trained model's error calibration and rewrite its card (weights unchanged):
-    ``skysub train inpaint --calibrate-only --output MODEL``."""
+    ``skysub train inpaint --calibrate-only --output MODEL``.  ``masks``: the table the model
+    will remove sources with (default: the one it was trained with); a table other than the
+    training one is recorded as the card's ``inference_masks``, the default of
+    :func:`skysub.removal.remove_sources`, and the calibration is measured with it."""
     from ..nn.modelfile import load_model, save_model
 
     cfg = config if isinstance(config, InpaintTrainConfig) else InpaintTrainConfig.from_dict(
@@ -404,8 +401,12 @@ def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None
     net, card = load_model(model_path, kind="inpaint")
     card.pop("path", None)
     card.pop("file_size_bytes", None)
-    masks = masks or MaskTable.from_config(card.get("inputs", {}).get("masks"),
-                                           psf_fwhm=cfg.psf_fwhm)
+    inputs = card.setdefault("inputs", {})
+    trained = MaskTable.from_config(inputs.get("masks"), psf_fwhm=cfg.psf_fwhm)
+    masks = masks or trained
+    inputs.pop("inference_masks", None)
+    if masks != trained:
+        inputs["inference_masks"] = masks.as_card()
     cal = calibrate_model(net, cfg, masks, maps=split_maps(cfg)["test"], quiet=quiet)
     if cal is None:
         raise InputError(f"too few test cutouts to calibrate {model_path}: raise [removal.train] "
