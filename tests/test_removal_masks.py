@@ -43,7 +43,10 @@ def test_generic_table_scales_with_fwhm():
     assert np.allclose(np.array(b.radii), 2 * np.array(a.radii))
     assert b.annulus_out == pytest.approx(2 * a.annulus_out)
     assert list(a.thresholds) == list(b.thresholds)
-    assert a.radii[-1] == pytest.approx(12.075)  # ~ the Scan Map blue full mask
+    assert a.radii[-1] == pytest.approx(7.35)  # the removal table: 2.1 FWHM for bright sources
+    # the training table is the Scan Map blue one in FWHM units (its full mask ~ 12 px)
+    t = _training_table()
+    assert t.radii[-1] == pytest.approx(12.075) and t.wing_sigma == 1.0
 
 
 def test_bad_tables():
@@ -150,11 +153,17 @@ def test_wing_radius_gaussian_matches_analytic():
     assert wing_radius(psf, np.array([0.5]), 1.0)[0] == 0.0
 
 
+def _training_table() -> MaskTable:
+    """The inpaint-generic preset's training table (Scan Map blue radii, wing growth to 1
+    sigma) for a 3.5 px FWHM."""
+    cfg = load_config("inpaint-generic").removal
+    return MaskTable.from_config({**cfg["masks"], **cfg["train"]["masks"]}, psf_fwhm=3.5)
+
+
 def test_wing_growth_covers_airy_rings_and_leaves_gaussian_alone():
     from skysub.removal.masks import psf_envelope
 
-    table = MaskTable.from_config(dict(load_config("inpaint-generic").removal["masks"]),
-                                  psf_fwhm=3.5)
+    table = _training_table()
     assert table.wing_sigma == 1.0
     airy = make_psf("airy", 3.5, size=61)
     gauss = make_psf("gaussian", 3.5, size=61)
@@ -184,8 +193,7 @@ def test_mask_radii_uses_amplitude_over_pixel_noise():
     assert pixel_noise(as_image(sky)) == pytest.approx(2.0, rel=0.04)
     airy = make_psf("airy", 3.5, size=61)
     img = inject_sources(sky, airy, np.array([100.3]), np.array([99.6]), np.array([2e5]))
-    table = MaskTable.from_config(dict(load_config("inpaint-generic").removal["masks"]),
-                                  psf_fwhm=3.5)
+    table = _training_table()
     r_plain, snr = mask_radii(img, [100.3], [99.6], table)
     r_psf, _ = mask_radii(img, [100.3], [99.6], table, psf=airy)
     assert r_plain[0] == pytest.approx(3.45 * 3.5)
