@@ -72,7 +72,9 @@ def native_galaxies(model: str, seed: int, n_exposures: int = 4) -> list[str]:
 
     cfg = load_config("paus")
     exps, fieldcat = simulated_exposures(n_exposures, config=cfg.simulate, seed=seed + 91)
-    phot = {m: LumosPhotometer(model, use_mag=m == "lumos") for m in ("lumos", "lumos_nomag")}
+    phot = {"lumos": LumosPhotometer(model)}
+    if phot["lumos"].settings.prior_free_fraction > 0:  # a model with a data-only mode
+        phot["lumos_nomag"] = LumosPhotometer(model, use_mag=False)
     cats = {"as written": fieldcat,
             "band system": band_system_catalog(fieldcat, cfg.simulate, phot["lumos"].settings)}
     row = {int(i): k for k, i in enumerate(np.asarray(fieldcat["id"]))}
