@@ -357,6 +357,11 @@ def test_shipped_model_measures_the_simulators_own_galaxies(tmp_path):
     with pytest.raises(SystemExit):
         main(["photometry", str(img), "-c", str(sim / "catalog.csv"), "-p", "lumos",
               "--mag-offset", "two", "-o", str(tmp_path / "x.csv"), "-q"])
+    from skysub.errors import InputError
+
+    for bad in ("two", np.nan):
+        with pytest.raises(InputError, match="mag_offset"):
+            LumosPhotometer(mag_offset=bad)
 
 
 def test_validation_features_without_the_magnitude_are_the_data_only_inputs():

@@ -108,8 +108,8 @@ class LumosArch(PresetArch):
     #: with ``neighbour_ratio``: where the target's magnitude is unknown (the data-only mode)
     #: deblend the matched filter by the neighbours' amplitude in a joint fit of the target and
     #: the neighbour image -- a magnitude-free deblend: ``f_ref = f_one - a_q+ sum p q / sum p^2``
-    #: and ``c`` = that light over ``max(f_ref, s_ref)`` (without it the data-only mode read an
-    #: i = 20 neighbour 5 px away as +70 % of an i = 22 target)
+    #: and ``c`` = that light over ``max(f_ref, s_ref)`` (without it the data-only mode has
+    #: ``c = 0``: no deblend at all)
     data_deblend: bool = False
 
 

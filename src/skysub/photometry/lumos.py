@@ -352,10 +352,13 @@ class LumosPhotometer:
             raise InputError(f"estimator must be one of {ESTIMATORS}, got {est!r}")
         self.estimator = est
         self.use_mag = bool(use_mag)
-        if not np.isfinite(float(mag_offset)):
+        try:
+            self.mag_offset = float(mag_offset)
+        except (TypeError, ValueError):
+            self.mag_offset = np.nan
+        if not np.isfinite(self.mag_offset):
             raise InputError(f"mag_offset must be a finite number of magnitudes, got "
                              f"{mag_offset!r}")
-        self.mag_offset = float(mag_offset)
         if not self.use_mag and not self.settings.prior_free_fraction:
             raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
                              "prior_free_fraction > 0; this one always saw the reference "
