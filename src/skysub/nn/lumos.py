@@ -186,8 +186,8 @@ def build_from_arch(arch: dict) -> Lumos:
 
 def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Tensor,
                    neighbours: torch.Tensor | None = None, joint: bool = True,
-                   ref_flux: torch.Tensor | None = None, data_deblend: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   ref_flux: torch.Tensor | None = None, data_deblend: bool = False,
+                   also_unknown: bool = False) -> tuple[torch.Tensor, ...]:
     """Network inputs from cutouts and unit-total model images (the SAME function in training
     and inference).
 
@@ -207,6 +207,8 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
         units), NaN where unknown: the catalogue flux-ratio deblend (``LumosArch.neighbour_ratio``)
     data_deblend : with ``ref_flux``: where it is NaN, deblend by the joint fit instead
         (``LumosArch.data_deblend``)
+    also_unknown : with ``ref_flux``, also return (fifth) the features every row would get with
+        its ``ref_flux`` unknown -- the data-only mode's inputs -- from the same pass
 
     Returns
     -------
@@ -260,21 +262,35 @@ def stamp_features(cutouts: torch.Tensor, valid: torch.Tensor, models: torch.Ten
             f_ref, s_ref = f_one, s_one
             extra = [pq / pp, f_joint / s_joint]
             if ref_flux is not None:
-                c = (pq / pp) / ref_flux.double()
-                known = torch.isfinite(c)
-                c = torch.where(known, c.clamp_min(0.0), torch.zeros_like(c))
-                f_ref = f_one / (1.0 + c)
                 if data_deblend:  # magnitude unknown: the neighbours' amplitude from the pixels
-                    a_q = ((pp * qv - pq * pv) / det).clamp_min(0.0)
-                    light = a_q * pq / pp / FLUX_UNIT
+                    light = ((pp * qv - pq * pv) / det).clamp_min(0.0) * pq / pp / FLUX_UNIT
                     f_d = f_one - light
-                    f_ref = torch.where(known, f_ref, f_d)
-                    c = torch.where(known, c, light / torch.maximum(f_d, s_one))
-                extra.append(torch.log1p(c))
+                    c_d = light / torch.maximum(f_d, s_one)
+                else:
+                    f_d, c_d = f_one, torch.zeros_like(f_one)
+
+                def deblended(ref):  # (f_ref, log(1 + c)) for catalogue fluxes ref (NaN unknown)
+                    c = (pq / pp) / ref.double()
+                    known = torch.isfinite(c)
+                    c = c.clamp_min(0.0)
+                    return (torch.where(known, f_one / (1.0 + c), f_d),
+                            torch.log1p(torch.where(known, c, c_d)))
+
+                f_ref, lc = deblended(ref_flux)
+                extra.append(lc)
     x = torch.cat(chans, dim=1)
-    feats = torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak), *extra],
-                        dim=1).float()
-    return x, feats, scale * FLUX_UNIT, ok
+
+    def stack(f_ref, extra):
+        return torch.stack([f_ref / s_ref, torch.log(s_ref), torch.log(peak), *extra],
+                           dim=1).float()
+
+    feats = stack(f_ref, extra)
+    if not also_unknown:
+        return x, feats, scale * FLUX_UNIT, ok
+    if ref_flux is None or neighbours is None or joint:
+        raise ValueError("also_unknown needs ref_flux, neighbours and joint=False")
+    f_u, lc_u = deblended(torch.full_like(f_one, float("nan")))
+    return x, feats, scale * FLUX_UNIT, ok, stack(f_u, [*extra[:-1], lc_u])
 
 
 # -- losses ---------------------------------------------------------------------------------------

@@ -533,7 +533,7 @@ class SNRCalibration:
 
     ``crowded``: a second calibration for crowded targets -- those whose catalogued neighbours
     put more than ``crowd_c`` of the target's own catalogue flux into its matched filter (the
-    ``neighbour_ratio`` feature ``c``; known only with the magnitude) -- whose errors differ
+    ``neighbour_ratio`` feature ``c``; used by the with-magnitude mode only) -- whose errors differ
     from isolated ones' (one calibration for both improved the isolated PIT and spoiled the
     crowded one)."""
 
@@ -644,12 +644,13 @@ def _rows(catalog, ii: np.ndarray):
 
 def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
              joint: bool = True, ratio: bool = False, ratio_mag=None,
-             deblend: bool = False) -> dict:
+             deblend: bool = False, nomag: bool = False) -> dict:
     """Network tensors from cutouts (NaN invalid), model images, the neighbour channel (or
     None) and per-source metadata.  ``ratio``: the catalogue flux-ratio deblend
     (``LumosArch.neighbour_ratio``) with the targets' magnitudes ``ratio_mag`` (default
     ``mag``; NaN or None = unknown: no deblend, or with ``deblend`` the joint fit's,
-    ``LumosArch.data_deblend``)."""
+    ``LumosArch.data_deblend``).  ``nomag``: also ``feats_nomag``, every row's features with
+    its magnitude unknown (the data-only mode's inputs; same pass)."""
     from ..nn.lumos import stamp_features
     from ..simulate.galaxies import reference_flux
 
@@ -662,8 +663,10 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
     if ratio:
         rm = mg if ratio_mag is None else np.asarray(ratio_mag, float)
         ref = torch.from_numpy(reference_flux(rm, unknown=np.nan))
-    xin, feats, unit, ok = stamp_features(d, v, torch.from_numpy(np.asarray(models, np.float32)),
-                                          nb, joint=joint, ref_flux=ref, data_deblend=deblend)
+    both = nomag and ref is not None and nb is not None and not joint  # else they are equal
+    xin, feats, unit, ok, *rest = stamp_features(
+        d, v, torch.from_numpy(np.asarray(models, np.float32)), nb, joint=joint, ref_flux=ref,
+        data_deblend=deblend, also_unknown=both)
     ny, nx = shape
     coords = np.column_stack([np.asarray(x, float) / max(nx - 1, 1) * 2 - 1,
                               np.asarray(y, float) / max(ny - 1, 1) * 2 - 1])
@@ -672,7 +675,8 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
             "mag": torch.from_numpy(np.nan_to_num(mg, nan=0.0).astype(np.float32)),
             "has_mag": torch.from_numpy(np.isfinite(mg).astype(np.float32)),
             "key": torch.from_numpy(np.broadcast_to(np.asarray(key, np.int64), (n,)).copy()),
-            "unit": unit.numpy(), "ok": ok.numpy()}
+            "unit": unit.numpy(), "ok": ok.numpy()} | (
+                {"feats_nomag": rest[0] if both else feats} if nomag else {})
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -709,17 +713,11 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
         t = _tensors(st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)),
                      np.zeros(len(st)), (1, 1), sim["mag"][sl], kidx[sl], torch,
                      neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint,
-                     ratio=ratio, ratio_mag=rm, deblend=deblend)
+                     ratio=ratio, ratio_mag=rm, deblend=deblend, nomag=ratio)
         # CCD coordinates from each cutout's own exposure size
         cx = sim["x"][sl] / np.maximum(sim["nx"][sl] - 1, 1) * 2 - 1
         cy = sim["y"][sl] / np.maximum(sim["ny"][sl] - 1, 1) * 2 - 1
         t["coords"] = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
-        if ratio:  # the features without the magnitude (the data-only mode's inputs)
-            t["feats_nomag"] = _tensors(
-                st, np.isfinite(st), sim["models"][sl], np.zeros(len(st)), np.zeros(len(st)),
-                (1, 1), None, kidx[sl], torch,
-                neighbours=sim["neighbours"][sl] if neighbours else None, joint=joint,
-                ratio=True, deblend=deblend)["feats"]
         for k in ("x", "feats", "coords", "mag", "has_mag", "key", "feats_nomag"):
             if k not in t:
                 continue
@@ -1345,8 +1343,8 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     scale["no_mag"] = calibrate_widths(model, free, truncated=False, prior_knee=knee)
     # the data-only mode on the same stamps, with the inputs it computes without the magnitude
     vt0 = {**vt, "has_mag": vt["has_mag"] * 0, "feats": vt.get("feats_nomag", vt["feats"])}
-    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None,
-                                sigma_scale=snr.get("no_mag", scale["no_mag"]), prior_knee=knee)
+    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, sigma_scale=scale["no_mag"],
+                                prior_knee=knee)
     return scale, snr, m_mag, m_nomag
 
 
