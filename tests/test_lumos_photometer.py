@@ -180,6 +180,13 @@ def test_data_only_mode(trained):
     cat = Table({"r50": np.full(3, 2.0), "sersic_n": np.ones(3), "ba": np.full(3, 0.8),
                  "theta": np.zeros(3), "mag": np.array([19.0, 21.0, 22.0])})
     nomag = LumosPhotometer(path, use_mag=False)
+    # the data-only mode has its own per-SNR calibration (fitted to the posterior on the
+    # prior-free stamps) and the photometer applies it
+    from skysub.photometry.lumos import SNRCalibration
+
+    assert isinstance(nomag.sigma_scale, SNRCalibration)
+    assert nomag.sigma_scale.as_dict() == card["inputs"]["snr_calibration"]["no_mag"]
+    assert nomag.sigma_scale.as_dict() != card["inputs"]["snr_calibration"]["mag"]
     r1 = nomag.measure(image, x, y, catalog=cat)
     cat["mag"] = [23.0, 18.0, 20.0]
     r2 = nomag.measure(image, x, y, catalog=cat)

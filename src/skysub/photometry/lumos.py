@@ -531,11 +531,11 @@ class SNRCalibration:
     galaxies a little low and faint ones a little high.  Fitted by
     :func:`fit_snr_calibration` (maximum likelihood per bin).
 
-    ``crowded``: a second calibration for crowded targets -- those whose catalogued neighbours
-    put more than ``crowd_c`` of the target's own catalogue flux into its matched filter (the
-    ``neighbour_ratio`` feature ``c``; used by the with-magnitude mode only) -- whose errors differ
-    from isolated ones' (one calibration for both improved the isolated PIT and spoiled the
-    crowded one)."""
+    ``crowded``: a second calibration for crowded targets -- those whose neighbours put more
+    than ``crowd_c`` of the target's own flux into its matched filter (the head feature ``c``:
+    from the catalogue's flux ratio with the magnitude, from the joint fit's neighbour amplitude
+    in the data-only mode) -- whose errors differ from isolated ones' (one calibration for both
+    improved the isolated PIT and spoiled the crowded one, in both modes)."""
 
     asinh_snr: tuple[float, ...]
     log_scale: tuple[float, ...]
@@ -1324,8 +1324,9 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     """Validation calibration of both modes (training and ``--calibrate-only``): the
     with-magnitude mode on the catalogue-like tensors ``vt`` (true fluxes ``ftrue``, magnitudes
     ``vmag``), the data-only mode on the prior-free rows ``free_sel`` of ``t`` (at least
-    ``min_free``) after the prior division.  Returns the single width factors (``sigma_scale``),
-    the with-magnitude mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
+    ``min_free``) as the posterior the network learned there (the photometer divides the
+    training density out after the calibration).  Returns the single width factors
+    (``sigma_scale``), each mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
     none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None
     without prior-free rows), measured with the calibration the photometer applies."""
     a, m, s = _predict(model, vt)  # one pass serves both with-magnitude fits
@@ -1338,13 +1339,21 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
         return scale, snr, m_mag, None
     knee = _prior_knee(gs)
     free = _subset(t, free_sel)
-    # the data-only mode keeps the single width factor: a per-SNR calibration fitted on the
-    # prior-free stamps moved the likelihoods' medians (docs/lumos.md)
-    scale["no_mag"] = calibrate_widths(model, free, truncated=False, prior_knee=knee)
+    # the data-only mode is calibrated as the network's POSTERIOR on the prior-free stamps,
+    # whose true fluxes follow the training density that the posterior assumes, and divided by
+    # that density afterwards (as the photometer does).  Fitting the likelihood itself to the
+    # true fluxes is not a proper score: the truths come from a prior, and the fit pulls the
+    # likelihood towards it (docs/lumos.md)
+    af, mf, sf = _predict(model, free)
+    yf = np.asarray(free["y"], float)
+    scale["no_mag"] = fit_width_factor(af, mf, sf, yf, truncated=False)
+    if bins:
+        snr["no_mag"] = fit_snr_calibration(af, mf, sf, yf, truncated=False, n_bins=bins,
+                                            c=crowding(free["feats"]))
     # the data-only mode on the same stamps, with the inputs it computes without the magnitude
     vt0 = {**vt, "has_mag": vt["has_mag"] * 0, "feats": vt.get("feats_nomag", vt["feats"])}
-    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, sigma_scale=scale["no_mag"],
-                                prior_knee=knee)
+    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, prior_knee=knee,
+                                sigma_scale=snr.get("no_mag", scale["no_mag"]))
     return scale, snr, m_mag, m_nomag
 
 
