@@ -113,9 +113,12 @@ def run(*, quick: bool = False, repeats: int = 3, seed: int = 12345, n_fields: i
     for key in ("mean", "median", "std", "skewness", "iqr"):
         rel = np.abs(np.asarray(st[f"reldiff_{key}"], float))
         dstd = np.abs(np.asarray(st[f"diff_over_std_{key}"], float))
+        floor = np.asarray(st[f"floor_reldiff_{key}"], float)
         res.notes.append(f"masked pixels, {key:8s}: |predicted - original| / |original| median "
                          f"{np.nanmedian(rel):.4f}, max {np.nanmax(rel):.4f}; in original-std "
-                         f"units max {np.nanmax(dstd):.4f}")
+                         f"units max {np.nanmax(dstd):.4f}; sampling floor (holes moved at "
+                         f"random) median {np.nanmedian(floor):.4f}, max {np.nanmax(floor):.4f}; "
+                         f"model below its floor in {int(np.sum(rel < floor))} of {len(rel)}")
     d = np.abs(np.asarray(ev["spectra"]["difference"], float))
     res.notes.append(f"normalised power-spectrum difference |P_orig - P_pred| / sum P_orig: "
                      f"median {np.nanmedian(d):.1e}, max {np.nanmax(d):.1e}")

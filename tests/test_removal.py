@@ -220,8 +220,9 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
                  "pixel_stats.csv", "summary.txt"):
         assert (out / name).is_file(), name
     stats = Table.read(out / "pixel_stats.csv")
-    assert {"original_mean", "predicted_mean", "original_skewness", "predicted_iqr"} <= set(
-        stats.colnames)
+    assert {"original_mean", "predicted_mean", "original_skewness", "predicted_iqr",
+            "floor_reldiff_std"} <= set(stats.colnames)
+    assert np.all(np.asarray(stats["floor_reldiff_mean"]) >= 0)
     assert "goals:" in (out / "summary.txt").read_text()
     assert main(ev) == 2  # refuses to overwrite
 
@@ -469,3 +470,22 @@ def test_crowded_group_is_removed_by_rereading_the_map(sim):
     h = res.holes
     assert np.sqrt(np.mean((res.image - sim.truth)[h] ** 2)) < np.std(sim.truth[h])
     assert np.nanmax(np.abs(res.image - sim.truth)) < 100
+
+
+def test_sampling_floor_of_white_noise_is_the_standard_error():
+    """White noise N(100, 10) with 2,000 hole pixels: the masked-pixel mean of the holes moved
+    elsewhere differs from the holes' own by sigma sqrt(2 / N) (two independent means), so the
+    median |relative difference| is 0.674 x 0.1 x sqrt(2 / 2000) = 0.00213; a map whose right
+    half is brighter has a much larger floor for holes that sit on one side."""
+    from skysub.removal.evaluation import sampling_floor
+
+    rng = np.random.default_rng(5)
+    holes = np.zeros((400, 400), bool)
+    holes[:40, :50] = True  # 2,000 pixels
+    floors = [sampling_floor(rng.normal(100.0, 10.0, holes.shape), holes,
+                             np.random.default_rng(s), n_moves=8)["mean"] for s in range(60)]
+    assert np.median(floors) == pytest.approx(0.674 * 0.1 * np.sqrt(2 / 2000), rel=0.25)
+    truth = rng.normal(100.0, 10.0, holes.shape)
+    stepped = truth + np.where(np.arange(400) >= 200, 50.0, 0.0)[None, :]
+    f = sampling_floor(stepped, holes, np.random.default_rng(0), n_moves=16)
+    assert f["mean"] > 0.1  # half the moves land on the brighter half: +50 % there
