@@ -489,7 +489,8 @@ def _cmd_train_lumos(args) -> int:
                   f"written to the card of {args.output}; with-magnitude PIT KS p "
                   f"{m['pit_ks_pvalue']:.3g} (isolated stamps "
                   f"{m.get('pit_ks_pvalue_isolated', float('nan')):.3g}, with a neighbour "
-                  f"{m.get('pit_ks_pvalue_blended', float('nan')):.3g})")
+                  f"{m.get('pit_ks_pvalue_blended', float('nan')):.3g}); data-only PIT KS p "
+                  f"{cal['metrics'].get('no_mag', {}).get('pit_ks_pvalue', float('nan')):.3g}")
         return 0
     card = train_lumos(args.images, args.catalog, args.output, config=cfg,
                        simulated=args.simulated, n_exposures=args.n_exposures,

@@ -783,9 +783,11 @@ def calibrate_widths(model, t: dict, *, truncated: bool = True,
     on every component width that minimises the mixture negative log-likelihood (eq. 10's
     truncated density, or eq. 8's with ``truncated=False``) of the true fluxes of tensors ``t``
     -- temperature scaling, which keeps the means and weights.  With ``prior_knee`` the scaled
-    mixture is divided by the prior-free training density first (:func:`_calibrated`, the
-    data-only mode): the likelihood's widths are calibrated, as the user gets them.  Returns
-    ``c`` (> 1: the network's PDFs were too narrow)."""
+    mixture is divided by the prior-free training density first (:func:`_calibrated`): the
+    likelihood itself is fitted to the true fluxes.  The shipped calibration does not do that
+    for the data-only mode -- true fluxes drawn from a prior are not a proper score for a
+    likelihood -- but fits the posterior before the division (:func:`_calibrate_modes`).
+    Returns ``c`` (> 1: the network's PDFs were too narrow)."""
     return fit_width_factor(*_predict(model, t), np.asarray(t["y"], float), truncated=truncated,
                             prior_knee=prior_knee)
 
