@@ -156,8 +156,7 @@ def test_wing_radius_gaussian_matches_analytic():
 def _training_table() -> MaskTable:
     """The inpaint-generic preset's training table (Scan Map blue radii, wing growth to 1
     sigma) for a 3.5 px FWHM."""
-    cfg = load_config("inpaint-generic").removal
-    return MaskTable.from_config({**cfg["masks"], **cfg["train"]["masks"]}, psf_fwhm=3.5)
+    return MaskTable.for_training(load_config("inpaint-generic").removal, psf_fwhm=3.5)
 
 
 def test_wing_growth_covers_airy_rings_and_leaves_gaussian_alone():

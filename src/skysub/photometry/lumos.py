@@ -1331,11 +1331,19 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     (``sigma_scale``), each mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
     none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None
     without prior-free rows), measured with the calibration the photometer applies."""
-    a, m, s = _predict(model, vt)  # one pass serves both with-magnitude fits
-    y = np.asarray(vt["y"], float)
-    scale = {"mag": fit_width_factor(a, m, s, y)}
-    snr = {"mag": fit_snr_calibration(a, m, s, y, n_bins=bins, c=crowding(vt["feats"]))} \
-        if bins else {}
+    scale, snr = {}, {}
+
+    def fit(mode: str, t_: dict, truncated: bool) -> None:
+        """One prediction pass serves both fits of ``mode``: the single width factor and, with
+        ``bins``, the per-SNR calibration (crowded rows apart)."""
+        a, m, s = _predict(model, t_)
+        y = np.asarray(t_["y"], float)
+        scale[mode] = fit_width_factor(a, m, s, y, truncated=truncated)
+        if bins:
+            snr[mode] = fit_snr_calibration(a, m, s, y, truncated=truncated, n_bins=bins,
+                                            c=crowding(t_["feats"]))
+
+    fit("mag", vt, truncated=True)
     m_mag = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=snr.get("mag", scale["mag"]))
     if int(np.sum(free_sel)) < max(min_free, 1):
         return scale, snr, m_mag, None
@@ -1346,12 +1354,7 @@ def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.n
     # that density afterwards (as the photometer does).  Fitting the likelihood itself to the
     # true fluxes is not a proper score: the truths come from a prior, and the fit pulls the
     # likelihood towards it (docs/lumos.md)
-    af, mf, sf = _predict(model, free)
-    yf = np.asarray(free["y"], float)
-    scale["no_mag"] = fit_width_factor(af, mf, sf, yf, truncated=False)
-    if bins:
-        snr["no_mag"] = fit_snr_calibration(af, mf, sf, yf, truncated=False, n_bins=bins,
-                                            c=crowding(free["feats"]))
+    fit("no_mag", free, truncated=False)
     # the data-only mode on the same stamps, with the inputs it computes without the magnitude
     vt0 = {**vt, "has_mag": vt["has_mag"] * 0, "feats": vt.get("feats_nomag", vt["feats"])}
     m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, prior_knee=knee,

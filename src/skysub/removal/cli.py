@@ -207,7 +207,7 @@ def cmd_train(args) -> int:
     train = dict(section.get("train", {}))
     # [removal.train.masks]: the table training cuts its holes with, when it differs from the
     # removal table [removal.masks] (which --calibrate-only records for removal)
-    train_masks = train.pop("masks", None)
+    train.pop("masks", None)
     for key, val in (("epochs", args.epochs), ("n_train", args.n_train),
                      ("preset", args.preset), ("seed", args.seed), ("threads", args.threads),
                      ("init", args.init), ("lr", args.lr)):
@@ -216,9 +216,7 @@ def cmd_train(args) -> int:
     train["device"] = args.device
     tc = InpaintTrainConfig.from_dict(train)
     masks = MaskTable.from_config(section.get("masks"), psf_fwhm=tc.psf_fwhm)
-    if train_masks is not None:
-        train_masks = MaskTable.from_config({**section.get("masks", {}), **train_masks},
-                                            psf_fwhm=tc.psf_fwhm)
+    train_masks = MaskTable.for_training(section, psf_fwhm=tc.psf_fwhm)
     import shlex
     import sys
 

@@ -110,6 +110,18 @@ class MaskTable:
                 **({"wing_sigma": self.wing_sigma, "max_radius_px": self.max_radius_px}
                    if self.wing_sigma is not None else {})}
 
+    @classmethod
+    def for_training(cls, removal: dict[str, Any] | None, *,
+                     psf_fwhm: float | None = None) -> MaskTable | None:
+        """The table training cuts its holes with, from a ``[removal]`` section: its
+        ``[removal.masks]`` with ``[removal.train.masks]`` laid over it; None without a
+        ``[removal.train.masks]`` (training uses the removal table)."""
+        r = dict(removal or {})
+        over = dict(r.get("train", {}) or {}).get("masks")
+        if over is None:
+            return None
+        return cls.from_config({**dict(r.get("masks", {}) or {}), **over}, psf_fwhm=psf_fwhm)
+
     def radius_for(self, snr: np.ndarray, psf: np.ndarray | None = None,
                    wing_snr: np.ndarray | None = None) -> np.ndarray:
         """Hole radius [px] for each SNR (NaN SNR -> the largest radius, to be safe); with a
