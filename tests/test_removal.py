@@ -355,6 +355,42 @@ def test_error_calibration_recovers_a_known_scale():
                          "sigma_bg": sigma_bg[:5], "noise": noise[:5]}, avg_radii=(2.0, 6.0))
 
 
+def test_level_bias_is_recovered_per_snr_bin():
+    """A bias that depends on the source's SNR (not its hole) is measured per SNR bin, with a
+    standard error that counts the fields' shared offsets; old cards bin by hole radius."""
+    from skysub.removal.calibration import LEVEL_SNR_EDGES, fit_level_bias, level_offset
+
+    rng = np.random.default_rng(11)
+    n = 12000
+    snr = 10 ** rng.uniform(0.3, 2.8, n)  # 2-630
+    hole = np.where(snr < 13, 6.0, 7.0)  # faint and bright share hole radii
+    sim = rng.integers(0, 40, n)
+    field_offset = rng.normal(0.0, 0.06, 40)
+    true_bias = np.where(snr < 10, -0.08, 0.02)
+    e = true_bias + field_offset[sim] + 0.2 * rng.standard_normal(n)
+    m = {"err": np.repeat(e[:, None], 2, axis=1), "hole": hole, "snr": snr,
+         "sigma_bg": np.ones(n), "sim": sim}
+    bias, se = fit_level_bias(m, avg_radii=(4.0, 6.0))
+    edges = np.asarray(LEVEL_SNR_EDGES)
+    centres = np.sqrt(np.maximum(edges[:-1], 1.0) * edges[1:])
+    want = np.where(centres < 10, -0.08, 0.02)
+    counts = np.histogram(snr, edges)[0]
+    filled = counts >= 300
+    np.testing.assert_allclose(np.array(bias)[filled], want[filled], atol=0.04)
+    # the bootstrap over fields sees their shared offsets: sqrt(iid^2 + 0.06^2 / 40 fields)
+    iid = 1.2533 * 0.2 / np.sqrt(counts[1])
+    np.testing.assert_allclose(se[1], np.hypot(iid, 0.06 / np.sqrt(40)), rtol=0.25)
+    assert se[1] > 1.15 * iid
+    cal = {"level_snr_edges": list(LEVEL_SNR_EDGES), "level_bias": bias}
+    got = level_offset(cal, np.array([6.0, 7.0]), np.array([5.0, 200.0]))
+    np.testing.assert_allclose(got, [bias[1], bias[8]])
+    with pytest.raises(ValueError, match="snr"):
+        level_offset(cal, np.array([6.0]))
+    old = {"hole_edges": [0.0, 6.5, 30.0], "level_bias": [0.1, 0.2]}  # a pre-0.1 card
+    np.testing.assert_allclose(level_offset(old, np.array([6.0, 7.0])), [0.1, 0.2])
+    assert not level_offset(None, np.array([6.0])).any()
+
+
 def test_shipped_model_errors_are_calibrated():
     """Pulls of InpaintBackground on fields the calibration never saw have unit width."""
     from skysub.metrics import _sigma68

@@ -21,11 +21,15 @@ the model card (``error_calibration``); :class:`skysub.removal.InpaintBackground
 
 Level bias (skysub's addition).  A small network's holes are not unbiased: the shipped model's
 predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of an SNR-13
-source).  The same held-out fields measure it: per bin of hole radius, ``level_bias`` = the
-median of (mean prediction - truth over the disc nearest the hole) / ``sigma_bg``
-(per-field medians scatter much less in these units than in pixel-noise units).
-:func:`skysub.removal.remove_sources` subtracts ``level_bias x sigma_bg`` from every
-prediction; the error scale ``c`` is measured after that correction.
+source).  The same held-out fields measure it: per bin of the source's peak SNR (eq. 1),
+``level_bias`` = the median of (mean prediction - truth over the disc nearest the hole) /
+``sigma_bg`` (per-field medians scatter much less in these units than in pixel-noise units),
+with its standard error ``level_bias_se``.  It is binned by SNR, not by hole radius, because
+it depends on the source's own light: faint sources, whose hole fluxes are noisy, get wing
+models and anchoring rings of their own, and they share hole radii with sources a hundred times
+brighter.  :func:`skysub.removal.remove_sources` subtracts ``level_bias x sigma_bg`` from every
+prediction; the error scale ``c`` is measured after that correction.  (Cards calibrated before
+skysub 0.1 bin the level by hole radius; :func:`level_offset` reads both.)
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ AVG_RADII = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 #: bin edges of the hole radius [px]
 HOLE_EDGES = (0.0, 5.5, 7.5, 9.5, 11.5, 14.0, 18.0, 30.0)
 MIN_PER_BIN = 30
+#: bin edges of the peak SNR of the level bias (the last bin is open-ended)
+LEVEL_SNR_EDGES = (0.0, 4.0, 6.0, 8.0, 10.0, 13.0, 20.0, 40.0, 100.0, 300.0, 1e9)
+#: a level-bias bin needs this many sources (its median's standard error ~0.01 sigma_bg)
+MIN_PER_LEVEL_BIN = 300
 
 
 def cutout_noise(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -60,16 +68,17 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
     """Remove the sources of each simulation (:class:`skysub.simulate.extended.ExtendedSim`:
     image, truth, catalog, psf) exactly as at inference, without any level correction, and
     return per source: ``err`` (n, len(avg_radii)) mean prediction - truth in each disc,
-    ``area`` (len(avg_radii),) nominal disc areas, ``hole``, ``sigma_bg`` (eq. 1 annulus
-    MAD-std), ``noise`` (the truth's pixel noise)."""
+    ``area`` (len(avg_radii),) nominal disc areas, ``hole``, ``snr`` (eq. 1 peak SNR),
+    ``sigma_bg`` (eq. 1 annulus MAD-std), ``noise`` (the truth's pixel noise), ``sim`` (the
+    index of its simulation)."""
     from ..progress import progress
     from ..stamps import cutouts
     from .core import _aperture_sums, remove_sources
     from .masks import peak_snr
 
-    parts: dict[str, list] = {k: [] for k in ("err", "hole", "sigma_bg", "noise")}
+    parts: dict[str, list] = {k: [] for k in ("err", "hole", "snr", "sigma_bg", "noise", "sim")}
     area = np.empty(len(avg_radii))
-    for sim in progress(sims, desc="calibrating", quiet=quiet, unit="field"):
+    for k, sim in enumerate(progress(sims, desc="calibrating", quiet=quiet, unit="field")):
         x, y = np.asarray(sim.catalog["x"], float), np.asarray(sim.catalog["y"], float)
         # a bare network: no calibration of its own is applied
         res = remove_sources(sim.image, x, y, model=net, masks=masks, psf=sim.psf,
@@ -88,8 +97,10 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
             area[j] = float(np.median(a))
         parts["err"].append(err[ok])
         parts["hole"].append(np.asarray(res.sources["mask_radius"], float)[ok])
+        parts["snr"].append(np.asarray(res.sources["snr"], float)[ok])
         parts["sigma_bg"].append(peak_snr(sim.image, x, y, masks)["sigma_bg"][ok])
         parts["noise"].append(cutout_noise(tru, st.valid)[ok])
+        parts["sim"].append(np.full(int(ok.sum()), k))
     return {k: np.concatenate(v) for k, v in parts.items()} | {"area": area}
 
 
@@ -100,35 +111,60 @@ def _bins(hole: np.ndarray, edges) -> np.ndarray:
 
 
 def fit_level_bias(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = AVG_RADII,
-                   hole_edges: tuple[float, ...] = HOLE_EDGES,
-                   min_per_bin: int = MIN_PER_BIN) -> list[float]:
-    """Per hole-radius bin: median of (mean prediction - truth over the disc nearest the hole)
-    / sigma_bg (module doc).  Empty bins take the nearest filled bin; 0 when none."""
+                   snr_edges: tuple[float, ...] = LEVEL_SNR_EDGES,
+                   min_per_bin: int = MIN_PER_LEVEL_BIN) -> tuple[list[float], list[float]]:
+    """Per peak-SNR bin: median of (mean prediction - truth over the disc nearest the hole)
+    / sigma_bg (module doc), and its standard error.  The sources of one field share its
+    structure, so the error is a bootstrap over the simulations (``m["sim"]``; 200 resamples,
+    seed 0) when they are known, else 1.2533 x sigma68 / sqrt n.  Bins with fewer than
+    ``min_per_bin`` sources take the nearest filled bin; 0 when none is filled."""
+    from ..metrics import _sigma68
+
     j = np.argmin(np.abs(np.asarray(m["hole"], float)[:, None] - np.asarray(avg_radii)), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         e = m["err"][np.arange(len(j)), j] / m["sigma_bg"]
-    b = _bins(m["hole"], hole_edges)
-    nb = len(hole_edges) - 1
-    out = np.full(nb, np.nan)
+    b = _bins(m["snr"], snr_edges)
+    nb = len(snr_edges) - 1
+    out, se = np.full(nb, np.nan), np.full(nb, np.nan)
     for i in range(nb):
         sel = (b == i) & np.isfinite(e)
         if sel.sum() >= min_per_bin:
             out[i] = float(np.median(e[sel]))
+            se[i] = (_bootstrap_se(e[sel], np.asarray(m["sim"])[sel]) if "sim" in m
+                     else float(1.2533 * _sigma68(e[sel]) / np.sqrt(sel.sum())))
     filled = np.flatnonzero(np.isfinite(out))
     if filled.size == 0:
-        return [0.0] * nb
+        return [0.0] * nb, [float("nan")] * nb
     for i in range(nb):
         if not np.isfinite(out[i]):
-            out[i] = out[filled[np.argmin(np.abs(filled - i))]]
-    return np.round(out, 5).tolist()
+            k = filled[np.argmin(np.abs(filled - i))]
+            out[i], se[i] = out[k], se[k]
+    return np.round(out, 5).tolist(), np.round(se, 5).tolist()
 
 
-def level_offset(cal: dict[str, Any] | None, hole: np.ndarray) -> np.ndarray:
-    """Level bias of the prediction per source, in units of its sigma_bg (0 when the
-    calibration has none: models calibrated before it existed)."""
+def _bootstrap_se(v: np.ndarray, group: np.ndarray, n_boot: int = 200, seed: int = 0) -> float:
+    """Standard error of ``median(v)`` when the values come in correlated ``group``s: the
+    std of the median over resamples of whole groups with replacement."""
+    rng = np.random.default_rng(seed)
+    ids, inv = np.unique(group, return_inverse=True)
+    members = [v[inv == g] for g in range(len(ids))]
+    meds = [np.median(np.concatenate([members[g] for g in rng.integers(len(ids), size=len(ids))]))
+            for _ in range(n_boot)]
+    return float(np.std(meds))
+
+
+def level_offset(cal: dict[str, Any] | None, hole: np.ndarray,
+                 snr: np.ndarray | None = None) -> np.ndarray:
+    """Level bias of the prediction per source, in units of its sigma_bg: by peak SNR
+    (``level_snr_edges``), or by hole radius in cards calibrated before that; 0 when the
+    calibration has none."""
     hole = np.asarray(hole, float)
     if not cal or "level_bias" not in cal:
         return np.zeros(hole.shape)
+    if "level_snr_edges" in cal:
+        if snr is None:
+            raise ValueError("this model's level calibration is binned by peak SNR: give snr")
+        return np.asarray(cal["level_bias"], float)[_bins(snr, cal["level_snr_edges"])]
     return np.asarray(cal["level_bias"], float)[_bins(hole, cal["hole_edges"])]
 
 
@@ -187,10 +223,15 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True) -> dict[s
     """:func:`measure_fields`, the level bias, then :func:`fit_calibration` of the corrected
     errors: the card's ``error_calibration``."""
     m = measure_fields(net, sims, masks, quiet=quiet)
-    bias = fit_level_bias(m)
-    m["err"] = m["err"] - (level_offset({"hole_edges": HOLE_EDGES, "level_bias": bias},
-                                        m["hole"]) * m["sigma_bg"])[:, None]
+    bias, bias_se = fit_level_bias(m)
+    level = {"level_snr_edges": LEVEL_SNR_EDGES, "level_bias": bias}
+    m["err"] = m["err"] - (level_offset(level, m["hole"], m["snr"]) * m["sigma_bg"])[:, None]
     cal = fit_calibration(m)
+    cal["level_snr_edges"] = [float(v) for v in LEVEL_SNR_EDGES]
     cal["level_bias"] = bias
-    cal["level_model"] = "prediction -= level_bias[hole bin] x sigma_bg (annulus MAD-std)"
+    cal["level_bias_se"] = bias_se
+    cal["level_n"] = np.bincount(_bins(m["snr"], LEVEL_SNR_EDGES),
+                                 minlength=len(LEVEL_SNR_EDGES) - 1).tolist()
+    cal["level_model"] = ("prediction -= level_bias[peak-SNR bin] x sigma_bg "
+                          "(annulus MAD-std)")
     return cal

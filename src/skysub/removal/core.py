@@ -449,7 +449,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
 
         sigma_bg = np.zeros(n)  # every source on the map (crowded ones may be inpainted later)
         sigma_bg[on] = np.nan_to_num(peak_snr(img, x[on], y[on], masks)["sigma_bg"])
-        level = level_offset(cal, hole_r) * sigma_bg
+        level = level_offset(cal, hole_r, snr) * sigma_bg
 
     pred = inpaint_used(st.data)
     # 3b. PSF-wing subtraction (see ``wings``): flux in each hole -> wing model -> inpaint again
