@@ -249,6 +249,7 @@ def test_training_and_removal_mask_tables(tmp_path, sim):
     removal = MaskTable.from_config(card["inputs"]["inference_masks"])
     assert list(removal.radii) == pytest.approx([3.5 * r for r in (1.2, 1.3, 1.4, 1.5, 1.6, 1.7)])
     assert card["error_calibration"]["n_cutouts"] > 0
+    assert sum(card["error_calibration"]["level_n"]) >= card["error_calibration"]["n_cutouts"]
     x, y = np.asarray(sim.catalog["x"]), np.asarray(sim.catalog["y"])
     trained = MaskTable.from_config(card["inputs"]["masks"])
     default = remove_sources(sim.image, x, y, model=model, device="cpu").table
@@ -358,7 +359,12 @@ def test_error_calibration_recovers_a_known_scale():
 def test_level_bias_is_recovered_per_snr_bin():
     """A bias that depends on the source's SNR (not its hole) is measured per SNR bin, with a
     standard error that counts the fields' shared offsets; old cards bin by hole radius."""
-    from skysub.removal.calibration import LEVEL_SNR_EDGES, fit_level_bias, level_offset
+    from skysub.removal.calibration import (
+        LEVEL_SNR_EDGES,
+        describe_level,
+        fit_level_bias,
+        level_offset,
+    )
 
     rng = np.random.default_rng(11)
     n = 12000
@@ -386,7 +392,13 @@ def test_level_bias_is_recovered_per_snr_bin():
     np.testing.assert_allclose(got, [bias[1], bias[8]])
     with pytest.raises(ValueError, match="snr"):
         level_offset(cal, np.array([6.0]))
+    cal |= {"level_bias_se": se, "level_n": counts.tolist()}
+    table = describe_level(cal).splitlines()
+    assert len(table) == 1 + len(bias)
+    assert table[2].split()[1:4] == ["4-6", "n", str(counts[1])]
+    assert float(table[2].split()[4]) == pytest.approx(bias[1], abs=1e-4)
     old = {"hole_edges": [0.0, 6.5, 30.0], "level_bias": [0.1, 0.2]}  # a pre-0.1 card
+    assert "no SNR-binned" in describe_level(old)
     np.testing.assert_allclose(level_offset(old, np.array([6.0, 7.0])), [0.1, 0.2])
     assert not level_offset(None, np.array([6.0])).any()
 

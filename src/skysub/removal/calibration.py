@@ -168,6 +168,20 @@ def level_offset(cal: dict[str, Any] | None, hole: np.ndarray,
     return np.asarray(cal["level_bias"], float)[_bins(hole, cal["hole_edges"])]
 
 
+def describe_level(cal: dict[str, Any] | None) -> str:
+    """The card's level bias as a table: one line per peak-SNR bin (count, bias +- standard
+    error in sigma_bg), or a line saying the card has no SNR-binned level calibration."""
+    if not cal or "level_snr_edges" not in cal:
+        return "no SNR-binned level calibration in this card"
+    e = cal["level_snr_edges"]
+    lines = ["level bias (prediction - truth) / sigma_bg per peak-SNR bin, subtracted at removal:"]
+    for i, b in enumerate(cal["level_bias"]):
+        hi = f"{e[i + 1]:g}" if e[i + 1] < 1e8 else "inf"
+        lines.append(f"  SNR {e[i]:>5g}-{hi:<5s} n {cal['level_n'][i]:>6d}  "
+                     f"{b:+.4f} +- {cal['level_bias_se'][i]:.4f}")
+    return "\n".join(lines)
+
+
 def fit_calibration(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = AVG_RADII,
                     hole_edges: tuple[float, ...] = HOLE_EDGES,
                     min_per_bin: int = MIN_PER_BIN) -> dict[str, Any]:

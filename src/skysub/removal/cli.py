@@ -232,6 +232,9 @@ def cmd_train(args) -> int:
             cal = card["error_calibration"]
             print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
                   f"of {args.output}")
+            from .calibration import describe_level
+
+            print(describe_level(cal))
         return 0
     card = train_inpaint(args.output, config=tc, masks=train_masks or masks, resume=args.resume,
                          overwrite=args.overwrite or args.resume, quiet=args.quiet,
