@@ -19,17 +19,18 @@ is the photometer's own pixel-noise term and is taken out, so ``bkg_err`` is the
 background *level* only, as eq. 9 of the PAUS background paper wants it.  The table goes into
 the model card (``error_calibration``); :class:`skysub.removal.InpaintBackground` uses it.
 
-Level bias (skysub's addition).  A small network's holes are not unbiased: the shipped model's
-predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of an SNR-13
-source).  The same held-out fields measure it: per bin of the source's peak SNR (eq. 1),
+Level bias (skysub's addition).  A small network's holes are not unbiased: the earlier 10-epoch
+default model's predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of
+an SNR-13 source), the shipped 20-epoch model's sit 0.03-0.046 ``sigma_bg`` below it at SNR
+4-100.  The same held-out fields measure it: per bin of the source's peak SNR (eq. 1),
 ``level_bias`` = the median of (mean prediction - truth over the disc nearest the hole) /
 ``sigma_bg`` (per-field medians scatter much less in these units than in pixel-noise units),
 with its standard error ``level_bias_se``.  It is binned by SNR, not by hole radius, because
 it depends on the source's own light: faint sources, whose hole fluxes are noisy, get wing
 models and anchoring rings of their own, and they share hole radii with sources a hundred times
 brighter.  :func:`skysub.removal.remove_sources` subtracts ``level_bias x sigma_bg`` from every
-prediction; the error scale ``c`` is measured after that correction.  (Cards calibrated before
-skysub 0.1 bin the level by hole radius; :func:`level_offset` reads both.)
+prediction; the error scale ``c`` is measured after that correction.  (Older cards bin the
+level by hole radius, ``hole_edges``; :func:`level_offset` reads both.)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ HOLE_EDGES = (0.0, 5.5, 7.5, 9.5, 11.5, 14.0, 18.0, 30.0)
 MIN_PER_BIN = 30
 #: bin edges of the peak SNR of the level bias (the last bin is open-ended)
 LEVEL_SNR_EDGES = (0.0, 4.0, 6.0, 8.0, 10.0, 13.0, 20.0, 40.0, 100.0, 300.0, 1e9)
-#: a level-bias bin needs this many sources (its median's standard error ~0.01 sigma_bg)
+#: a level-bias bin needs this many sources (else it takes the nearest filled bin's value)
 MIN_PER_LEVEL_BIN = 300
 
 
