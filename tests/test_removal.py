@@ -225,6 +225,13 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     assert np.all(np.asarray(stats["floor_reldiff_mean"]) >= 0)
     assert "goals:" in (out / "summary.txt").read_text()
     assert main(ev) == 2  # refuses to overwrite
+    # --tta averages symmetries: the same fields, other predictions
+    assert main([*ev, "--overwrite", "--tta", "2"]) == 0
+    assert "2 symmetries per cutout" in (out / "summary.txt").read_text()
+    assert not np.allclose(np.asarray(Table.read(out / "pixel_stats.csv")["predicted_std"]),
+                           np.asarray(stats["predicted_std"]))
+    np.testing.assert_allclose(Table.read(out / "pixel_stats.csv")["original_std"],
+                               stats["original_std"])
 
 
 def test_training_and_removal_mask_tables(tmp_path, sim):

@@ -141,6 +141,8 @@ def add_evaluate_parser(eval_sub) -> argparse.ArgumentParser:
     p.add_argument("--n-fields", type=int, default=4, help="held-out fields (4)")
     p.add_argument("--field-size", type=int, default=384, help="field side [px] (384)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the test fields")
+    p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
+                   help="symmetries of the square averaged per cutout (default: [removal] tta)")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -254,7 +256,8 @@ def cmd_evaluate(args) -> int:
     summary = evaluate_removal(args.output, model=args.model or section.get(
         "model", "inpaint-default"), config=cfg, n_fields=args.n_fields,
         field_size=args.field_size, seed=args.seed, overwrite=args.overwrite,
-        quiet=args.quiet, device=args.device)
+        quiet=args.quiet, device=args.device,
+        tta=int(args.tta if args.tta is not None else section.get("tta", 1)))
     if not args.quiet:
         print(summary["text"])
     return 0

@@ -257,9 +257,10 @@ def _plots(out: Path, rows: Table, spectra: Table, radius: float) -> None:
 
 def evaluate_removal(output: str | Path, *, model: Any = DEFAULT_MODEL, config: Any = None,
                      n_fields: int = 4, field_size: int = 384, seed: int = 12345,
-                     overwrite: bool = False, quiet: bool = False, device: str = "cpu"
-                     ) -> dict[str, Any]:
-    """Run the evaluation and write its CSV/PNG/summary files into ``output`` (a folder).
+                     overwrite: bool = False, quiet: bool = False, device: str = "cpu",
+                     tta: int = 1) -> dict[str, Any]:
+    """Run the evaluation and write its CSV/PNG/summary files into ``output`` (a folder);
+    ``tta`` symmetries of the square averaged per cutout (see :func:`evaluate_fields`).
 
     Returns a dict with ``ratio`` (per-level table), ``stats``, ``goals`` and ``text``.
     """
@@ -277,7 +278,7 @@ def evaluate_removal(output: str | Path, *, model: Any = DEFAULT_MODEL, config: 
         masks = MaskTable.from_config(config.removal["masks"],
                                       psf_fwhm=config.removal.get("psf_fwhm"))
     sims = simulate_test_fields(n_fields, field_size, seed)
-    res = evaluate_fields(sims, model=model, masks=masks, device=device, quiet=quiet)
+    res = evaluate_fields(sims, model=model, masks=masks, device=device, quiet=quiet, tta=tta)
     ratio = flux_ratio_table(res["rows"])
     out.mkdir(parents=True, exist_ok=True)
     write_table(res["rows"], out / "flux_ratio.csv", overwrite=overwrite)
@@ -286,7 +287,8 @@ def evaluate_removal(output: str | Path, *, model: Any = DEFAULT_MODEL, config: 
     _plots(out, res["rows"], res["spectra"], REFERENCE_RADIUS)
     g = goals(ratio, res["stats"], res["spectra"])
     lines = [f"compact-source removal on {n_fields} held-out simulated fields "
-             f"({field_size} x {field_size} px, seed {seed}), model {model}",
+             f"({field_size} x {field_size} px, seed {seed}), model {model}"
+             + (f", {tta} symmetries per cutout (--tta)" if tta > 1 else ""),
              "", f"flux ratio per level (aperture r = {REFERENCE_RADIUS:g} px):"]
     ratio_fmt = ratio.copy()
     for c in ratio_fmt.colnames:
