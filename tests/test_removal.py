@@ -241,7 +241,9 @@ def test_training_and_removal_mask_tables(tmp_path, sim):
     from skysub.removal.masks import MaskTable
 
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY_TOML + "n_test = 8\n[removal.masks]\nradii = [1.2, 1.3, 1.4, 1.5, 1.6, 1.7]"
+    cfg.write_text(TINY_TOML + "n_test = 8\n[removal.masks]\n"
+                   "thresholds = [4.0, 8.0, 13.0, 140.0, 300.0]\n"
+                   "radii = [1.2, 1.3, 1.4, 1.5, 1.6, 1.7]"
                    "\n[removal.train.masks]\nradii = [1.45, 1.7, 2.0, 2.6, 3.15, 3.45]\n")
     model = tmp_path / "tiny.pt"
     base = ["train", "inpaint", "--config", str(cfg), "--output", str(model), "--quiet",

@@ -43,7 +43,9 @@ def test_generic_table_scales_with_fwhm():
     assert np.allclose(np.array(b.radii), 2 * np.array(a.radii))
     assert b.annulus_out == pytest.approx(2 * a.annulus_out)
     assert list(a.thresholds) == list(b.thresholds)
-    assert a.radii[-1] == pytest.approx(7.35)  # the removal table: 2.1 FWHM for bright sources
+    # the removal table: one hole of 1.45 FWHM for every SNR, grown by the PSF wings to 5 sigma
+    assert list(a.radii) == pytest.approx([1.45 * 3.5]) and a.thresholds == ()
+    assert a.wing_sigma == 5.0
     # the training table is the Scan Map blue one in FWHM units (its full mask ~ 12 px)
     t = _training_table()
     assert t.radii[-1] == pytest.approx(12.075) and t.wing_sigma == 1.0

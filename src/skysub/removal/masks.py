@@ -81,7 +81,9 @@ class MaskTable:
         r = np.asarray(self.radii, float)
         if r.ndim != 1 or t.ndim != 1 or len(r) != len(t) + 1 or len(r) < 1:
             raise ConfigError(f"[removal.masks] needs len(radii) = len(thresholds) + 1, got "
-                              f"{len(r)} radii and {len(t)} thresholds")
+                              f"{len(r)} radii and {len(t)} thresholds (a table laid over a "
+                              f"preset's takes the thresholds it does not set from the "
+                              f"preset: set both)")
         if np.any(np.diff(t) <= 0) or not np.all(np.isfinite(t)):
             raise ConfigError(f"[removal.masks] thresholds must increase, got {list(t)}")
         if np.any(r <= 0) or np.any(np.diff(r) < 0):
