@@ -20,17 +20,17 @@ background *level* only, as eq. 9 of the PAUS background paper wants it.  The ta
 the model card (``error_calibration``); :class:`skysub.removal.InpaintBackground` uses it.
 
 Level bias (skysub's addition).  A small network's holes are not unbiased: the earlier 10-epoch
-default model's predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of
-an SNR-13 source), the shipped 20-epoch model's sit 0.03-0.046 ``sigma_bg`` below it at SNR
-4-100.  The same held-out fields measure it: per bin of the source's peak SNR (eq. 1),
-``level_bias`` = the median of (mean prediction - truth over the disc nearest the hole) /
-``sigma_bg`` (per-field medians scatter much less in these units than in pixel-noise units),
-with its standard error ``level_bias_se``.  It is binned by SNR, not by hole radius, because
-it depends on the source's own light: faint sources, whose hole fluxes are noisy, get wing
-models and anchoring rings of their own, and they share hole radii with sources a hundred times
-brighter.  :func:`skysub.removal.remove_sources` subtracts ``level_bias x sigma_bg`` from every
-prediction; the error scale ``c`` is measured after that correction.  (Older cards bin the
-level by hole radius, ``hole_edges``; :func:`level_offset` reads both.)
+default model's predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of an
+SNR-13 source); the shipped 20-epoch model's, with its removal table, sit 0.025-0.033 ``sigma_bg``
+below it at SNR 4-8 and 0.013-0.032 above it beyond SNR 20.  The same held-out fields measure it:
+per bin of the source's peak SNR (eq. 1), ``level_bias`` = the median of (mean prediction - truth
+over the disc nearest the hole) / ``sigma_bg`` (per-field medians scatter much less in these units
+than in pixel-noise units), with its standard error ``level_bias_se``.  It is binned by SNR, not by
+hole radius, because it depends on the source's own light: faint sources, whose hole fluxes are
+noisy, get wing models and anchoring rings of their own, and they share hole radii with sources a
+hundred times brighter.  :func:`skysub.removal.remove_sources` subtracts ``level_bias x sigma_bg``
+from every prediction; the error scale ``c`` is measured after that correction.  (Older cards bin
+the level by hole radius, ``hole_edges``; :func:`level_offset` reads both.)
 """
 
 from __future__ import annotations
