@@ -240,6 +240,30 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     dx = np.asarray(moved["x"]) - np.asarray(rows["x"])
     assert 0.2 < np.std(dx) < 1.0
     np.testing.assert_array_equal(moved["flux_true"], rows["flux_true"])
+    # the configuration's [removal] settings are the ones evaluated (as skysub remove runs them)
+    cfg0 = tmp_path / "nowings.toml"
+    cfg0.write_text(TINY_TOML + "[removal]\nwings = 0\ntexture = \"none\"\n")
+    out0 = tmp_path / "eval0"
+    assert main([*ev[:-1], str(cfg0), "--output", str(out0)]) == 0
+    st0 = Table.read(out0 / "pixel_stats.csv")
+    assert not np.allclose(np.asarray(st0["predicted_std"]), np.asarray(stats["predicted_std"]))
+
+
+def test_removal_options_follow_remove_sources_defaults():
+    """An empty [removal] section evaluates with remove_sources' own defaults; set keys win;
+    bad values name the section."""
+    import inspect
+
+    from skysub.removal.evaluation import removal_options
+
+    sig = inspect.signature(remove_sources).parameters
+    opts = removal_options({})
+    for key in ("feather", "anchor", "wings", "batch_size"):
+        assert opts[key] == sig[key].default, key
+    assert opts["texture"] in ("residual", True) and sig["texture"].default in ("residual", True)
+    assert removal_options({"wings": 2, "texture": "none"})["wings"] == 2
+    with pytest.raises(InputError, match="removal"):
+        removal_options({"wings": "many"})
 
 
 def test_training_and_removal_mask_tables(tmp_path, sim):

@@ -166,6 +166,7 @@ def cmd_remove(args) -> int:
     from ..io import catalog_for_image, check_output, read_catalog, read_image, write_table
     from ..simulate.psf import load_psf
     from .core import removal_summary, remove_sources, write_removed_map
+    from .evaluation import removal_options
     from .masks import MaskTable
 
     cfg, section = _removal_settings(args)
@@ -183,6 +184,7 @@ def cmd_remove(args) -> int:
     cat = catalog_for_image(read_catalog(args.catalog), img)
     psf_fwhm = args.psf_fwhm if args.psf_fwhm is not None else section.get("psf_fwhm")
     psf = load_psf(args.psf) if args.psf else None
+    opts = removal_options(section)
     masks = None
     if section.get("masks"):
         masks = MaskTable.from_config(section["masks"], band=img.meta.band or args.band,
@@ -190,14 +192,11 @@ def cmd_remove(args) -> int:
     res = remove_sources(img, catalog=cat, model=args.model or section.get("model",
                                                                            "inpaint-default"),
                          masks=masks, radii=args.radii or section.get("radii", (4, 6, 8, 10)),
-                         psf=psf, psf_fwhm=psf_fwhm, feather=float(section.get("feather", 3.0)),
-                         anchor=float(section.get("anchor", 8.0)),
-                         tta=args.tta or int(section.get("tta", 1)),
-                         wings=int(args.wings if args.wings is not None
-                                   else section.get("wings", 1)),
-                         texture="none" if args.no_texture else
-                         (args.texture or section.get("texture", "residual")),
-                         batch_size=args.batch_size or int(section.get("batch_size", 256)),
+                         psf=psf, psf_fwhm=psf_fwhm, feather=opts["feather"],
+                         anchor=opts["anchor"], tta=args.tta or int(section.get("tta", 1)),
+                         wings=int(args.wings if args.wings is not None else opts["wings"]),
+                         texture="none" if args.no_texture else (args.texture or opts["texture"]),
+                         batch_size=args.batch_size or opts["batch_size"],
                          device=args.device, quiet=args.quiet)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,
                       inputs=inputs)

@@ -101,23 +101,41 @@ def perturbed_inputs(sim, position_error: float = 0.0, psf_blur: float = 0.0,
     return cat, psf
 
 
+def removal_options(section: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``remove_sources`` settings a ``[removal]`` section holds (feather, anchor, wings,
+    texture, batch_size), with :func:`remove_sources`' defaults for those it does not: what
+    ``skysub remove`` runs with that configuration, so ``skysub evaluate removal`` evaluates
+    the same."""
+    s = dict(section or {})
+    texture = s.get("texture", "residual")
+    try:
+        return {"feather": float(s.get("feather", 3.0)), "anchor": float(s.get("anchor", 8.0)),
+                "wings": int(s.get("wings", 1)),
+                "texture": texture if isinstance(texture, (bool, str)) else bool(texture),
+                "batch_size": int(s.get("batch_size", 256))}
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"[removal]: {exc}") from None
+
+
 def evaluate_fields(sims: list, *, model: Any = DEFAULT_MODEL, masks: MaskTable | None = None,
                     radii: tuple[float, ...] = (4.0, 6.0, 8.0, 10.0), device: str = "cpu",
                     tta: int = 1, quiet: bool = True, position_error: float = 0.0,
-                    psf_blur: float = 0.0) -> dict[str, Any]:
+                    psf_blur: float = 0.0, options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Remove the sources of each simulation (``tta`` symmetries averaged, see
     :func:`skysub.removal.core.predict_cutouts`); return per-source rows, spectra and stats.
 
     ``position_error`` / ``psf_blur`` [px]: give the removal inexact positions and a PSF too
     wide (:func:`perturbed_inputs`, seeded by the simulation's index): how the results hold up
-    when the catalogue and PSF model are not perfect, as they never are."""
+    when the catalogue and PSF model are not perfect, as they never are.  ``options``: further
+    :func:`remove_sources` settings (:func:`removal_options`)."""
     from ..progress import progress
 
     rows, spectra, stats = [], [], []
     for i, sim in enumerate(progress(sims, desc="evaluating", quiet=quiet, unit="field")):
         cat, psf = perturbed_inputs(sim, position_error, psf_blur, seed=2000 + i)
         res = remove_sources(sim.image, catalog=cat, model=model, masks=masks,
-                             radii=radii, psf=psf, device=device, tta=tta)
+                             radii=radii, psf=psf, device=device, tta=tta, **(options or {}))
         t = res.table
         flux = np.asarray(sim.catalog["flux"], float)
         idx = np.searchsorted(np.asarray(sim.catalog["id"]), np.asarray(t["id"]))
@@ -319,8 +337,9 @@ def evaluate_removal(output: str | Path, *, model: Any = DEFAULT_MODEL, config: 
         masks = MaskTable.from_config(config.removal["masks"],
                                       psf_fwhm=config.removal.get("psf_fwhm"))
     sims = simulate_test_fields(n_fields, field_size, seed)
+    options = removal_options(config.removal if config is not None else None)
     res = evaluate_fields(sims, model=model, masks=masks, device=device, quiet=quiet, tta=tta,
-                          position_error=position_error, psf_blur=psf_blur)
+                          position_error=position_error, psf_blur=psf_blur, options=options)
     ratio = flux_ratio_table(res["rows"])
     out.mkdir(parents=True, exist_ok=True)
     write_table(res["rows"], out / "flux_ratio.csv", overwrite=overwrite)
