@@ -291,6 +291,17 @@ def test_training_and_removal_mask_tables(tmp_path, sim):
     assert list(removal.radii) == pytest.approx([3.5 * r for r in (1.2, 1.3, 1.4, 1.5, 1.6, 1.7)])
     assert card["error_calibration"]["n_cutouts"] > 0
     assert sum(card["error_calibration"]["level_n"]) >= card["error_calibration"]["n_cutouts"]
+    # measured with the configuration's removal settings, and the card says which
+    assert card["error_calibration"]["removal_options"] == {"wings": 1, "anchor": 8.0}
+    from skysub.nn.modelfile import load_model
+    from skysub.removal.calibration import measure_fields
+
+    net, _ = load_model(model, kind="inpaint")
+    m0 = measure_fields(net, [sim], MaskTable.from_config(card["inputs"]["inference_masks"]),
+                        options={"wings": 0})
+    m1 = measure_fields(net, [sim], MaskTable.from_config(card["inputs"]["inference_masks"]),
+                        options={"wings": 1})
+    assert m0["err"].shape == m1["err"].shape and not np.allclose(m0["err"], m1["err"])
     x, y = np.asarray(sim.catalog["x"]), np.asarray(sim.catalog["y"])
     trained = MaskTable.from_config(card["inputs"]["masks"])
     default = remove_sources(sim.image, x, y, model=model, device="cpu").table

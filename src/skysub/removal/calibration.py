@@ -64,14 +64,16 @@ def cutout_noise(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def measure_fields(net: Any, sims: list, masks: Any, *,
-                   avg_radii: tuple[float, ...] = AVG_RADII, quiet: bool = True
-                   ) -> dict[str, np.ndarray]:
+                   avg_radii: tuple[float, ...] = AVG_RADII, quiet: bool = True,
+                   options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Remove the sources of each simulation (:class:`skysub.simulate.extended.ExtendedSim`:
     image, truth, catalog, psf) exactly as at inference, without any level correction, and
     return per source: ``err`` (n, len(avg_radii)) mean prediction - truth in each disc,
     ``area`` (len(avg_radii),) nominal disc areas, ``hole``, ``snr`` (eq. 1 peak SNR),
     ``sigma_bg`` (eq. 1 annulus MAD-std), ``noise`` (the truth's pixel noise), ``sim`` (the
-    index of its simulation)."""
+    index of its simulation).  ``options``: the removal settings that shape the predictions
+    (``wings``, ``anchor``; :func:`skysub.removal.evaluation.removal_options`), so that the
+    calibration is measured as the removal will run."""
     from ..progress import progress
     from ..stamps import cutouts
     from .core import _aperture_sums, remove_sources
@@ -83,7 +85,7 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
         x, y = np.asarray(sim.catalog["x"], float), np.asarray(sim.catalog["y"], float)
         # a bare network: no calibration of its own is applied
         res = remove_sources(sim.image, x, y, model=net, masks=masks, psf=sim.psf,
-                             radii=(1.0,), keep_cutouts=True)
+                             radii=(1.0,), keep_cutouts=True, **prediction_options(options))
         pred = res.predictions
         ok = np.isfinite(pred).all(axis=(1, 2))
         st = cutouts(sim.truth, x, y, pred.shape[-1])
@@ -234,10 +236,19 @@ def error_scale(cal: dict[str, Any], hole: np.ndarray, r_avg: np.ndarray) -> np.
     return scale[b, np.broadcast_to(j, b.shape)]
 
 
-def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True) -> dict[str, Any]:
+def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The removal settings that change the predictions themselves (wing passes, anchoring),
+    from ``options`` (:func:`skysub.removal.evaluation.removal_options`); {} for None."""
+    return {k: (int if k == "wings" else float)(v) for k, v in (options or {}).items()
+            if k in ("wings", "anchor")}
+
+
+def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`measure_fields`, the level bias, then :func:`fit_calibration` of the corrected
-    errors: the card's ``error_calibration``."""
-    m = measure_fields(net, sims, masks, quiet=quiet)
+    errors: the card's ``error_calibration`` (with the ``removal_options`` it was measured
+    with)."""
+    m = measure_fields(net, sims, masks, quiet=quiet, options=options)
     bias, bias_se = fit_level_bias(m)
     level = {"level_snr_edges": LEVEL_SNR_EDGES, "level_bias": bias}
     m["err"] = m["err"] - (level_offset(level, m["hole"], m["snr"]) * m["sigma_bg"])[:, None]
@@ -249,4 +260,5 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True) -> dict[s
                                  minlength=len(LEVEL_SNR_EDGES) - 1).tolist()
     cal["level_model"] = ("prediction -= level_bias[peak-SNR bin] x sigma_bg "
                           "(annulus MAD-std)")
+    cal["removal_options"] = {"wings": 1, "anchor": 8.0, **prediction_options(options)}
     return cal

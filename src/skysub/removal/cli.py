@@ -208,6 +208,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .evaluation import removal_options
     from .masks import MaskTable
     from .training import InpaintTrainConfig, train_inpaint
 
@@ -235,7 +236,8 @@ def cmd_train(args) -> int:
         from .training import recalibrate
 
         configure_threads(tc.threads)
-        card = recalibrate(args.output, tc, masks=masks, quiet=args.quiet, command=command)
+        card = recalibrate(args.output, tc, masks=masks, quiet=args.quiet, command=command,
+                           options=removal_options(section))
         if not args.quiet:
             cal = card["error_calibration"]
             print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
@@ -246,7 +248,7 @@ def cmd_train(args) -> int:
         return 0
     card = train_inpaint(args.output, config=tc, masks=train_masks or masks, resume=args.resume,
                          overwrite=args.overwrite or args.resume, quiet=args.quiet,
-                         command=command)
+                         command=command, options=removal_options(section))
     if not args.quiet:
         t = card["training"]
         print(f"trained {t['epochs_run']} epochs in {t['seconds']:.0f} s (best epoch "

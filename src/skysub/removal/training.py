@@ -266,8 +266,11 @@ def split_maps(cfg: InpaintTrainConfig) -> dict[str, list[np.ndarray] | None]:
 def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | None = None,
                   masks: MaskTable | None = None, checkpoint: str | Path | None = None,
                   resume: bool = False, overwrite: bool = False, quiet: bool = False,
-                  command: str | None = None) -> dict[str, Any]:
+                  command: str | None = None, options: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """Simulate (or read) fields, train the U-Net, save it with its card; return the card.
+    ``options``: the removal settings the error calibration is measured with (``wings``,
+    ``anchor``; :func:`skysub.removal.calibration.measure_fields`).
 
     Parameters
     ----------
@@ -342,7 +345,8 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
                     "final_train_loss": hist.train_loss[-1] if hist.epochs else None},
     }
     card["error_calibration"] = calibrate_model(trainer.model.cpu().eval(), cfg, masks,
-                                                maps=split["test"], quiet=quiet)
+                                                maps=split["test"], quiet=quiet,
+                                                options=options)
     save_model(output, trainer.model.cpu(), card, overwrite=overwrite)
     return card
 
@@ -369,8 +373,8 @@ def _initial_weights(model: torch.nn.Module, arch: dict, name: str) -> dict[str,
 
 
 def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTable, *,
-                    maps: list[np.ndarray] | None = None, quiet: bool = True
-                    ) -> dict[str, Any] | None:
+                    maps: list[np.ndarray] | None = None, quiet: bool = True,
+                    options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Error calibration (:mod:`skysub.removal.calibration`) on the *test* fields of ``cfg``
     (never seen in training or model selection); returns the card's ``error_calibration``."""
     from .calibration import calibrate
@@ -378,7 +382,7 @@ def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTa
     sims = [sim for _, sim in field_simulations(cfg, cfg.n_test, cfg.seed * 1000 + 3,
                                                 maps=maps, quiet=True)]
     try:
-        cal = calibrate(net, sims, masks, quiet=quiet)
+        cal = calibrate(net, sims, masks, quiet=quiet, options=options)
     except ValueError as exc:  # too few test cutouts (tiny runs): keep the uncalibrated error
         log.warning("no error calibration: %s", exc)
         return None
@@ -388,12 +392,15 @@ def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTa
 
 def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None = None, *,
                 masks: MaskTable | None = None, quiet: bool = True,
-                command: str | None = None) -> dict[str, Any]:
+                command: str | None = None, options: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """Measure a trained model's error calibration and rewrite its card (weights unchanged):
     ``skysub train inpaint --calibrate-only --output MODEL``.  ``masks``: the table the model
     will remove sources with (default: the one it was trained with); a table other than the
     training one is recorded as the card's ``inference_masks``, the default of
-    :func:`skysub.removal.remove_sources`, and the calibration is measured with it."""
+    :func:`skysub.removal.remove_sources`, and the calibration is measured with it.
+    ``options``: the removal settings of the configuration (``wings``, ``anchor``; see
+    :func:`skysub.removal.calibration.measure_fields`)."""
     from ..nn.modelfile import load_model, save_model
 
     cfg = config if isinstance(config, InpaintTrainConfig) else InpaintTrainConfig.from_dict(
@@ -407,7 +414,8 @@ def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None
     inputs.pop("inference_masks", None)
     if masks != trained:
         inputs["inference_masks"] = masks.as_card()
-    cal = calibrate_model(net, cfg, masks, maps=split_maps(cfg)["test"], quiet=quiet)
+    cal = calibrate_model(net, cfg, masks, maps=split_maps(cfg)["test"], quiet=quiet,
+                          options=options)
     if cal is None:
         raise InputError(f"too few test cutouts to calibrate {model_path}: raise [removal.train] "
                          f"n_test (now {cfg.n_test}) or field_size")
