@@ -291,8 +291,9 @@ def test_training_and_removal_mask_tables(tmp_path, sim):
     assert list(removal.radii) == pytest.approx([3.5 * r for r in (1.2, 1.3, 1.4, 1.5, 1.6, 1.7)])
     assert card["error_calibration"]["n_cutouts"] > 0
     assert sum(card["error_calibration"]["level_n"]) >= card["error_calibration"]["n_cutouts"]
-    # measured with the configuration's removal settings, and the card says which
-    assert card["error_calibration"]["removal_options"] == {"wings": 1, "anchor": 8.0}
+    # measured with the configuration's removal settings (inpaint-generic: 2 wing passes), and
+    # the card says which
+    assert card["error_calibration"]["removal_options"] == {"wings": 2, "anchor": 8.0}
     from skysub.nn.modelfile import load_model
     from skysub.removal.calibration import measure_fields
 
@@ -618,3 +619,18 @@ def test_perturbed_inputs_move_positions_and_widen_the_psf():
     assert sigma2(wide) == pytest.approx(sigma2(s.psf) + 0.25, rel=0.01)
     with pytest.raises(InputError, match="psf_blur"):
         perturbed_inputs(s, psf_blur=-1.0)
+
+
+def test_wing_passes_default_to_the_cards(sim):
+    """Without ``wings`` the removal runs as many wing passes as the model's calibration was
+    measured with (the shipped card: 2), so its level correction fits; 1 is another result."""
+    card = read_card(SHIPPED)
+    n = card["error_calibration"]["removal_options"]["wings"]
+    assert n == 2
+    x, y = np.asarray(sim.catalog["x"]), np.asarray(sim.catalog["y"])
+    kw = dict(psf=sim.psf, texture=False, device="cpu")
+    default = remove_sources(sim.image, x, y, **kw)
+    explicit = remove_sources(sim.image, x, y, wings=n, **kw)
+    one = remove_sources(sim.image, x, y, wings=1, **kw)
+    np.testing.assert_array_equal(default.image, explicit.image)
+    assert not np.allclose(default.image, one.image)

@@ -240,7 +240,7 @@ def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """The removal settings that change the predictions themselves (wing passes, anchoring),
     from ``options`` (:func:`skysub.removal.evaluation.removal_options`); {} for None."""
     return {k: (int if k == "wings" else float)(v) for k, v in (options or {}).items()
-            if k in ("wings", "anchor")}
+            if k in ("wings", "anchor") and v is not None}
 
 
 def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,

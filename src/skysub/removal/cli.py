@@ -97,7 +97,8 @@ def add_remove_parser(sub) -> argparse.ArgumentParser:
                         "(flips/transposes; N times slower; default from [removal] tta, 1)")
     p.add_argument("--wings", type=int, default=None,
                    help="PSF-wing subtraction passes: measure, subtract flux x PSF, inpaint "
-                        "again (0 = the paper's single pass; default from [removal] wings, 1)")
+                        "again (0 = the paper's single pass; default from [removal] wings, "
+                        "else the model card's)")
     p.add_argument("--texture", choices=("residual", "highpass", "none"), default=None,
                    help="texture of the filled holes: residual (default: a nearby disc's "
                         "inpainting residual, conditional simulation), highpass (its small "
@@ -194,7 +195,7 @@ def cmd_remove(args) -> int:
                          masks=masks, radii=args.radii or section.get("radii", (4, 6, 8, 10)),
                          psf=psf, psf_fwhm=psf_fwhm, feather=opts["feather"],
                          anchor=opts["anchor"], tta=args.tta or int(section.get("tta", 1)),
-                         wings=int(args.wings if args.wings is not None else opts["wings"]),
+                         wings=args.wings if args.wings is not None else opts["wings"],
                          texture="none" if args.no_texture else (args.texture or opts["texture"]),
                          batch_size=args.batch_size or opts["batch_size"],
                          device=args.device, quiet=args.quiet)

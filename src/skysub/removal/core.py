@@ -290,7 +290,8 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
                    psf: np.ndarray | None = None, psf_fwhm: float | None = None,
                    annulus: tuple[float, float] | None = None, feather: float = 3.0,
                    batch_size: int = 256, device: str = "cpu", mask: np.ndarray | None = None,
-                   anchor: float = 8.0, tta: int = 1, wings: int = 1, texture: str | bool = True,
+                   anchor: float = 8.0, tta: int = 1, wings: int | None = None,
+                   texture: str | bool = True,
                    seed: int = 0, quiet: bool = True, keep_cutouts: bool = False
                    ) -> RemovalResult:
     """Remove catalogued compact sources from a map and measure what was removed.
@@ -323,7 +324,9 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         for background: the prediction rises and the flux comes out low.  Each pass measures
         every source in its hole, subtracts ``flux x PSF`` from the whole map and inpaints
         again from the wing-free surroundings; the cleaned map has the modelled wings beyond
-        the holes removed too.  Each pass costs one more network pass.
+        the holes removed too.  Each pass costs one more network pass.  None (default): as
+        many as the model's calibration was measured with (its card's
+        ``error_calibration.removal_options``; 2 for the shipped model), else 1.
     texture : "residual" (= True, default), "highpass" or "none" (= False): give the filled
         holes of the cleaned MAP the sky's texture (skysub's addition).  The network predicts
         the expected background, smoother than any real patch of sky: too low a pixel scatter,
@@ -370,10 +373,13 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     texture = {True: "residual", False: "none", None: "none"}.get(texture, texture)
     if texture not in TEXTURES:
         raise InputError(f"texture must be one of {TEXTURES} (or True / False), got {texture!r}")
-    if int(wings) != wings or wings < 0:
+    if wings is not None and (int(wings) != wings or wings < 0):
         raise InputError(f"wings (PSF-wing passes) must be a whole number >= 0, got {wings!r}")
     dev = resolve_device(device)
     net, card = load_inpaint_model(model, device=dev)
+    if wings is None:  # as the model's calibration was measured (its card), else one pass
+        wings = int(((card.get("error_calibration") or {}).get("removal_options") or {}).get(
+            "wings", 1))
     size = int(card.get("arch", {}).get("size", getattr(net, "size", 96)))
     inputs = card.get("inputs", {})
     if psf_fwhm is None:

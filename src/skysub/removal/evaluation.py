@@ -103,14 +103,15 @@ def perturbed_inputs(sim, position_error: float = 0.0, psf_blur: float = 0.0,
 
 def removal_options(section: dict[str, Any] | None) -> dict[str, Any]:
     """The ``remove_sources`` settings a ``[removal]`` section holds (feather, anchor, wings,
-    texture, batch_size), with :func:`remove_sources`' defaults for those it does not: what
+    texture, batch_size), with :func:`remove_sources`' defaults for those it does not (wings:
+    None, the model card's): what
     ``skysub remove`` runs with that configuration, so ``skysub evaluate removal`` evaluates
     the same."""
     s = dict(section or {})
     texture = s.get("texture", "residual")
     try:
         return {"feather": float(s.get("feather", 3.0)), "anchor": float(s.get("anchor", 8.0)),
-                "wings": int(s.get("wings", 1)),
+                "wings": None if s.get("wings") is None else int(s["wings"]),
                 "texture": texture if isinstance(texture, (bool, str)) else bool(texture),
                 "batch_size": int(s.get("batch_size", 256))}
     except (TypeError, ValueError) as exc:
