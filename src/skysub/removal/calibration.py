@@ -21,8 +21,8 @@ the model card (``error_calibration``); :class:`skysub.removal.InpaintBackground
 
 Level bias (skysub's addition).  A small network's holes are not unbiased: the earlier 10-epoch
 default model's predictions sat above the truth by ~0.1-0.15 ``sigma_bg`` (-5 % of the flux of an
-SNR-13 source); the shipped 20-epoch model's, with its removal table, sit 0.025-0.033 ``sigma_bg``
-below it at SNR 4-8 and 0.013-0.032 above it beyond SNR 20.  The same held-out fields measure it:
+SNR-13 source); the shipped 20-epoch model's, with its removal table and two wing passes, sit
+0.01-0.044 ``sigma_bg`` below it below SNR 300.  The same held-out fields measure it:
 per bin of the source's peak SNR (eq. 1), ``level_bias`` = the median of (mean prediction - truth
 over the disc nearest the hole) / ``sigma_bg`` (per-field medians scatter much less in these units
 than in pixel-noise units), with its standard error ``level_bias_se``.  It is binned by SNR, not by
