@@ -262,8 +262,11 @@ def test_removal_options_follow_remove_sources_defaults():
         assert opts[key] == sig[key].default, key
     assert opts["texture"] in ("residual", True) and sig["texture"].default in ("residual", True)
     assert removal_options({"wings": 2, "texture": "none"})["wings"] == 2
+    for bad in ("many", 2.5, -1):
+        with pytest.raises(InputError, match="wings"):
+            removal_options({"wings": bad})
     with pytest.raises(InputError, match="removal"):
-        removal_options({"wings": "many"})
+        removal_options({"feather": "wide"})
 
 
 def test_training_and_removal_mask_tables(tmp_path, sim):

@@ -104,14 +104,17 @@ def perturbed_inputs(sim, position_error: float = 0.0, psf_blur: float = 0.0,
 def removal_options(section: dict[str, Any] | None) -> dict[str, Any]:
     """The ``remove_sources`` settings a ``[removal]`` section holds (feather, anchor, wings,
     texture, batch_size), with :func:`remove_sources`' defaults for those it does not (wings:
-    None, the model card's): what
-    ``skysub remove`` runs with that configuration, so ``skysub evaluate removal`` evaluates
-    the same."""
+    None, i.e. the model card's): what ``skysub remove`` runs with that configuration, so that
+    ``skysub evaluate removal`` and the calibration run the same."""
     s = dict(section or {})
     texture = s.get("texture", "residual")
+    wings = s.get("wings")
+    if wings is not None and (isinstance(wings, bool) or not isinstance(wings, int)
+                              or wings < 0):
+        raise InputError(f"[removal] wings must be a whole number >= 0, got {wings!r}")
     try:
         return {"feather": float(s.get("feather", 3.0)), "anchor": float(s.get("anchor", 8.0)),
-                "wings": None if s.get("wings") is None else int(s["wings"]),
+                "wings": wings,
                 "texture": texture if isinstance(texture, (bool, str)) else bool(texture),
                 "batch_size": int(s.get("batch_size", 256))}
     except (TypeError, ValueError) as exc:
