@@ -160,6 +160,10 @@ def test_cli_remove(tmp_path, sim, capsys):
     assert main(bad) == 2
     assert "inputs" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+    # without --quiet and without --psf, the user is told the PSF is taken to be Gaussian
+    loud = [a for a in args if a != "--quiet"]
+    assert main([*loud, "--overwrite"]) == 0
+    assert "no --psf" in capsys.readouterr().out
 
 
 def test_cli_remove_bad_catalogue(tmp_path, sim, capsys):

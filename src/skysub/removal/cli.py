@@ -204,6 +204,11 @@ def cmd_remove(args) -> int:
     write_table(res.table, args.output_catalog, overwrite=args.overwrite, inputs=inputs)
     if not args.quiet:
         print(removal_summary(res))
+        if psf is None:
+            fwhm = psf_fwhm if psf_fwhm is not None else "the model card's"
+            print(f"note: no --psf, so the holes, the wing model and the aperture correction "
+                  f"use a Gaussian PSF of FWHM {fwhm} px; for any other PSF (Airy rings, "
+                  f"lobes) give --psf psf.fits (docs/removal.md, 'Removal holes')")
         print(f"map -> {args.output_image}; {len(res.table)} rows -> {args.output_catalog}")
     return 0
 
