@@ -205,10 +205,11 @@ def cmd_remove(args) -> int:
     if not args.quiet:
         print(removal_summary(res))
         if psf is None:
-            fwhm = psf_fwhm if psf_fwhm is not None else "the model card's"
+            fwhm = (f"FWHM {psf_fwhm:g} px" if psf_fwhm is not None
+                    else "the model card's FWHM")
             print(f"note: no --psf, so the holes, the wing model and the aperture correction "
-                  f"use a Gaussian PSF of FWHM {fwhm} px; for any other PSF (Airy rings, "
-                  f"lobes) give --psf psf.fits (docs/removal.md, 'Removal holes')")
+                  f"use a Gaussian PSF of {fwhm}; for any other PSF (Airy rings, lobes) give "
+                  f"--psf psf.fits (docs/removal.md, 'Removal holes')")
         print(f"map -> {args.output_image}; {len(res.table)} rows -> {args.output_catalog}")
     return 0
 
