@@ -71,8 +71,9 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
     return per source: ``err`` (n, len(avg_radii)) mean prediction - truth in each disc,
     ``area`` (len(avg_radii),) nominal disc areas, ``hole``, ``snr`` (eq. 1 peak SNR),
     ``sigma_bg`` (eq. 1 annulus MAD-std), ``noise`` (the truth's pixel noise), ``sim`` (the
-    index of its simulation).  ``options``: the removal settings that shape the predictions
-    (``wings``, ``anchor``; :func:`skysub.removal.evaluation.removal_options`), so that the
+    index of its simulation), ``settings`` (what :func:`remove_sources` ran with).
+    ``options``: the removal settings that shape the predictions
+    (``wings``, ``anchor``; :func:`skysub.removal.core.removal_options`), so that the
     calibration is measured as the removal will run."""
     from ..progress import progress
     from ..stamps import cutouts
@@ -81,11 +82,13 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
 
     parts: dict[str, list] = {k: [] for k in ("err", "hole", "snr", "sigma_bg", "noise", "sim")}
     area = np.empty(len(avg_radii))
+    settings: dict[str, Any] = {}
     for k, sim in enumerate(progress(sims, desc="calibrating", quiet=quiet, unit="field")):
         x, y = np.asarray(sim.catalog["x"], float), np.asarray(sim.catalog["y"], float)
         # a bare network: no calibration of its own is applied
         res = remove_sources(sim.image, x, y, model=net, masks=masks, psf=sim.psf,
                              radii=(1.0,), keep_cutouts=True, **prediction_options(options))
+        settings = res.extra.get("settings", settings)
         pred = res.predictions
         ok = np.isfinite(pred).all(axis=(1, 2))
         st = cutouts(sim.truth, x, y, pred.shape[-1])
@@ -104,7 +107,8 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
         parts["sigma_bg"].append(peak_snr(sim.image, x, y, masks)["sigma_bg"][ok])
         parts["noise"].append(cutout_noise(tru, st.valid)[ok])
         parts["sim"].append(np.full(int(ok.sum()), k))
-    return {k: np.concatenate(v) for k, v in parts.items()} | {"area": area}
+    return {k: np.concatenate(v) for k, v in parts.items()} | {"area": area,
+                                                                  "settings": settings}
 
 
 def _bins(hole: np.ndarray, edges) -> np.ndarray:
@@ -238,7 +242,7 @@ def error_scale(cal: dict[str, Any], hole: np.ndarray, r_avg: np.ndarray) -> np.
 
 def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """The removal settings that change the predictions themselves (wing passes, anchoring),
-    from ``options`` (:func:`skysub.removal.evaluation.removal_options`); {} for None."""
+    from ``options`` (:func:`skysub.removal.core.removal_options`); {} for None."""
     return {k: (int if k == "wings" else float)(v) for k, v in (options or {}).items()
             if k in ("wings", "anchor") and v is not None}
 
@@ -260,5 +264,5 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
                                  minlength=len(LEVEL_SNR_EDGES) - 1).tolist()
     cal["level_model"] = ("prediction -= level_bias[peak-SNR bin] x sigma_bg "
                           "(annulus MAD-std)")
-    cal["removal_options"] = {"wings": 1, "anchor": 8.0, **prediction_options(options)}
+    cal["removal_options"] = {k: m["settings"][k] for k in ("wings", "anchor")}
     return cal

@@ -166,8 +166,7 @@ def _removal_settings(args) -> tuple:
 def cmd_remove(args) -> int:
     from ..io import catalog_for_image, check_output, read_catalog, read_image, write_table
     from ..simulate.psf import load_psf
-    from .core import removal_summary, remove_sources, write_removed_map
-    from .evaluation import removal_options
+    from .core import removal_options, removal_summary, remove_sources, write_removed_map
     from .masks import MaskTable
 
     cfg, section = _removal_settings(args)
@@ -215,7 +214,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .evaluation import removal_options
+    from .core import removal_options
     from .masks import MaskTable
     from .training import InpaintTrainConfig, train_inpaint
 

@@ -572,7 +572,37 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     res.extra["wing_model"] = wing_map  # the modelled source light (zeros without wing passes)
     res.extra["card"] = {k: card.get(k) for k in ("kind", "arch", "path", "inputs",
                                                   "error_calibration")}
+    # the settings this removal ran with (wings resolved from the card)
+    res.extra["settings"] = {"wings": int(wings), "anchor": float(anchor),
+                             "feather": float(feather), "tta": int(tta), "texture": texture}
     return res
+
+
+#: the [removal] keys that are remove_sources settings (see :func:`removal_options`)
+OPTION_KEYS = ("feather", "anchor", "wings", "texture", "batch_size")
+
+
+def removal_options(section: dict[str, Any] | None) -> dict[str, Any]:
+    """The :func:`remove_sources` settings a ``[removal]`` section holds (:data:`OPTION_KEYS`),
+    with :func:`remove_sources`' own defaults for those it does not (wings: None, i.e. the
+    model card's): what ``skysub remove`` runs with that configuration, so that ``skysub
+    evaluate removal`` and the calibration run the same."""
+    import inspect
+
+    sig = inspect.signature(remove_sources).parameters
+    s = {k: sig[k].default for k in OPTION_KEYS} | {
+        k: v for k, v in dict(section or {}).items() if k in OPTION_KEYS}
+    wings = s["wings"]
+    if wings is not None and (isinstance(wings, bool) or not isinstance(wings, int)
+                              or wings < 0):
+        raise InputError(f"[removal] wings must be a whole number >= 0, got {wings!r}")
+    texture = s["texture"]
+    try:
+        return {"feather": float(s["feather"]), "anchor": float(s["anchor"]), "wings": wings,
+                "texture": texture if isinstance(texture, (bool, str)) else bool(texture),
+                "batch_size": int(s["batch_size"])}
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"[removal]: {exc}") from None
 
 
 def _anchor_offsets(data: np.ndarray, pred: np.ndarray, valid: np.ndarray, dx: np.ndarray,

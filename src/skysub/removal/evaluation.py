@@ -25,7 +25,7 @@ from astropy.table import Table, vstack
 
 from ..errors import InputError
 from ..metrics import median_standard_error, pixel_stats, power_spectrum
-from .core import DEFAULT_MODEL, remove_sources
+from .core import DEFAULT_MODEL, removal_options, remove_sources
 from .masks import MaskTable
 
 PSFS = ("gaussian", "airy", "herschel")
@@ -101,26 +101,6 @@ def perturbed_inputs(sim, position_error: float = 0.0, psf_blur: float = 0.0,
     return cat, psf
 
 
-def removal_options(section: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``remove_sources`` settings a ``[removal]`` section holds (feather, anchor, wings,
-    texture, batch_size), with :func:`remove_sources`' defaults for those it does not (wings:
-    None, i.e. the model card's): what ``skysub remove`` runs with that configuration, so that
-    ``skysub evaluate removal`` and the calibration run the same."""
-    s = dict(section or {})
-    texture = s.get("texture", "residual")
-    wings = s.get("wings")
-    if wings is not None and (isinstance(wings, bool) or not isinstance(wings, int)
-                              or wings < 0):
-        raise InputError(f"[removal] wings must be a whole number >= 0, got {wings!r}")
-    try:
-        return {"feather": float(s.get("feather", 3.0)), "anchor": float(s.get("anchor", 8.0)),
-                "wings": wings,
-                "texture": texture if isinstance(texture, (bool, str)) else bool(texture),
-                "batch_size": int(s.get("batch_size", 256))}
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"[removal]: {exc}") from None
-
-
 def evaluate_fields(sims: list, *, model: Any = DEFAULT_MODEL, masks: MaskTable | None = None,
                     radii: tuple[float, ...] = (4.0, 6.0, 8.0, 10.0), device: str = "cpu",
                     tta: int = 1, quiet: bool = True, position_error: float = 0.0,
@@ -132,7 +112,7 @@ def evaluate_fields(sims: list, *, model: Any = DEFAULT_MODEL, masks: MaskTable 
     ``position_error`` / ``psf_blur`` [px]: give the removal inexact positions and a PSF too
     wide (:func:`perturbed_inputs`, seeded by the simulation's index): how the results hold up
     when the catalogue and PSF model are not perfect, as they never are.  ``options``: further
-    :func:`remove_sources` settings (:func:`removal_options`)."""
+    :func:`remove_sources` settings (:func:`skysub.removal.core.removal_options`)."""
     from ..progress import progress
 
     rows, spectra, stats = [], [], []
