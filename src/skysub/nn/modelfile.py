@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -160,6 +161,11 @@ def _json_default(o: Any) -> Any:
 def _read_blob(path: Path) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"refusing to read {path}: it holds objects other than tensors, numbers "
+                         "and strings, which could run code when read (a skysub model file "
+                         f"never does) ({str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                         ) from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a model file"
         raise InputError(f"{path} is not a skysub model file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None

@@ -34,6 +34,7 @@ import copy
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -223,7 +224,22 @@ class Trainer:
         if not path.is_file():
             raise InputError(f"cannot resume: checkpoint {path} does not exist")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            # weights_only: tensors, numbers, strings, lists and dicts only -- a checkpoint
+            # someone else made cannot run code when read (everything state_dict() writes is
+            # of those types)
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise InputError(f"refusing to resume from {path}: it holds objects other than "
+                             "tensors, numbers and strings, which could run code when read "
+                             "(a skysub checkpoint never does); delete it or train without "
+                             f"--resume ({str(exc).splitlines()[0][:160]})") from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise InputError(f"cannot resume from {path}: not a checkpoint of this model "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if not isinstance(state, dict):
+            raise InputError(f"cannot resume from {path}: not a skysub checkpoint (holds a "
+                             f"{type(state).__name__}, not a dict)")
+        try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, EOFError, OSError) as exc:
