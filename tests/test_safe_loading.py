@@ -57,7 +57,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
     model = torch.nn.Linear(1, 1)
     torch.save({"model": model.state_dict(), "optimizer": _Payload(sentinel)}, ckpt)
     tr = Trainer(model, _mse, TrainConfig(epochs=1, quiet=True, device="cpu"), checkpoint=ckpt)
-    with pytest.raises(InputError, match=r"refusing to resume from .*evil\.ckpt.*could run code"):
+    with pytest.raises(InputError, match=r"refusing to read checkpoint .*evil\.ckpt.*run code"):
         tr.fit(_data(), resume=True)
     assert not sentinel.exists()
 
@@ -76,7 +76,7 @@ def test_crafted_model_file_is_refused_and_runs_nothing(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "skysub-model", "format_version": 1, "card": {"kind": "bkgnet"},
                 "state_dict": _Payload(sentinel)}, path)
-    with pytest.raises(InputError, match=r"refusing to read .*evil\.pt.*could run code"):
+    with pytest.raises(InputError, match=r"refusing to read model file .*evil\.pt.*could run code"):
         modelfile.load_model(path)
     with pytest.raises(InputError, match="refusing to read"):
         modelfile.read_card(path)

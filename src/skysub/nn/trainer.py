@@ -34,7 +34,7 @@ import copy
 import logging
 import math
 import os
-import pickle
+import pickle  # only for its exception class; nothing is unpickled here
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +46,7 @@ import torch
 
 from ..errors import InputError
 from .device import configure_threads, resolve_device, seed_everything
+from .safeload import load_plain
 
 log = logging.getLogger("skysub")
 
@@ -227,13 +228,8 @@ class Trainer:
             # weights_only: tensors, numbers, strings, lists and dicts only -- a checkpoint
             # someone else made cannot run code when read (everything state_dict() writes is
             # of those types)
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise InputError(f"refusing to resume from {path}: it holds objects other than "
-                             "tensors, numbers and strings, which could run code when read "
-                             "(a skysub checkpoint never does); delete it or train without "
-                             f"--resume ({str(exc).splitlines()[0][:160]})") from None
-        except (RuntimeError, EOFError, OSError) as exc:
+            state = load_plain(path, map_location=self.device, what="checkpoint")
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
             raise InputError(f"cannot resume from {path}: not a checkpoint of this model "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         if not isinstance(state, dict):
