@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import flags as F
 from ..errors import InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..stamps import _round_half_up, annulus_offsets, check_positions
 from ..stats import STATISTICS, biweight_of_run, clipped_stats, estimate_error, mode_fell_back
 from .base import BackgroundResult
@@ -197,6 +197,7 @@ class AnnulusBackground:
         return (r >= self.r_in) & (r < self.r_out)
 
     # -- estimation ---------------------------------------------------------------------------
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
@@ -321,6 +322,7 @@ class CallableBackground:
         except (TypeError, ValueError):
             self._wants_error = False
 
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:

@@ -12,6 +12,7 @@ reach photutils or numpy).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .. import flags as F
 from ..background.annulus import crowding, off_image
 from ..background.base import BackgroundResult
 from ..errors import CatalogError, InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..stamps import _round_half_up, check_positions, cutouts, gather
 from .errors import ERROR_MODES, flux_variance, pixel_variance
 
@@ -50,6 +51,9 @@ class PhotometryResult:
     n_aper: np.ndarray
     flags: np.ndarray
     extra: dict = field(default_factory=dict)
+
+    #: Fields in image units: they become ``Quantity`` when the input image had a unit.
+    UNIT_FIELDS: ClassVar[tuple[str, ...]] = ("flux", "flux_err", "bkg", "bkg_err")
 
     def __len__(self) -> int:
         return int(np.asarray(self.flux).shape[0])
@@ -416,6 +420,7 @@ class AperturePhotometer:
                                 self.method)
         return w, xi - self._half, yi - self._half
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
@@ -655,6 +660,7 @@ class ModelAperturePhotometer:
         enclosed = np.where(reached, (w * models).sum(axis=(1, 2)), np.nan)
         return w, a, enclosed
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
