@@ -11,8 +11,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from skysub.catalogs import FORMATS_UNDERSTOOD
 from skysub.errors import CatalogError
-from skysub.io import catalog_for_image, read_catalog
 from skysub.image import Image
+from skysub.io import catalog_for_image, read_catalog
 
 # 0-based truth: pixel centres at integers (numpy / photutils / sep convention)
 TRUE_X = np.array([10.0, 25.5, 40.25])
@@ -32,7 +32,7 @@ ASCII_HEAD = """\
 
 
 def _write_ascii_head(path):
-    rows = [f"{i + 1:10d} {x + 1:10.4f} {y + 1:10.4f} {r:12.7f} {d:+12.7f} {18 + i:8.4f} {30.0:6.1f}"
+    rows = [f"{i + 1:10d} {x + 1:10.4f} {y + 1:10.4f} {r:12.7f} {d:+12.7f} {18 + i:8.4f} 30.0"
             for i, (x, y, r, d) in enumerate(zip(TRUE_X, TRUE_Y, RA, DEC, strict=True))]
     path.write_text(ASCII_HEAD + "\n".join(rows) + "\n")
     return path
