@@ -105,7 +105,7 @@ def normalise_catalog(table: Table, source: str, *, from_array: bool = False) ->
                 table["y"] = _plain(table[b]) - 1.0
                 break
         for a, b in _SEX_RADEC:
-            if a in names and b in names and "ra" not in names:
+            if a in names and b in names and "ra" not in names and "dec" not in names:
                 table["ra"] = _plain(table[a])
                 table["dec"] = _plain(table[b])
                 break
@@ -117,7 +117,7 @@ def normalise_catalog(table: Table, source: str, *, from_array: bool = False) ->
                 table["x"] = _plain(table[a])  # photutils is 0-based like skysub
                 table["y"] = _plain(table[b])
                 break
-        if "sky_centroid" in names and "ra" not in names:
+        if "sky_centroid" in names and "ra" not in names and "dec" not in names:
             sc = table["sky_centroid"]
             if hasattr(sc, "icrs"):  # a SkyCoord column (None entries without a WCS)
                 table["ra"] = _plain(sc.icrs.ra.deg)
@@ -133,7 +133,8 @@ def normalise_catalog(table: Table, source: str, *, from_array: bool = False) ->
     elif fmt == "skysub" and "id" not in names and from_array:
         table["id"] = np.arange(len(table))
     names = set(table.colnames)
-    if fmt is None or "id" not in names:
+    has_pos = {"x", "y"} <= names or {"ra", "dec"} <= names
+    if fmt is None or "id" not in names or not has_pos:
         found = ", ".join(table.colnames) or "none"
         raise CatalogError(f"{source}: a catalogue needs columns id and either x, y (pixels) or "
                            f"ra, dec (degrees); found: {found}.  Formats understood: "

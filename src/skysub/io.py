@@ -618,7 +618,8 @@ def read_catalog(path: PathLike | Table | np.ndarray) -> Table:
     if dupes:
         raise CatalogError(f"{source}: columns {', '.join(dupes)} appear twice (names are "
                            "case-insensitive)")
-    table.rename_columns(list(table.colnames), lower)
+    if table.colnames:
+        table.rename_columns(list(table.colnames), lower)
     normalise_catalog(table, source, from_array=from_array)
     for name in CATALOG_NUMERIC:
         if name in table.colnames:

@@ -34,14 +34,26 @@ def crowding(x: np.ndarray, y: np.ndarray, radius: float,
 
     nx_, ny_ = (x, y) if neighbours is None else (np.asarray(neighbours[0], float),
                                                    np.asarray(neighbours[1], float))
-    ok = np.isfinite(nx_) & np.isfinite(ny_)
+    ok = queryable(nx_, ny_)
     if ok.sum() == 0 or len(x) == 0:
         return np.zeros(len(x), int)
     tree = cKDTree(np.c_[nx_[ok], ny_[ok]])
-    pts = np.c_[np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]
-    within = tree.query_ball_point(pts, r=radius, return_length=True)
-    itself = tree.query_ball_point(pts, r=0.5, return_length=True)
-    return np.asarray(within) - np.asarray(itself)
+    out = np.zeros(len(x), int)
+    # non-finite or absurd positions (off any image) have no neighbours; squaring them would
+    # overflow inside the tree
+    q = queryable(x, y)
+    if q.any():
+        pts = np.c_[x[q], y[q]]
+        within = tree.query_ball_point(pts, r=radius, return_length=True)
+        itself = tree.query_ball_point(pts, r=0.5, return_length=True)
+        out[q] = np.asarray(within) - np.asarray(itself)
+    return out
+
+
+def queryable(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Positions a neighbour search can take: finite and within 1e100 px of the origin."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e100) & (np.abs(y) < 1e100)
 
 
 def off_image(shape: tuple[int, int], x: np.ndarray, y: np.ndarray) -> np.ndarray:

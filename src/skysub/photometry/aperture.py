@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import flags as F
-from ..background.annulus import crowding, off_image
+from ..background.annulus import crowding, off_image, queryable
 from ..background.base import BackgroundResult
 from ..errors import CatalogError, InputError
 from ..image import Image, as_image, image_method
@@ -518,15 +518,19 @@ def _crowded_varying(x, y, radius: np.ndarray, neighbours) -> np.ndarray:
 
     nx_, ny_ = (x, y) if neighbours is None else (np.asarray(neighbours[0], float),
                                                    np.asarray(neighbours[1], float))
-    ok = np.isfinite(nx_) & np.isfinite(ny_)
+    ok = queryable(nx_, ny_)
     if ok.sum() == 0 or len(x) == 0:
         return np.zeros(len(x), bool)
     tree = cKDTree(np.c_[nx_[ok], ny_[ok]])
-    pts = np.c_[np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]
-    rad = np.nan_to_num(radius, nan=0.0)
-    within = np.asarray(tree.query_ball_point(pts, r=rad, return_length=True))
-    itself = np.asarray(tree.query_ball_point(pts, r=0.5, return_length=True))
-    return (within - itself) > 0
+    out = np.zeros(len(x), bool)
+    q = queryable(x, y)  # non-finite or absurd positions have no neighbours
+    if q.any():
+        pts = np.c_[x[q], y[q]]
+        rad = np.nan_to_num(radius[q], nan=0.0, posinf=0.0, neginf=0.0)
+        within = np.asarray(tree.query_ball_point(pts, r=rad, return_length=True))
+        itself = np.asarray(tree.query_ball_point(pts, r=0.5, return_length=True))
+        out[q] = (within - itself) > 0
+    return out
 
 
 # -- Lumos model-scaled aperture --------------------------------------------------------------
