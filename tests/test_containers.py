@@ -232,3 +232,46 @@ def test_skycoord_positions_use_the_container_wcs():
                        phot.measure(IMG, xs, ys, mask=MASK).flux)
     with pytest.raises(InputError, match="need a WCS"):
         est.estimate(IMG, coords)
+
+
+class _ZeroBackground:
+    """Background 0 with no error: the flux error is then the aperture's pixel noise only."""
+
+    name = "zero"
+
+    def estimate(self, image, x, y, **kw):
+        from skysub.background.base import BackgroundResult
+
+        n = len(x)
+        return BackgroundResult(np.zeros(n), np.zeros(n), np.full(n, np.nan),
+                                np.zeros(n, int), np.zeros(n, np.int32))
+
+
+def test_uncertainty_is_the_pixel_variance_of_the_flux_errors():
+    """CCDData uncertainty -> flux_err = sqrt(sum w^2 sigma^2): with whole-pixel weights (the
+    "center" method) exactly photutils' ``error=`` (which sums w sigma^2 for partial pixels)."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    rng = np.random.default_rng(8)
+    sigma = rng.uniform(1.0, 4.0, SHAPE)
+    ccd = CCDData(IMG, unit="adu", uncertainty=StdDevUncertainty(sigma))
+    phot = AperturePhotometer(4.0, background=_ZeroBackground(), method="center")
+    res = phot.measure(ccd, X, Y)
+    ref = aperture_photometry(IMG, CircularAperture(np.c_[X, Y], r=4.0), error=sigma,
+                              method="center")
+    assert_allclose(res.flux.value, np.asarray(ref["aperture_sum"]), rtol=1e-10)
+    assert_allclose(res.flux_err.value, np.asarray(ref["aperture_sum_err"]), rtol=1e-10)
+    assert res.flux_err.unit == u.adu
+    # a variance uncertainty gives the same; without one the error model is used instead
+    from astropy.nddata import VarianceUncertainty
+
+    res_v = phot.measure(NDData(IMG, uncertainty=VarianceUncertainty(sigma**2)), X, Y)
+    assert_allclose(res_v.flux_err, res.flux_err.value, rtol=1e-12)
+    plain = AperturePhotometer(4.0, background=_bg(), method="center").measure(IMG, X, Y)
+    assert not np.allclose(plain.flux_err, res.flux_err.value)
+    # the model-scaled aperture uses it too: its error scales like sqrt(sum w^2 sigma^2)
+    m1 = ModelAperturePhotometer(PSF, background=_ZeroBackground()).measure(
+        NDData(IMG, uncertainty=StdDevUncertainty(np.full(SHAPE, 2.0))), X, Y)
+    m2 = ModelAperturePhotometer(PSF, background=_ZeroBackground()).measure(
+        NDData(IMG, uncertainty=StdDevUncertainty(np.full(SHAPE, 4.0))), X, Y)
+    assert_allclose(m2.flux_err, 2 * m1.flux_err, rtol=1e-12)
