@@ -181,15 +181,20 @@ def image_method(func):
     The wrapped method receives an :class:`Image` (via :func:`as_image`, so every container is
     understood); when the first positional argument after the image is a ``SkyCoord`` (and
     ``y`` is omitted or None) the container's WCS converts it to pixel positions; the result
-    gets the input's unit.  A ``mask=`` keyword is passed on unchanged (the method ORs it).
+    gets the input's unit.  A ``mask=`` keyword is OR-ed into the image here (the method then
+    receives the combined mask in the Image and no ``mask``).
     """
 
     @functools.wraps(func)
     def wrapper(self, image, *args, **kwargs):
-        img = as_image(image)
+        # a keyword mask (estimate/measure) is folded in here, so the image is adapted once
+        img = as_image(image, kwargs.pop("mask", None))
         unit = img.unit
         if unit is not None:  # the method computes in bare numbers; the unit is put back below
-            img = replace(img, unit=None)
+            if img is image:  # the caller's own Image: never modified
+                img = replace(img, unit=None)
+            else:
+                img.unit = None
         if args and _is_skycoord(args[0]):
             if len(args) > 1 and args[1] is not None:
                 raise InputError("positions: give either a SkyCoord or x, y pixel arrays")
