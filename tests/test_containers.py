@@ -201,6 +201,11 @@ def test_as_image_reads_every_part_of_an_nddata():
     assert img.unit == u.adu and img.wcs is not None
     assert_array_equal(img.mask, MASK | np.eye(*SHAPE, dtype=bool))
     assert_allclose(img.variance, 4.0)
+    # band/epoch/gain from the meta keywords; a bad number names the keyword
+    nd = as_image(NDData(IMG, meta={"FILTER": "r", "EPOCH": "a", "GAIN": "2.5"}))
+    assert (nd.meta.band, nd.meta.epoch, nd.meta.gain) == ("r", "a", 2.5)
+    with pytest.raises(InputError, match="GAIN must be a number"):
+        as_image(NDData(IMG, meta={"GAIN": "high"}))
     # NaN pixels are masked whatever the container says
     d = IMG.copy()
     d[0, 0] = np.nan

@@ -81,6 +81,8 @@ def _parameters(module: str, qualname: str) -> dict[str, tuple[str, Any]]:
         return {}
     tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     node = _find(tree, qualname)
+    if node is None:  # the consumer moved: update _CONSUMERS (a test loads every preset)
+        raise RuntimeError(f"config validation: {qualname} not found in {module}")
     out: dict[str, tuple[str, Any]] = {}
     if isinstance(node, ast.ClassDef):
         for st in node.body:

@@ -22,7 +22,7 @@ means bad/ignored; non-finite data are always masked.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,10 +242,37 @@ def _container_parts(image: Any) -> dict[str, Any] | None:
     if isinstance(meta, Header):
         parts["header"] = meta
     if meta:  # band, epoch, exptime, gain... from the FILTER, EPOCH, ... keywords
-        from .io import read_meta  # io imports this module: import at call time
-
-        parts["meta"] = read_meta(meta, source=f"{type(image).__name__} meta")
+        parts["meta"] = _meta_from_header(meta, f"{type(image).__name__} meta")
     return parts
+
+
+def _meta_from_header(meta: Any, what: str) -> ImageMeta:
+    """ImageMeta from a header or dict with the default keywords (:class:`HeaderKeys`)."""
+    from .config import HeaderKeys
+    from .errors import HeaderError
+
+    keys = HeaderKeys()
+    values: dict[str, Any] = {}
+    for f in fields(ImageMeta):
+        kw = getattr(keys, f.name, None)
+        if not kw:
+            continue
+        v = meta.get(kw, meta.get(kw.lower())) if hasattr(meta, "get") else None
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        if f.name in ("exptime", "gain", "rdnoise"):
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise HeaderError(f"{what}: {kw} must be a number ({f.name}), got {v!r}"
+                                  ) from None
+        else:
+            v = str(v).strip()
+        values[f.name] = v
+    try:
+        return ImageMeta(**values)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
 
 
 def _variance(nd: Any, unit: Any) -> np.ndarray:
