@@ -4,7 +4,7 @@ cutouts taken at empty positions of exposures (the user's, or the built-in simul
 Per stamp:
 
 1. (mag, r50, n, b/a, theta) drawn jointly from a catalogue's rows (the user's, or the built-in
-   PAUS-like distribution, :func:`skysub.background.bkgnet._galaxy_pool`);
+   PAUS-like distribution, :func:`skysub.simulate.trainingdata.galaxy_pool`);
 2. the band flux ``exptime 10^(-0.4 (mag + dmag - zero_point)) / gain`` (image units) with a
    per-stamp colour ``dmag ~ N(0, colour_scatter)`` (the paper samples each narrow band's flux
    distribution independently), clipped so that the rate lies in ``flux_range`` (paper:
@@ -374,13 +374,13 @@ def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None,
                        ) -> dict[str, np.ndarray]:
     """``n`` cutouts at empty positions of one exposure (no catalogued source within
     ``empty_radius``, none saturated), reusing BKGnet's sampler
-    (:func:`skysub.background.bkgnet.sample_training_stamps`).  Returns ``stamps`` (NaN where
-    invalid) and the positions ``x, y``."""
-    from ..background.bkgnet import BKGnetSettings, sample_training_stamps
+    (:func:`skysub.simulate.trainingdata.sample_training_stamps`).  Returns ``stamps`` (NaN
+    where invalid) and the positions ``x, y``."""
+    from .trainingdata import StampSampling, sample_training_stamps
 
-    bs = BKGnetSettings(stamp_size=settings.stamp_size, mask_size=0, inject=False,
-                        empty_radius=settings.empty_radius, saturation=settings.saturation,
-                        stamps_per_image=int(n))
+    bs = StampSampling(stamp_size=settings.stamp_size, inject=False,
+                       empty_radius=settings.empty_radius, saturation=settings.saturation,
+                       stamps_per_image=int(n))
     d = sample_training_stamps(image, cat_xy, bs, rng, n=int(n))
     return {"stamps": d["stamps"], "x": d["x"], "y": d["y"]}
 
