@@ -73,7 +73,7 @@ def _tensors(data, valid, models, x, y, shape, mag, key, torch, neighbours=None,
                 {"feats_nomag": rest[0] if both else feats} if nomag else {})
 
 
-# -- training -------------------------------------------------------------------------------------
+# -- training tensors -----------------------------------------------------------------------------
 
 def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
                      neighbours: bool = False, joint: bool = True, ratio: bool = False,

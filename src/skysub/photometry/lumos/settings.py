@@ -96,7 +96,7 @@ class LumosSettings:
         return s
 
 
-# -- the photometer -------------------------------------------------------------------------------
+# -- band x epoch vocabulary ----------------------------------------------------------------------
 
 def _key_index(keys: list[str], band: Any, epoch: Any) -> int:
     from ...simulate.trainingdata import key_name
