@@ -77,8 +77,10 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
                    metavar=("RMIN", "RMAX"),
                    help="place each source RMIN-RMAX px from a random catalogued source "
                         "(a blending test; default: off)")
-    g.add_argument("--zeropoint", type=float, default=25.0,
-                   help="mag = ZP - 2.5 log10(flux) of the injected rows (default: 25)")
+    g.add_argument("--zeropoint", type=float, default=None,
+                   help="mag = ZP - 2.5 log10(flux) of the injected rows (default: the frame's "
+                        "header MAGZPT/MAGZERO/PHOTZP/MAGZP/ZEROPT, else a fit to the "
+                        "catalogue's mag column, else 25)")
     g.add_argument("--shape-scatter", action="store_true",
                    help="galaxies: give the photometers catalogue shapes with a detection "
                         "pipeline's scatter (10%% r50, 0.05 b/a, 10 deg, 0.3 in n)")

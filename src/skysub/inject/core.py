@@ -68,8 +68,10 @@ class InjectionSettings:
         (uniform); the angle is uniform in [0, 180) degrees.
     poisson : bool
         Add the injected light's own shot noise (through the image's gain).
-    zeropoint : float
-        ``mag = zeropoint - 2.5 log10(flux_true)`` for the catalogue rows of injected sources.
+    zeropoint : float or None
+        ``mag = zeropoint - 2.5 log10(flux_true)`` for the catalogue rows of injected sources;
+        None: the frame's own (:func:`skysub.photometry.zeropoint.resolve_zeropoint`: header
+        keyword, else a fit to the catalogue's magnitudes), else 25.
     shape_scatter : bool
         Give the photometers catalogue shapes with measurement scatter (:data:`SHAPE_SCATTER`)
         instead of the exact ones (the truth keeps the exact ones).
@@ -89,7 +91,7 @@ class InjectionSettings:
     sersic_n: tuple[float, float] = (0.8, 4.0)
     ba: tuple[float, float] = (0.4, 1.0)
     poisson: bool = True
-    zeropoint: float = 25.0
+    zeropoint: float | None = None
     shape_scatter: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -143,6 +145,19 @@ def sky_sigma(image: Image) -> float:
         raise InputError(f"{image.name}: the sky noise measures {sig!r} (a constant or "
                          "quantised frame?); injection needs a noisy sky")
     return sig
+
+
+def frame_zeropoint(image: Image, catalog: Table | None):
+    """The frame's zero point for injected magnitudes: its header's, else a fit to the
+    catalogue's magnitudes, else 25 (source ``"default"``; nothing in the catalogue to tie to)."""
+    from ..photometry.zeropoint import ZeroPoint, header_zeropoint, resolve_zeropoint
+
+    if catalog is not None and "mag" in catalog.colnames:
+        try:
+            return resolve_zeropoint(image, catalog)
+        except InputError as exc:
+            return ZeroPoint(25.0, "default", warning=str(exc))
+    return header_zeropoint(image.header) or ZeroPoint(25.0, "default")
 
 
 def make_psf(settings: InjectionSettings, psf: np.ndarray | None = None) -> np.ndarray:
@@ -364,6 +379,8 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
     """
     settings = settings or InjectionSettings()
     img = as_image(image)
+    if settings.zeropoint is None:
+        settings = replace(settings, zeropoint=frame_zeropoint(img, catalog).value)
     rng = np.random.default_rng([int(seed), int(realisation), 0x1A7EC7])
     cat_xy = ((np.asarray(catalog["x"], float), np.asarray(catalog["y"], float))
               if catalog is not None and len(catalog) else (np.zeros(0), np.zeros(0)))

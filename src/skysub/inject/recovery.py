@@ -12,8 +12,9 @@ of one run compare methods side by side.  Scoring (MEASURING.md):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from astropy.table import Table, vstack
 from ..errors import InputError
 from ..image import Image
 from ..stats import sigma68
-from .core import InjectionSettings, inject_sources, merged_catalog
+from .core import InjectionSettings, frame_zeropoint, inject_sources, merged_catalog
+
+log = logging.getLogger("skysub")
 
 #: photometers scored on the light inside their aperture (not the total flux)
 APERTURE_TRUTH = ("aperture",)
@@ -210,9 +213,16 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
     rec, truths, kept = [], [], []
     for image in _image_iter(images, quiet=quiet, **read_kwargs):
         cat = catalog_for_image(cat_all, image)
+        s_img = settings
+        if settings.zeropoint is None:  # one zero point per frame, shared by its realisations
+            zp = frame_zeropoint(image, cat)
+            if zp.warning:
+                log.warning("%s: %s", image.name, zp.warning)
+            log.info("%s: %s", image.name, zp.describe())
+            s_img = replace(settings, zeropoint=zp.value)
         for r in progress(range(int(realisations)), desc=f"{image.name}", quiet=quiet,
                           unit="realisation"):
-            inj = inject_sources(image, cat, settings, psf=psf, seed=seed, realisation=r)
+            inj = inject_sources(image, cat, s_img, psf=psf, seed=seed, realisation=r)
             if len(inj.truth) == 0:
                 continue
             truths.append(inj.truth)
