@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
     batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
+    from .inject.cli import add_parser as add_inject_parser
+
+    add_inject_parser(sub, _add_common).set_defaults(read_kwargs_fn=_read_kwargs)
 
     # -- compact-source removal (issue 5): remove, train inpaint, evaluate removal --------
     from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser
