@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
     from .inject.cli import add_parser as add_inject_parser
 
-    add_inject_parser(sub, _add_common).set_defaults(read_kwargs_fn=_read_kwargs)
+    add_inject_parser(sub)  # skysub inject: injection-recovery tests (skysub.inject)
 
     # -- compact-source removal (issue 5): remove, train inpaint, evaluate removal --------
     from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser

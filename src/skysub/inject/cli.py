@@ -34,9 +34,9 @@ def _pair(name: str):
     return parse
 
 
-def add_parser(sub, common) -> argparse.ArgumentParser:
-    """Add ``inject`` to the ``skysub`` sub-parsers; ``common(p)`` adds the shared options
-    (--config, --quiet, --overwrite and the image-reading group)."""
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``inject`` to the ``skysub`` sub-parsers."""
+    from ..cli_args import add_common
     p = sub.add_parser("inject", help="injection-recovery test of any method on your frames",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="FITS frames (globs allowed)")
@@ -104,7 +104,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
                    help="SNR bin edges of the summary, comma-separated (default: 0,10,30,100,inf)")
     m.add_argument("--write-images", action="store_true",
                    help="also write the injected frames and their catalogue")
-    common(p)
+    add_common(p)
     p.set_defaults(func=run)
     return p
 
@@ -112,6 +112,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..cli_args import read_kwargs as image_read_kwargs
     from ..config import load_config
     from ..errors import InputError
     from ..io import check_output, write_fits_product, write_table
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from .plots import recovery_figure
     from .recovery import parse_methods, run_injection, summarise
 
-    read_kwargs = args.read_kwargs_fn(args, cfg := load_config(args.config))
+    read_kwargs = image_read_kwargs(args, cfg := load_config(args.config))
     try:
         bins = [float(v) for v in args.snr_bins.split(",") if v.strip()]
     except ValueError:
