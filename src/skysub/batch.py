@@ -610,7 +610,7 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
     -------
     BatchResult
     """
-    from .workflows import expand_paths
+    from .io import expand_paths
 
     spec = spec or make_spec(method, photometer=photometer, **options)
     bad = [f for f in formats if f not in FORMATS]
