@@ -150,3 +150,20 @@ def test_empty_catalogues_of_each_format(tmp_path):
     assert len(cat) == 0 and "x" in cat.colnames
     empty = np.zeros(0, dtype=[("x", "f8"), ("y", "f8")])
     assert len(read_catalog(empty)) == 0
+
+
+def test_workflows_translate_tables_handed_over_in_python():
+    """A SExtractor-named Table given to measure_background is read like the file would be."""
+    import numpy as np
+    from astropy.table import Table
+
+    from skysub.background.annulus import AnnulusBackground
+    from skysub.image import Image
+    from skysub.workflows import measure_background
+
+    img = Image(data=np.full((60, 60), 10.0) + np.arange(60)[None, :] * 0.0, mask=None)
+    sx = Table({"NUMBER": [1, 2], "X_IMAGE": [21.0, 41.0], "Y_IMAGE": [31.0, 11.0]})
+    out = measure_background([img], sx, AnnulusBackground(3, 6))
+    np.testing.assert_allclose(out["x"], [20.0, 40.0])  # 1-based -> 0-based
+    np.testing.assert_allclose(out["bkg"], 10.0)
+    assert list(sx.colnames) == ["NUMBER", "X_IMAGE", "Y_IMAGE"]  # the input is not modified

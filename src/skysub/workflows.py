@@ -35,7 +35,8 @@ PHOTOMETERS = ("aperture", "optimal", "lumos")
 
 
 def _catalog(catalog: str | Path | Table) -> Table:
-    return catalog if isinstance(catalog, Table) else read_catalog(catalog)
+    """Any catalogue the reader understands (file, Table, photutils or sep table), as a copy."""
+    return read_catalog(catalog)
 
 
 def make_background(method: str, *, config: SurveyConfig | None = None,

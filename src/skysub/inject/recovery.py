@@ -196,7 +196,7 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
     config = config or load_config()
     if int(realisations) < 1:
         raise InputError(f"realisations must be >= 1, got {realisations!r}")
-    cat_all = catalog if isinstance(catalog, Table) else read_catalog(catalog)
+    cat_all = read_catalog(catalog)  # files, Tables, photutils and sep catalogues alike
     pk = dict(photometer_kwargs or {})
     # the photometers measure with the injected PSF and the scoring aperture unless told not to
     pk.setdefault("psf_fwhm", settings.psf_fwhm)
