@@ -16,6 +16,13 @@ from skysub.stats import clipped_stats
 pytestmark = pytest.mark.skipif(kernels.active_engine() != "numba",
                                 reason="numba kernels unavailable")
 
+
+@pytest.fixture(autouse=True)
+def numba_engine():
+    """The small test images are below the "auto" size threshold: force the kernels."""
+    with kernels.engine("numba"):
+        yield
+
 REL = 1e-12
 
 
@@ -193,3 +200,12 @@ def test_uncachable_function_compiles_in_memory(monkeypatch):
 
     g = nk._jit(f)
     assert g(1) == 2 and not g._cache.__class__.__name__ == "FunctionCache"
+
+
+def test_auto_engine_compiles_only_large_calls():
+    with kernels.engine("auto"):
+        assert kernels.active_engine(kernels.AUTO_MIN_VALUES - 1) == "numpy"
+        assert kernels.active_engine(kernels.AUTO_MIN_VALUES) == "numba"
+        assert kernels.active_engine() == "numba"
+    with kernels.engine("numpy"):
+        assert kernels.active_engine(10**12) == "numpy"

@@ -23,9 +23,18 @@ numba) and cached on disk (``cache=True``: next to this file when it is writable
 numba's user cache directory or ``NUMBA_CACHE_DIR``); without any writable cache the functions
 are compiled in memory each run.
 
-``SKYSUB_KERNELS=numpy`` in the environment (or :func:`set_engine`) selects the pure-numpy
-fallback; it is also used, with a debug log line, when numba is not installed or fails to
-compile.
+Small jobs stay on numpy: importing numba and loading the cached machine code costs ~0.5 s
+per process (measured on a one-image ``skysub background --method annulus``: 3.4 s whole
+command with numba against 2.8 s without, 767 sources), more than the kernel saves on fewer
+than ~3,000 PAUS-sized annuli.  So ``"auto"`` (the default) uses the compiled kernels for every
+call that clips at least :data:`AUTO_MIN_VALUES` values (``sources x annulus pixels``; e.g.
+10,000 sources in a 30-45 px annulus: 4e7) and the numpy fallback below that.  The choice
+depends only on the call's own size, so a given image and catalogue always take the same path;
+both paths equal photutils to 1e-12 relative.
+
+``SKYSUB_KERNELS=numba`` (or :func:`set_engine`) uses the kernels for every call,
+``SKYSUB_KERNELS=numpy`` never; numpy is also used, with a debug log line, when numba is not
+installed or fails to compile.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ from .errors import InputError
 log = logging.getLogger("skysub")
 
 ENGINES = ("auto", "numba", "numpy")
+#: "auto" compiles only calls that clip at least this many values (sources x pixels): the
+#: break-even of the ~0.5 s numba import + cache load against the kernel's gain (~4e-8 s per
+#: value, benchmarks/bench_annulus.py: numpy fallback vs numba on 10,000 PAUS annuli)
+AUTO_MIN_VALUES = 10_000_000
 _engine = os.environ.get("SKYSUB_KERNELS", "auto").strip().lower() or "auto"
 _lock = threading.Lock()
 _compiled: dict | None = None  # name -> compiled function, once built
@@ -74,11 +87,17 @@ def _check_env_engine() -> None:
         raise InputError(f"SKYSUB_KERNELS={_engine!r}: expected one of {ENGINES}")
 
 
-def compiled() -> dict | None:
-    """The compiled kernels (compiling them on the first call), or None for the numpy path."""
+def compiled(work: int | None = None) -> dict | None:
+    """The compiled kernels (compiling them on the first call), or None for the numpy path.
+
+    ``work``: the number of values the caller is about to clip; with the ``"auto"`` engine a
+    call below :data:`AUTO_MIN_VALUES` gets None (numpy), as does any call where numba is
+    unavailable.  None means "large" (the kernels whenever they are available)."""
     global _compiled, _failed
     _check_env_engine()
     if _engine == "numpy":
+        return None
+    if _engine == "auto" and work is not None and work < AUTO_MIN_VALUES:
         return None
     if _compiled is None and _failed is None:
         with _lock:
@@ -94,9 +113,9 @@ def compiled() -> dict | None:
     return _compiled
 
 
-def active_engine() -> str:
-    """``"numba"`` or ``"numpy"``: what the next clipping call will use."""
-    return "numba" if compiled() is not None else "numpy"
+def active_engine(work: int | None = None) -> str:
+    """``"numba"`` or ``"numpy"``: what a clipping call of ``work`` values will use."""
+    return "numba" if compiled(work) is not None else "numpy"
 
 
 def _build() -> dict:

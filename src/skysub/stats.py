@@ -218,16 +218,19 @@ def _finish(res: tuple, s: np.ndarray, squeeze: bool, return_sorted: bool):
 
 def clipped_stats_sorted(s: np.ndarray, n_valid: np.ndarray, *, sigma: float | None = 3.0,
                          sigma_lower: float | None = None, sigma_upper: float | None = None,
-                         maxiters: int | None = 10
+                         maxiters: int | None = 10, work: int | None = None
                          ) -> tuple[ClippedStats, np.ndarray, np.ndarray]:
     """:func:`clipped_stats` of rows already sorted ascending with their ``n_valid`` finite
-    values first (NaN after): returns ``(stats, lo, hi)``, ``[lo, hi)`` the kept run per row."""
+    values first (NaN after): returns ``(stats, lo, hi)``, ``[lo, hi)`` the kept run per row.
+
+    ``work``: the size of the whole job these rows belong to (default ``s.size``), which picks
+    the compiled kernels or the numpy fallback (:func:`skysub.kernels.compiled`)."""
     from . import kernels
 
     sl = sigma if sigma_lower is None else sigma_lower
     su = sigma if sigma_upper is None else sigma_upper
     n_valid = np.asarray(n_valid)
-    if kernels.compiled() is not None:
+    if kernels.compiled(work if work is not None else s.size) is not None:
         lo, hi, mean, med, std = kernels.clip_sorted_rows(s, n_valid, sl, su, maxiters)
         return ClippedStats(mean=mean, median=med, std=std, n=hi - lo, n_valid=n_valid), lo, hi
     return _clipped_sorted_numpy(s, n_valid, sigma, sigma_lower, sigma_upper, maxiters)

@@ -220,7 +220,9 @@ class AnnulusBackground:
         # Sorting dominates: sort float32 when that is exact (integer or float32 data, as most
         # FITS images are), float64 otherwise -- the numbers are the same either way.
         flat = img.data.ravel()
-        kern = kernels.compiled() if n else None
+        # one engine for the whole call (all chunks), chosen by its size: sources x pixels
+        work = n * len(self._dx)
+        kern = kernels.compiled(work) if n else None
         if n and kern is None:  # (the compiled gather sorts only the members: float64 is as fast)
             f32 = flat.astype(np.float32)
             if np.array_equal(f32, flat, equal_nan=True):
@@ -239,7 +241,7 @@ class AnnulusBackground:
                 s, n_valid = self._gather_numpy(flat, bad_flat, any_bad, img.shape, xs, ys,
                                                 xi, yi, f)
             cs, lo, hi = clipped_stats_sorted(s, n_valid, sigma=self.sigma,
-                                              maxiters=self.maxiters)
+                                              maxiters=self.maxiters, work=work)
             if self.statistic == "biweight":
                 loc = biweight_of_run(s, lo, hi)
             else:
