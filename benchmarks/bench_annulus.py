@@ -8,7 +8,8 @@ same with an elliptical annulus (b/a = 0.6, theta = 30 deg; photutils wants thet
 Rows, all timed side by side in the same run (best of k each):
 
 - photutils ``ApertureStats`` + ``SigmaClip`` (the reference numbers, speed-up 1);
-- skysub ``AnnulusBackground`` with the compiled kernels (numba, the default path);
+- skysub ``AnnulusBackground`` with the compiled kernels (numba: the default path for calls
+  of >= 1e7 values, i.e. >= ~2,500 sources of this annulus; forced here for ``--quick``);
 - the same with the pure-numpy fallback (``SKYSUB_KERNELS=numpy``);
 - SEP's ``sum_circann`` / ``sum_ellipann`` divided by the annulus area: an UNCLIPPED mean in
   C, the speed a clipped estimator is measured against (``vs SEP`` = SEP time / this time).
@@ -61,7 +62,7 @@ COLUMNS = [("method", "method", ""), ("time_s", "time [s]", ".3f"),
 
 
 def _skysub(image: np.ndarray, x: np.ndarray, y: np.ndarray, ba: float, theta_deg: float,
-            engine: str = "auto"):
+            engine: str = "numba"):
     from skysub import kernels
     from skysub.background.annulus import AnnulusBackground
 
