@@ -504,12 +504,14 @@ class BatchResult:
 
     def timing(self) -> dict:
         """Where the time went [s]: start-up, the exposures' read / compute / write (summed
-        over the workers: worker-seconds), the wall time of the exposures, shutdown."""
+        over the workers: worker-seconds) and the CPU time the workers got meanwhile, the wall
+        time of the exposures, shutdown."""
         done = [r for r in self.records if np.isfinite(r.get("seconds", np.nan))]
         return {"startup": self.startup_seconds, "preload": self.preload_seconds,
                 "read": float(sum(r.get("read_seconds", 0.0) for r in done)),
                 "compute": float(sum(r.get("compute_seconds", 0.0) for r in done)),
                 "write": float(sum(r.get("write_seconds", 0.0) for r in done)),
+                "cpu": float(sum(r.get("cpu_seconds", 0.0) for r in done)),
                 "exposures_wall": self.seconds, "shutdown": self.shutdown_seconds,
                 "total": self.total_seconds}
 
@@ -526,6 +528,10 @@ class BatchResult:
                  f"{t['compute']:.2f}, write {t['write']:.2f} worker-s"
                  + (f" ({busy / (self.workers * t['exposures_wall']):.0%} of "
                     f"{self.workers} workers busy)"
+                    if self.workers and t["exposures_wall"] > 0 else ""),
+                 f"            CPU {t['cpu']:.2f} s"
+                 + (f" ({t['cpu'] / (self.workers * t['exposures_wall']):.0%} of "
+                    f"{self.workers} cores: less = the cores were shared)"
                     if self.workers and t["exposures_wall"] > 0 else ""),
                  f"  shutdown  {t['shutdown']:7.2f} s"]
         since = _seconds_since_process_start()
