@@ -117,10 +117,9 @@ def _run_median(s, lo, hi):
 
 
 @_jit_reassoc
-def _run_sums(s, lo, hi, c):
-    """Sums of ``d = s - c`` and ``d**2`` over ``s[lo:hi]``, in float64.  The only kernel
-    allowed to reassociate (so that LLVM vectorises the reduction): the order of a sum changes
-    its last bits, never which pixels are kept."""
+def _run_sums_fast(s, lo, hi, c):
+    """Sums of ``d = s - c`` and ``d**2`` over ``s[lo:hi]`` in float64, reassociated (so that
+    LLVM vectorises the reduction): for the clipping bounds of the iterations."""
     t1 = 0.0
     t2 = 0.0
     for j in range(lo, hi):
@@ -131,7 +130,20 @@ def _run_sums(s, lo, hi, c):
 
 
 @_jit
-def _run_mean_std(s, lo, hi):
+def _run_sums(s, lo, hi, c):
+    """The same sums in strict sequential order: the final statistics, which the numpy
+    fallback reproduces bit for bit (a sequential ``cumsum``)."""
+    t1 = 0.0
+    t2 = 0.0
+    for j in range(lo, hi):
+        d = np.float64(s[j]) - c
+        t1 += d
+        t2 += d * d
+    return t1, t2
+
+
+@_jit
+def _run_mean_std(s, lo, hi, exact):
     """Mean and population std of the sorted run ``s[lo:hi]`` (NaN if empty).  Sums of the
     values minus the run's median: the shift is within a fraction of a std of the mean, so
     ``var = <d^2> - <d>^2`` loses nothing to cancellation (as exact as numpy's two passes)."""
@@ -139,7 +151,10 @@ def _run_mean_std(s, lo, hi):
     if m <= 0:
         return np.nan, np.nan
     c = _run_median(s, lo, hi)
-    t1, t2 = _run_sums(s, lo, hi, c)
+    if exact:
+        t1, t2 = _run_sums(s, lo, hi, c)
+    else:
+        t1, t2 = _run_sums_fast(s, lo, hi, c)
     d1 = t1 / m
     var = t2 / m - d1 * d1
     if var < 0.0:
@@ -189,7 +204,7 @@ def clip_sorted_rows(s, n_valid, do_clip, sl, su, lower_open, upper_open, maxite
             upper = np.inf
             while maxiters < 0 or it < maxiters:
                 med = _run_median(row, lo, hi)
-                _, std = _run_mean_std(row, lo, hi)
+                _, std = _run_mean_std(row, lo, hi, False)
                 # an open side stays open even when std == 0 (inf * 0 = NaN)
                 lower = -np.inf if lower_open else med - sl * std
                 upper = np.inf if upper_open else med + su * std
@@ -213,6 +228,6 @@ def clip_sorted_rows(s, n_valid, do_clip, sl, su, lower_open, upper_open, maxite
         lo_out[i] = lo
         hi_out[i] = hi
         med_out[i] = _run_median(row, lo, hi)
-        mean, std = _run_mean_std(row, lo, hi)
+        mean, std = _run_mean_std(row, lo, hi, True)
         mean_out[i] = mean
         std_out[i] = std

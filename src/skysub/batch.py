@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table, vstack
 
+from . import kernels
 from .errors import InputError, OutputExistsError
 from .io import _atomic_write
 from .progress import progress
@@ -356,17 +357,27 @@ def _read_timed(path: str, read_kwargs: dict) -> tuple[Any, BaseException | None
 
 
 def process_exposures(paths: Sequence[str], catalog: str | Table, spec: BatchSpec,
-                      output_dir: str, formats: Sequence[str] = ("parquet",)) -> list[dict]:
+                      output_dir: str, formats: Sequence[str] = ("parquet",), *,
+                      per_worker: int | None = None) -> list[dict]:
     """One task: measure several exposures in turn, write their partitions, return one small
     record per exposure (see :func:`process_exposure`).
 
     The next exposure's FITS file is read in a background thread while the current one is
     measured (reading is mostly I/O and decompression, which release the GIL), so a task of
-    short exposures keeps its core busy.  Never raises for a bad exposure.
+    short exposures keeps its core busy.  ``per_worker``: the exposures this worker process
+    will measure in the run (default: this task's), so that the compiled clipping kernels are
+    loaded when the whole share is worth it (:func:`skysub.kernels.job`; the numbers are the
+    same either way).  Never raises for a bad exposure.
     """
+    with kernels.job(per_worker or len(paths)):
+        return _process_exposures(paths, catalog, spec, output_dir, formats)
+
+
+def _process_exposures(paths, catalog, spec, output_dir, formats) -> list[dict]:
     from concurrent.futures import ThreadPoolExecutor
 
     from .workflows import measure_background, measure_photometry
+
 
     paths = [str(p) for p in paths]
     recs = [_new_record(p) for p in paths]
@@ -888,12 +899,15 @@ def _run_local(todo, cat_arg, spec, out, formats, result, failures, quiet, worke
     def paths(group):
         return [p for _, p in group]
 
+    share = -(-len(todo) // n)  # exposures per worker
+
     def records():
         if n == 1:
             result.executor = "in-process"
             result.startup_seconds = time.perf_counter() - t_call
             for group in groups:
-                yield from process_exposures(paths(group), cat_arg, spec, str(out), formats)
+                yield from process_exposures(paths(group), cat_arg, spec, str(out), formats,
+                                             per_worker=share)
             return
         ctx = _pool_context()
         result.executor = f"processes ({ctx.get_start_method()})"
@@ -903,7 +917,7 @@ def _run_local(todo, cat_arg, spec, out, formats, result, failures, quiet, worke
             initargs=(spec, cat_arg if isinstance(cat_arg, str) else None))
         try:
             futures = {pool.submit(process_exposures, paths(g), cat_arg, spec, str(out),
-                                   formats): g for g in groups}
+                                   formats, per_worker=share): g for g in groups}
             result.preload_seconds = time.perf_counter() - t0
             result.startup_seconds = time.perf_counter() - t_call
             pending = set(futures)

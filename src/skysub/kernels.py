@@ -23,14 +23,16 @@ numba) and cached on disk (``cache=True``: next to this file when it is writable
 numba's user cache directory or ``NUMBA_CACHE_DIR``); without any writable cache the functions
 are compiled in memory each run.
 
-Small jobs stay on numpy: importing numba and loading the cached machine code costs ~0.5 s
-per process (measured on a one-image ``skysub background --method annulus``: 3.4 s whole
-command with numba against 2.8 s without, 767 sources), more than the kernel saves on fewer
-than ~3,000 PAUS-sized annuli.  So ``"auto"`` (the default) uses the compiled kernels for every
-call that clips at least :data:`AUTO_MIN_VALUES` values (``sources x annulus pixels``; e.g.
-10,000 sources in a 30-45 px annulus: 4e7) and the numpy fallback below that.  The choice
-depends only on the call's own size, so a given image and catalogue always take the same path;
-both paths equal photutils to 1e-12 relative.
+Both engines give the same bits: they keep the same pixels, and the final mean and std are
+the same strictly sequential float64 sums (the numpy fallback's ``cumsum`` reproduces the
+kernel's loop), so the choice of engine is a matter of speed only.  Small jobs stay on numpy:
+importing numba and loading the cached machine code costs ~0.5 s per process (measured on a
+one-image ``skysub background --method annulus``: 3.4 s whole command with numba against 2.8 s
+without, 767 sources), more than the kernel saves on fewer than ~3,000 PAUS-sized annuli.  So
+``"auto"`` (the default) uses the compiled kernels once a call -- or a job announced with
+:func:`job` (a batch worker's exposures) -- clips at least :data:`AUTO_MIN_VALUES` values
+(``sources x annulus pixels``; e.g. 10,000 sources in a 30-45 px annulus: 4e7), and for every
+call once they are loaded in the process; the numpy fallback otherwise.
 
 ``SKYSUB_KERNELS=numba`` (or :func:`set_engine`) uses the kernels for every call,
 ``SKYSUB_KERNELS=numpy`` never; numpy is also used, with a debug log line, when numba is not
@@ -59,6 +61,7 @@ _engine = os.environ.get("SKYSUB_KERNELS", "auto").strip().lower() or "auto"
 _lock = threading.Lock()
 _compiled: dict | None = None  # name -> compiled function, once built
 _failed: str | None = None  # why the compiled path is unavailable
+_job_calls = 1  # calls of about the same size expected in this process (see job())
 
 
 def set_engine(engine: str) -> str:
@@ -82,6 +85,18 @@ def engine(name: str):
         set_engine(old)
 
 
+@contextmanager
+def job(calls: int):
+    """Announce ``calls`` clipping calls of about the same size in this process (a batch
+    worker's exposures): ``"auto"`` weighs the one-time numba load against all of them."""
+    global _job_calls
+    old, _job_calls = _job_calls, max(1, int(calls))
+    try:
+        yield
+    finally:
+        _job_calls = old
+
+
 def _check_env_engine() -> None:
     if _engine not in ENGINES:
         raise InputError(f"SKYSUB_KERNELS={_engine!r}: expected one of {ENGINES}")
@@ -97,8 +112,9 @@ def compiled(work: int | None = None) -> dict | None:
     _check_env_engine()
     if _engine == "numpy":
         return None
-    if _engine == "auto" and work is not None and work < AUTO_MIN_VALUES:
-        return None
+    if (_engine == "auto" and _compiled is None and work is not None
+            and work * _job_calls < AUTO_MIN_VALUES):
+        return None  # (once loaded, the kernels serve every call: the same bits, faster)
     if _compiled is None and _failed is None:
         with _lock:
             if _compiled is None and _failed is None:

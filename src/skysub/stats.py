@@ -293,8 +293,34 @@ def _clipped_sorted_numpy(s: np.ndarray, n_valid: np.ndarray, sigma, sigma_lower
             lo = np.where(active, _search(s, zero, full_hi, lower, right=False), 0)
             hi = np.where(active, _search(s, zero, full_hi, upper, right=True), 0)
             hi = np.maximum(hi, lo)
-    mean, med, std, n = _stats(lo, hi)
-    return ClippedStats(mean=mean, median=med, std=std, n=n, n_valid=n_valid), lo, hi
+    mean, med, std = _final_stats(s, lo, hi)
+    return ClippedStats(mean=mean, median=med, std=std, n=hi - lo, n_valid=n_valid), lo, hi
+
+
+def _final_stats(s: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, median and std of each kept run ``s[row, lo:hi]``, computed exactly as the
+    compiled kernel does (float64; the run's median ``c``; strictly sequential sums of
+    ``s - c`` and its square -- ``cumsum`` is sequential, and the zeros outside the run add
+    nothing), so that both engines give the same bits for the same kept pixels."""
+    n_rows, p = s.shape
+    rows = np.arange(n_rows)
+    m = hi - lo
+    a = np.minimum(lo + np.maximum((m - 1) // 2, 0), p - 1)
+    b = np.minimum(lo + np.maximum(m // 2, 0), p - 1)
+    c = 0.5 * (s[rows, a].astype(np.float64) + s[rows, b].astype(np.float64))
+    cols = np.arange(p)[None, :]
+    run = (cols >= lo[:, None]) & (cols < hi[:, None])
+    d = np.where(run, s - c[:, None], 0.0)  # float32 rows: promoted, as the kernel does
+    t1 = np.cumsum(d, axis=1)[:, -1] if p else np.zeros(n_rows)
+    np.multiply(d, d, out=d)
+    t2 = np.cumsum(d, axis=1)[:, -1] if p else np.zeros(n_rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d1 = t1 / m
+        var = np.maximum(t2 / m - d1 * d1, 0.0)
+    empty = m <= 0
+    return (np.where(empty, np.nan, c + d1), np.where(empty, np.nan, c),
+            np.where(empty, np.nan, np.sqrt(var)))
 
 
 def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
