@@ -301,26 +301,37 @@ def _final_stats(s: np.ndarray, lo: np.ndarray, hi: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, median and std of each kept run ``s[row, lo:hi]``, computed exactly as the
     compiled kernel does (float64; the run's median ``c``; strictly sequential sums of
-    ``s - c`` and its square -- ``cumsum`` is sequential, and the zeros outside the run add
-    nothing), so that both engines give the same bits for the same kept pixels."""
+    ``s - c`` and its square), so that both engines give the same bits for the same kept
+    pixels.  The sums are reductions along axis 0 of the transposed block -- numpy adds the
+    rows of a C-ordered array one after the other (pairwise summation is only used along the
+    contiguous axis) -- and the zeros outside the run add nothing.  Blocks of 32 rows stay in
+    cache (measured 2-4x faster than one pass over all rows)."""
     n_rows, p = s.shape
-    rows = np.arange(n_rows)
-    m = hi - lo
-    a = np.minimum(lo + np.maximum((m - 1) // 2, 0), p - 1)
-    b = np.minimum(lo + np.maximum(m // 2, 0), p - 1)
-    c = 0.5 * (s[rows, a].astype(np.float64) + s[rows, b].astype(np.float64))
-    cols = np.arange(p)[None, :]
-    run = (cols >= lo[:, None]) & (cols < hi[:, None])
-    d = np.where(run, s - c[:, None], 0.0)  # float32 rows: promoted, as the kernel does
-    t1 = np.cumsum(d, axis=1)[:, -1] if p else np.zeros(n_rows)
-    np.multiply(d, d, out=d)
-    t2 = np.cumsum(d, axis=1)[:, -1] if p else np.zeros(n_rows)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d1 = t1 / m
-        var = np.maximum(t2 / m - d1 * d1, 0.0)
-    empty = m <= 0
-    return (np.where(empty, np.nan, c + d1), np.where(empty, np.nan, c),
-            np.where(empty, np.nan, np.sqrt(var)))
+    mean, med, std = np.empty(n_rows), np.empty(n_rows), np.empty(n_rows)
+    j = np.arange(p)[:, None]
+    for r0 in range(0, n_rows, 32):
+        sl = slice(r0, min(r0 + 32, n_rows))
+        blk, a_lo, a_hi = s[sl], lo[sl], hi[sl]
+        rows = np.arange(len(blk))
+        m = a_hi - a_lo
+        a = np.minimum(a_lo + np.maximum((m - 1) // 2, 0), max(p - 1, 0))
+        b = np.minimum(a_lo + np.maximum(m // 2, 0), max(p - 1, 0))
+        c = (0.5 * (blk[rows, a].astype(np.float64) + blk[rows, b].astype(np.float64))
+             if p else np.full(len(blk), np.nan))
+        run = (j >= a_lo[None, :]) & (j < a_hi[None, :])
+        with np.errstate(invalid="ignore"):
+            d = np.where(run, np.subtract(blk.T, c[None, :], order="C"), 0.0)
+        t1 = np.add.reduce(d, axis=0)
+        np.multiply(d, d, out=d)
+        t2 = np.add.reduce(d, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d1 = t1 / m
+            var = np.maximum(t2 / m - d1 * d1, 0.0)
+        empty = m <= 0
+        mean[sl] = np.where(empty, np.nan, c + d1)
+        med[sl] = np.where(empty, np.nan, c)
+        std[sl] = np.where(empty, np.nan, np.sqrt(var))
+    return mean, med, std
 
 
 def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
