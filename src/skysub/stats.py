@@ -340,6 +340,9 @@ def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
     of the kept run ``[lo, hi)`` of each sorted row."""
     from astropy.stats import biweight_location
 
+    # only the columns a run can reach: the same array (and so the same pairwise sums) however
+    # much NaN padding the caller's rows carry
+    sorted_rows = sorted_rows[:, :max(int(hi.max()) if len(hi) else 0, 1)]
     idx = np.arange(sorted_rows.shape[1])[None, :]
     keep = (idx >= lo[:, None]) & (idx < hi[:, None])
     vals = np.where(keep, sorted_rows, np.nan)

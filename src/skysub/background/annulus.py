@@ -120,6 +120,10 @@ class AnnulusBackground:
         # first; only the others ("boundary" pixels, ~1/5) need a radius test per source.
         r0 = self._elliptical_radius(dx.astype(float), dy.astype(float))
         m = np.sqrt(0.5) / self.ba + 1e-9
+        # offsets that no sub-pixel position can bring into the (elliptical) ring are dropped:
+        # annulus_offsets gives a circular ring, most of which an elongated ellipse never uses
+        possible = (r0 >= self.r_in - m - 1e-6) & (r0 < self.r_out + m + 1e-6)
+        dx, dy, r0 = dx[possible], dy[possible], r0[possible]
         certain = (r0 >= self.r_in + m) & (r0 < self.r_out - m)
         order = np.argsort(~certain, kind="stable")
         self._dx, self._dy = dx[order], dy[order]
