@@ -1,9 +1,13 @@
-"""Survey-scale batch processing: many exposures on a Dask cluster, resumable.
+"""Survey-scale batch processing: many exposures in parallel, locally or on Dask, resumable.
 
 :func:`run` measures the background (or the photometry) of every catalogued source on every
-exposure, one Dask task per exposure, on a local cluster (one single-threaded worker process
-per core by default) or on any running Dask scheduler, so the same call scales from a laptop to
-a cluster.  The per-source columns are exactly those of ``skysub background`` /
+exposure.  Locally (the default) it starts its single-threaded worker processes once -- one per
+core; with one worker, the calling process itself -- and gives each two tasks, a task being a
+group of exposures whose next FITS read is prefetched in a thread while the current one is
+measured (short exposures would otherwise pay start-up and per-task costs that dwarf their
+compute).  On any running Dask scheduler (or a local Dask cluster, ``scheduler="dask"``) it runs
+one Dask task per exposure, so the same call scales from a laptop to a cluster.  The per-source
+columns are exactly those of ``skysub background`` /
 ``skysub photometry`` (each task calls :func:`skysub.workflows.measure_background` or
 :func:`~skysub.workflows.measure_photometry` on its exposure), and estimators and photometers are
 built by :func:`skysub.workflows.make_background` / :func:`~skysub.workflows.make_photometer`,
