@@ -115,8 +115,8 @@ def test_run_all_quick_args(monkeypatch, capsys):
     assert run_all.main(["--quick", "--repeats", "2", "--seed", "5"]) == 0
     assert seen[:3] == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
                         ("timeseries", True, 2, 5, None)]
-    assert [s[0] for s in seen] == ["mesh", "annulus", "timeseries", "bkgnet", "lumos", "removal",
-                                     "batch"]
+    assert [s[0] for s in seen] == ["mesh", "annulus", "timeseries", "inject", "bkgnet", "lumos",
+                                     "removal", "batch"]
     assert all(s[1:4] == (True, 2, 5) for s in seen)
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and "timeseries table" in out
@@ -222,3 +222,16 @@ def test_lumos_bench_tiny(tmp_path, capsys):
     assert {r["method"] for r in res.rows} >= {"lumos", "aperture", "optimal"}
     assert any("sources/s" in g.name for g in res.goals)
     assert "Lumos vs baselines" in capsys.readouterr().out
+
+
+def test_inject_bench_tiny():
+    from benchmarks import bench_inject
+
+    res = bench_inject.main(["--n", "15", "--realisations", "1", "--methods",
+                             "aperture+annulus,optimal+annulus"])
+    assert {r["frame"] for r in res.rows} == set(bench_inject.real_frames())
+    allrows = [r for r in res.rows if r["snr"] == "all"]
+    assert len(allrows) == 2 * len(bench_inject.real_frames())
+    for r in allrows:
+        assert r["n"] >= 5 and math.isfinite(_numeric(r, "sigma68"))
+        assert abs(r["bias"]) < 0.2  # the injected light comes back (truth known exactly)

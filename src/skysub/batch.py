@@ -538,7 +538,7 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
     -------
     BatchResult
     """
-    from .workflows import expand_paths
+    from .io import expand_paths
 
     t_call = time.perf_counter()
     spec = spec or make_spec(method, photometer=photometer, **options)

@@ -27,7 +27,7 @@ Exit status: 0 when every exposure succeeded, 1 when some failed, 2 on a usage e
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``batch`` to the ``skysub`` sub-parsers."""
     from . import batch
-    from .cli import _add_common, _add_model_args
+    from .cli_args import add_common, add_model_args
     from .workflows import BACKGROUND_METHODS, PHOTOMETERS
 
     p = sub.add_parser("batch", help="many exposures in parallel, locally or on Dask "
@@ -55,7 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
                    help="lumos: added to the catalogue's mag column (the model's band system; "
                         "see `skysub photometry --help`)")
-    _add_model_args(p)
+    add_model_args(p)
     for action in p._actions:  # batch runs choose the batch size per device
         if action.dest == "batch_size":
             action.default = None
@@ -79,7 +79,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="partition format (parquet)")
     g.add_argument("--limit", type=int, default=None, metavar="N",
                    help="process at most N unfinished exposures now (the rest on a rerun)")
-    _add_common(p)
+    add_common(p)
     for action in p._actions:
         if action.dest == "overwrite":
             action.help = ("delete the output folder's partitions and records, recompute every "
@@ -90,11 +90,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``skysub batch``."""
     from . import batch
-    from .cli import _read_kwargs
+    from .cli_args import read_kwargs
     from .config import load_config
 
     cfg = load_config(args.config)
-    rk = _read_kwargs(args, cfg)
+    rk = read_kwargs(args, cfg)
     if args.torch_threads is not None and args.torch_threads < 1:
         from .errors import InputError
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, batch_cli
+from .cli_args import add_common, add_model_args, read_kwargs
 from .errors import SkysubError
 from .pipeline import cli as timeseries_cli
 
@@ -46,13 +47,6 @@ one template per band x epoch (header keywords FILTER and EPOCH, or --band/--epo
 BACKGROUND_CHOICES = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("learned estimators")
-    g.add_argument("--model", default=None,
-                   help="model file or shipped model name (default for bkgnet: bkgnet-paus; "
-                        "see `skysub models list`)")
-    g.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
-    g.add_argument("--batch-size", type=int, default=512, help="stamps per forward pass (512)")
 
 
 EPILOG_TRAIN_BKGNET = """examples:
@@ -89,36 +83,6 @@ one row per id (and band): flux_ivw, flux_ivw_err (eq. 21) and, for Lumos tables
 summaries of the product of the PDFs (flux_pdf_mode, flux_pdf_sigma68, ...)."""
 
 
-def _add_common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
-    p.add_argument("--config", default=None,
-                   help="survey configuration: a preset name (generic, paus) or a TOML file")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    if images:
-        g = p.add_argument_group("reading images")
-        g.add_argument("--hdu", default=None,
-                       help="extension holding the image (number or EXTNAME; default: first 2-D)")
-        g.add_argument("--mask", default=None,
-                       help="bad-pixel mask: an extension of the image file or a FITS file "
-                            "(nonzero = bad)")
-        for key, typ, what in (("band", str, "filter"), ("epoch", str, "camera epoch"),
-                               ("exptime", float, "exposure time [s]"),
-                               ("gain", float, "gain [e-/ADU]"),
-                               ("rdnoise", float, "read noise [e-]")):
-            g.add_argument(f"--{key}", type=typ, default=None,
-                           help=f"{what}: overrides the header keyword")
-
-
-def _read_kwargs(args: argparse.Namespace, cfg) -> dict:
-    overrides = {k: getattr(args, k) for k in ("band", "epoch", "exptime", "gain", "rdnoise")
-                 if getattr(args, k, None) is not None}
-    hdu = args.hdu
-    if hdu is not None and hdu.isdigit():
-        hdu = int(hdu)
-    mask = args.mask
-    if mask is not None and mask.isdigit():
-        mask = int(mask)
-    return {"hdu": hdu, "mask": mask, "keys": cfg.header, "overrides": overrides}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, nargs=2, metavar=("NX", "NY"), default=None,
                    help="image size in pixels (default from the configuration)")
     s.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    _add_common(s, images=False)
+    add_common(s, images=False)
 
     p = sub.add_parser("background", help="background under each catalogued source",
                        epilog=EPILOG_BACKGROUND, formatter_class=fmt)
@@ -152,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", "-m", default="annulus",
                    choices=BACKGROUND_CHOICES, help="estimator (annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     p.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
     p.add_argument("--statistic", choices=("median", "mean", "mode", "biweight"), default=None,
                    help="annulus statistic (from the configuration; PAUS: median)")
     p.add_argument("--map", default=None, help="also write the background map (FITS)")
     p.add_argument("--output", "-o", required=True, help="output table (.csv, .ecsv, .fits)")
-    _add_common(p)
+    add_common(p)
 
     p = sub.add_parser("templates", help="scattered-light templates")
     tsub = p.add_subparsers(dest="what", metavar="WHAT")
@@ -168,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("images", nargs="+", metavar="IMAGE")
     t.add_argument("--catalog", "-c", default=None, help="catalogue of sources to mask")
     t.add_argument("--output", "-o", required=True, help="output FITS file")
-    _add_common(t)
+    add_common(t)
 
     p = sub.add_parser("photometry", help="fluxes with a local background",
                        epilog=EPILOG_PHOT, formatter_class=fmt)
@@ -179,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aperture, optimal (eq. 6 weights) or lumos (flux PDFs; --model)")
     p.add_argument("--background", "-b", default="annulus", choices=BACKGROUND_CHOICES)
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
     p.add_argument("--r-in", type=float, default=None)
     p.add_argument("--r-out", type=float, default=None)
@@ -193,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "band system (lumos-paus: zero point 23; exposures of `skysub simulate "
                         "ccd` have 25, so -2)")
     p.add_argument("--output", "-o", required=True)
-    _add_common(p)
+    add_common(p)
 
     p = sub.add_parser("train", help="train a learned estimator")
     trsub = p.add_subparsers(dest="what", metavar="NETWORK")
@@ -225,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None,
                    help="torch threads on CPU (default: all cores; 1 is faster on a busy "
                         "machine)")
-    _add_common(t)
+    add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
     t = trsub.add_parser("lumos", help="Lumos flux PDFs on Teahupoo-like simulations",
@@ -256,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "magnitude, one width factor without) of the trained model --output on "
                         "fresh stamps (--simulated --n-exposures N --seed S, or IMAGE... "
                         "--catalog) and rewrite its card; the weights are unchanged")
-    _add_common(t)
+    add_common(t)
     p = sub.add_parser("coadd", help="coadd photometry across exposures (PDF product, eq. 21)",
                        epilog=EPILOG_COADD, formatter_class=fmt)
     p.add_argument("tables", nargs="+", metavar="PHOT", help="skysub photometry tables")
@@ -301,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", "-q", action="store_true")
     timeseries_cli.add_parser(sub)
     batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
+    from .inject.cli import add_parser as add_inject_parser
+
+    add_inject_parser(sub)  # skysub inject: injection-recovery tests (skysub.inject)
 
     # -- compact-source removal (issue 5): remove, train inpaint, evaluate removal --------
     from .removal.cli import add_evaluate_parser, add_remove_parser, add_train_parser
@@ -347,7 +314,7 @@ def _cmd_background(args) -> int:
                           device=args.device, batch_size=args.batch_size)
     table = measure_background(args.images, args.catalog, est, quiet=args.quiet,
                                map_path=args.map, overwrite=args.overwrite,
-                               **_read_kwargs(args, cfg))
+                               **read_kwargs(args, cfg))
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
     if not args.quiet:
         print(f"{len(table)} rows -> {args.output}")
@@ -364,7 +331,7 @@ def _cmd_templates(args) -> int:
     cfg = load_config(args.config)
     check_output(args.output, overwrite=args.overwrite, inputs=[*args.images, args.catalog])
     slt = build_templates(args.images, args.catalog, config=cfg, quiet=args.quiet,
-                          **_read_kwargs(args, cfg))
+                          **read_kwargs(args, cfg))
     slt.save(args.output, overwrite=args.overwrite)
     if not args.quiet:
         print(f"{len(slt.keys)} templates -> {args.output}")
@@ -387,7 +354,7 @@ def _cmd_photometry(args) -> int:
                            device=args.device, batch_size=args.batch_size,
                            use_mag=not args.no_mag, mag_offset=args.mag_offset)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
-                               **_read_kwargs(args, cfg))
+                               **read_kwargs(args, cfg))
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
     if not args.quiet:
         print(f"{len(table)} rows -> {args.output}")
@@ -414,7 +381,7 @@ def _cmd_train(args) -> int:
                         batch_size=args.batch_size, lr=args.lr,
                         stamps_per_image=args.stamps_per_image, command=command_line(args.argv),
                         threads=args.threads,
-                        **_read_kwargs(args, cfg))
+                        **read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
         print(f"wrote {args.output} (+ card {Path(args.output).with_suffix('.json')}): "
@@ -478,7 +445,7 @@ def _cmd_train_lumos(args) -> int:
                                  simulated=args.simulated, n_exposures=args.n_exposures,
                                  stamps_per_image=args.stamps_per_image, seed=args.seed,
                                  quiet=args.quiet, command=command_line(args.argv),
-                                 **_read_kwargs(args, cfg))
+                                 **read_kwargs(args, cfg))
         if not args.quiet:
             cal = card["calibration"]
             m = cal["metrics"]["mag"]
@@ -498,7 +465,7 @@ def _cmd_train_lumos(args) -> int:
                        batch_size=args.batch_size, lr=args.lr, preset=args.preset,
                        pairs=args.pairs, seed=args.seed, device=args.device,
                        threads=args.threads, resume=args.resume, overwrite=args.overwrite,
-                       quiet=args.quiet, command=command_line(args.argv), **_read_kwargs(args, cfg))
+                       quiet=args.quiet, command=command_line(args.argv), **read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
         nm = m.get("no_mag", {})

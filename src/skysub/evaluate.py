@@ -315,8 +315,8 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
     """Held-out exposures of the simulator (seed distinct from training) with galaxies injected
     on a jittered grid of empty positions; every object is observed twice (exposures k and
     k + n_keys share band and epoch) with the same flux, for the duplicates test."""
-    from .background.bkgnet import _galaxy_pool, simulated_exposures
     from .simulate.galaxies import band_system_catalog, psf_for
+    from .simulate.trainingdata import galaxy_pool, simulated_exposures
 
     rng = np.random.default_rng(seed)
     psf = psf_for(settings)
@@ -327,7 +327,7 @@ def _test_fields(n_objects: int, config, settings, seed: int, *, spacing: float 
     per = int((shape[0] // spacing - 1) * (shape[1] // spacing - 1) * 0.8)
     n_exp = int(np.ceil(n_objects / max(per, 1) / nk)) * 2 * nk
     exps, fieldcat = simulated_exposures(n_exp, config=config.simulate, seed=seed + 7)
-    pool = _galaxy_pool(fieldcat, rng)
+    pool = galaxy_pool(fieldcat, rng)
     bandcat = band_system_catalog(fieldcat, config.simulate, settings)  # the neighbours' mags
     rows, images = [], []
     for blk in range(0, n_exp, 2 * nk):
@@ -595,9 +595,9 @@ def blending_test(lumos, cfg, settings, psf, *, seed: int = 0, radii=(0, 2, 5, 8
     """
     from scipy.spatial import cKDTree
 
-    from .background.bkgnet import simulated_exposures
     from .metrics import bias, median_standard_error, scatter
     from .simulate.galaxies import band_system_catalog
+    from .simulate.trainingdata import simulated_exposures
 
     rng = np.random.default_rng(seed)
     radii = tuple(float(r) for r in radii)

@@ -9,7 +9,8 @@ Reading
 
     :func:`read_catalog` reads a CSV/ECSV/FITS catalogue (column names lower-cased; ``id`` and
     ``x, y`` in 0-based pixels or ``ra, dec`` in degrees) and :func:`catalog_for_image` selects
-    and positions its rows on one image.
+    and positions its rows on one image.  :func:`expand_paths` expands shell globs of image
+    paths and :func:`iter_images` reads them one at a time.
 
 Writing
     :func:`write_fits_product` (maps: primary HDU + named extensions, header and WCS kept) and
@@ -25,12 +26,13 @@ FITS/WCS pixel coordinates are 1-based; the conversion is done with ``origin=0``
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -680,7 +682,37 @@ def catalog_for_image(table: Table, image: Image, *, source: str = "") -> Table:
     return out
 
 
+def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
+    """Expand shell globs; every pattern must match at least one existing file."""
+    out: list[Path] = []
+    for p in patterns:
+        p = str(p)
+        if any(c in p for c in "*?["):
+            hits = sorted(glob.glob(p))
+            if not hits:
+                raise MissingFileError(f"no file matches {p!r}")
+            out.extend(Path(h) for h in hits)
+        else:
+            if not Path(p).exists():
+                raise MissingFileError(f"image file not found: {p}")
+            out.append(Path(p))
+    if not out:
+        raise InputError("no input images given")
+    return out
+
+
+def iter_images(paths: Sequence[str | Path], *, quiet: bool = False, desc: str = "images",
+                **read_kwargs: Any) -> Iterator[Image]:
+    """Read images one at a time (memory stays bounded by one exposure)."""
+    from .progress import progress
+
+    paths = expand_paths(paths)
+    for p in progress(paths, desc=desc, quiet=quiet, unit="image"):
+        yield read_image(p, **read_kwargs)
+
+
 __all__ = [
     "CATALOG_NUMERIC", "META_FIELDS", "TABLE_FORMATS", "catalog_for_image", "check_output",
-    "read_catalog", "read_image", "read_meta", "write_fits_product", "write_table",
+    "expand_paths", "iter_images", "read_catalog", "read_image", "read_meta",
+    "write_fits_product", "write_table",
 ]

@@ -13,7 +13,6 @@ the command does::
 
 from __future__ import annotations
 
-import glob
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,42 +22,16 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from .config import SurveyConfig, load_config
-from .errors import InputError, MissingFileError
+from .errors import InputError
 from .image import Image
-from .io import catalog_for_image, read_catalog, read_image, write_fits_product
+from .io import catalog_for_image, iter_images, read_catalog, write_fits_product
+from .io import expand_paths as expand_paths  # its old home: still importable from here
 from .progress import progress
 
 log = logging.getLogger("skysub")
 
 BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
 PHOTOMETERS = ("aperture", "optimal", "lumos")
-
-
-def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
-    """Expand shell globs; every pattern must match at least one existing file."""
-    out: list[Path] = []
-    for p in patterns:
-        p = str(p)
-        if any(c in p for c in "*?["):
-            hits = sorted(glob.glob(p))
-            if not hits:
-                raise MissingFileError(f"no file matches {p!r}")
-            out.extend(Path(h) for h in hits)
-        else:
-            if not Path(p).exists():
-                raise MissingFileError(f"image file not found: {p}")
-            out.append(Path(p))
-    if not out:
-        raise InputError("no input images given")
-    return out
-
-
-def iter_images(paths: Sequence[str | Path], *, quiet: bool = False, desc: str = "images",
-                **read_kwargs: Any) -> Iterator[Image]:
-    """Read images one at a time (memory stays bounded by one exposure)."""
-    paths = expand_paths(paths)
-    for p in progress(paths, desc=desc, quiet=quiet, unit="image"):
-        yield read_image(p, **read_kwargs)
 
 
 def _catalog(catalog: str | Path | Table) -> Table:

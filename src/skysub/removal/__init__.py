@@ -6,6 +6,12 @@ maps, photometry of the removed sources (Madarász et al. 2025).
 - :class:`MaskTable`, :func:`mask_radii` -- SNR-adaptive hole radii (eq. 1, Table 3)
 - :func:`train_inpaint` -- ``skysub train inpaint``
 - :func:`evaluate_removal` -- ``skysub evaluate removal``
+
+Layout (the plan BKGnet and Lumos follow too; ``docs/architecture.md``): :mod:`.core` inference
+(:func:`remove_sources`), :mod:`.estimator` the background-estimator adapter, :mod:`.masks`,
+:mod:`.apertures` photometry of the removed light, :mod:`.levels` a card's calibration applied at
+inference, :mod:`.training`, :mod:`.calibration` (measures what :mod:`.levels` applies),
+:mod:`.evaluation`, :mod:`.cli`.
 """
 
 from importlib import import_module

@@ -39,6 +39,11 @@ from typing import Any
 
 import numpy as np
 
+# applied at inference, so they live in .levels; importable from here too (their old home)
+from .levels import _bins, level_offset
+from .levels import describe_level as describe_level
+from .levels import error_scale as error_scale
+
 #: averaging radii [px] of the calibration (nearest used for others)
 AVG_RADII = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 #: bin edges of the hole radius [px]
@@ -77,7 +82,8 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
     calibration is measured as the removal will run."""
     from ..progress import progress
     from ..stamps import cutouts
-    from .core import _aperture_sums, remove_sources
+    from .apertures import _aperture_sums
+    from .core import remove_sources
     from .masks import peak_snr
 
     parts: dict[str, list] = {k: [] for k in ("err", "hole", "snr", "sigma_bg", "noise", "sim")}
@@ -109,12 +115,6 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
         parts["sim"].append(np.full(int(ok.sum()), k))
     return {k: np.concatenate(v) for k, v in parts.items()} | {"area": area,
                                                                   "settings": settings}
-
-
-def _bins(hole: np.ndarray, edges) -> np.ndarray:
-    edges = np.asarray(edges, float)
-    return np.clip(np.searchsorted(edges, np.nan_to_num(np.asarray(hole, float), nan=edges[-1]),
-                                   side="right") - 1, 0, len(edges) - 2)
 
 
 def fit_level_bias(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = AVG_RADII,
@@ -160,35 +160,6 @@ def _bootstrap_se(v: np.ndarray, group: np.ndarray, n_boot: int = 200, seed: int
     return float(np.std(meds))
 
 
-def level_offset(cal: dict[str, Any] | None, hole: np.ndarray,
-                 snr: np.ndarray | None = None) -> np.ndarray:
-    """Level bias of the prediction per source, in units of its sigma_bg: by peak SNR
-    (``level_snr_edges``), or by hole radius in cards calibrated before that; 0 when the
-    calibration has none."""
-    hole = np.asarray(hole, float)
-    if not cal or "level_bias" not in cal:
-        return np.zeros(hole.shape)
-    if "level_snr_edges" in cal:
-        if snr is None:
-            raise ValueError("this model's level calibration is binned by peak SNR: give snr")
-        return np.asarray(cal["level_bias"], float)[_bins(snr, cal["level_snr_edges"])]
-    return np.asarray(cal["level_bias"], float)[_bins(hole, cal["hole_edges"])]
-
-
-def describe_level(cal: dict[str, Any] | None) -> str:
-    """The card's level bias as a table: one line per peak-SNR bin (count, bias +- standard
-    error in sigma_bg), or a line saying the card has no SNR-binned level calibration."""
-    if not cal or "level_snr_edges" not in cal:
-        return "no SNR-binned level calibration in this card"
-    e = cal["level_snr_edges"]
-    lines = ["level bias (prediction - truth) / sigma_bg per peak-SNR bin, subtracted at removal:"]
-    for i, b in enumerate(cal["level_bias"]):
-        hi = f"{e[i + 1]:g}" if e[i + 1] < 1e8 else "inf"
-        lines.append(f"  SNR {e[i]:>5g}-{hi:<5s} n {cal['level_n'][i]:>6d}  "
-                     f"{b:+.4f} +- {cal['level_bias_se'][i]:.4f}")
-    return "\n".join(lines)
-
-
 def fit_calibration(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = AVG_RADII,
                     hole_edges: tuple[float, ...] = HOLE_EDGES,
                     min_per_bin: int = MIN_PER_BIN) -> dict[str, Any]:
@@ -226,18 +197,6 @@ def fit_calibration(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = 
             "hole_edges": [float(e) for e in hole_edges],
             "scale": np.round(scale, 5).tolist(), "n": counts.tolist(),
             "n_cutouts": int(ok.sum())}
-
-
-def error_scale(cal: dict[str, Any], hole: np.ndarray, r_avg: np.ndarray) -> np.ndarray:
-    """``c`` for each source: its hole-radius bin and the nearest calibrated averaging radius."""
-    edges = np.asarray(cal["hole_edges"], float)
-    radii = np.asarray(cal["avg_radii"], float)
-    scale = np.asarray(cal["scale"], float)
-    hole = np.asarray(hole, float)
-    b = np.clip(np.searchsorted(edges, np.nan_to_num(hole, nan=edges[-1]), side="right") - 1,
-                0, len(edges) - 2)
-    j = np.argmin(np.abs(np.asarray(r_avg, float)[..., None] - radii), axis=-1)
-    return scale[b, np.broadcast_to(j, b.shape)]
 
 
 def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:

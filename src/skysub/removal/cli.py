@@ -248,7 +248,7 @@ def cmd_train(args) -> int:
             cal = card["error_calibration"]
             print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
                   f"of {args.output}")
-            from .calibration import describe_level
+            from .levels import describe_level
 
             print(describe_level(cal))
         return 0

@@ -25,7 +25,8 @@ import numpy as np
 from .. import flags as F
 from ..background.base import BackgroundResult
 from ..image import Image, as_image
-from .core import DEFAULT_MODEL, _aperture_sums, remove_sources
+from .apertures import _aperture_sums
+from .core import DEFAULT_MODEL, remove_sources
 from .masks import MaskTable, peak_snr
 
 
@@ -100,7 +101,7 @@ class InpaintBackground:
         pixel_std = st["sigma_bg"]
         cal = card.get("error_calibration")
         if cal:
-            from .calibration import error_scale
+            from .levels import error_scale
 
             bkg_err = error_scale(cal, hole_r, radii) * pixel_std
         else:

@@ -186,7 +186,7 @@ def _oracle_flux(sim, t: Table) -> np.ndarray:
     subtracted; neighbours' light included) with the same aperture and aperture correction --
     the floor that no background estimate can go below (pixel-phase, neighbours' wings)."""
     from ..stamps import cutouts
-    from .core import source_fluxes
+    from .apertures import source_fluxes
 
     out = np.full(len(t), np.nan)
     radii = np.asarray(t["radius"], float)

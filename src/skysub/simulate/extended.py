@@ -201,8 +201,8 @@ def inject_sources(image: np.ndarray, psf: np.ndarray, x: np.ndarray, y: np.ndar
     The PSF is Fourier-shifted to each sub-pixel position (no interpolation smoothing); light
     falling off the image is lost, as in a real map.
     """
-    from ..photometry.aperture import shift_psf
     from ..stamps import _round_half_up
+    from .render import shift_psf
 
     out = np.array(image, float, copy=True)
     x = np.atleast_1d(np.asarray(x, float))

@@ -4,7 +4,7 @@ cutouts taken at empty positions of exposures (the user's, or the built-in simul
 Per stamp:
 
 1. (mag, r50, n, b/a, theta) drawn jointly from a catalogue's rows (the user's, or the built-in
-   PAUS-like distribution, :func:`skysub.background.bkgnet._galaxy_pool`);
+   PAUS-like distribution, :func:`skysub.simulate.trainingdata.galaxy_pool`);
 2. the band flux ``exptime 10^(-0.4 (mag + dmag - zero_point)) / gain`` (image units) with a
    per-stamp colour ``dmag ~ N(0, colour_scatter)`` (the paper samples each narrow band's flux
    distribution independently), clipped so that the rate lies in ``flux_range`` (paper:
@@ -134,7 +134,7 @@ def model_images(shapes: Any, psf: np.ndarray, dx: np.ndarray, dy: np.ndarray,
     """Unit-total PSF-convolved catalogue models (m, stamp_size, stamp_size), source at
     ``stamp_size // 2 + (dx, dy)``: the second Lumos input, in training and inference alike.
     ``shapes`` is a :class:`skysub.photometry.aperture.SourceShapes`."""
-    from ..photometry.aperture import render_models
+    from .render import render_models
 
     m = render_models(shapes, psf, settings.model_size, np.asarray(dx, float),
                       np.asarray(dy, float), oversample=settings.model_oversample)
@@ -194,7 +194,7 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     injected neighbour's catalogue model times its :func:`reference_flux` (the neighbour channel;
     only with ``neighbour_channel``).
     """
-    from ..photometry.aperture import SourceShapes
+    from .render import SourceShapes
 
     s = settings
     m = len(backgrounds)
@@ -258,8 +258,8 @@ def _neighbours(g: dict, dx: np.ndarray, dy: np.ndarray, galaxies: dict, exptime
     notes).  Returns ``image`` (m, S, S) and per stamp ``blend_r`` [px] and ``blend_flux``
     (image units), NaN where a stamp has no neighbour; with ``channel`` also ``neighbours``
     (m, S, S): each neighbour's catalogue model times its reference flux."""
-    from ..photometry.aperture import SourceShapes
     from .profiles import sersic_stamps
+    from .render import SourceShapes
 
     m, S = len(dx), s.stamp_size
     image = np.zeros((m, S, S))
@@ -347,9 +347,9 @@ def neighbour_map(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, shapes: 
     look like.  Lumos' neighbour channel is this map's cutout minus the target's own model.
     ``models``: the (n, model_size, model_size) models already rendered at each source's
     sub-pixel offset from its rounded pixel (else rendered here)."""
-    from ..photometry.aperture import render_models
     from ..stamps import _round_half_up
     from .ccd import _add_stamps
+    from .render import render_models
 
     out = np.zeros(shape)
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -374,13 +374,13 @@ def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None,
                        ) -> dict[str, np.ndarray]:
     """``n`` cutouts at empty positions of one exposure (no catalogued source within
     ``empty_radius``, none saturated), reusing BKGnet's sampler
-    (:func:`skysub.background.bkgnet.sample_training_stamps`).  Returns ``stamps`` (NaN where
-    invalid) and the positions ``x, y``."""
-    from ..background.bkgnet import BKGnetSettings, sample_training_stamps
+    (:func:`skysub.simulate.trainingdata.sample_training_stamps`).  Returns ``stamps`` (NaN
+    where invalid) and the positions ``x, y``."""
+    from .trainingdata import StampSampling, sample_training_stamps
 
-    bs = BKGnetSettings(stamp_size=settings.stamp_size, mask_size=0, inject=False,
-                        empty_radius=settings.empty_radius, saturation=settings.saturation,
-                        stamps_per_image=int(n))
+    bs = StampSampling(stamp_size=settings.stamp_size, inject=False,
+                       empty_radius=settings.empty_radius, saturation=settings.saturation,
+                       stamps_per_image=int(n))
     d = sample_training_stamps(image, cat_xy, bs, rng, n=int(n))
     return {"stamps": d["stamps"], "x": d["x"], "y": d["y"]}
 
@@ -400,9 +400,9 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
     (CCD position of the cutout centre), ``nx, ny`` (image size), ``band``, ``epoch``,
     ``exposure`` (index), ``gain``, ``exptime``.
     """
-    from ..photometry.aperture import source_shapes
     from ..progress import progress
     from ..stamps import cutouts
+    from .render import source_shapes
 
     rng = np.random.default_rng(seed)
     psf = psf_for(settings)

@@ -1,0 +1,246 @@
+"""BKGnet as "just another background estimator": :class:`BKGnetBackground` adapts a trained
+:class:`skysub.nn.bkgnet.BKGnet` to the estimator protocol of :mod:`skysub.background.base`
+(image + positions in, background per pixel and its 1-sigma error out), and
+:class:`BKGnetSettings` holds the stamp geometry and training-data settings (``[bkgnet]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import flags as F
+from ...errors import ConfigError, InputError
+from ...image import Image, as_image
+from ...simulate.trainingdata import key_name
+from ...stamps import WindowCutter, check_positions
+from ..base import BackgroundResult
+
+log = logging.getLogger("skysub")
+
+
+#: the shipped model trained on the built-in PAUS-like simulator
+DEFAULT_MODEL = "bkgnet-paus"
+
+
+@dataclass
+class BKGnetSettings:
+    """Stamp geometry and training-data settings (the ``[bkgnet]`` configuration section).
+
+    Attributes
+    ----------
+    stamp_size : stamp side [px] (BKGnet: 120)
+    mask_size : hidden central square [px] (BKGnet: 16)
+    label_radius : label circle radius [px] (BKGnet: 8)
+    empty_radius : a training position is empty when no catalogued source is closer [px]
+    stamps_per_image : training positions drawn per exposure
+    edge_fraction : extra share of positions drawn within ``edge_width`` px of an edge
+    edge_width : [px]
+    saturation : stamps with a pixel above this (image units) are skipped
+    label_clip : robust sigmas beyond which pixels are clipped out of the label circle
+    inject : inject a catalogue-like Sérsic galaxy at the centre of every training stamp
+    zero_point : magnitude of 1 count per second (sets injected fluxes from catalogue mags)
+    psf_fwhm : Moffat PSF FWHM [px] of the injected galaxies
+    psf_beta : Moffat beta
+    val_fraction : share of exposures kept for validation
+    min_valid : fewest valid pixels (2x2-subsampled grid, centre excluded) a stamp needs
+    """
+
+    stamp_size: int = 120
+    mask_size: int = 16
+    label_radius: float = 8.0
+    empty_radius: float = 12.0
+    stamps_per_image: int = 600
+    edge_fraction: float = 0.3
+    edge_width: float = 150.0
+    saturation: float = 60000.0
+    label_clip: float = 3.0
+    inject: bool = True
+    zero_point: float = 25.0
+    psf_fwhm: float = 3.5
+    psf_beta: float = 3.0
+    val_fraction: float = 0.15
+    min_valid: int = 64
+
+    @classmethod
+    def from_config(cls, section: dict | None, **overrides: Any) -> BKGnetSettings:
+        section = {**(section or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        names = {f.name for f in fields(cls)}
+        train_keys = set(TRAIN_KEYS)
+        unknown = sorted(set(section) - names - train_keys)
+        if unknown:
+            raise ConfigError(f"[bkgnet]: unknown setting(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(names | train_keys))}")
+        s = cls(**{k: v for k, v in section.items() if k in names})
+        if s.stamp_size < 16 or s.mask_size >= s.stamp_size or s.mask_size < 0:
+            raise ConfigError(f"[bkgnet]: need 16 <= stamp_size and 0 <= mask_size < stamp_size,"
+                              f" got {s.stamp_size}, {s.mask_size}")
+        if 2 * s.label_radius > s.mask_size + 1e-9 and s.mask_size > 0:
+            log.warning("[bkgnet]: the label circle (r = %.1f px) is larger than the hidden "
+                        "centre (%d px): the net sees label pixels", s.label_radius, s.mask_size)
+        return s
+
+
+#: training hyper-parameters that may also appear in [bkgnet]
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "preset")
+
+
+# -- the estimator ------------------------------------------------------------------------------
+def _n_inside(x0: np.ndarray, y0: np.ndarray, S: int, nx: int, ny: int) -> np.ndarray:
+    """Stamp pixels that fall on the image."""
+    wx = np.clip(np.minimum(x0 + S, nx) - np.maximum(x0, 0), 0, None)
+    wy = np.clip(np.minimum(y0 + S, ny) - np.maximum(y0, 0), 0, None)
+    return wx * wy
+
+
+class BKGnetBackground:
+    """Background under each source predicted by a trained BKGnet.
+
+    Parameters
+    ----------
+    model : str or Path or (torch.nn.Module, dict)
+        A shipped model name (``"bkgnet-paus"``), a model file, or a ``(model, card)`` pair.
+    batch_size : stamps per forward pass (memory ~ batch_size x 0.2 MB)
+    device : "auto" (GPU when present), "cpu", "cuda"
+    threads : torch threads on CPU (None = all cores of this process)
+    name : label in output tables
+
+    Notes
+    -----
+    ``bkg`` is the network's background per pixel (image units); ``bkg_err`` is the error of
+    that prediction: for models trained on pixel labels, BKGnet eq. 5,
+    ``sqrt(sigma_net^2 - sigma_label^2)`` with ``sigma_label`` from eq. 3 for the label circle
+    (floored at 0.3 sigma_net), because the network's sigma also covers the noise of the labels
+    it was trained on; for models trained on noise-free simulator labels ``sigma_net`` itself.
+    ``pixel_std`` is NaN (photometry then uses the eq. 10 Poisson + read-noise pixel variance).
+    ``sigma_net`` is first multiplied by the card's ``sigma_scale``, the pull width the network
+    had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
+    calibrated network sigma.
+
+    Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
+    the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer
+    than ``min_valid`` usable pixels.
+    """
+
+    def __init__(self, model: Any = DEFAULT_MODEL, *, batch_size: int = 512,
+                 device: str = "auto", threads: int | None = None, name: str = "bkgnet") -> None:
+        import torch
+
+        from ...nn.bkgnet import fuse_for_inference
+        from ...nn.device import configure_threads, resolve_device
+        from ...nn.modelfile import load_model
+
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            configure_threads(threads)
+        if isinstance(model, tuple):
+            net, card = model
+        else:
+            net, card = load_model(model, kind="bkgnet")
+        net = fuse_for_inference(net.eval()).to(self.device)
+        if self.device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.card = card
+        self.inputs = card.get("inputs", {})
+        self.keys: list[str] = list(self.inputs.get("keys", []))
+        self.batch_size = int(batch_size)
+        self.sigma_scale = float(self.inputs.get("sigma_scale", 1.0))
+        self.name = name
+
+    def __repr__(self) -> str:
+        return (f"BKGnetBackground({Path(self.card.get('path', 'model')).stem!r}, "
+                f"batch_size={self.batch_size}, device={str(self.device)!r})")
+
+    @property
+    def stamp_size(self) -> int:
+        return int(self.card["arch"]["stamp_size"])
+
+    def key_index(self, image: Image) -> int:
+        """Index of the image's band x epoch in the model's vocabulary (clear error if absent)."""
+        k = key_name(image.meta.band, image.meta.epoch)
+        if k in self.keys:
+            return self.keys.index(k)
+        if len(self.keys) == 1 and self.keys[0] == key_name(None, None):
+            return 0
+        raise InputError(f"{image.name}: band/epoch {k!r} is not known to the BKGnet model "
+                         f"{self.card.get('path', '')}; it knows: {', '.join(self.keys)}. "
+                         "Train a model on this band (skysub train bkgnet) or set "
+                         "--band/--epoch")
+
+    def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
+                 mag: np.ndarray | None = None,
+                 neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
+        """Background per pixel and its 1-sigma error under each (x, y); see the class notes."""
+        import torch
+
+        from ...nn.bkgnet import denormalise, label_sigma, normalise_stamps, predicted_sigma
+
+        img = as_image(image, mask)
+        x, y = check_positions(x, y)
+        n = len(x)
+        if mag is not None:
+            mag = np.broadcast_to(np.asarray(mag, float), x.shape)
+        bkg = np.full(n, np.nan)
+        sig_net = np.full(n, np.nan)
+        n_pix = np.zeros(n, np.int64)
+        flags = F.zeros(n)
+        if n == 0:
+            return BackgroundResult(bkg, bkg.copy(), bkg.copy(), n_pix, flags)
+        key = self.key_index(img)
+        ny, nx = img.shape
+        S = self.stamp_size
+        mask_size = int(self.card["arch"]["mask_size"])
+        min_valid = int(self.inputs.get("min_valid", 64))
+        with np.errstate(invalid="ignore"):
+            off = ~((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))
+        flags[off] |= F.OFF_IMAGE
+        todo = np.flatnonzero(~off)
+        cut = WindowCutter(img, S) if len(todo) else None  # one padded copy per image
+        for s0 in range(0, len(todo), self.batch_size):
+            idx = todo[s0:s0 + self.batch_size]
+            data, valid, x0, y0 = cut(x[idx], y[idx])
+            inside = (x0 >= 0) & (y0 >= 0) & (x0 + S <= nx) & (y0 + S <= ny)
+            flags[idx[~inside]] |= F.EDGE
+            n_valid = valid.reshape(len(idx), -1).sum(1)
+            n_in = _n_inside(x0, y0, S, nx, ny)
+            flags[idx[n_valid < n_in]] |= F.MASKED
+            with torch.inference_mode():
+                xin, loc, scale, ok = normalise_stamps(torch.from_numpy(data),
+                                                       torch.from_numpy(valid), mask_size,
+                                                       min_valid=min_valid)
+                xin = xin.to(self.device)
+                if self.device.type == "cpu":
+                    xin = xin.contiguous(memory_format=torch.channels_last)
+                cx = x[idx] / max(nx - 1, 1) * 2 - 1
+                cy = y[idx] / max(ny - 1, 1) * 2 - 1
+                coords = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
+                m = mag[idx] if mag is not None else np.full(len(idx), np.nan)
+                has = np.isfinite(m)
+                mu, ls = self.net(xin, coords.to(self.device),
+                                  torch.from_numpy(np.where(has, m, 0).astype(np.float32)).to(
+                                      self.device),
+                                  torch.from_numpy(has.astype(np.float32)).to(self.device),
+                                  torch.full((len(idx),), key, dtype=torch.long,
+                                             device=self.device))
+                b, s = denormalise(mu.cpu(), ls.cpu(), loc, scale)
+            b, s, ok = b.numpy(), s.numpy(), ok.numpy()
+            bkg[idx] = np.where(ok, b, np.nan)
+            sig_net[idx] = np.where(ok, s * self.sigma_scale, np.nan)
+            n_pix[idx] = n_valid
+            flags[idx[~ok]] |= F.NO_DATA
+        if self.inputs.get("labels", "pixels") == "pixels":
+            n_label = float(self.inputs.get("n_label", np.pi * 8.0**2))
+            lsig = label_sigma(bkg, n_label, img.meta.gain, img.meta.rdnoise)
+            err = predicted_sigma(sig_net, lsig)  # BKGnet eq. 5
+        else:
+            err = sig_net.copy()
+        err[~np.isfinite(bkg)] = np.nan
+        return BackgroundResult(bkg, err, np.full(n, np.nan), n_pix, flags,
+                                extra={"sigma_net": sig_net})

@@ -1,0 +1,221 @@
+"""Lumos' validation calibration: the per-SNR shift and width (:class:`SNRCalibration`,
+:func:`fit_snr_calibration`), the single width factor (:func:`fit_width_factor`,
+:func:`calibrate_widths`), and their application to the network's mixtures (:func:`_calibrated`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from .mixtures import divide_training_prior, predict_mixtures
+
+#: crowding above which a target gets the crowded calibration (:class:`SNRCalibration`)
+CROWD_C = 0.05
+
+
+def _prior_knee(settings) -> float:
+    """The prior-free training density's knee in the network's normalised flux units
+    (``prior_free_knee`` pixel sigmas; one unit is ``FLUX_UNIT`` pixel sigmas)."""
+    from ...nn.lumos import FLUX_UNIT
+
+    return float(settings.prior_free_knee) / FLUX_UNIT
+
+
+@dataclass(frozen=True)
+class SNRCalibration:
+    """Validation recalibration of the network's mixtures as a function of their SNR: every
+    component mean moves by ``shift`` times the mixture's standard deviation and every width is
+    multiplied by ``exp(log_scale)``, both interpolated linearly in ``asinh(mean / std)`` of the
+    network's mixture between the calibration bins' centres ``asinh_snr`` (constant beyond).
+
+    The single width factor (temperature scaling) cannot correct a location error, and the
+    network's errors differ with SNR: the neighbour-ratio model measured bright isolated
+    galaxies a little low and faint ones a little high.  Fitted by
+    :func:`fit_snr_calibration` (maximum likelihood per bin).
+
+    ``crowded``: a second calibration for crowded targets -- those whose neighbours put more
+    than ``crowd_c`` of the target's own flux into its matched filter (the head feature ``c``:
+    from the catalogue's flux ratio with the magnitude, from the joint fit's neighbour amplitude
+    in the data-only mode) -- whose errors differ from isolated ones' (one calibration for both
+    improved the isolated PIT and spoiled the crowded one, in both modes)."""
+
+    asinh_snr: tuple[float, ...]
+    log_scale: tuple[float, ...]
+    shift: tuple[float, ...]
+    crowded: SNRCalibration | None = None
+    crowd_c: float = CROWD_C
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SNRCalibration:
+        try:
+            out = cls(*(tuple(float(v) for v in d[k]) for k in ("asinh_snr", "log_scale",
+                                                                 "shift")),
+                      crowded=cls.from_dict(d["crowded"]) if d.get("crowded") else None,
+                      crowd_c=float(d.get("crowd_c", CROWD_C)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"model card: malformed snr_calibration {d!r} ({exc})") from None
+        if not (len(out.asinh_snr) == len(out.log_scale) == len(out.shift) >= 1) or \
+                np.any(np.diff(out.asinh_snr) <= 0):
+            raise InputError(f"model card: malformed snr_calibration {d!r}")
+        return out
+
+    def as_dict(self) -> dict:
+        out: dict[str, Any] = {k: [round(float(v), 5) for v in getattr(self, k)]
+                               for k in ("asinh_snr", "log_scale", "shift")}
+        if self.crowded is not None:
+            out |= {"crowded": self.crowded.as_dict(), "crowd_c": self.crowd_c}
+        return out
+
+    def apply(self, a, m, s, c=None):
+        """Calibrated ``(a, m, s)``; ``c`` (n,): the crowding feature, None = unknown."""
+        a, m, s = (np.asarray(v, float) for v in (a, m, s))
+        if self.crowded is not None and c is not None:
+            crowd = np.asarray(c, float) > self.crowd_c
+            if crowd.any():
+                a0, m0, s0 = self.crowded.apply(a[crowd], m[crowd], s[crowd])
+                a1, m1, s1 = self.apply(a[~crowd], m[~crowd], s[~crowd])
+                out = [np.empty_like(a), np.empty_like(m), np.empty_like(s)]
+                for o, x0, x1 in zip(out, (a0, m0, s0), (a1, m1, s1), strict=True):
+                    o[crowd], o[~crowd] = x0, x1
+                return tuple(out)
+        z, sd = _mixture_snr(a, m, s)
+        ls = np.interp(z, self.asinh_snr, self.log_scale)
+        d = np.interp(z, self.asinh_snr, self.shift)
+        return a, m + (d * sd)[:, None], s * np.exp(ls)[:, None]
+
+
+def _mixture_snr(a, m, s) -> tuple[np.ndarray, np.ndarray]:
+    """``asinh(mean / std)`` and the standard deviation of each row's mixture (the binning
+    variable of :class:`SNRCalibration`)."""
+    mean = (a * m).sum(1)
+    sd = np.sqrt(np.clip((a * (s ** 2 + m ** 2)).sum(1) - mean ** 2, 1e-30, None))
+    return np.arcsinh(mean / sd), sd
+
+
+def _mixture_nll(a, m, s, y, truncated: bool) -> float:
+    """Mean negative log-likelihood of ``y`` (n, 1) under the mixtures (eq. 10's truncated
+    density, or eq. 8's), up to the constant log sqrt(2 pi)."""
+    from scipy.special import log_ndtr, logsumexp
+
+    lp = np.log(np.clip(a, 1e-30, None)) - 0.5 * ((y - m) / s) ** 2 - np.log(s)
+    if truncated:
+        lp = lp - log_ndtr(m / s)
+    return float(-logsumexp(lp, axis=1).mean())
+
+
+def crowding(feats) -> np.ndarray | None:
+    """The crowding ``c`` of each row of network features (the ``neighbour_ratio`` feature
+    ``log(1 + c)``), None for networks without it."""
+    f = np.asarray(feats, float)
+    return np.expm1(f[:, 5]) if f.ndim == 2 and f.shape[1] >= 6 else None
+
+
+def _calibrated(a, m, s, sigma_scale: float | SNRCalibration, prior_knee: float | None,
+                c=None):
+    """Normalised network mixtures with the validation calibration (``sigma_scale``: a width
+    factor or an :class:`SNRCalibration`, calibrated on the posterior the network learned;
+    ``c`` the rows' :func:`crowding`), then -- for the data-only mode -- divided by the
+    prior-free training density (:func:`divide_training_prior`)."""
+    if isinstance(sigma_scale, SNRCalibration):
+        a, m, s = sigma_scale.apply(a, m, s, c)
+    else:
+        s = s * sigma_scale
+    if prior_knee is not None:
+        a, m, s = divide_training_prior(a, m, s, prior_knee)
+    return a, m, s
+
+
+def calibrate_widths(model, t: dict, *, truncated: bool = True,
+                     prior_knee: float | None = None) -> float:
+    """Validation calibration of the PDF widths (as BKGnet's ``sigma_scale``): the factor ``c``
+    on every component width that minimises the mixture negative log-likelihood (eq. 10's
+    truncated density, or eq. 8's with ``truncated=False``) of the true fluxes of tensors ``t``
+    -- temperature scaling, which keeps the means and weights.  With ``prior_knee`` the scaled
+    mixture is divided by the prior-free training density first (:func:`_calibrated`): the
+    likelihood itself is fitted to the true fluxes.  The shipped calibration does not do that
+    for the data-only mode -- true fluxes drawn from a prior are not a proper score for a
+    likelihood -- but fits the posterior before the division (:func:`_calibrate_modes`).
+    Returns ``c`` (> 1: the network's PDFs were too narrow)."""
+    return fit_width_factor(*_predict(model, t), np.asarray(t["y"], float), truncated=truncated,
+                            prior_knee=prior_knee)
+
+
+def _predict(model, t: dict):
+    model.eval()
+    return predict_mixtures(model, t["x"], t["feats"], t["coords"], t["mag"], t["has_mag"],
+                            t["key"])
+
+
+def fit_width_factor(a, m, s, y, *, truncated: bool = True,
+                     prior_knee: float | None = None) -> float:
+    """:func:`calibrate_widths` on given mixtures ``a, m, s`` and true values ``y``."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y, float)[:, None]
+    if truncated:
+        y = np.clip(y, 0.0, None)
+
+    def nll(logc: float) -> float:
+        return _mixture_nll(*_calibrated(a, m, s, float(np.exp(logc)), prior_knee), y,
+                            truncated)
+
+    r = minimize_scalar(nll, bounds=(np.log(0.2), np.log(5.0)), method="bounded",
+                        options={"xatol": 1e-4})
+    return float(np.exp(r.x))
+
+
+def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float | None = None,
+                        n_bins: int = 6, min_per_bin: int = 300, c=None,
+                        crowd_c: float = CROWD_C) -> SNRCalibration:
+    """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
+    fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
+    ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
+    negative log-likelihood of the true fluxes (eq. 10's truncated density, or eq. 8's with
+    ``truncated=False``; with ``prior_knee`` after the prior division, as users get the
+    data-only mode).  Fewer bins when there are fewer than ``min_per_bin`` stamps per bin.
+    With the rows' crowding ``c`` (:func:`crowding`), crowded rows (``c > crowd_c``) get their
+    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows."""
+    if c is not None:
+        crowd = np.asarray(c, float) > crowd_c
+        if min(crowd.sum(), (~crowd).sum()) >= 2 * min_per_bin:
+            kw = {"truncated": truncated, "prior_knee": prior_knee, "min_per_bin": min_per_bin}
+            iso = fit_snr_calibration(a[~crowd], m[~crowd], s[~crowd], np.asarray(y)[~crowd],
+                                      n_bins=n_bins, **kw)
+            cr = fit_snr_calibration(a[crowd], m[crowd], s[crowd], np.asarray(y)[crowd],
+                                     n_bins=max(n_bins // 2, 1), **kw)
+            return replace(iso, crowded=cr, crowd_c=float(crowd_c))
+    from scipy.optimize import minimize
+
+    a, m, s = (np.asarray(v, float) for v in (a, m, s))
+    y = np.asarray(y, float)[:, None]
+    if truncated:
+        y = np.clip(y, 0.0, None)
+    z, sd = _mixture_snr(a, m, s)
+    nb = int(max(1, min(n_bins, len(z) // max(min_per_bin, 1))))
+    edges = np.quantile(z, np.linspace(0, 1, nb + 1))
+    idx = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, nb - 1)
+    centres, log_scale, shift = [], [], []
+    for b in range(nb):
+        sel = idx == b
+        ab, mb, sb, yb, sdb = a[sel], m[sel], s[sel], y[sel], sd[sel, None]
+
+        def nll(p, ab=ab, mb=mb, sb=sb, yb=yb, sdb=sdb):
+            a_, m_, s_ = ab, mb + p[1] * sdb, sb * np.exp(p[0])
+            if prior_knee is not None:
+                a_, m_, s_ = divide_training_prior(a_, m_, s_, prior_knee)
+            return _mixture_nll(a_, m_, s_, yb, truncated)
+
+        r = minimize(nll, np.zeros(2), method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400})
+        centres.append(float(np.median(z[sel])))
+        log_scale.append(float(np.clip(r.x[0], np.log(0.2), np.log(5.0))))
+        shift.append(float(np.clip(r.x[1], -2.0, 2.0)))
+    order = np.argsort(centres)
+    cz = np.asarray(centres)[order]
+    cz = cz + np.arange(len(cz)) * 1e-9  # strictly increasing for np.interp
+    return SNRCalibration(tuple(cz), tuple(np.asarray(log_scale)[order]),
+                          tuple(np.asarray(shift)[order]))

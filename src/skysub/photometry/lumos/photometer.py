@@ -1,0 +1,249 @@
+"""Lumos as "just another photometer": :class:`LumosPhotometer` adapts a trained
+:class:`skysub.nn.lumos.Lumos` to the photometer protocol (``measure(image, x, y, *, mask, mag,
+neighbours, catalog) -> PhotometryResult``); see :mod:`skysub.photometry.lumos` for the notes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ... import flags as F
+from ...background.base import BackgroundResult
+from ...errors import InputError
+from ...image import Image, as_image
+from ...stamps import cutouts
+from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
+from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding
+from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
+from .mixtures import ESTIMATORS, SUMMARY_KEYS, mixture_summary, predict_mixtures
+from .settings import DEFAULT_MODEL, _key_index
+
+log = logging.getLogger("skysub")
+
+
+class LumosPhotometer:
+    """Flux PDFs from a trained Lumos network (see the module notes).
+
+    Parameters
+    ----------
+    model : str or Path or (torch.nn.Module, dict)
+        Shipped model name (``"lumos-paus"``), model file, or ``(network, card)``.
+    psf : 2-D array, optional
+        PSF of the exposures (default: the Moffat PSF the model was trained with, from its card).
+    estimator : "median", "mode" or "mean" (default: the card's, else "mode")
+    use_mag : give the network the catalogue's reference magnitude (default).  The magnitude
+        is a PRIOR shared by every exposure of an object: it sharpens single-exposure PDFs, but
+        it correlates the errors of repeated measurements (their duplicates-test width is
+        below 1 by construction) and a product of such PDFs counts it once per exposure.
+        ``use_mag=False`` gives the data-only PDFs (the likelihood: the network was shown
+        these stamps with fluxes drawn from a density flat on the scale of the noise, see
+        ``prior_free_fraction``): use them for duplicates tests and PDF coadds.
+    batch_size : stamps per forward pass
+    device : "auto" (GPU when present), "cpu", "cuda"
+    threads : torch threads on CPU
+    name : label in output tables
+    mag_offset : added to the catalogue's ``mag`` (the targets' prior and the neighbour
+        channel) to put it in the band system the model assumes -- a galaxy of magnitude ``m``
+        gives ``exptime 10^(-0.4 (m - zero_point)) / gain`` image units, ``zero_point`` in the
+        card's ``inputs.simulation`` (23 for ``lumos-paus``).  Exposures of ``skysub simulate
+        ccd`` have zero point 25: use -2 there
+        (:func:`skysub.simulate.galaxies.band_system_catalog`).
+
+    Notes
+    -----
+    Catalogue columns used: ``r50`` (px), ``sersic_n``, ``ba``, ``theta`` (deg) for the model
+    image (missing / non-positive r50 = point source) and ``mag`` (reference magnitude; absent =
+    the network's learned default).  Sources near or beyond the edges are measured from the
+    valid part of their cutout (EDGE flag); NO_DATA when too few valid pixels remain.
+    """
+
+    #: per-source columns that :func:`skysub.workflows.measure_photometry` copies to tables
+    extra_columns = (*(f"a{i}" for i in range(1, 6)), *(f"f{i}" for i in range(1, 6)),
+                     *(f"s{i}" for i in range(1, 6)), *SUMMARY_KEYS, "likelihood")
+
+    def __init__(self, model: Any = DEFAULT_MODEL, *, psf=None, estimator: str | None = None,
+                 use_mag: bool = True, batch_size: int = 512, device: str = "auto",
+                 threads: int | None = None, name: str = "lumos",
+                 mag_offset: float = 0.0) -> None:
+        import torch
+
+        from ...nn.device import configure_threads, resolve_device
+        from ...nn.lumos import fuse_for_inference
+        from ...nn.modelfile import load_model
+        from ...simulate.galaxies import GalaxySimSettings, psf_for
+        from ..aperture import check_psf
+
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            configure_threads(threads)
+        net, card = model if isinstance(model, tuple) else load_model(model, kind="lumos")
+        self.net = fuse_for_inference(net.eval()).to(self.device)
+        self.card = card
+        inputs = card.get("inputs", {})
+        self.keys: list[str] = list(inputs.get("keys", []))
+        self.settings = GalaxySimSettings.from_config(inputs.get("simulation", {}))
+        self.psf = psf_for(self.settings) if psf is None else check_psf(psf)
+        est = estimator or inputs.get("estimator", "mode")
+        if est not in ESTIMATORS:
+            raise InputError(f"estimator must be one of {ESTIMATORS}, got {est!r}")
+        self.estimator = est
+        self.use_mag = bool(use_mag)
+        try:
+            self.mag_offset = float(mag_offset)
+        except (TypeError, ValueError):
+            self.mag_offset = np.nan
+        if not np.isfinite(self.mag_offset):
+            raise InputError(f"mag_offset must be a finite number of magnitudes, got "
+                             f"{mag_offset!r}")
+        if not self.use_mag and not self.settings.prior_free_fraction:
+            raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
+                             "prior_free_fraction > 0; this one always saw the reference "
+                             "magnitude")
+        mode = "mag" if self.use_mag else "no_mag"
+        scale = inputs.get("sigma_scale", {})
+        #: the validation calibration: per-SNR (:class:`SNRCalibration`) when the card has one,
+        #: else the single width factor
+        self.sigma_scale: float | SNRCalibration = float(scale.get(mode, 1.0))
+        snr_cal = inputs.get("snr_calibration", {}).get(mode)
+        if snr_cal:
+            self.sigma_scale = SNRCalibration.from_dict(snr_cal)
+        #: knee of the prior-free training density (normalised flux units): the data-only
+        #: mode's posterior is divided by it (:func:`divide_training_prior`)
+        self.prior_knee: float | None = None if self.use_mag else _prior_knee(self.settings)
+        #: the posterior is truncated to flux >= 0 (eq. 10); the likelihood is not
+        self.lower: float | None = 0.0 if self.use_mag else None
+        self.batch_size = int(batch_size)
+        self.name = name
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return (f"LumosPhotometer(model={self.card.get('description', '?')!r}, "
+                f"estimator={self.estimator!r}, use_mag={self.use_mag})")
+
+    def _models(self, x: np.ndarray, y: np.ndarray, catalog) -> np.ndarray:
+        """Every source's unit-total model (n, model_size, model_size), float32, at its
+        sub-pixel offset from its rounded pixel (the :func:`skysub.stamps.cutouts` layout)."""
+        from ...simulate.galaxies import model_images
+        from ...stamps import _round_half_up
+
+        n = len(x)
+        ok = np.isfinite(x) & np.isfinite(y)
+        dx = np.where(ok, x - _round_half_up(np.where(ok, x, 0.0)), 0.0)
+        dy = np.where(ok, y - _round_half_up(np.where(ok, y, 0.0)), 0.0)
+        k = self.settings.model_size
+        small = replace(self.settings, stamp_size=k)
+        out = np.zeros((n, k, k), np.float32)
+        shapes = source_shapes(catalog, n)
+        for s0 in range(0, n, 1024):  # batches that stay in cache (faster than 4096)
+            ii = slice(s0, s0 + 1024)
+            out[ii] = model_images(shapes.take(ii), self.psf, dx[ii], dy[ii], small)
+        return out
+
+    def neighbour_map(self, img: Image, x: np.ndarray, y: np.ndarray, catalog,
+                      models: np.ndarray | None = None) -> np.ndarray:
+        """The catalogue's expected image (every source's model times its reference flux,
+        :func:`skysub.simulate.galaxies.neighbour_map`) for the neighbour channel."""
+        from ...simulate.galaxies import neighbour_map
+
+        return neighbour_map(img.shape, x, y, source_shapes(catalog, len(x)),
+                             _catalog_mag(catalog, len(x)), self.psf, self.settings,
+                             models=models)
+
+    def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag,
+               nmap: np.ndarray | None = None, models: np.ndarray | None = None) -> dict:
+        """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
+        the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
+        a neighbour channel); each target's own model is taken out of it here.  ``models``:
+        the sources' models from :meth:`_models` (else rendered here)."""
+        from ...simulate.galaxies import pad_center
+
+        torch = self._torch
+        n = len(x)
+        S = self.settings.stamp_size
+        st = cutouts(img, x, y, S)
+        small = self._models(x, y, catalog) if models is None else models
+        models = pad_center(np.asarray(small, np.float64), S)
+        nb = None
+        if self.net.arch.neighbours:
+            if nmap is None:
+                nmap = self.neighbour_map(img, x, y, catalog, models=small)
+            nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models)
+        return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
+                        _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
+                        neighbours=nb, joint=self.net.arch.neighbour_fit,
+                        ratio=bool(getattr(self.net.arch, "neighbour_ratio", False)),
+                        deblend=bool(getattr(self.net.arch, "data_deblend", False))
+                        ) | {"stamps": st}
+
+    def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
+                mag: np.ndarray | None = None,
+                neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+                catalog=None) -> PhotometryResult:
+        """Flux PDF and point estimates of every source (see the class docstring)."""
+        img = as_image(image, mask)
+        x, y = check_positions(x, y)
+        n = len(x)
+        if self.mag_offset:  # the catalogue in the model's band system
+            if mag is not None:
+                mag = np.asarray(mag, float) + self.mag_offset
+            if catalog is not None and "mag" in _colnames(catalog):
+                catalog = catalog.copy()
+                catalog["mag"] = np.asarray(catalog["mag"], float) + self.mag_offset
+        if not self.use_mag:
+            mag = None
+        elif mag is None and catalog is not None and "mag" in _colnames(catalog):
+            mag = np.asarray(catalog["mag"], float)
+        k = self.net.arch.n_components
+        A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
+        flags = F.zeros(n)
+        good = np.zeros(n, bool)
+        chunk = max(self.batch_size, 1024)
+        nmap = models = None
+        if self.net.arch.neighbours:  # render every model once: map and model channel
+            models = self._models(x, y, catalog)
+            nmap = self.neighbour_map(img, x, y, catalog, models=models)
+        for s0 in range(0, n, chunk):  # bounded memory; every source is measured
+            ii = np.arange(s0, min(s0 + chunk, n))
+            sub_cat = None if catalog is None else _rows(catalog, ii)
+            t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
+                            np.asarray(mag, float)[ii], nmap=nmap,
+                            models=None if models is None else models[ii])
+            a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
+                                        t["has_mag"], t["key"], batch_size=self.batch_size,
+                                        device=self.device)
+            a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee,
+                                   crowding(t["feats"]))
+            unit = t["unit"]
+            A[ii], M[ii], Sg[ii] = a, m * unit[:, None], sg * unit[:, None]
+            good[ii] = t["ok"]
+            st = t["stamps"]
+            inside = _inside(img.shape, st.x0, st.y0, st.size)
+            c = st.size // 2
+            core = np.zeros_like(inside)
+            core[:, c - 5:c + 6, c - 5:c + 6] = True
+            flags[ii] |= (_flag((~inside).any(axis=(1, 2)), F.EDGE)
+                          | _flag((core & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
+                          | _flag(~t["ok"], F.NO_DATA))
+        summ = mixture_summary(A, M, Sg, lower=self.lower)
+        flux = {"mode": summ["flux_mode"], "mean": summ["flux_mean"],
+                "median": summ["flux_median"]}[self.estimator]
+        err = summ["flux_std"] if self.estimator == "mean" else summ["flux_sigma68"]
+        flux = np.where(good, flux, np.nan)
+        err = np.where(good, err, np.nan)
+        nan = np.full(n, np.nan)
+        bres = BackgroundResult(nan, nan, nan, np.zeros(n, np.int64), F.zeros(n))
+        extra: dict[str, np.ndarray] = {}
+        for i in range(k):
+            extra[f"a{i + 1}"] = A[:, i]
+            extra[f"f{i + 1}"] = M[:, i]
+            extra[f"s{i + 1}"] = Sg[:, i]
+        extra.update(summ)
+        extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
+        return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
+                        crowd_radius=8.0, neighbours=neighbours, extra=extra)

@@ -1,0 +1,331 @@
+"""Training Lumos (``skysub train lumos``): the loss (:func:`make_loss`, eq. 8 / 10),
+:func:`train_lumos`, the per-mode calibration of the model card, and :func:`recalibrate_lumos`
+(``--calibrate-only``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from .calibration import _predict, _prior_knee, crowding, fit_snr_calibration, fit_width_factor
+from .data import _stamp_data, _subset, torch_where_mag
+from .evaluation import evaluate_mixtures
+from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures
+from .settings import LumosSettings
+
+
+def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
+    """``loss(model, batch)`` for the Trainer: eq. 8 (bright) / eq. 10 (faint).
+
+    Prior-free rows (``has_mag`` 0) get the importance weight ``min((|y| + knee) / knee,
+    weight_cap)`` (``knee`` in normalised flux units): their fluxes were drawn with density
+    ``~ 1 / (|f| + knee)``, and the weight makes the effective training prior flat up to
+    ``weight_cap`` knees, so the data-only mode learns the likelihood without a pull towards
+    faint fluxes; they are normalised to a mean of 1 over the batch's prior-free rows.
+    ``weight_cap`` 1 = unweighted."""
+    import torch
+
+    from ...nn.lumos import lumos_loss
+
+    def loss(model, batch):
+        a, m, s = model(batch["x"].float(), batch["feats"], batch["coords"], batch["mag"],
+                        batch["has_mag"], batch["key"])
+        mag = torch_where_mag(batch)
+        free = batch["has_mag"] <= 0
+        w = None
+        if weight_cap > 1 and knee > 0 and bool(free.any()):
+            raw = ((batch["y"].abs() + knee) / knee).clamp(max=weight_cap)
+            # normalised over the prior-free rows: they keep their share of the batch (the
+            # with-magnitude mode is not starved)
+            w = torch.where(free, raw / raw[free].mean(), torch.ones_like(raw))
+        return lumos_loss(a, m, s, batch["y"], mag, faint_mag=faint_mag, likelihood=free,
+                          weight=w)
+
+    return loss
+
+
+def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
+                simulated: bool = False, n_exposures: int | None = None,
+                stamps_per_image: int | None = None, epochs: int | None = None,
+                batch_size: int | None = None, lr: float | None = None,
+                preset: str | None = None, pairs: Any = None, seed: int = 0,
+                device: str = "auto", threads: int | None = None, resume: bool = False,
+                overwrite: bool = False, quiet: bool = False, command: str | None = None,
+                description: str = "", **read_kwargs: Any) -> dict:
+    """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
+
+    Parameters
+    ----------
+    images : FITS exposures whose empty positions give the background cutouts (ignored with
+        ``simulated``)
+    catalog : catalogue (positions to avoid; joint galaxy shapes and magnitudes to draw from)
+    output : model file (.pt); checkpoint ``<output>.ckpt``
+    config : SurveyConfig (``[lumos]``; ``[simulate]`` with ``simulated``)
+    simulated : background cutouts from ``n_exposures`` exposures of the built-in simulator
+    pairs : None, "auto" (pairs of the same catalogued object in two exposures of the same
+        band among the training exposures) or a table / path with ``id, image_1, image_2``:
+        fine-tune the last layer on them (eq. 11-12) after the supervised training
+    """
+    import torch
+
+    from ... import __version__
+    from ...config import load_config
+    from ...io import check_output, read_catalog
+    from ...nn.device import seed_everything
+    from ...nn.lumos import Lumos, LumosArch, flops_per_stamp
+    from ...nn.modelfile import save_model
+    from ...nn.trainer import TrainConfig, Trainer
+    from ...simulate.galaxies import GalaxySimSettings, psf_for
+    from ...simulate.trainingdata import split_by_exposure
+
+    t0 = time.perf_counter()
+    cfg = config or load_config()
+    output = Path(output)
+    if output.suffix != ".pt":
+        raise InputError(f"--output must end in .pt, got {output}")
+    inputs = [] if simulated else list(images or [])
+    if catalog is not None and not hasattr(catalog, "colnames"):
+        inputs.append(catalog)
+    check_output(output, overwrite=overwrite or resume, inputs=inputs)
+    section = dict(getattr(cfg, "lumos", {}) or {})
+    ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   preset=preset, stamps_per_image=stamps_per_image,
+                                   n_exposures=n_exposures)
+    gs = GalaxySimSettings.from_config(section)
+    seed_everything(seed)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    keys: list[str] = []
+    data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
+                       quiet=quiet, say=say, **read_kwargs)
+    sim, t, free = data["sim"], data["tensors"], data["free"]
+    ims, cats, nbcats, data_summary = data["ims"], data["cats"], data["nbcats"], data["summary"]
+    ok = t["ok"]
+    is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
+    tr, va = ok & ~is_val, ok & is_val
+    if va.sum() == 0:
+        va = tr
+    say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
+    arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
+                                 neighbours=ls.neighbours, compress_feats=True,
+                                 neighbour_fit=ls.neighbour_fit,
+                                 neighbour_ratio=ls.neighbour_ratio,
+                                 data_deblend=ls.data_deblend)
+    model = Lumos(arch)
+    tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
+                     weight_decay=1e-4, patience=6, scheduler="plateau",
+                     scheduler_kwargs={"factor": 0.3, "patience": 2}, grad_clip=10.0,
+                     seed=seed, device=device, threads=threads, quiet=quiet)
+    from ...nn.lumos import FLUX_UNIT
+
+    loss = make_loss(ls.faint_mag, knee=gs.prior_free_knee / FLUX_UNIT,
+                     weight_cap=ls.prior_free_weight_cap)
+    trainer = Trainer(model, loss, tc, checkpoint=output.with_suffix(".ckpt"))
+    hist = trainer.fit(_subset(t, tr), _subset(t, va), resume=resume)
+    model = trainer.model.cpu().eval()
+    # validation: the catalogue-like stamps (with and without their magnitude) and the
+    # prior-free ones (the no-magnitude mode's calibration set)
+    va_cat, va_free = va & ~free, va & free
+    if va_cat.sum() == 0:
+        va_cat = va
+    vt = {**_subset(t, va_cat), "unit": t["unit"][va_cat]}
+    ftrue, vmag = sim["flux_true"][va_cat], sim["mag"][va_cat]
+    metrics = evaluate_mixtures(model, vt, ftrue, vmag)
+    finetune = None
+    if pairs is not None:
+        if isinstance(pairs, str) and pairs == "auto":
+            from astropy.table import Table, vstack
+
+            rows = [Table({"id": np.asarray(c["id"]), "image": [im.name] * len(c),
+                           "band": [str(im.meta.band)] * len(c)})
+                    for im, c in zip(ims, cats, strict=True)]
+            ptab = find_pairs(vstack(rows), seed=seed, max_pairs=ls.max_pairs)
+            # keep galaxies on the CCD in both exposures
+        else:
+            ptab = pairs if hasattr(pairs, "colnames") else read_catalog(pairs)
+        onccd = [c[np.asarray(c["on_image"], bool)] if "on_image" in c.colnames else
+                 c[(np.asarray(c["x"]) > 0) & (np.asarray(c["x"]) < im.shape[1] - 1)
+                   & (np.asarray(c["y"]) > 0) & (np.asarray(c["y"]) < im.shape[0] - 1)]
+                 for im, c in zip(ims, cats, strict=True)]
+        if "kind" in onccd[0].colnames:
+            onccd = [c[np.asarray(c["kind"]) == "galaxy"] for c in onccd]
+        names = {im.name: set(np.asarray(c["id"]).tolist()) for im, c in zip(ims, onccd,
+                                                                            strict=True)}
+        keep = np.array([r["id"] in names.get(str(r["image_1"]), ()) and
+                         r["id"] in names.get(str(r["image_2"]), ()) for r in ptab], bool)
+        ptab = ptab[keep]
+        say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
+        pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
+                                  nbcats if ls.neighbours else None, joint=ls.neighbour_fit,
+                                  ratio=ls.neighbour_ratio, deblend=ls.data_deblend)
+        if len(keys) > arch.n_keys:
+            raise InputError(f"pairs come from band x epoch combinations unseen in training: "
+                             f"{keys[arch.n_keys:]}")
+        fh = fine_tune_pairs(model, pt, _subset(t, tr), faint_mag=ls.faint_mag,
+                             pair_weight=ls.pair_weight, epochs=ls.finetune_epochs,
+                             lr=ls.finetune_lr, batch_size=ls.batch_size, seed=seed,
+                             device=device, threads=threads, quiet=quiet)
+        model = model.cpu().eval()
+        metrics_ft = evaluate_mixtures(model, vt, ftrue, vmag)
+        finetune = {"n_pairs": int(len(pt["ratio"])), "epochs": ls.finetune_epochs,
+                    "lr": ls.finetune_lr, "final_loss": fh.train_loss[-1] if fh.epochs else None,
+                    "metrics_before": metrics, "metrics_after": metrics_ft}
+    # temperature scaling of the widths on the validation exposures, per mode
+    sigma_scale, snr_cal, metrics, no_mag = _calibrate_modes(model, t, vt, va_free, ftrue, vmag,
+                                                            gs, bins=ls.calibration_bins)
+    metrics["uncalibrated"] = evaluate_mixtures(model, vt, ftrue, vmag)
+    if no_mag is not None:
+        metrics["no_mag"] = no_mag
+    say("validation width calibration (sigma_scale): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))
+    metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
+                   best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
+    card = {
+        "kind": "lumos", "arch": arch.as_dict(), "preset": arch.preset,
+        "description": description or "Lumos flux PDF (5-Gaussian mixture) per source",
+        "inputs": {"keys": keys, "simulation": gs.as_dict(), "estimator": ls.estimator,
+                   "sigma_scale": {k: round(v, 5) for k, v in sigma_scale.items()},
+                   "snr_calibration": {k: v.as_dict() for k, v in snr_cal.items()},
+                   "normalisation": "cutout: median and 1.4826 MAD of valid pixels (2x2 grid), "
+                                    "5 asinh(v/5), invalid = 0, validity channel; model: "
+                                    "unit-total PSF-convolved Sersic / its peak; flux unit: "
+                                    "pixel sigma x 10",
+                   "coords": "x / (nx - 1) * 2 - 1, y / (ny - 1) * 2 - 1",
+                   "mag": "(mag - 21) / 2; learned default when absent"},
+        "training": {"settings": {f.name: getattr(ls, f.name) for f in fields(ls)},
+                     "seed": seed, "flops_per_stamp": flops_per_stamp(model),
+                     "history": [{k: round(v, 6) if isinstance(v, float) else v
+                                  for k, v in e.items()} for e in hist.epochs],
+                     "finetune": finetune},
+        "data": {**data_summary, "n_train": int(tr.sum()), "n_val": int(va.sum())},
+        "metrics": metrics,
+        "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
+        "skysub_version": __version__,
+    }
+    save_model(output, model, card, overwrite=True)
+    del torch
+    return card
+
+
+def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.ndarray,
+                     vmag: np.ndarray, gs, *, min_free: int = 1, bins: int = 6
+                     ) -> tuple[dict, dict, dict, dict | None]:
+    """Validation calibration of both modes (training and ``--calibrate-only``): the
+    with-magnitude mode on the catalogue-like tensors ``vt`` (true fluxes ``ftrue``, magnitudes
+    ``vmag``), the data-only mode on the prior-free rows ``free_sel`` of ``t`` (at least
+    ``min_free``) as the posterior the network learned there (the photometer divides the
+    training density out after the calibration).  Returns the single width factors
+    (``sigma_scale``), each mode's per-SNR calibration in ``bins`` bins (:class:`SNRCalibration`;
+    none when ``bins`` is 0) and the calibrated metrics of each mode on ``vt`` (data-only: None
+    without prior-free rows), measured with the calibration the photometer applies."""
+    scale, snr = {}, {}
+
+    def fit(mode: str, t_: dict, truncated: bool) -> None:
+        """One prediction pass serves both fits of ``mode``: the single width factor and, with
+        ``bins``, the per-SNR calibration (crowded rows apart)."""
+        a, m, s = _predict(model, t_)
+        y = np.asarray(t_["y"], float)
+        scale[mode] = fit_width_factor(a, m, s, y, truncated=truncated)
+        if bins:
+            snr[mode] = fit_snr_calibration(a, m, s, y, truncated=truncated, n_bins=bins,
+                                            c=crowding(t_["feats"]))
+
+    fit("mag", vt, truncated=True)
+    m_mag = evaluate_mixtures(model, vt, ftrue, vmag, sigma_scale=snr.get("mag", scale["mag"]))
+    if int(np.sum(free_sel)) < max(min_free, 1):
+        return scale, snr, m_mag, None
+    knee = _prior_knee(gs)
+    free = _subset(t, free_sel)
+    # the data-only mode is calibrated as the network's POSTERIOR on the prior-free stamps,
+    # whose true fluxes follow the training density that the posterior assumes, and divided by
+    # that density afterwards (as the photometer does).  Fitting the likelihood itself to the
+    # true fluxes is not a proper score: the truths come from a prior, and the fit pulls the
+    # likelihood towards it (docs/lumos.md)
+    fit("no_mag", free, truncated=False)
+    # the data-only mode on the same stamps, with the inputs it computes without the magnitude
+    vt0 = {**vt, "has_mag": vt["has_mag"] * 0, "feats": vt.get("feats_nomag", vt["feats"])}
+    m_nomag = evaluate_mixtures(model, vt0, ftrue, vmag, lower=None, prior_knee=knee,
+                                sigma_scale=snr.get("no_mag", scale["no_mag"]))
+    return scale, snr, m_mag, m_nomag
+
+
+def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, config: Any = None,
+                      simulated: bool = False, n_exposures: int | None = None,
+                      stamps_per_image: int | None = None, seed: int = 1,
+                      quiet: bool = False, command: str | None = None,
+                      **read_kwargs: Any) -> dict:
+    """Re-measure a trained model's width calibration (``sigma_scale`` of both modes) on a
+    fresh calibration set and rewrite its card; the weights are unchanged
+    (``skysub train lumos --calibrate-only``).
+
+    The stamps are simulated exactly as in training, with the card's simulation settings, from
+    ``n_exposures`` simulator exposures (``simulated``; seed ``seed``: use one that neither
+    training nor the benchmark used) or from the user's ``images`` + ``catalog``.  Every stamp
+    is a calibration stamp: the catalogue-like ones calibrate the posterior mode, the
+    prior-free ones the data-only likelihood (after the prior division, as users get it).
+    The card records the data, the command and the calibrated metrics under ``calibration``.
+    """
+    from ...config import load_config
+    from ...nn.modelfile import load_model, save_model
+    from ...simulate.galaxies import GalaxySimSettings
+
+    cfg = config or load_config()
+    net, card = load_model(model_path, kind="lumos")
+    card.pop("path", None)
+    card.pop("file_size_bytes", None)
+    inputs = card.setdefault("inputs", {})
+    gs = GalaxySimSettings.from_config(inputs.get("simulation", {}))
+    ls = LumosSettings.from_config(dict(getattr(cfg, "lumos", {}) or {}),
+                                   stamps_per_image=stamps_per_image, n_exposures=n_exposures)
+    ls = replace(ls, neighbours=bool(net.arch.neighbours),
+                 neighbour_fit=bool(net.arch.neighbour_fit),
+                 neighbour_ratio=bool(getattr(net.arch, "neighbour_ratio", False)),
+                 data_deblend=bool(getattr(net.arch, "data_deblend", False)))
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    keys = list(inputs.get("keys", []))
+    n_keys = len(keys)
+    data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
+                       quiet=quiet, say=say, **read_kwargs)
+    if len(keys) > n_keys:
+        raise InputError(f"calibration exposures come from band x epoch combinations the model "
+                         f"was not trained on: {keys[n_keys:]}")
+    sim, t, free = data["sim"], data["tensors"], data["free"]
+    ok = np.asarray(t["ok"], bool)
+    cat_sel, free_sel = ok & ~free, ok & free
+    if cat_sel.sum() < 100:
+        raise InputError(f"only {int(cat_sel.sum())} usable calibration stamps: raise "
+                         "--n-exposures or --stamps-per-image")
+    vt = {**_subset(t, cat_sel), "unit": t["unit"][cat_sel]}
+    ftrue, vmag = sim["flux_true"][cat_sel], sim["mag"][cat_sel]
+    scale, snr_cal, m_mag, m_nomag = _calibrate_modes(net, t, vt, free_sel, ftrue, vmag, gs,
+                                                      min_free=100, bins=ls.calibration_bins)
+    metrics = {"mag": m_mag} | ({} if m_nomag is None else {"no_mag": m_nomag})
+    # the with-magnitude PIT of stamps with and without an injected neighbour: a network that
+    # cannot tell them apart errs in opposite directions on the two (docs/lumos.md)
+    blended = np.isfinite(np.asarray(sim["blend_r"], float))[cat_sel]
+    for name, sel in (("isolated", ~blended), ("blended", blended)):
+        if sel.sum() >= 100:
+            sub = _subset(vt, sel) | {"unit": vt["unit"][sel]}
+            m_mag[f"pit_ks_pvalue_{name}"] = evaluate_mixtures(
+                net, sub, ftrue[sel], vmag[sel],
+                sigma_scale=snr_cal.get("mag", scale["mag"]))["pit_ks_pvalue"]
+    say("width calibration (sigma_scale): "
+        + ", ".join(f"{k} {inputs.get('sigma_scale', {}).get(k, float('nan')):.4f} -> {v:.4f}"
+                    for k, v in scale.items()))
+    inputs["sigma_scale"] = {k: round(v, 5) for k, v in scale.items()}
+    inputs["snr_calibration"] = {k: v.as_dict() for k, v in snr_cal.items()}
+    card["calibration"] = {
+        "data": {**data["summary"], "stamps_per_image": int(ls.stamps_per_image),
+                 "n_catalogue_like": int(cat_sel.sum()), "n_prior_free": int(free_sel.sum())},
+        "sigma_scale": inputs["sigma_scale"], "snr_calibration": inputs["snr_calibration"],
+        "metrics": metrics,
+        "command": command or "(API) skysub.photometry.lumos.recalibrate_lumos",
+    }
+    save_model(model_path, net, card, overwrite=True)
+    return card
