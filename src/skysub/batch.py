@@ -85,8 +85,8 @@ _SPEED_ONLY = ("device", "batch_size", "torch_threads")
 #: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are alike end to end, 512 is 30-50 %
 #: slower, likely cache effects); GPU: larger batches keep
 #: the device busy (not measured here: no GPU on the development machines).
-CPU_BATCH_SIZE = 256
-GPU_BATCH_SIZE = 1024
+from .names import CPU_BATCH_SIZE, GPU_BATCH_SIZE  # noqa: E402  (re-exported here)
+
 _CLASSICAL = {"annulus", "templates", "mesh", "aperture", "optimal", None}
 #: photometers that estimate their own background: no --method estimator is built for them
 #: (as in `skysub photometry`), so --model goes to the photometer alone

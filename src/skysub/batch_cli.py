@@ -26,9 +26,8 @@ Exit status: 0 when every exposure succeeded, 1 when some failed, 2 on a usage e
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``batch`` to the ``skysub`` sub-parsers."""
-    from . import batch
     from .cli_args import add_common, add_model_args
-    from .workflows import BACKGROUND_METHODS, PHOTOMETERS
+    from .names import BACKGROUND_METHODS, CPU_BATCH_SIZE, GPU_BATCH_SIZE, PHOTOMETERS
 
     p = sub.add_parser("batch", help="many exposures in parallel, locally or on Dask "
                        "(resumable, Parquet)",
@@ -59,8 +58,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for action in p._actions:  # batch runs choose the batch size per device
         if action.dest == "batch_size":
             action.default = None
-            action.help = (f"stamps per forward pass (default {batch.CPU_BATCH_SIZE} on CPU, "
-                           f"{batch.GPU_BATCH_SIZE} on a GPU)")
+            action.help = (f"stamps per forward pass (default {CPU_BATCH_SIZE} on CPU, "
+                           f"{GPU_BATCH_SIZE} on a GPU)")
     g = p.add_argument_group("Dask")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--workers", "-w", type=int, default=None,

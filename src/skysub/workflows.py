@@ -30,8 +30,7 @@ from .progress import progress
 
 log = logging.getLogger("skysub")
 
-BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
-PHOTOMETERS = ("aperture", "optimal", "lumos")
+from .names import BACKGROUND_METHODS, PHOTOMETERS  # noqa: E402  (re-exported here)
 
 
 def _catalog(catalog: str | Path | Table) -> Table:

@@ -51,7 +51,7 @@ class Method:
 def parse_methods(photometers: Sequence[str] | str, backgrounds: Sequence[str] | str
                   ) -> list[Method]:
     """Every photometer with every background (``lumos`` once, with its own)."""
-    from ..workflows import BACKGROUND_METHODS, PHOTOMETERS
+    from ..names import BACKGROUND_METHODS, PHOTOMETERS
 
     def split(v):
         return [s.strip() for s in (v.split(",") if isinstance(v, str) else v) if s.strip()]
