@@ -49,7 +49,7 @@ def run(repeats: int = 7, *, nx: int = 1024, ny: int = 1024, n_sources: int = 50
                  "--method", "annulus", "--output", "b.csv", "--overwrite", "--quiet"],
         }
         times: dict[str, list[float]] = {k: [] for k in cmds}
-        for k, c in cmds.items():  # warm the file cache once
+        for c in cmds.values():  # warm the file cache once
             _time(c, d)
         for _ in range(repeats):
             for k, c in cmds.items():
