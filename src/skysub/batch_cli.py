@@ -45,7 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     g.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     g.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
-    g.add_argument("--statistic", choices=("median", "mean", "mode", "biweight"), default=None)
+    g.add_argument("--statistic", choices=("median", "mean", "mode", "biweight"), default=None,
+                   help="annulus statistic (default: [annulus] statistic)")
     g.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
     g.add_argument("--psf-fwhm", type=float, default=None, help="Gaussian PSF FWHM [px]")
     g.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")

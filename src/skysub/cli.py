@@ -129,24 +129,31 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="what", metavar="WHAT")
     t = tsub.add_parser("build", help="build templates per band x epoch (BKGnet eq. 1)",
                         epilog=EPILOG_TEMPLATES, formatter_class=fmt)
-    t.add_argument("images", nargs="+", metavar="IMAGE")
+    t.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="FITS exposures (globs allowed); one template per band x epoch")
     t.add_argument("--catalog", "-c", default=None, help="catalogue of sources to mask")
     t.add_argument("--output", "-o", required=True, help="output FITS file")
     add_common(t)
 
     p = sub.add_parser("photometry", help="fluxes with a local background",
                        epilog=EPILOG_PHOT, formatter_class=fmt)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--catalog", "-c", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="FITS images (globs allowed)")
+    p.add_argument("--catalog", "-c", required=True,
+                   help="catalogue (CSV/ECSV/FITS/SExtractor): id and x,y (0-based px) or "
+                        "ra,dec (deg); optional mag, r50, sersic_n, ba, theta")
     p.add_argument("--photometer", "-p", default="aperture",
                    choices=("aperture", "optimal", "lumos"),
                    help="aperture, optimal (eq. 6 weights) or lumos (flux PDFs; --model)")
-    p.add_argument("--background", "-b", default="annulus", choices=BACKGROUND_CHOICES)
+    p.add_argument("--background", "-b", default="annulus", choices=BACKGROUND_CHOICES,
+                   help="local background method of the aperture and optimal photometers "
+                        "(default: annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     add_model_args(p)
     p.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
-    p.add_argument("--r-in", type=float, default=None)
-    p.add_argument("--r-out", type=float, default=None)
+    p.add_argument("--r-in", type=float, default=None,
+                   help="annulus inner radius [px] (default: [annulus] r_in)")
+    p.add_argument("--r-out", type=float, default=None,
+                   help="annulus outer radius [px] (default: [annulus] r_out)")
     p.add_argument("--psf-fwhm", type=float, default=None, help="Gaussian PSF FWHM [px]")
     p.add_argument("--psf", default=None, help="PSF image (FITS) for the optimal photometer")
     p.add_argument("--no-mag", action="store_true",
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lumos: added to the catalogue's mag column to put it in the model's "
                         "band system (lumos-paus: zero point 23; exposures of `skysub simulate "
                         "ccd` have 25, so -2)")
-    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--output", "-o", required=True, help="output table (.csv, .ecsv, .fits)")
     add_common(p)
 
     p = sub.add_parser("train", help="train a learned estimator")
@@ -168,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalogue of sources (avoided; their shapes are injected)")
     t.add_argument("--output", "-o", required=True, help="model file to write (.pt)")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs ([bkgnet] or 30)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of sampling, injection, initialisation and shuffling (0)")
     t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     t.add_argument("--preset", choices=("lean", "paper"), default=None,
                    help="architecture (lean: fast default; paper: the published layout)")
@@ -179,9 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", choices=("pixels", "truth"), default="pixels",
                    help="pixels: mean of the r = 8 px circle (BKGnet); truth: the simulator's "
                         "noise-free background (--simulated only)")
-    t.add_argument("--stamps-per-image", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--stamps-per-image", type=int, default=None,
+                   help="training positions drawn per exposure (default: [bkgnet] "
+                        "stamps_per_image, 600)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="stamps per optimisation step (default: [bkgnet] batch_size, 128)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: [bkgnet] lr, 2e-3)")
     t.add_argument("--no-coords", action="store_true", help="hide the CCD position (ablation)")
     t.add_argument("--no-inject", action="store_true",
                    help="do not inject galaxies at the stamp centres (ablation)")
@@ -203,16 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="background cutouts from the built-in simulator ([simulate])")
     t.add_argument("--n-exposures", type=int, default=None,
                    help="exposures to simulate with --simulated ([lumos] or 48)")
-    t.add_argument("--stamps-per-image", type=int, default=None)
+    t.add_argument("--stamps-per-image", type=int, default=None,
+                   help="background cutouts drawn per exposure (default: [lumos] "
+                        "stamps_per_image, 400)")
     t.add_argument("--pairs", default=None,
                    help="fine-tune the last layer on pairs (eq. 11-12): a CSV with id, image_1, "
                         "image_2, or 'auto' (same object, same band, two training exposures)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--preset", choices=("lean", "paper"), default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs, early stopping on validation (default: [lumos] "
+                        "epochs, 30)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="stamps per optimisation step (default: [lumos] batch_size, 128)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: [lumos] lr, 1e-3)")
+    t.add_argument("--preset", choices=("lean", "paper"), default=None,
+                   help="architecture (default: [lumos] preset, lean: fast; paper: the "
+                        "published layout)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of sampling, injection, initialisation and shuffling (0)")
+    t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
     t.add_argument("--calibrate-only", action="store_true",
@@ -225,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_COADD, formatter_class=fmt)
     p.add_argument("tables", nargs="+", metavar="PHOT", help="skysub photometry tables")
     p.add_argument("--output", "-o", required=True, help="coadded table (.csv, .ecsv, .fits)")
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = sub.add_parser("models", help="list or show models (shipped and your own)")
     msub = p.add_subparsers(dest="what", metavar="WHAT")
@@ -247,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
     e.add_argument("--edge-width", type=float, default=150.0,
                    help="px from a CCD edge that count as 'edge' (150)")
-    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--quiet", "-q", action="store_true", help="no printed summary")
     e = esub.add_parser("photometry", help="Lumos-style benchmark of photometers on "
                         "simulations (Fig. 6-9)", epilog=EPILOG_EVAL_PHOT, formatter_class=fmt)
     e.add_argument("--model", default="lumos-paus", help="Lumos model (lumos-paus)")
@@ -256,13 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-blend", type=int, default=100,
                    help="i = 22 targets per neighbour distance in the blending test (100; "
                         "the median's standard error is printed: ~6 %% at 100, ~3 %% at 400)")
-    e.add_argument("--seed", type=int, default=123)
+    e.add_argument("--seed", type=int, default=123,
+                   help="seed of the held-out simulations (123; training never uses it)")
     e.add_argument("--estimator", choices=("mode", "mean", "median"), default=None,
                    help="Lumos point estimate (default: the model card's)")
     e.add_argument("--output-dir", "-o", default=None, help="folder for CSV and PNG plots")
-    e.add_argument("--config", default="paus")
-    e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--config", default="paus",
+                   help="configuration of the simulations: a preset or a TOML file (paus)")
+    e.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    e.add_argument("--quiet", "-q", action="store_true", help="no printed summary")
     timeseries_cli.add_parser(sub)
     batch_cli.add_parser(sub)  # skysub batch: many exposures on Dask (skysub.batch)
     from .inject.cli import add_parser as add_inject_parser
@@ -278,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate, estimate, compare with truth (< 3 min)")
     p.add_argument("--output", "-o", default="skysub-demo", help="folder (skysub-demo)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated exposures (1)")
     p.add_argument("--quick", action="store_true", help="a smaller run, for tests")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or printed table")
     return parser
 
 

@@ -92,12 +92,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed (0)")
     s.add_argument("--n-stars", type=int, default=6, help="stars per field (6)")
     s.add_argument("--rms", type=float, default=0.02, help="variable's relative RMS (0.02)")
-    s.add_argument("--frequency", type=float, default=0.135, help="variable's frequency [Hz]")
+    s.add_argument("--frequency", type=float, default=0.135,
+                   help="variable's frequency [Hz] (0.135)")
     s.add_argument("--phase-lags", default=None,
                    help="per-camera phase lags [rad], comma-separated (0, pi/2, pi, ...)")
     s.add_argument("--background", type=float, default=100.0, help="mean background (100)")
     s.add_argument("--gradient", type=float, nargs=2, default=(0.0, 0.0), metavar=("GX", "GY"),
-                   help="background change across the frame in x and y [counts]")
+                   help="background change across the frame in x and y [counts] (0 0)")
     s.add_argument("--psf-sigma", type=float, nargs=2, default=(1.4, 1.4),
                    metavar=("MAJOR", "MINOR"), help="PSF sigmas [px] (1.4 1.4)")
     s.add_argument("--psf-angle", type=float, default=0.0,
