@@ -143,7 +143,8 @@ def add_evaluate_parser(eval_sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name or file (default inpaint-default)")
     p.add_argument("--n-fields", type=int, default=4, help="held-out fields (4)")
     p.add_argument("--field-size", type=int, default=384, help="field side [px] (384)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the test fields (12345; training never uses it)")
+    p.add_argument("--seed", type=int, default=12345,
+                   help="seed of the test fields (12345; training never uses it)")
     p.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8),
                    help="symmetries of the square averaged per cutout (default: [removal] tta)")
     p.add_argument("--position-error", type=float, default=0.0, metavar="PX",
