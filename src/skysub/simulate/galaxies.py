@@ -29,7 +29,7 @@ catalogue parameters by :func:`model_images` -- the function LumosPhotometer use
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -388,7 +388,8 @@ def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None,
 def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSettings, *,
                            galaxies: dict[str, np.ndarray], seed: int = 0,
                            mag: np.ndarray | None = None, quiet: bool = True,
-                           neighbour_channel: bool = True) -> dict[str, np.ndarray]:
+                           neighbour_channel: bool = True,
+                           zero_points: Any = None) -> dict[str, np.ndarray]:
     """Teahupoo-like stamps from ``exposures`` (iterable of ``(image, cat_xy)`` or
     ``(image, cat_xy, catalog)``): background cutouts at empty positions plus simulated
     galaxies.  With the exposure's ``catalog`` rows (``x, y``, shapes, optional ``mag``) the
@@ -399,6 +400,12 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
     Returns the arrays of :func:`add_galaxies` concatenated over exposures, plus ``x, y``
     (CCD position of the cutout centre), ``nx, ny`` (image size), ``band``, ``epoch``,
     ``exposure`` (index), ``gain``, ``exptime``.
+
+    ``zero_points`` (one per exposure: ``mag = zp - 2.5 log10(flux in image units)``, the
+    user's own, :mod:`skysub.photometry.zeropoint`): a galaxy of catalogue magnitude ``m`` gets
+    the flux ``10^(-0.4 (m + colour - zp))`` instead of ``settings.zero_point``'s (no
+    ``flux_range`` clipping), and the output gains ``cat_flux``, its colour-free catalogue flux
+    in image units.
     """
     from ..progress import progress
     from ..stamps import cutouts
@@ -417,10 +424,19 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
             continue
         meta = image.meta
         exptime = meta.exptime or 1.0
-        d = add_galaxies(bg["stamps"], galaxies, exptime=exptime, gain=meta.gain,
-                         settings=settings, rng=rng, psf=psf,
-                         mag=None if mag is None else np.resize(mag, m),
+        shift, pool, sset = 0.0, galaxies, settings
+        if zero_points is not None:  # the band system of this exposure: its own zero point
+            shift = (settings.zero_point - float(zero_points[j])
+                     + 2.5 * np.log10(exptime / meta.gain))
+            pool = {**galaxies, "mag": np.asarray(galaxies["mag"], float) + shift}
+            sset = replace(settings, flux_range=(0.0, 1e30))
+        d = add_galaxies(bg["stamps"], pool, exptime=exptime, gain=meta.gain,
+                         settings=sset, rng=rng, psf=psf,
+                         mag=None if mag is None else np.resize(mag, m) + shift,
                          neighbour_channel=neighbour_channel)
+        if zero_points is not None:
+            d["mag"] = d["mag"] - shift
+            d["cat_flux"] = 10 ** (-0.4 * (d["mag"] - float(zero_points[j])))
         ny, nx = image.shape
         if neighbour_channel and catalog is not None and len(catalog):
             names = catalog.colnames if hasattr(catalog, "colnames") else list(catalog)
