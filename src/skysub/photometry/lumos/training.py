@@ -21,6 +21,9 @@ from .magnitudes import NOISE_MAG, NOISE_MAG_DOC
 from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures
 from .settings import LumosSettings
 
+#: training stamps drawn from the user's exposures at least (when --stamps-per-image is not set)
+MIN_STAMPS = 8000
+
 
 def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
     """``loss(model, batch)`` for the Trainer: eq. 8 (bright) / eq. 10 (faint).
@@ -91,7 +94,6 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     from ...nn.modelfile import save_model
     from ...nn.trainer import TrainConfig, Trainer
     from ...simulate.galaxies import GalaxySimSettings, psf_for
-    from ...simulate.trainingdata import split_by_exposure
 
     t0 = time.perf_counter()
     cfg = config or load_config()
@@ -103,6 +105,13 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         inputs.append(catalog)
     check_output(output, overwrite=overwrite or resume, inputs=inputs)
     section = dict(getattr(cfg, "lumos", {}) or {})
+    if (stamps_per_image is None and "stamps_per_image" not in section and not simulated
+            and images):  # few exposures: more stamps from each (>= ~8000 in all)
+        from ...io import expand_paths
+
+        n_img = max(len(expand_paths(images)), 1)
+        stamps_per_image = int(min(4000, max(LumosSettings.stamps_per_image,
+                                              np.ceil(MIN_STAMPS / n_img))))
     ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
                                    preset=preset, stamps_per_image=stamps_per_image,
                                    n_exposures=n_exposures)
@@ -117,14 +126,10 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     noise_mags = "cat_flux" in sim
     ims, cats, nbcats, data_summary = data["ims"], data["cats"], data["nbcats"], data["summary"]
     ok = t["ok"]
-    is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
+    is_val, val_note = split_stamps(sim, ls.val_fraction, seed)
+    if val_note:
+        say(f"note: {val_note}")
     tr, va = ok & ~is_val, ok & is_val
-    val_note = ""
-    if va.sum() == 0:
-        va = tr
-        val_note = ("one exposure: validated on the training exposure itself (give two or more "
-                    "exposures for an honest validation)")
-        say(f"WARNING: {val_note}")
     if tr.sum() < 2 * ls.batch_size // 4 or va.sum() < 20:
         raise InputError(f"only {int(tr.sum())} training and {int(va.sum())} validation stamps "
                          "could be drawn (frames too small, crowded or masked?): give more or "
@@ -240,6 +245,28 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     save_model(output, model, card, overwrite=True)
     del torch
     return card
+
+
+def split_stamps(sim: dict, val_fraction: float, seed: int, min_exposures: int = 4
+                 ) -> tuple[np.ndarray, str]:
+    """Boolean "is validation" per stamp and a note: whole exposures validate
+    (:func:`skysub.simulate.trainingdata.split_by_exposure`) when there are ``min_exposures``
+    or more; with fewer, the top ``val_fraction`` of each exposure's rows does (its stamps
+    still see other parts of the same frame: a weaker test, said in the note and the card)."""
+    from ...simulate.trainingdata import split_by_exposure
+
+    exp = np.asarray(sim["exposure"])
+    ids = np.unique(exp)
+    if len(ids) >= min_exposures:
+        return split_by_exposure(exp, val_fraction, seed), ""
+    is_val = np.zeros(len(exp), bool)
+    y = np.asarray(sim["y"], float)
+    for j in ids:
+        sel = exp == j
+        is_val[sel] = y[sel] > np.quantile(y[sel], 1.0 - val_fraction)
+    return is_val, (f"{len(ids)} exposure(s): validated on the top {val_fraction:.0%} of each "
+                    f"exposure's rows (give {min_exposures} or more exposures to validate on "
+                    "whole exposures)")
 
 
 #: a model's own validation fails it when: |bright bias| above, sigma68 zero or not finite,
