@@ -131,7 +131,7 @@ def _rows(frame: str, method: str, t, pit=None) -> list[dict]:
 def run(*, extra: list[str] | None = None, development: bool = False, n: int = 40,
         realisations: int = 4, seed: int = 0,
         epochs: int | None = None, stamps_per_image: int | None = None,
-        workdir: str | None = None, quiet: bool = True) -> BenchResult:
+        workdir: str | None = None, quiet: bool = True, reuse: bool = False) -> BenchResult:
     from astropy.table import vstack
 
     from skysub.config import load_config
@@ -160,8 +160,13 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
     cat.write(tmp / "catalog.csv", overwrite=True, format="ascii.csv")
     cfg = load_config()
     model = tmp / "lumos.pt"
-    card = train_lumos(paths, cat, model, config=cfg, seed=seed + 1, epochs=epochs,
-                       stamps_per_image=stamps_per_image, overwrite=True, quiet=quiet)
+    if reuse and model.exists():  # development: measure an already trained model again
+        from skysub.nn.modelfile import read_card
+
+        card = read_card(model)
+    else:
+        card = train_lumos(paths, cat, model, config=cfg, seed=seed + 1, epochs=epochs,
+                           stamps_per_image=stamps_per_image, overwrite=True, quiet=quiet)
     psf_path = _moffat_fits(3.5, 3.0, tmp / "psf.fits")
     settings = InjectionSettings(kind="galaxy", n_per_image=n, snr=(5.0, 500.0), radius=8.0,
                                  psf_fwhm=3.5, psf_kind="moffat", min_separation=15.0,
@@ -272,6 +277,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="Lumos epochs (default; 6 --quick)")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --workdir: measure the model trained there by an earlier run")
     p.add_argument("--workdir", default=None, help="keep the frames, catalogue and model here")
     args = p.parse_args(argv)
     args.n = args.n or 40
@@ -285,7 +292,7 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, n=args.n,
                realisations=args.realisations, seed=args.seed,
                epochs=args.epochs, stamps_per_image=2000 if args.quick else None,
-               workdir=args.workdir)
+               workdir=args.workdir, reuse=args.reuse)
 
 
 def main(argv: list[str] | None = None) -> BenchResult:

@@ -19,6 +19,7 @@ from . import (
     bench_bkgnet,
     bench_inject,
     bench_lumos,
+    bench_lumos_real,
     bench_mesh,
     bench_removal,
     bench_timeseries,
@@ -27,7 +28,7 @@ from . import (
 
 #: the benchmarks ``make bench`` runs, in order
 BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet, bench_lumos,
-              bench_removal, bench_batch)
+              bench_lumos_real, bench_removal, bench_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,9 +226,7 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
                for im, c in zip(ims, cats, strict=True)] if use_zeropoints else []
         data_summary = {"source": "user exposures", "n_exposures": len(paths),
                         "images": [p.name for p in paths[:50]],
-                        "zero_points": [{"image": im.name, **{k: (round(v, 4) if
-                                        isinstance(v, float) else v)
-                                        for k, v in zp.as_dict().items()}}
+                        "zero_points": [{"image": im.name, **_plain(zp.as_dict())}
                                         for im, zp in zip(ims[:50], zps, strict=False)]}
     # the neighbour channel shows what a user's catalogue holds: its catalogued sources
     nbcats = [c[np.asarray(c["catalogued"], bool)] if "catalogued" in c.colnames else c
@@ -264,3 +262,18 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
                          "(check the exposures' data and masks)")
     return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
             "nbcats": nbcats, "summary": data_summary}
+
+
+def _plain(d: dict) -> dict:
+    """Python floats (4 decimals), ints and strings only: model cards hold plain JSON."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = round(float(v), 4)
+        else:
+            out[k] = str(v)
+    return out

@@ -212,7 +212,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         mb = evaluate_mixtures(model, {**_subset(vt, bright), "unit": vt["unit"][bright]},
                                ftrue[bright], vmag[bright],
                                sigma_scale=snr_cal.get("mag", sigma_scale["mag"]))
-        metrics["bright"] = {"n": mb["n"], "bias_mode": mb.get("bias_mode_all"),
+        metrics["bright"] = {"n": int(mb["n"]), "bias_mode": mb.get("bias_mode_all"),
                              "bias_mean": mb.get("bias_mean_all"),
                              "sigma68_mode": mb.get("sigma68_mode_all")}
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
