@@ -36,7 +36,6 @@ import numpy as np
 
 from ..errors import ConfigError
 
-
 #: typical catalogue shape errors of a detection pipeline (as ``skysub inject --shape-scatter``):
 #: r50 (log-normal sigma), b/a, angle [deg], Sersic n
 CATALOGUE_SHAPE_ERRORS = {"r50": 0.10, "ba": 0.05, "theta": 10.0, "sersic_n": 0.3}
