@@ -176,8 +176,8 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
 
     User exposures: each one's zero point (``zeropoint``, a header keyword of
     ``zeropoint_keys`` or a fit; :mod:`.magnitudes`) sets the injected fluxes, and the network
-    reads the noise-relative magnitude.  Stamps with more than ``max_masked`` of their pixels
-    invalid (NaN, masked, off the frame), or without a usable noise level, are rejected and
+    reads the noise-relative magnitude.  Their stamps with more than ``max_masked`` of their
+    pixels invalid (NaN, masked, off the frame), or without a usable noise level, are rejected and
     counted in the summary (``n_rejected_masked``).  ``use_zeropoints`` False: the old
     convention (``settings.zero_point``; recalibrating models that read catalogue magnitudes)."""
     import torch
@@ -239,7 +239,9 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
                                  zero_points=[z.value for z in zps] if zps else None)
     # stamps mostly masked (NaN chips, frame edges) teach nothing: rejected, and counted
     frac_bad = np.mean(~np.isfinite(sim["stamps"]), axis=(1, 2))
-    too_masked = frac_bad > max_masked
+    # (user exposures only: the built-in simulator's stamps, and so the shipped models'
+    # training, are as before)
+    too_masked = (frac_bad > max_masked) & (not simulated)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
