@@ -461,7 +461,7 @@ def _cmd_train_lumos(args) -> int:
                                  simulated=args.simulated, n_exposures=args.n_exposures,
                                  stamps_per_image=args.stamps_per_image, seed=args.seed,
                                  quiet=args.quiet, command=command_line(args.argv),
-                                 **read_kwargs(args, cfg))
+                                 zeropoint=args.zeropoint, **read_kwargs(args, cfg))
         if not args.quiet:
             cal = card["calibration"]
             m = cal["metrics"]["mag"]

@@ -345,7 +345,7 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
                       simulated: bool = False, n_exposures: int | None = None,
                       stamps_per_image: int | None = None, seed: int = 1,
                       quiet: bool = False, command: str | None = None,
-                      **read_kwargs: Any) -> dict:
+                      zeropoint: float | None = None, **read_kwargs: Any) -> dict:
     """Re-measure a trained model's width calibration (``sigma_scale`` of both modes) on a
     fresh calibration set and rewrite its card; the weights are unchanged
     (``skysub train lumos --calibrate-only``).
@@ -356,6 +356,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     is a calibration stamp: the catalogue-like ones calibrate the posterior mode, the
     prior-free ones the data-only likelihood (after the prior division, as users get it).
     The card records the data, the command and the calibrated metrics under ``calibration``.
+    Models trained on user exposures take each calibration exposure's zero point as training
+    does (``zeropoint``, a header keyword, or a fit).
     """
     from ...config import load_config
     from ...nn.modelfile import load_model, save_model
@@ -378,7 +380,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     n_keys = len(keys)
     data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
                        quiet=quiet, say=say,
-                       use_zeropoints=inputs.get("mag_input") == NOISE_MAG, **read_kwargs)
+                       use_zeropoints=inputs.get("mag_input") == NOISE_MAG,
+                       zeropoint=zeropoint, **read_kwargs)
     if len(keys) > n_keys:
         raise InputError(f"calibration exposures come from band x epoch combinations the model "
                          f"was not trained on: {keys[n_keys:]}")
