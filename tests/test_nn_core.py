@@ -127,3 +127,35 @@ def test_model_file_round_trip_and_errors(tmp_path):
         modelfile.load_model(junk)
     with pytest.raises(MissingFileError, match="shipped models"):
         modelfile.resolve_model("no-such-model")
+
+
+def test_nan_loss_once_is_recovered_with_a_lower_learning_rate(capsys):
+    """A loss that is NaN once: the epoch is rerun from its starting state with lr / 10, the
+    fit goes on and still learns the line."""
+    x = torch.linspace(-1, 1, 64)[:, None]
+    data = {"x": x, "y": 3 * x + 1}
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += model.training  # training steps only
+        loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    tr = Trainer(torch.nn.Linear(1, 1), flaky,
+                 TrainConfig(quiet=True, device="cpu", epochs=300, lr=0.5, batch_size=16,
+                             patience=None))
+    hist = tr.fit(data, data)
+    assert len(hist.epochs) == 300
+    assert hist.epochs[-1]["lr"] == pytest.approx(0.05)
+    assert float(tr.model.bias.detach()) == pytest.approx(1.0, abs=0.02)
+    assert float(tr.model.weight.detach()) == pytest.approx(3.0, abs=0.05)
+
+
+def test_nan_loss_every_time_gives_a_training_error():
+    from skysub.errors import SkysubError
+
+    data = {"x": torch.full((8, 1), float("nan")), "y": torch.zeros(8, 1)}
+    tr = Trainer(torch.nn.Linear(1, 1), _mse,
+                 TrainConfig(quiet=True, device="cpu", epochs=2, max_recoveries=2))
+    with pytest.raises(SkysubError, match="diverged.*2 restarts"):
+        tr.fit(data)

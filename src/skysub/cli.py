@@ -159,10 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mag", action="store_true",
                    help="lumos: data-only PDFs, without the catalogue magnitude as a prior (for "
                         "duplicates tests and PDF coadds; see docs/lumos.md)")
+    p.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
+                   help="lumos (models trained on your exposures): mag = ZP - 2.5 log10(flux) "
+                        "for every image (default: header MAGZPT/MAGZERO/PHOTZP, else fitted "
+                        "per image from the catalogue's bright isolated sources)")
     p.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
-                   help="lumos: added to the catalogue's mag column to put it in the model's "
-                        "band system (lumos-paus: zero point 23; exposures of `skysub simulate "
-                        "ccd` have 25, so -2)")
+                   help="lumos-paus and other models trained on the built-in simulator only: "
+                        "added to the catalogue's mag column to put it in the model's band "
+                        "system (zero point 23; exposures of `skysub simulate ccd` have 25, so "
+                        "-2)")
     p.add_argument("--output", "-o", required=True, help="output table (.csv, .ecsv, .fits)")
     add_common(p)
 
@@ -236,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--resume", action="store_true", help="continue from <output>.ckpt")
+    t.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
+                   help="mag = ZP - 2.5 log10(flux in image units) for every exposure (default: "
+                        "header MAGZPT/MAGZERO/PHOTZP, else fitted per exposure from the "
+                        "catalogue's bright isolated sources)")
+    t.add_argument("--allow-poor", action="store_true",
+                   help="exit 0 even when the model fails its own validation (|bright bias| > "
+                        "5 %%, sigma68 = 0 or PIT KS p < 1e-3); it is written either way")
     t.add_argument("--calibrate-only", action="store_true",
                    help="re-measure the calibration (per-SNR shift and width with the "
                         "magnitude, one width factor without) of the trained model --output on "
@@ -375,9 +387,13 @@ def _cmd_photometry(args) -> int:
     phot = make_photometer(args.photometer, background=est, config=cfg, radius=args.radius,
                            psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
                            device=args.device, batch_size=args.batch_size,
-                           use_mag=not args.no_mag, mag_offset=args.mag_offset)
+                           use_mag=not args.no_mag, mag_offset=args.mag_offset,
+                           zeropoint=args.zeropoint)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **read_kwargs(args, cfg))
+    if not args.quiet:
+        for name, zp in (getattr(phot, "zeropoints", None) or {}).items():
+            print(f"{name}: {zp.describe()}")
     write_table(table, args.output, overwrite=args.overwrite, inputs=inputs)
     if not args.quiet:
         print(f"{len(table)} rows -> {args.output}")
@@ -468,7 +484,7 @@ def _cmd_train_lumos(args) -> int:
                                  simulated=args.simulated, n_exposures=args.n_exposures,
                                  stamps_per_image=args.stamps_per_image, seed=args.seed,
                                  quiet=args.quiet, command=command_line(args.argv),
-                                 **read_kwargs(args, cfg))
+                                 zeropoint=args.zeropoint, **read_kwargs(args, cfg))
         if not args.quiet:
             cal = card["calibration"]
             m = cal["metrics"]["mag"]
@@ -482,20 +498,45 @@ def _cmd_train_lumos(args) -> int:
                   f"{m.get('pit_ks_pvalue_blended', float('nan')):.3g}); data-only PIT KS p "
                   f"{cal['metrics'].get('no_mag', {}).get('pit_ks_pvalue', float('nan')):.3g}")
         return 0
-    card = train_lumos(args.images, args.catalog, args.output, config=cfg,
-                       simulated=args.simulated, n_exposures=args.n_exposures,
-                       stamps_per_image=args.stamps_per_image, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, preset=args.preset,
-                       pairs=args.pairs, seed=args.seed, device=args.device,
-                       threads=args.threads, resume=args.resume, overwrite=args.overwrite,
-                       quiet=args.quiet, command=command_line(args.argv), **read_kwargs(args, cfg))
+    try:
+        card = train_lumos(args.images, args.catalog, args.output, config=cfg,
+                           simulated=args.simulated, n_exposures=args.n_exposures,
+                           stamps_per_image=args.stamps_per_image, epochs=args.epochs,
+                           batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+                           pairs=args.pairs, seed=args.seed, device=args.device,
+                           threads=args.threads, resume=args.resume, overwrite=args.overwrite,
+                           quiet=args.quiet, command=command_line(args.argv),
+                           zeropoint=args.zeropoint, **read_kwargs(args, cfg))
+    except (SkysubError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # never a traceback for the user (--verbose shows it)
+        if args.verbose:
+            raise
+        from .errors import InputError
+
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise InputError(f"training failed unexpectedly ({type(exc).__name__}: {first}); "
+                         "rerun with --verbose for the traceback and report it") from None
+    m = card["metrics"]
     if not args.quiet:
-        m = card["metrics"]
         nm = m.get("no_mag", {})
-        print(f"wrote {args.output}: {m['n']} validation stamps, sigma68 (mode) "
-              f"{m.get('sigma68_mode_all', float('nan')):.3f} "
+        br = m.get("bright", {})
+        print(f"wrote {args.output}: {m['n']} validation stamps, bright bias (mode) "
+              f"{br.get('bias_mode') if br.get('bias_mode') is not None else float('nan'):+.3f}, "
+              f"sigma68 (mode) {m.get('sigma68_mode_all', float('nan')):.3f} "
               f"({nm.get('sigma68_mode_all', float('nan')):.3f} without the magnitude), "
               f"PIT KS p {m['pit_ks_pvalue']:.3g}, {m['train_seconds']:.0f} s")
+    q = card.get("quality", {})
+    if not q.get("ok", True):
+        why = "; ".join(q.get("reasons", []))
+        if args.allow_poor:
+            print(f"skysub train: WARNING: {args.output} FAILED its own validation ({why}); "
+                  "kept because of --allow-poor", file=sys.stderr)
+            return 0
+        print(f"skysub train: error: {args.output} failed its own validation ({why}); the card "
+              "records why. Try more exposures or --stamps-per-image, more --epochs, a known "
+              "--zeropoint, or --allow-poor to keep it anyway", file=sys.stderr)
+        return 3
     return 0
 
 

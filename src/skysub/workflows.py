@@ -191,11 +191,13 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
                     radius: float | None = None, psf_fwhm: float | None = None,
                     psf: str | Path | None = None, model: str | Path | None = None,
                     device: str = "auto", batch_size: int = 512, use_mag: bool = True,
-                    mag_offset: float = 0.0):
+                    mag_offset: float = 0.0, zeropoint: float | None = None):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
-    False gives its data-only PDFs; ``mag_offset`` is added to the catalogue magnitudes)."""
+    False gives its data-only PDFs; ``zeropoint``: the exposures' zero point for models trained
+    on the user's exposures, default a header keyword or a fit; ``mag_offset`` is added to the
+    catalogue magnitudes of models trained on the built-in simulator)."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -212,7 +214,7 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         return LumosPhotometer(model or DEFAULT_MODEL, psf=None if psf is None else load_psf(psf),
                                device=device, batch_size=batch_size, use_mag=use_mag,
                                estimator=(config.lumos or {}).get("estimator"),
-                               mag_offset=mag_offset)
+                               mag_offset=mag_offset, zeropoint=zeropoint)
 
     if psf is not None:
         kernel = load_psf(psf)
@@ -252,6 +254,9 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
     for col in ("flux", "flux_err"):
         if col not in out.colnames:
             out[col] = np.zeros(0)
+    zps = getattr(photometer, "zeropoints", None)  # Lumos: each exposure's zero point
+    if zps:
+        out.meta["zero_points"] = {k: z.as_dict() for k, z in zps.items()}
     return out
 
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SkysubError
 from .device import configure_threads, resolve_device, seed_everything
 from .safeload import load_plain
 
@@ -75,6 +75,9 @@ class TrainConfig:
     device : "auto", "cpu", "cuda", "mps"
     threads : torch intra-op threads (None = all cores of this process)
     eval_batch_size : batch size of the validation pass (None = 4 x batch_size)
+    max_recoveries : on a non-finite loss, restore the state at the start of the epoch, divide
+        the learning rate by 10 and rerun the epoch, at most this many times per fit; then
+        :class:`TrainingError`
     quiet : no progress bars
     """
 
@@ -91,6 +94,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     eval_batch_size: int | None = None
+    max_recoveries: int = 3
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -148,6 +152,24 @@ def _as_batch_dict(data: Mapping[str, torch.Tensor] | Iterable[torch.Tensor], wh
 
 def _n(d: Batch) -> int:
     return int(next(iter(d.values())).shape[0])
+
+
+class TrainingError(SkysubError, FloatingPointError):
+    """Training diverged (a non-finite loss) and the recoveries did not help."""
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {"model": copy.deepcopy({k: v.detach().clone() for k, v in
+                                    model.state_dict().items()}),
+            "optimizer": copy.deepcopy(optimizer.state_dict())}
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    model.load_state_dict(state["model"])
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):  # kept: the caller lowers it
+        g["lr"] = lr
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -297,29 +319,38 @@ class Trainer:
         epochs = range(self._start_epoch, c.epochs)
         bar = progress(epochs, desc="training", quiet=c.quiet, unit="epoch",
                        total=c.epochs - self._start_epoch)
+        recoveries = 0
         for epoch in bar:
             t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(int(c.seed) * 100_003 + epoch)
-            self.model.train()
-            total, count = 0.0, 0
-            for batch in self._batches(train, c.batch_size, g):
-                if self.augment is not None:
-                    batch = self.augment(batch, g)
-                loss = self.loss_fn(self.model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {float(loss.detach())} at epoch {epoch + 1}; "
-                        "lower the learning rate or check the inputs for NaN")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                self.optimizer.step()
-                k = _n(batch)
-                total += float(loss.detach()) * k
-                count += k
+            good = _snapshot(self.model, self.optimizer)  # the state to fall back to
+            while True:
+                g = torch.Generator().manual_seed(int(c.seed) * 100_003 + epoch)
+                bad = self._train_epoch(train, g)
+                if bad is None:
+                    break
+                if recoveries >= c.max_recoveries:
+                    self._restore_best()
+                    raise TrainingError(
+                        f"training diverged: the loss became {bad} at epoch {epoch + 1} after "
+                        f"{recoveries} restarts with a 10x lower learning rate each; lower "
+                        "--lr, check the inputs for NaN or bad pixels, or give more "
+                        "exposures")
+                recoveries += 1
+                _restore(self.model, self.optimizer, good)
+                for grp in self.optimizer.param_groups:
+                    grp["lr"] = grp["lr"] * 0.1
+                msg = (f"non-finite training loss ({bad}) at epoch {epoch + 1}: restored the "
+                       f"state at the start of the epoch, learning rate lowered to "
+                       f"{self.optimizer.param_groups[0]['lr']:.3g} (recovery {recoveries}/"
+                       f"{c.max_recoveries})")
+                log.warning(msg)
+                if not c.quiet:
+                    print(f"skysub: {msg}", file=sys.stderr, flush=True)
+            total, count = self._epoch_total
             train_loss = total / max(count, 1)
             val_loss = self.evaluate(val) if val is not None else train_loss
+            if not math.isfinite(val_loss):  # never "best"; counts against patience
+                val_loss = math.inf
             if self.scheduler is not None:
                 if c.scheduler == "plateau":
                     self.scheduler.step(val_loss)
@@ -356,6 +387,31 @@ class Trainer:
                 break
         self._restore_best()
         return self.history
+
+    def _train_epoch(self, train: Batch, g: torch.Generator) -> float | None:
+        """One pass over ``train``; the (total, count) in ``self._epoch_total``.  Returns None,
+        or the first non-finite loss (the pass stops there, before its optimiser step)."""
+        c = self.config
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in self._batches(train, c.batch_size, g):
+            if self.augment is not None:
+                batch = self.augment(batch, g)
+            loss = self.loss_fn(self.model, batch)
+            if not torch.isfinite(loss):
+                return float(loss.detach())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                if not torch.isfinite(norm):
+                    return float(norm)
+            self.optimizer.step()
+            k = _n(batch)
+            total += float(loss.detach()) * k
+            count += k
+        self._epoch_total = (total, count)
+        return None
 
     def _restore_best(self) -> None:
         if self.best_state is not None:

@@ -88,7 +88,37 @@ def header_zeropoint(header: Any, keys: tuple[str, ...] = HEADER_KEYS) -> ZeroPo
 
 def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
                   min_snr: float = 20.0, max_sources: int = 500, max_scatter: float = 0.15,
-                  min_sources: int = 5) -> ZeroPoint:
+                  min_sources: int = 5, relax: bool = True) -> ZeroPoint:
+    """Fit ``zp`` so that ``mag = zp - 2.5 log10(flux)`` for the catalogue's bright, isolated
+    sources (:func:`_fit_zeropoint`).  With ``relax``, a frame too small or crowded for the
+    strict criteria gets a second try with relaxed ones (an inner aperture of 4 px or 3 x the
+    median r50, SNR >= 10, neighbours beyond the outer annulus + one inner radius, the flux
+    growing < 10 % between the apertures); such a fit says so in its warning."""
+    try:
+        return _fit_zeropoint(image, catalog, radius=radius, min_snr=min_snr,
+                              max_sources=max_sources, max_scatter=max_scatter,
+                              min_sources=min_sources)
+    except InputError:
+        if not relax:
+            raise
+    if radius is None:  # compact sources in a crowded frame: a 4 px inner aperture at least
+        radius = 4.0
+        if catalog is not None and "r50" in getattr(catalog, "colnames", ()):
+            r50 = np.asarray(np.ma.filled(np.ma.asarray(catalog["r50"], float), np.nan), float)
+            if np.isfinite(r50).any():
+                radius = max(radius, 3.0 * float(np.nanmedian(r50)))
+    zp = _fit_zeropoint(image, catalog, radius=radius, min_snr=min(min_snr, 10.0),
+                        max_sources=max_sources, max_scatter=max_scatter,
+                        min_sources=min_sources, isolation=1.0, growth=0.10)
+    why = "relaxed criteria (too few bright isolated sources for the strict ones)"
+    return ZeroPoint(zp.value, zp.source, scatter=zp.scatter, error=zp.error, n=zp.n,
+                     warning="; ".join(w for w in (why, zp.warning) if w))
+
+
+def _fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
+                   min_snr: float = 20.0, max_sources: int = 500, max_scatter: float = 0.15,
+                   min_sources: int = 5, isolation: float = 2.0, growth: float = 0.03
+                   ) -> ZeroPoint:
     """Fit ``zp`` so that ``mag = zp - 2.5 log10(flux)`` for the catalogue's bright, isolated
     sources.
 
@@ -139,7 +169,7 @@ def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
         pts = np.column_stack([x[ok], y[ok]])
         d, _ = cKDTree(pts).query(pts, k=2)
         iso = np.zeros(len(x), bool)
-        iso[np.flatnonzero(ok)] = d[:, 1] > r1 + 2 * r0
+        iso[np.flatnonzero(ok)] = d[:, 1] > r1 + isolation * r0
         ok &= iso
     idx = np.flatnonzero(ok)
     if idx.size < min_sources:
@@ -154,7 +184,7 @@ def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
     e1 = np.asarray(res[r1].flux_err, float)
     flags = np.asarray(res[r1].flags) | np.asarray(res[r0].flags)
     with np.errstate(invalid="ignore", divide="ignore"):
-        good = (flags == 0) & (f1 > 0) & (f1 / e1 >= min_snr) & (np.abs(f1 / f0 - 1) < 0.03)
+        good = (flags == 0) & (f1 > 0) & (f1 / e1 >= min_snr) & (np.abs(f1 / f0 - 1) < growth)
     if good.sum() < min_sources:
         raise InputError(f"zero-point fit: only {int(good.sum())} bright (SNR >= {min_snr:g}), "
                          f"unflagged sources with converged aperture fluxes on {img.name} "

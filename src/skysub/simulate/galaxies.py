@@ -29,12 +29,16 @@ catalogue parameters by :func:`model_images` -- the function LumosPhotometer use
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+
+#: typical catalogue shape errors of a detection pipeline (as ``skysub inject --shape-scatter``):
+#: r50 (log-normal sigma), b/a, angle [deg], Sersic n
+CATALOGUE_SHAPE_ERRORS = {"r50": 0.10, "ba": 0.05, "theta": 10.0, "sersic_n": 0.3}
 
 
 @dataclass
@@ -63,6 +67,9 @@ class GalaxySimSettings:
         the noise, log-uniform far above it, and extending to NEGATIVE fluxes down to
         ``-2 knee`` (a galaxy profile subtracted).  A network shown these stamps without the
         magnitude learns the likelihood of the data (see docs/lumos.md).
+    shape_scatter : the model image (the network's second input) is drawn from the galaxy's
+        shapes with this multiple of :data:`CATALOGUE_SHAPE_ERRORS` (a detection pipeline's
+        measurement errors), as a user's catalogue gives them; 0 = the exact shapes
     """
 
     stamp_size: int = 60
@@ -81,6 +88,7 @@ class GalaxySimSettings:
     blend_dmag: tuple[float, float] = (-3.0, 1.0)
     prior_free_fraction: float = 0.0
     prior_free_knee: float = 30.0
+    shape_scatter: float = 0.0
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> GalaxySimSettings:
@@ -97,6 +105,8 @@ class GalaxySimSettings:
                 raise ConfigError(f"[lumos]: {name} must be in [0, 1], got {getattr(s, name)}")
         if s.prior_free_knee <= 0:
             raise ConfigError(f"[lumos]: prior_free_knee must be > 0, got {s.prior_free_knee}")
+        if s.shape_scatter < 0:
+            raise ConfigError(f"[lumos]: shape_scatter must be >= 0, got {s.shape_scatter}")
         if s.colour_scatter < 0:
             raise ConfigError(f"[lumos]: colour_scatter must be >= 0, got {s.colour_scatter}")
         if s.stamp_size < 16 or s.model_size > s.stamp_size or s.model_size % 2 == 0:
@@ -221,7 +231,14 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     # noise-free (only where the sky's noise dominates anyway)
     noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain + np.minimum(clean, 0.0)
     stamps = (np.asarray(backgrounds, float) + noisy).astype(np.float32)
-    shapes = SourceShapes(g["r50"], g["sersic_n"], g["ba"], g["theta"], np.zeros(m, bool))
+    r50, n_, ba, th = g["r50"], g["sersic_n"], g["ba"], g["theta"]
+    if s.shape_scatter > 0:  # the catalogue's shapes, measured with a pipeline's errors
+        e = {k: v * s.shape_scatter for k, v in CATALOGUE_SHAPE_ERRORS.items()}
+        r50 = r50 * np.exp(rng.normal(0, e["r50"], m))
+        ba = np.clip(ba + rng.normal(0, e["ba"], m), 0.05, 1.0)
+        th = (th + rng.normal(0, e["theta"], m)) % 180.0
+        n_ = np.clip(n_ + rng.normal(0, e["sersic_n"], m), 0.3, 8.0)
+    shapes = SourceShapes(r50, n_, ba, th, np.zeros(m, bool))
     models = model_images(shapes, psf, dx, dy, s)
     return {"stamps": stamps, "models": models.astype(np.float32), "flux_true": flux,
             "mag": g["mag"], "r50": g["r50"], "sersic_n": g["sersic_n"], "ba": g["ba"],
@@ -388,7 +405,8 @@ def background_cutouts(image: Any, cat_xy: tuple[np.ndarray, np.ndarray] | None,
 def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSettings, *,
                            galaxies: dict[str, np.ndarray], seed: int = 0,
                            mag: np.ndarray | None = None, quiet: bool = True,
-                           neighbour_channel: bool = True) -> dict[str, np.ndarray]:
+                           neighbour_channel: bool = True,
+                           zero_points: Any = None) -> dict[str, np.ndarray]:
     """Teahupoo-like stamps from ``exposures`` (iterable of ``(image, cat_xy)`` or
     ``(image, cat_xy, catalog)``): background cutouts at empty positions plus simulated
     galaxies.  With the exposure's ``catalog`` rows (``x, y``, shapes, optional ``mag``) the
@@ -399,6 +417,12 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
     Returns the arrays of :func:`add_galaxies` concatenated over exposures, plus ``x, y``
     (CCD position of the cutout centre), ``nx, ny`` (image size), ``band``, ``epoch``,
     ``exposure`` (index), ``gain``, ``exptime``.
+
+    ``zero_points`` (one per exposure: ``mag = zp - 2.5 log10(flux in image units)``, the
+    user's own, :mod:`skysub.photometry.zeropoint`): a galaxy of catalogue magnitude ``m`` gets
+    the flux ``10^(-0.4 (m + colour - zp))`` instead of ``settings.zero_point``'s (no
+    ``flux_range`` clipping), and the output gains ``cat_flux``, its colour-free catalogue flux
+    in image units.
     """
     from ..progress import progress
     from ..stamps import cutouts
@@ -417,10 +441,19 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
             continue
         meta = image.meta
         exptime = meta.exptime or 1.0
-        d = add_galaxies(bg["stamps"], galaxies, exptime=exptime, gain=meta.gain,
-                         settings=settings, rng=rng, psf=psf,
-                         mag=None if mag is None else np.resize(mag, m),
+        shift, pool, sset = 0.0, galaxies, settings
+        if zero_points is not None:  # the band system of this exposure: its own zero point
+            shift = (settings.zero_point - float(zero_points[j])
+                     + 2.5 * np.log10(exptime / meta.gain))
+            pool = {**galaxies, "mag": np.asarray(galaxies["mag"], float) + shift}
+            sset = replace(settings, flux_range=(0.0, 1e30))
+        d = add_galaxies(bg["stamps"], pool, exptime=exptime, gain=meta.gain,
+                         settings=sset, rng=rng, psf=psf,
+                         mag=None if mag is None else np.resize(mag, m) + shift,
                          neighbour_channel=neighbour_channel)
+        if zero_points is not None:
+            d["mag"] = d["mag"] - shift
+            d["cat_flux"] = 10 ** (-0.4 * (d["mag"] - float(zero_points[j])))
         ny, nx = image.shape
         if neighbour_channel and catalog is not None and len(catalog):
             names = catalog.colnames if hasattr(catalog, "colnames") else list(catalog)

@@ -119,7 +119,17 @@ def training_tensors(sim: dict, keys: list[str], *, chunk: int = 2048,
                 out[k] = torch.empty((n, *t[k].shape[1:]), dtype=t[k].dtype)
             out[k][sl] = t[k]
         unit[sl], ok[sl] = t["unit"], t["ok"]
-    out["y"] = torch.from_numpy((sim["flux_true"] / unit).astype(np.float32))
+    if "cat_flux" in sim:  # the noise-relative magnitude (magnitudes.py)
+        from .magnitudes import noise_mag
+
+        nm = noise_mag(sim["cat_flux"], unit)
+        out["mag"] = torch.from_numpy(np.nan_to_num(nm, nan=0.0).astype(np.float32))
+        out["has_mag"] = out["has_mag"] * torch.from_numpy(np.isfinite(nm).astype(np.float32))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = sim["flux_true"] / unit
+    ok &= np.isfinite(y) & np.isfinite(unit) & (unit > 0)
+    out["y"] = torch.from_numpy(np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+                                .astype(np.float32))
     out["unit"] = unit
     out["ok"] = ok
     return out
@@ -155,12 +165,21 @@ def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.n
 
 
 def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str], *,
-                simulated: bool, seed: int, quiet: bool, say, **read_kwargs: Any) -> dict:
+                simulated: bool, seed: int, quiet: bool, say, zeropoint: float | None = None,
+                zeropoint_keys: tuple[str, ...] | None = None, max_masked: float = 0.5,
+                use_zeropoints: bool = True, **read_kwargs: Any) -> dict:
     """Teahupoo-like stamps and their network tensors (training, and ``--calibrate-only``):
     from ``ls.n_exposures`` exposures of the built-in simulator (``simulated``) or from the
     user's ``images`` + ``catalog``; ``net_keys`` (band x epoch) is extended.  Returns a dict with
     ``sim`` (per-stamp truths; the pixel arrays freed), ``tensors``, ``free`` (prior-free
-    stamps, shown without their magnitude), ``ims``, ``cats``, ``nbcats`` and ``summary``."""
+    stamps, shown without their magnitude), ``ims``, ``cats``, ``nbcats`` and ``summary``.
+
+    User exposures: each one's zero point (``zeropoint``, a header keyword of
+    ``zeropoint_keys`` or a fit; :mod:`.magnitudes`) sets the injected fluxes, and the network
+    reads the noise-relative magnitude.  Their stamps with more than ``max_masked`` of their
+    pixels invalid (NaN, masked, off the frame), or without a usable noise level, are rejected and
+    counted in the summary (``n_rejected_masked``).  ``use_zeropoints`` False: the old
+    convention (``settings.zero_point``; recalibrating models that read catalogue magnitudes)."""
     import torch
 
     from ...io import catalog_for_image, read_catalog
@@ -183,6 +202,7 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
             c["x"], c["y"] = cx, cy
             cats.append(c)
         pairs_xy = [(np.asarray(c["x"]), np.asarray(c["y"])) for c in cats]
+        zps = None
         data_summary = {"source": "built-in simulator", "config": cfg.name,
                         "n_exposures": int(ls.n_exposures), "seed": int(seed)}
     else:
@@ -200,8 +220,14 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         cats = [catalog_for_image(cat_all, im) for im in ims]
         pairs_xy = [(np.asarray(c["x"], float), np.asarray(c["y"], float)) for c in cats]
         pool = galaxy_pool(cat_all, rng)
+        from .magnitudes import exposure_zeropoint
+
+        zps = [exposure_zeropoint(im, c, given=zeropoint, header_keys=zeropoint_keys, say=say)
+               for im, c in zip(ims, cats, strict=True)] if use_zeropoints else []
         data_summary = {"source": "user exposures", "n_exposures": len(paths),
-                        "images": [p.name for p in paths[:50]]}
+                        "images": [p.name for p in paths[:50]],
+                        "zero_points": [{"image": im.name, **_plain(zp.as_dict())}
+                                        for im, zp in zip(ims[:50], zps, strict=False)]}
     # the neighbour channel shows what a user's catalogue holds: its catalogued sources
     nbcats = [c[np.asarray(c["catalogued"], bool)] if "catalogued" in c.colnames else c
               for c in cats]
@@ -209,7 +235,13 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         list(zip(ims, pairs_xy, strict=True))
     sim = simulate_galaxy_stamps(items, ls.stamps_per_image, gs,
                                  galaxies=pool, seed=seed + 1, quiet=quiet,
-                                 neighbour_channel=ls.neighbours)
+                                 neighbour_channel=ls.neighbours,
+                                 zero_points=[z.value for z in zps] if zps else None)
+    # stamps mostly masked (NaN chips, frame edges) teach nothing: rejected, and counted
+    frac_bad = np.mean(~np.isfinite(sim["stamps"]), axis=(1, 2))
+    # (user exposures only: the built-in simulator's stamps, and so the shipped models'
+    # training, are as before)
+    too_masked = (frac_bad > max_masked) & (not simulated)
     # one network, two modes (LumosPhotometer use_mag): stamps whose flux was drawn from the
     # locally flat density are shown without their magnitude (it says nothing about them)
     free = np.asarray(sim["prior_free"], bool)
@@ -218,5 +250,32 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
     for k in ("stamps", "models", "neighbours"):  # the tensors hold them now (GBs)
         sim.pop(k, None)
     t["has_mag"][torch.from_numpy(free)] = 0.0
+    n_bad_unit = int((~t["ok"] & ~too_masked).sum())
+    t["ok"] = t["ok"] & ~too_masked
+    data_summary["n_stamps"] = int(len(free))
+    data_summary["n_rejected_masked"] = int(too_masked.sum())
+    data_summary["n_rejected_unusable"] = n_bad_unit
+    if too_masked.any() or n_bad_unit:
+        say(f"rejected {int(too_masked.sum())} stamps with more than {max_masked:.0%} of their "
+            f"pixels masked or NaN and {n_bad_unit} without a usable noise level, of "
+            f"{len(free)}")
+    if not t["ok"].any():
+        raise InputError("no usable training stamps: every cutout is masked, NaN or flat "
+                         "(check the exposures' data and masks)")
     return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
             "nbcats": nbcats, "summary": data_summary}
+
+
+def _plain(d: dict) -> dict:
+    """Python floats (4 decimals), ints and strings only: model cards hold plain JSON."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = round(float(v), 4)
+        else:
+            out[k] = str(v)
+    return out

@@ -19,6 +19,7 @@ from ...stamps import cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
 from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding
 from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
+from .magnitudes import NOISE_MAG, exposure_zeropoint, noise_mag
 from .mixtures import ESTIMATORS, SUMMARY_KEYS, mixture_summary, predict_mixtures
 from .settings import DEFAULT_MODEL, _key_index
 
@@ -46,12 +47,19 @@ class LumosPhotometer:
     device : "auto" (GPU when present), "cpu", "cuda"
     threads : torch threads on CPU
     name : label in output tables
-    mag_offset : added to the catalogue's ``mag`` (the targets' prior and the neighbour
-        channel) to put it in the band system the model assumes -- a galaxy of magnitude ``m``
-        gives ``exptime 10^(-0.4 (m - zero_point)) / gain`` image units, ``zero_point`` in the
-        card's ``inputs.simulation`` (23 for ``lumos-paus``).  Exposures of ``skysub simulate
-        ccd`` have zero point 25: use -2 there
-        (:func:`skysub.simulate.galaxies.band_system_catalog`).
+    zeropoint : models trained on the user's exposures (card ``inputs.mag_input = "noise"``,
+        :mod:`.magnitudes`) turn the catalogue's ``mag`` into a flux with each exposure's zero
+        point: this value, else a header keyword (``zeropoint_keys``; default MAGZPT, MAGZERO,
+        PHOTZP, ...), else a fit of the catalogue magnitudes to aperture fluxes of bright
+        isolated sources.  Each exposure's zero point is kept in :attr:`zeropoints` (image name
+        -> :class:`skysub.photometry.zeropoint.ZeroPoint`).
+    zeropoint_keys : header keywords tried for the zero point
+    mag_offset : models trained on the built-in simulator only (``lumos-paus``): added to the
+        catalogue's ``mag`` (the targets' prior and the neighbour channel) to put it in the
+        band system the model assumes -- a galaxy of magnitude ``m`` gives ``exptime
+        10^(-0.4 (m - zero_point)) / gain`` image units, ``zero_point`` in the card's
+        ``inputs.simulation`` (23 for ``lumos-paus``).  Exposures of ``skysub simulate ccd``
+        have zero point 25: use -2 there (:func:`skysub.simulate.galaxies.band_system_catalog`).
 
     Notes
     -----
@@ -68,7 +76,8 @@ class LumosPhotometer:
     def __init__(self, model: Any = DEFAULT_MODEL, *, psf=None, estimator: str | None = None,
                  use_mag: bool = True, batch_size: int = 512, device: str = "auto",
                  threads: int | None = None, name: str = "lumos",
-                 mag_offset: float = 0.0) -> None:
+                 mag_offset: float = 0.0, zeropoint: float | None = None,
+                 zeropoint_keys: tuple[str, ...] | None = None) -> None:
         import torch
 
         from ...nn.device import configure_threads, resolve_device
@@ -101,6 +110,19 @@ class LumosPhotometer:
         if not np.isfinite(self.mag_offset):
             raise InputError(f"mag_offset must be a finite number of magnitudes, got "
                              f"{mag_offset!r}")
+        #: the network reads the noise-relative magnitude (needs each exposure's zero point)
+        self.noise_mags = inputs.get("mag_input") == NOISE_MAG
+        if self.noise_mags and self.mag_offset:
+            raise InputError("mag_offset (--mag-offset) applies to models trained on the "
+                             "built-in simulator; this model takes each exposure's zero point "
+                             "(--zeropoint, a header keyword, or fitted)")
+        self.zeropoint = zeropoint
+        self.zeropoint_keys = zeropoint_keys
+        self.zeropoints: dict[str, Any] = {}
+        q = card.get("quality")
+        if isinstance(q, dict) and q.get("ok") is False:
+            log.warning("Lumos model %s failed its own validation when trained: %s",
+                        card.get("path", "?"), "; ".join(q.get("reasons", [])))
         if not self.use_mag and not self.settings.prior_free_fraction:
             raise InputError("use_mag=False (--no-mag) needs a Lumos model trained with "
                              "prior_free_fraction > 0; this one always saw the reference "
@@ -199,6 +221,12 @@ class LumosPhotometer:
             mag = None
         elif mag is None and catalog is not None and "mag" in _colnames(catalog):
             mag = np.asarray(catalog["mag"], float)
+        cat_flux = None
+        if self.noise_mags and mag is not None:  # the catalogue's flux in image units
+            zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
+                                    header_keys=self.zeropoint_keys)
+            self.zeropoints[img.name] = zp
+            cat_flux = zp.flux(mag)
         k = self.net.arch.n_components
         A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
         flags = F.zeros(n)
@@ -214,6 +242,10 @@ class LumosPhotometer:
             t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
                             np.asarray(mag, float)[ii], nmap=nmap,
                             models=None if models is None else models[ii])
+            if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
+                nm = noise_mag(cat_flux[ii], t["unit"])
+                t["mag"] = self._torch.from_numpy(np.nan_to_num(nm, nan=0.0).astype(np.float32))
+                t["has_mag"] = self._torch.from_numpy(np.isfinite(nm).astype(np.float32))
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
@@ -247,3 +279,17 @@ class LumosPhotometer:
         extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
         return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
+
+
+def _zp_table(catalog, x: np.ndarray, y: np.ndarray, mag: np.ndarray):
+    """The catalogue rows of one exposure as the zero-point fit reads them (x, y, mag; r50
+    and ``catalogued`` when present)."""
+    from astropy.table import Table
+
+    t = Table({"x": np.asarray(x, float), "y": np.asarray(y, float),
+               "mag": np.asarray(mag, float)})
+    if catalog is not None:
+        for c in ("r50", "catalogued"):
+            if c in _colnames(catalog):
+                t[c] = np.asarray(catalog[c])
+    return t

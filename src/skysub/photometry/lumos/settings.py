@@ -104,6 +104,8 @@ def _key_index(keys: list[str], band: Any, epoch: Any) -> int:
     k = key_name(band, epoch)
     if k in keys:
         return keys.index(k)
+    if key_name(str(band), str(epoch)) in keys:  # training stamps keep str(None)
+        return keys.index(key_name(str(band), str(epoch)))
     same_band = [i for i, kk in enumerate(keys) if kk.split("/")[0] == str(band)]
     if same_band:
         log.warning("band x epoch %s unknown to the Lumos model; using %s", k, keys[same_band[0]])

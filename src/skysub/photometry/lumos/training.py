@@ -17,8 +17,12 @@ from ...errors import InputError
 from .calibration import _predict, _prior_knee, crowding, fit_snr_calibration, fit_width_factor
 from .data import _stamp_data, _subset, torch_where_mag
 from .evaluation import evaluate_mixtures
+from .magnitudes import NOISE_MAG, NOISE_MAG_DOC
 from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures
 from .settings import LumosSettings
+
+#: training stamps drawn from the user's exposures at least (when --stamps-per-image is not set)
+MIN_STAMPS = 8000
 
 
 def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
@@ -58,7 +62,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                 preset: str | None = None, pairs: Any = None, seed: int = 0,
                 device: str = "auto", threads: int | None = None, resume: bool = False,
                 overwrite: bool = False, quiet: bool = False, command: str | None = None,
-                description: str = "", **read_kwargs: Any) -> dict:
+                description: str = "", zeropoint: float | None = None,
+                zeropoint_keys: tuple[str, ...] | None = None, **read_kwargs: Any) -> dict:
     """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
 
     Parameters
@@ -72,6 +77,12 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     pairs : None, "auto" (pairs of the same catalogued object in two exposures of the same
         band among the training exposures) or a table / path with ``id, image_1, image_2``:
         fine-tune the last layer on them (eq. 11-12) after the supervised training
+    zeropoint, zeropoint_keys : user exposures: every exposure's zero point is ``zeropoint``,
+        else the first header keyword of ``zeropoint_keys`` (default MAGZPT, MAGZERO, PHOTZP,
+        ...), else a fit of the catalogue magnitudes (:mod:`.magnitudes`); recorded in the card
+
+    The card's ``quality`` says whether the model passed its own validation
+    (:func:`model_quality`); the model is written either way.
     """
     import torch
 
@@ -83,7 +94,6 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     from ...nn.modelfile import save_model
     from ...nn.trainer import TrainConfig, Trainer
     from ...simulate.galaxies import GalaxySimSettings, psf_for
-    from ...simulate.trainingdata import split_by_exposure
 
     t0 = time.perf_counter()
     cfg = config or load_config()
@@ -95,6 +105,13 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         inputs.append(catalog)
     check_output(output, overwrite=overwrite or resume, inputs=inputs)
     section = dict(getattr(cfg, "lumos", {}) or {})
+    if (stamps_per_image is None and "stamps_per_image" not in section and not simulated
+            and images):  # few exposures: more stamps from each (>= ~8000 in all)
+        from ...io import expand_paths
+
+        n_img = max(len(expand_paths(images)), 1)
+        stamps_per_image = int(min(4000, max(LumosSettings.stamps_per_image,
+                                              np.ceil(MIN_STAMPS / n_img))))
     ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
                                    preset=preset, stamps_per_image=stamps_per_image,
                                    n_exposures=n_exposures)
@@ -103,14 +120,20 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     keys: list[str] = []
     data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
-                       quiet=quiet, say=say, **read_kwargs)
+                       quiet=quiet, say=say, zeropoint=zeropoint, zeropoint_keys=zeropoint_keys,
+                       **read_kwargs)
     sim, t, free = data["sim"], data["tensors"], data["free"]
+    noise_mags = "cat_flux" in sim
     ims, cats, nbcats, data_summary = data["ims"], data["cats"], data["nbcats"], data["summary"]
     ok = t["ok"]
-    is_val = split_by_exposure(sim["exposure"], ls.val_fraction, seed)
+    is_val, val_note = split_stamps(sim, ls.val_fraction, seed)
+    if val_note:
+        say(f"note: {val_note}")
     tr, va = ok & ~is_val, ok & is_val
-    if va.sum() == 0:
-        va = tr
+    if tr.sum() < 2 * ls.batch_size // 4 or va.sum() < 20:
+        raise InputError(f"only {int(tr.sum())} training and {int(va.sum())} validation stamps "
+                         "could be drawn (frames too small, crowded or masked?): give more or "
+                         "larger exposures, or raise --stamps-per-image")
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
     arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
                                  neighbours=ls.neighbours, compress_feats=True,
@@ -184,6 +207,14 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         metrics["no_mag"] = no_mag
     say("validation width calibration (sigma_scale): "
         + ", ".join(f"{k} {v:.3f}" for k, v in sigma_scale.items()))
+    bright = np.asarray(vt["feats"][:, 0], float) > 20.0  # reference SNR
+    if bright.sum() >= 20:
+        mb = evaluate_mixtures(model, {**_subset(vt, bright), "unit": vt["unit"][bright]},
+                               ftrue[bright], vmag[bright],
+                               sigma_scale=snr_cal.get("mag", sigma_scale["mag"]))
+        metrics["bright"] = {"n": int(mb["n"]), "bias_mode": mb.get("bias_mode_all"),
+                             "bias_mean": mb.get("bias_mean_all"),
+                             "sigma68_mode": mb.get("sigma68_mode_all")}
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
@@ -197,7 +228,9 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                                     "unit-total PSF-convolved Sersic / its peak; flux unit: "
                                     "pixel sigma x 10",
                    "coords": "x / (nx - 1) * 2 - 1, y / (ny - 1) * 2 - 1",
-                   "mag": "(mag - 21) / 2; learned default when absent"},
+                   "mag": "(mag - 21) / 2; learned default when absent"}
+                  | ({"mag_input": NOISE_MAG, "mag_input_doc": NOISE_MAG_DOC} if noise_mags
+                     else {}),
         "training": {"settings": {f.name: getattr(ls, f.name) for f in fields(ls)},
                      "seed": seed, "flops_per_stamp": flops_per_stamp(model),
                      "history": [{k: round(v, 6) if isinstance(v, float) else v
@@ -205,12 +238,64 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                      "finetune": finetune},
         "data": {**data_summary, "n_train": int(tr.sum()), "n_val": int(va.sum())},
         "metrics": metrics,
+        "quality": model_quality(metrics, note=val_note),
         "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
         "skysub_version": __version__,
     }
     save_model(output, model, card, overwrite=True)
     del torch
     return card
+
+
+def split_stamps(sim: dict, val_fraction: float, seed: int, min_exposures: int = 4
+                 ) -> tuple[np.ndarray, str]:
+    """Boolean "is validation" per stamp and a note: whole exposures validate
+    (:func:`skysub.simulate.trainingdata.split_by_exposure`) when there are ``min_exposures``
+    or more; with fewer, the top ``val_fraction`` of each exposure's rows does (its stamps
+    still see other parts of the same frame: a weaker test, said in the note and the card)."""
+    from ...simulate.trainingdata import split_by_exposure
+
+    exp = np.asarray(sim["exposure"])
+    ids = np.unique(exp)
+    if len(ids) >= min_exposures:
+        return split_by_exposure(exp, val_fraction, seed), ""
+    is_val = np.zeros(len(exp), bool)
+    y = np.asarray(sim["y"], float)
+    for j in ids:
+        sel = exp == j
+        is_val[sel] = y[sel] > np.quantile(y[sel], 1.0 - val_fraction)
+    return is_val, (f"{len(ids)} exposure(s): validated on the top {val_fraction:.0%} of each "
+                    f"exposure's rows (give {min_exposures} or more exposures to validate on "
+                    "whole exposures)")
+
+
+#: a model's own validation fails it when: |bright bias| above, sigma68 zero or not finite,
+#: or the PIT KS p-value below
+QUALITY_LIMITS = {"bias": 0.05, "pit_ks_p": 1e-3}
+
+
+def model_quality(metrics: dict, note: str = "") -> dict:
+    """``{"ok", "reasons", "note"}``: whether the with-magnitude mode passed its validation
+    (the bias of bright stamps -- reference SNR > 20 -- within 5 %, a nonzero finite sigma68,
+    PIT KS p >= 1e-3)."""
+    reasons = []
+    b = (metrics.get("bright") or {}).get("bias_mode")
+    if b is None:
+        b = metrics.get("bias_mode_all")
+    if b is None or not np.isfinite(b) or abs(b) > QUALITY_LIMITS["bias"]:
+        reasons.append(f"bright-source bias {b if b is None else round(float(b), 4)} "
+                       f"(|bias| must be <= {QUALITY_LIMITS['bias']:g})")
+    s68 = metrics.get("sigma68_mode_all")
+    if s68 is None or not np.isfinite(s68) or s68 <= 0:
+        reasons.append(f"sigma68 {s68} (a model whose every flux is the same is useless)")
+    # the with-magnitude posterior only: the data-only likelihood's PIT against truths drawn
+    # from the catalogue's prior is not expected to be uniform (see _calibrate_modes)
+    p = metrics.get("pit_ks_pvalue")
+    if p is None or not np.isfinite(p) or p < QUALITY_LIMITS["pit_ks_p"]:
+        reasons.append(f"PIT KS p {p} with the magnitude (the PDFs are miscalibrated; must be "
+                       f">= {QUALITY_LIMITS['pit_ks_p']:g})")
+    return {"ok": not reasons, "reasons": reasons, "limits": dict(QUALITY_LIMITS),
+            "note": note}
 
 
 def _calibrate_modes(model, t: dict, vt: dict, free_sel: np.ndarray, ftrue: np.ndarray,
@@ -259,7 +344,7 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
                       simulated: bool = False, n_exposures: int | None = None,
                       stamps_per_image: int | None = None, seed: int = 1,
                       quiet: bool = False, command: str | None = None,
-                      **read_kwargs: Any) -> dict:
+                      zeropoint: float | None = None, **read_kwargs: Any) -> dict:
     """Re-measure a trained model's width calibration (``sigma_scale`` of both modes) on a
     fresh calibration set and rewrite its card; the weights are unchanged
     (``skysub train lumos --calibrate-only``).
@@ -270,6 +355,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     is a calibration stamp: the catalogue-like ones calibrate the posterior mode, the
     prior-free ones the data-only likelihood (after the prior division, as users get it).
     The card records the data, the command and the calibrated metrics under ``calibration``.
+    Models trained on user exposures take each calibration exposure's zero point as training
+    does (``zeropoint``, a header keyword, or a fit).
     """
     from ...config import load_config
     from ...nn.modelfile import load_model, save_model
@@ -291,7 +378,9 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     keys = list(inputs.get("keys", []))
     n_keys = len(keys)
     data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
-                       quiet=quiet, say=say, **read_kwargs)
+                       quiet=quiet, say=say,
+                       use_zeropoints=inputs.get("mag_input") == NOISE_MAG,
+                       zeropoint=zeropoint, **read_kwargs)
     if len(keys) > n_keys:
         raise InputError(f"calibration exposures come from band x epoch combinations the model "
                          f"was not trained on: {keys[n_keys:]}")

@@ -1,0 +1,172 @@
+"""`skysub train lumos` on the user's own frames: zero points, NaN chips, mixed units, tiny
+frames, a single exposure -- each trains or gives a one-line error, never a traceback; the
+model's own validation gates the exit status; `--no-mag` works with a default-trained model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from skysub.cli import main
+
+#: the simulator's zero point in image units: 25 (per second) + 2.5 log10(EXPTIME 100 / GAIN 1)
+ZP = 30.0
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    out = tmp_path_factory.mktemp("userframes")
+    assert main(["simulate", "ccd", "--output", str(out / "sim"), "--n-exposures", "4",
+                 "--size", "256", "192", "--seed", "5", "--quiet", "--config", "paus"]) == 0
+    paths = sorted((out / "sim" / "images").glob("*.fits"))
+    for p in paths:
+        with fits.open(p, mode="update") as h:
+            h[0].header["MAGZPT"] = ZP
+    cfg = out / "tiny.toml"
+    cfg.write_text('base = "generic"\n[lumos]\nstamps_per_image = 60\nepochs = 2\n'
+                   'batch_size = 32\n')
+    return out, paths, out / "sim" / "catalog.csv", cfg
+
+
+def _train(capsys, paths, catalog, cfg, output, *extra):
+    rc = main(["train", "lumos", *map(str, paths), "--catalog", str(catalog), "--output",
+               str(output), "--config", str(cfg), "--seed", "1", "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if rc == 2:  # a clear one-line error
+        lines = [ln for ln in err.splitlines() if ln.startswith("skysub train: error:")]
+        assert len(lines) == 1, err
+    return rc, err
+
+
+def _variant(base, paths, name):
+    d = base / name
+    d.mkdir(exist_ok=True)
+    out = []
+    for p in paths:
+        q = d / p.name
+        shutil.copy(p, q)
+        out.append(q)
+    return out
+
+
+def test_nan_chip_frames_train_and_count_the_rejected_stamps(frames, capsys, tmp_path):
+    base, paths, catalog, cfg = frames
+    fp = _variant(tmp_path, paths, "nan")
+    for q in fp:  # a blank chip stored as NaN: the left third of every frame
+        with fits.open(q, mode="update") as h:
+            h[0].data[:, :90] = np.nan
+    rc, err = _train(capsys, fp, catalog, cfg, tmp_path / "m.pt", "--allow-poor")
+    assert rc == 0, err
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["data"]["n_rejected_masked"] > 0
+    assert card["data"]["n_rejected_masked"] < card["data"]["n_stamps"]
+    hist = card["training"]["history"]
+    assert all(np.isfinite(e["train_loss"]) and np.isfinite(e["val_loss"]) for e in hist)
+    # the zero points the training used: from the header keyword, recorded in the card
+    zps = card["data"]["zero_points"]
+    assert len(zps) == 4 and all(z["value"] == ZP and z["source"] == "header:MAGZPT"
+                                  for z in zps)
+    assert card["inputs"]["mag_input"] == "noise"
+    assert card["inputs"]["simulation"]["prior_free_fraction"] > 0
+
+
+def test_mixed_units_train_together(frames, capsys, tmp_path):
+    """One frame x 1000 (and its zero point 7.5 mag larger): same noise-relative magnitudes."""
+    base, paths, catalog, cfg = frames
+    fp = _variant(tmp_path, paths, "units")
+    with fits.open(fp[0], mode="update") as h:
+        h[0].data = h[0].data * 1000.0
+        h[0].header["MAGZPT"] = ZP + 2.5 * np.log10(1000.0)
+        h[0].header["GAIN"] = h[0].header["GAIN"] / 1000.0
+    rc, err = _train(capsys, fp, catalog, cfg, tmp_path / "m.pt", "--allow-poor")
+    assert rc == 0, err
+    card = json.loads((tmp_path / "m.json").read_text())
+    zps = {z["image"]: z["value"] for z in card["data"]["zero_points"]}
+    assert zps[fp[0].name] == pytest.approx(ZP + 7.5)
+    assert card["metrics"]["sigma68_mode_all"] > 0
+
+
+def test_tiny_frame_and_single_exposure(frames, capsys, tmp_path):
+    base, paths, catalog, cfg = frames
+    tiny = tmp_path / "tiny.fits"
+    with fits.open(paths[0]) as h:
+        hdr = h[0].header.copy()
+        fits.PrimaryHDU(h[0].data[:40, :40], header=hdr).writeto(tiny)
+    rc, err = _train(capsys, [tiny], catalog, cfg, tmp_path / "t.pt")
+    assert rc == 2 and "skysub train: error:" in err
+    # a single exposure trains (validated on a strip of it, as the card says)
+    rc, err = _train(capsys, paths[:1], catalog, cfg, tmp_path / "s.pt", "--allow-poor",
+                     "--stamps-per-image", "300")
+    assert rc == 0, err
+    card = json.loads((tmp_path / "s.json").read_text())
+    assert "validated on the top" in card["quality"]["note"]
+
+
+def test_zero_point_fit_failure_is_one_line(frames, capsys, tmp_path):
+    """No header keyword and too few bright sources to fit one: a one-line error naming the
+    frame and --zeropoint."""
+    base, paths, catalog, cfg = frames
+    fp = _variant(tmp_path, paths, "nozp")
+    for q in fp:
+        with fits.open(q, mode="update") as h:
+            del h[0].header["MAGZPT"]
+    rc, err = _train(capsys, fp, catalog, cfg, tmp_path / "m.pt")
+    assert rc == 2 and "--zeropoint" in err and fp[0].name in err
+
+
+def test_poor_model_gate_and_no_mag_with_a_default_model(frames, capsys, tmp_path):
+    base, paths, catalog, cfg = frames
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace("epochs = 2", "epochs = 1\nlr = 1e-9"))
+    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad.pt")
+    assert rc == 3 and "failed its own validation" in err
+    card = json.loads((tmp_path / "bad.json").read_text())
+    assert card["quality"]["ok"] is False and card["quality"]["reasons"]
+    assert (tmp_path / "bad.pt").exists()  # kept for inspection; the card says why
+    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad2.pt", "--allow-poor")
+    assert rc == 0 and "WARNING" in err
+    # data-only PDFs with a model trained by default; the zero point in the table's metadata
+    out = tmp_path / "p.ecsv"
+    rc = main(["photometry", *map(str, paths[:2]), "--catalog", str(catalog), "--photometer",
+               "lumos", "--model", str(tmp_path / "bad2.pt"), "--no-mag", "--output",
+               str(out), "--quiet"])
+    assert rc == 0
+    out2 = tmp_path / "p2.ecsv"
+    rc = main(["photometry", *map(str, paths[:2]), "--catalog", str(catalog), "--photometer",
+               "lumos", "--model", str(tmp_path / "bad2.pt"), "--zeropoint", "29.5",
+               "--output", str(out2), "--quiet"])
+    assert rc == 0
+    t = Table.read(out2)
+    zps = t.meta["zero_points"]
+    assert set(zps) == {p.name for p in paths[:2]}
+    assert all(z["value"] == 29.5 and z["source"] == "given" for z in zps.values())
+    assert np.isfinite(np.asarray(t["flux"], float)).mean() > 0.5
+    rc = main(["photometry", str(paths[0]), "--catalog", str(catalog), "--photometer", "lumos",
+               "--model", str(tmp_path / "bad2.pt"), "--mag-offset", "-2", "--output",
+               str(tmp_path / "p3.csv"), "--quiet"])
+    assert rc == 2 and "mag_offset" in capsys.readouterr().err
+
+
+def test_training_model_images_carry_catalogue_shape_errors():
+    """shape_scatter: the same stamps (same seed), model images drawn from perturbed shapes;
+    0 leaves the exact shapes (the shipped model's training is unchanged)."""
+    from skysub.simulate.galaxies import GalaxySimSettings, add_galaxies
+
+    rng = np.random.default_rng(0)
+    gal = {"mag": np.full(50, 20.0), "r50": rng.uniform(2, 5, 50), "sersic_n": np.ones(50),
+           "ba": np.full(50, 0.6), "theta": np.full(50, 30.0)}
+    bg = np.random.default_rng(1).normal(0, 1, (50, 60, 60))
+    out = {}
+    for sc in (0.0, 1.0):
+        s = GalaxySimSettings(shape_scatter=sc)
+        out[sc] = add_galaxies(bg, gal, exptime=1.0, gain=1.0, settings=s,
+                               rng=np.random.default_rng(7), neighbour_channel=False)
+    np.testing.assert_array_equal(out[0.0]["stamps"], out[1.0]["stamps"])
+    np.testing.assert_array_equal(out[0.0]["r50"], out[1.0]["r50"])  # the truth is exact
+    diff = np.abs(out[0.0]["models"] - out[1.0]["models"]).sum(axis=(1, 2))
+    assert (diff > 1e-3).mean() > 0.9
+    np.testing.assert_allclose(out[1.0]["models"].sum(axis=(1, 2)), 1.0, atol=0.05)  # edges
