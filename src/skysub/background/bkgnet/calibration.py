@@ -93,23 +93,28 @@ def label_noise(triplets: dict, cal: dict) -> dict:
     return out
 
 
-def label_noise_at(bkg: np.ndarray, eq3: np.ndarray, edge_distance: np.ndarray, cal: dict
-                   ) -> np.ndarray:
-    """Total noise of a pixel label at background ``bkg``: eq. 3 and the measured extra."""
-    j = np.clip(_bins(bkg, edge_distance, cal), 0, len(cal["k"]) - 1)
+def label_noise_at(bkg: np.ndarray, eq3: np.ndarray, edge_distance: np.ndarray, cal: dict,
+                   *, level: np.ndarray | None = None) -> np.ndarray:
+    """Total noise of a pixel label at background ``bkg``: eq. 3 and the measured extra
+    (``level``: what the bins are defined on, see :func:`fit_error_calibration`)."""
+    j = np.clip(_bins(bkg if level is None else level, edge_distance, cal), 0,
+                len(cal["k"]) - 1)
     f = np.asarray(cal["extra_rel"], float)[j]
     return np.sqrt(np.asarray(eq3, float) ** 2 + (f * bkg) ** 2)
 
 
 def calibrated_errors(bkg: np.ndarray, sigma_net: np.ndarray, eq3: np.ndarray,
-                      edge_distance: np.ndarray, cal: dict) -> tuple[np.ndarray, np.ndarray]:
+                      edge_distance: np.ndarray, cal: dict, *,
+                      level: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The error of the prediction, ``sqrt((k_j sigma_net)^2 - eq3^2 - (f_j b)^2)`` (BKGnet
     eq. 5 with the label's extra noise ``f_j b`` measured from the data), floored at
     ``0.3 k_j sigma_net``; and ``k_j sigma_net``.  ``j`` is the bin of the background level and
-    edge/centre (:func:`fit_error_calibration`)."""
-    j = np.clip(_bins(bkg, edge_distance, cal), 0, len(cal["k"]) - 1)
+    edge/centre (:func:`fit_error_calibration`); ``level`` (default ``bkg``) is the stamp's
+    median, on which the bins are defined."""
+    lev = bkg if level is None else level
+    j = np.clip(_bins(lev, edge_distance, cal), 0, len(cal["k"]) - 1)
     s = sigma_net * np.asarray(cal["k"], float)[j]
-    var = s**2 - label_noise_at(bkg, eq3, edge_distance, cal) ** 2
+    var = s**2 - label_noise_at(bkg, eq3, edge_distance, cal, level=lev) ** 2
     with np.errstate(invalid="ignore"):
         err = np.where(var > (0.3 * s) ** 2, np.sqrt(np.clip(var, 0, None)), 0.3 * s)
     return err, s
@@ -117,6 +122,7 @@ def calibrated_errors(bkg: np.ndarray, sigma_net: np.ndarray, eq3: np.ndarray,
 
 def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray,
                           edge_distance: np.ndarray, triplets: dict | None, *,
+                          level: np.ndarray | None = None,
                           edge_width: float = CAL_EDGE_WIDTH,
                           n_level_bins: int = N_LEVEL_BINS) -> dict:
     """Calibrate BKGnet's errors on held-out exposures, per background level and edge/centre.
@@ -128,6 +134,10 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
       positions of the user's own exposures (:func:`label_noise`), so that it can be removed
       from ``k_j sigma_net`` and ``bkg_err`` is the error of the smooth background alone.
 
+    The level bins are defined on ``level``, the median of each stamp's pixels outside the
+    hidden centre (default ``bkg``): binning on the label or the prediction would select on
+    their own noise and narrow the scatter within each bin.
+
     Returns the card's ``inputs["error_calibration"]``.
     """
     from ...stats import sigma68
@@ -135,10 +145,11 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
     bkg, sigma_net, label, edge_distance = (np.asarray(a, float) for a in
                                             (bkg, sigma_net, label, edge_distance))
     ok = np.isfinite(bkg) & np.isfinite(sigma_net) & (sigma_net > 0) & np.isfinite(label)
+    lev = bkg if level is None else np.asarray(level, float)
     q = np.linspace(0, 1, n_level_bins + 1)[1:-1]
-    edges = np.quantile(label[ok], q).tolist() if ok.sum() >= n_level_bins else []
+    edges = np.quantile(lev[ok], q).tolist() if ok.sum() >= n_level_bins else []
     cal = {"edge_width": float(edge_width), "level_edges": [float(e) for e in edges]}
-    j = _bins(label, edge_distance, cal)
+    j = _bins(lev, edge_distance, cal)
     z = (bkg - label) / sigma_net
     k_all = float(sigma68(z[ok])) if ok.any() else 1.0
     ks, ns = [], []

@@ -93,7 +93,8 @@ def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
     The second difference ``D = l_a - 2 l_b + l_c`` cancels any linear sky gradient and has
     variance ``6 sigma_L^2``, ``sigma_L`` being the TOTAL noise of one pixel label: pixel noise
     (eq. 3) plus what faint uncatalogued sources and structure add.  Returns ``d2`` (D),
-    ``level`` (middle label), ``eq3`` (eq. 3 of the middle label), ``edge_distance`` [px].
+    ``level`` (mean of the three labels), ``eq3`` (eq. 3 of the middle label),
+    ``edge_distance`` [px].
     """
     from scipy.spatial import cKDTree
 
@@ -121,7 +122,7 @@ def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
             for px, py in pts:
                 d, _ = tree.query(np.column_stack([px, py]), k=1)
                 ok &= d > s.empty_radius
-    idx = np.flatnonzero(ok)[:n]
+    idx = rng.permutation(np.flatnonzero(ok))[:n]  # draw_positions puts edge ones first
     labels = []
     for px, py in pts:
         vals, use = circle_values(image, px[idx], py[idx], s.label_radius)
@@ -132,7 +133,10 @@ def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
     d2 = la - 2 * lb + lc
     fin = np.isfinite(d2)
     eq3 = label_sigma(lb, np.maximum(nb, 1), image.meta.gain, image.meta.rdnoise)
-    return {"d2": d2[fin], "level": lb[fin], "eq3": np.asarray(eq3, float)[fin],
+    # level: the mean of the three labels, uncorrelated with D (binning on l_b alone would
+    # select on D's own noise)
+    level = (la + lb + lc) / 3.0
+    return {"d2": d2[fin], "level": level[fin], "eq3": np.asarray(eq3, float)[fin],
             "edge_distance": dist.min(1)[idx][fin]}
 
 

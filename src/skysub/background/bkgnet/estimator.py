@@ -224,6 +224,7 @@ class BKGnetBackground:
             mag = np.broadcast_to(np.asarray(mag, float), x.shape)
         bkg = np.full(n, np.nan)
         sig_net = np.full(n, np.nan)
+        level = np.full(n, np.nan)  # stamp median outside the hidden centre
         n_pix = np.zeros(n, np.int64)
         flags = F.zeros(n)
         if n == 0:
@@ -268,6 +269,7 @@ class BKGnetBackground:
             b, s, ok = b.numpy(), s.numpy(), ok.numpy()
             bkg[idx] = np.where(ok, b, np.nan)
             sig_net[idx] = np.where(ok, s, np.nan)
+            level[idx] = loc.numpy()
             n_pix[idx] = n_valid
             flags[idx[~ok]] |= F.NO_DATA
         cal = self.inputs.get("error_calibration")
@@ -280,7 +282,7 @@ class BKGnetBackground:
             from .calibration import calibrated_errors
 
             edge_d = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
-            err, sig_net = calibrated_errors(bkg, sig_net, lsig, edge_d, cal)
+            err, sig_net = calibrated_errors(bkg, sig_net, lsig, edge_d, cal, level=level)
         elif pixel_labels:
             sig_net = sig_net * self.sigma_scale
             err = predicted_sigma(sig_net, lsig)  # BKGnet eq. 5

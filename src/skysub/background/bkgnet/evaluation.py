@@ -44,10 +44,11 @@ def _fold_errors(b, sn, val: TrainingSet) -> np.ndarray:
             keep = ~np.isin(trip["exposure"], np.unique(val.exposure[test]))
             trip = {k: np.asarray(v)[keep] for k, v in trip.items()}
         cal = fit_error_calibration(b[fit], sn[fit], val.label[fit], val.edge_distance[fit],
-                                    trip)
+                                    trip, level=val.loc[fit])
         err, s = calibrated_errors(b[test], sn[test], val.label_sigma[test],
-                                   val.edge_distance[test], cal)
-        lab = label_noise_at(b[test], val.label_sigma[test], val.edge_distance[test], cal)
+                                   val.edge_distance[test], cal, level=val.loc[test])
+        lab = label_noise_at(b[test], val.label_sigma[test], val.edge_distance[test], cal,
+                             level=val.loc[test])
         total[test] = np.sqrt(err**2 + lab**2)
     return total
 

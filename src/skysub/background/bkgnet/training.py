@@ -220,7 +220,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     if labels == "pixels":  # honest errors: per level and edge/centre, label noise measured
         b_val, s_val = predict_set(model, val)
         err_cal = fit_error_calibration(b_val, s_val, val.label, val.edge_distance,
-                                        ts.triplets)
+                                        ts.triplets, level=val.loc)
     report = training_report(model, val, keys)
     say(format_report(report))
     overall = report["groups"].get("all", {})
