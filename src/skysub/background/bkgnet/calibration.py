@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import TrainingSet
+from .errormodel import _bins, calibrated_errors, label_noise_at
 
 
 def predict_set(model, ts: TrainingSet, *, batch_size: int = 1024) -> tuple[np.ndarray,
@@ -52,13 +53,6 @@ N_LEVEL_BINS = 3
 MIN_PER_BIN = 30
 
 
-def _bins(level: np.ndarray, edge_distance: np.ndarray, cal: dict) -> np.ndarray:
-    """Calibration bin of each row: ``edge * n_level + level_bin``."""
-    lb = np.searchsorted(np.asarray(cal["level_edges"], float), np.asarray(level, float))
-    edge = np.asarray(edge_distance, float) < float(cal["edge_width"])
-    return edge.astype(int) * (len(cal["level_edges"]) + 1) + lb
-
-
 def label_noise(triplets: dict, cal: dict) -> dict:
     """Total label noise ``sigma_L`` per calibration bin from label triplets
     (:func:`skysub.background.bkgnet.data.label_triplets`): ``sigma_L = sigma68(D) / sqrt(6)``,
@@ -91,33 +85,6 @@ def label_noise(triplets: dict, cal: dict) -> dict:
         out["label_rel"].append(float(v[1]))
         out["n"].append(int(sel.sum()))
     return out
-
-
-def label_noise_at(bkg: np.ndarray, eq3: np.ndarray, edge_distance: np.ndarray, cal: dict,
-                   *, level: np.ndarray | None = None) -> np.ndarray:
-    """Total noise of a pixel label at background ``bkg``: eq. 3 and the measured extra
-    (``level``: what the bins are defined on, see :func:`fit_error_calibration`)."""
-    j = np.clip(_bins(bkg if level is None else level, edge_distance, cal), 0,
-                len(cal["k"]) - 1)
-    f = np.asarray(cal["extra_rel"], float)[j]
-    return np.sqrt(np.asarray(eq3, float) ** 2 + (f * bkg) ** 2)
-
-
-def calibrated_errors(bkg: np.ndarray, sigma_net: np.ndarray, eq3: np.ndarray,
-                      edge_distance: np.ndarray, cal: dict, *,
-                      level: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The error of the prediction, ``sqrt((k_j sigma_net)^2 - eq3^2 - (f_j b)^2)`` (BKGnet
-    eq. 5 with the label's extra noise ``f_j b`` measured from the data), floored at
-    ``0.3 k_j sigma_net``; and ``k_j sigma_net``.  ``j`` is the bin of the background level and
-    edge/centre (:func:`fit_error_calibration`); ``level`` (default ``bkg``) is the stamp's
-    median, on which the bins are defined."""
-    lev = bkg if level is None else level
-    j = np.clip(_bins(lev, edge_distance, cal), 0, len(cal["k"]) - 1)
-    s = sigma_net * np.asarray(cal["k"], float)[j]
-    var = s**2 - label_noise_at(bkg, eq3, edge_distance, cal, level=lev) ** 2
-    with np.errstate(invalid="ignore"):
-        err = np.where(var > (0.3 * s) ** 2, np.sqrt(np.clip(var, 0, None)), 0.3 * s)
-    return err, s
 
 
 def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray,
@@ -164,3 +131,8 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
     else:
         cal.update(extra_rel=[0.0] * len(ks))
     return cal
+
+
+__all__ = ["CAL_EDGE_WIDTH", "MIN_PER_BIN", "N_LEVEL_BINS", "calibrated_errors",
+           "fit_error_calibration", "label_noise", "label_noise_at", "predict_set",
+           "sigma_scale"]

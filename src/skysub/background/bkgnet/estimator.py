@@ -279,7 +279,7 @@ class BKGnetBackground:
             lsig = label_sigma(bkg, n_label, img.meta.gain, img.meta.rdnoise)
         if cal is not None and pixel_labels:
             # per level and edge/centre; the label's extra noise measured from the user's data
-            from .calibration import calibrated_errors
+            from .errormodel import calibrated_errors
 
             edge_d = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
             err, sig_net = calibrated_errors(bkg, sig_net, lsig, edge_d, cal, level=level)
