@@ -17,6 +17,7 @@ from . import (
     bench_annulus,
     bench_batch,
     bench_bkgnet,
+    bench_bkgnet_transfer,
     bench_inject,
     bench_lumos,
     bench_mesh,
@@ -26,8 +27,8 @@ from . import (
 )
 
 #: the benchmarks ``make bench`` runs, in order
-BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet, bench_lumos,
-              bench_removal, bench_batch)
+BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet,
+              bench_bkgnet_transfer, bench_lumos, bench_removal, bench_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,10 @@ class BKGnetBackground:
     ``pixel_std`` is NaN (photometry then uses the eq. 10 Poisson + read-noise pixel variance).
     ``sigma_net`` is first multiplied by the card's ``sigma_scale``, the pull width the network
     had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
-    calibrated network sigma.
+    calibrated network sigma.  Models trained on pixel labels by this version carry an
+    ``error_calibration`` instead (:func:`skysub.background.bkgnet.calibration.
+    fit_error_calibration`): a factor per background level and edge/centre, and the label noise
+    beyond eq. 3 measured from the training exposures, both removed as in eq. 5.
 
     Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
     the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer
