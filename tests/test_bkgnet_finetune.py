@@ -198,3 +198,31 @@ def test_randomised_instruments_are_reproducible_and_differ():
     assert im.meta.band in HELDOUT.bands and bg.shape == (128, 160)
     assert np.all(bg > 0) and len(truth) > 0
     assert np.array_equal(im.mask, ~np.isfinite(im.data) | im.mask)
+
+
+def test_cli_unknown_key_warn_and_init_none(new_band_exposures, tmp_path, capsys):
+    from astropy.table import Table
+
+    from skysub.cli import main
+
+    paths, cat, _ = new_band_exposures
+    out = tmp_path / "b.csv"
+    base = ["background", paths[0], "--catalog", str(cat), "--method", "bkgnet", "--quiet",
+            "--device", "cpu", "--output", str(out)]
+    assert main(base) == 2
+    assert "--unknown-key warn" in capsys.readouterr().err
+    assert main([*base, "--unknown-key", "warn"]) == 0
+    t = Table.read(out, format="ascii.csv")
+    on = (np.asarray(t["flags"]) & 16) == 0  # OFF_IMAGE: catalogue rows beyond this exposure
+    assert on.sum() > 10 and np.isfinite(t["bkg"][on]).mean() > 0.9
+    assert main(["train", "bkgnet", *paths, "--catalog", str(cat), "--output",
+                 str(tmp_path / "s.pt"), "--init", "none", "--epochs", "1",
+                 "--stamps-per-image", "40", "--quiet", "--device", "cpu"]) == 0
+    card = modelfile_card(tmp_path / "s.pt")
+    assert card["init"] is None and card["inputs"]["keys"] == ["Xr/e0"]
+
+
+def modelfile_card(path):
+    from skysub.nn.modelfile import read_card
+
+    return read_card(path)
