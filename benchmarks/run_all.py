@@ -18,6 +18,7 @@ from . import (
     bench_batch,
     bench_bkgnet,
     bench_bkgnet_transfer,
+    bench_cli,
     bench_inject,
     bench_lumos,
     bench_mesh,
@@ -28,7 +29,7 @@ from . import (
 
 #: the benchmarks ``make bench`` runs, in order
 BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet,
-              bench_bkgnet_transfer, bench_lumos, bench_removal, bench_batch)
+              bench_bkgnet_transfer, bench_lumos, bench_removal, bench_batch, bench_cli)
 
 
 def main(argv: list[str] | None = None) -> int:

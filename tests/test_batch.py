@@ -267,6 +267,7 @@ def test_cli_help_has_examples(capsys):
     (None, ("local", None)),
     ("local", ("local", None)),
     ("threads", ("threads", None)),
+    ("dask", ("dask", None)),
     ("tcp://head:8786", ("address", "tcp://head:8786")),
     ("tls://10.0.0.1:8786", ("address", "tls://10.0.0.1:8786")),
     ("head-node:8786", ("address", "tcp://head-node:8786")),
@@ -366,3 +367,67 @@ def test_lumos_photometer_equals_serial(survey, tmp_path):
     configure_threads(1)  # the workers' torch threads (bit-for-bit float32 sums)
     serial = measure_photometry(images, cat, phot, quiet=True)
     assert_tables_equal(batch.read_results(tmp_path / "out"), serial)
+
+
+# -- the local pool (default): groups of exposures, workers started once ----------------------
+def test_groups_of_exposures():
+    assert [len(g) for g in batch._groups(list(range(8)), 2)] == [2, 2, 2, 2]
+    assert [len(g) for g in batch._groups(list(range(32)), 2)] == [8, 8, 8, 8]
+    assert [len(g) for g in batch._groups(list(range(5)), 2)] == [2, 2, 1]
+    assert [len(g) for g in batch._groups(list(range(200)), 1)] == [16] * 12 + [8]
+    assert sum(batch._groups(list(range(7)), 3), []) == list(range(7))  # order kept
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_pool_equals_serial_and_reports_time(survey, tmp_path, workers, caplog):
+    """The default executor: one worker in this process, or a pool of processes; same rows as
+    the serial path, a corrupt exposure inside a group fails alone, time accounted for."""
+    import logging
+
+    root, images, cat = survey
+    src = tmp_path / "images"
+    src.mkdir()
+    for p in images:
+        shutil.copy(p, src)
+    (src / "AA_corrupt.fits").write_bytes(b"SIMPLE  =  not a FITS file" * 10)
+    with caplog.at_level(logging.INFO, logger="skysub"):
+        res = batch.run([str(src / "*.fits")], cat, tmp_path / "out", workers=workers,
+                        quiet=True, config="paus")
+    assert (res.n_done, res.n_failed) == (N_EXP, 1)
+    # (spawn here: the test session has imported torch, which must not be forked)
+    assert res.executor == ("in-process" if workers == 1 else "processes (spawn)")
+    assert res.workers == workers and res.tasks == len(batch._groups([0] * (N_EXP + 1),
+                                                                     workers))
+    [bad] = res.failures
+    assert bad["exposure"] == "AA_corrupt" and "AA_corrupt.fits" in bad["message"]
+    serial = measure_background(images, cat, make_background("annulus",
+                                                             config=load_config("paus")),
+                                quiet=True)
+    assert_tables_equal(batch.read_results(tmp_path / "out"), serial)
+    done = [r for r in res.records if r["status"] == "done"]
+    assert all(r["read_seconds"] > 0 and r["compute_seconds"] > 0 and r["write_seconds"] > 0
+               and r["seconds"] >= r["compute_seconds"] for r in done)
+    t = res.timing()
+    assert t["compute"] == pytest.approx(sum(r["compute_seconds"] for r in done))
+    assert 0 < t["startup"] < t["total"] and 0 < t["exposures_wall"] <= t["total"]
+    summary = json.loads((tmp_path / "out" / batch.SUMMARY).read_text())
+    assert summary["timing"]["compute"] == pytest.approx(t["compute"])
+    report = res.timing_report()
+    assert "start-up" in report and "compute" in report and "shutdown" in report
+    # what `skysub --verbose batch` prints (the last line, time since start, moves on)
+    assert "\n".join(report.splitlines()[:4]) in caplog.text
+
+
+def test_explicit_memory_limit_runs_on_dask(survey, tmp_path, monkeypatch):
+    """The local pool cannot enforce a memory limit: an explicit one goes to Dask."""
+    seen = {}
+    real = batch._dask_client
+
+    def fake_client(scheduler, workers, memory_limit, quiet):
+        seen.update(scheduler=scheduler, memory_limit=memory_limit)
+        return real("threads", 1, None, True)
+
+    monkeypatch.setattr(batch, "_dask_client", fake_client)
+    res = _run(survey, tmp_path / "out", scheduler=None, workers=1, memory_limit="2GB")
+    assert res.ok and res.executor == "dask" and seen == {"scheduler": "dask",
+                                                          "memory_limit": "2GB"}

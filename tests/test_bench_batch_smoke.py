@@ -11,7 +11,13 @@ from benchmarks import bench_batch  # noqa: E402
 
 def test_bench_batch_tiny(capsys):
     res = bench_batch.main(["--quick", "--n-exposures", "3", "--nx", "256", "--ny", "128",
-                            "--no-networks"])
+                            "--no-networks", "--whole", "2", "--whole-size", "128"])
+    # the whole command, as a user runs it: one row per worker count, its own time report
+    assert [(r["exposures"], r["workers"]) for r in res.whole_rows] == [(2, 1), (2, 2)]
+    for row in res.whole_rows:
+        assert row["seconds"] > row["compute"] > 0 and row["startup"] > 0
+        assert row["read"] > 0 and row["write"] > 0 and 0 < row["cpu_share"]
+    assert res.whole_rows[0]["speedup"] == 1.0
     assert [r["workers"] for r in res.rows] == [1, 2]
     for row in res.rows:
         assert row["exposures"] == 3 and row["rows"] > 0
@@ -21,7 +27,7 @@ def test_bench_batch_tiny(capsys):
     assert res.checks_passed, [c.line() for c in res.checks]  # identical results
     assert len(res.goals) == 1 and "1.8x" in res.goals[0].name
     out = capsys.readouterr().out
-    assert "exposures/s" in out and "load average" in out
+    assert "exposures/s" in out and "load average" in out and "Whole command" in out
 
 
 def test_network_speed_rows(tmp_path):

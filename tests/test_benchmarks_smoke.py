@@ -60,19 +60,23 @@ def test_mesh_tiny(capsys):
 
 def test_annulus_tiny(capsys):
     res = bench_annulus.main(TINY_ANNULUS)
-    assert len(res.rows) == 4  # photutils + skysub, circular + elliptical
+    # photutils, skysub (numba), skysub (numpy fallback), SEP; circular + elliptical
+    assert len(res.rows) == 8
     assert any("elliptical" in r["method"] for r in res.rows)
     for row in res.rows:
         assert _numeric(row, "time_s") > 0
         assert _numeric(row, "speedup") > 0
-        assert _numeric(row, "max_rel_median") >= 0
-        assert _numeric(row, "max_rel_std") >= 0
-    for row in res.rows[1::2]:  # skysub rows: same numbers as photutils
-        assert row["method"].startswith("skysub")
-        assert row["max_rel_median"] <= 1e-6 and row["max_rel_std"] <= 1e-6
+        assert _numeric(row, "vs_sep") > 0
+    skysub_rows = [r for r in res.rows if r["method"].startswith("skysub")]
+    assert len(skysub_rows) == 4
+    for row in skysub_rows:  # same numbers as photutils
+        assert row["max_rel_median"] <= 1e-12 and row["max_rel_std"] <= 1e-12
+    sep_rows = [r for r in res.rows if r["method"].startswith("SEP")]
+    assert len(sep_rows) == 2 and all(r["vs_sep"] == 1.0 for r in sep_rows)
     assert len(res.checks) == 2 and res.checks_passed, [c.line() for c in res.checks]
     names = [g.name for g in res.goals]
-    assert any("10x faster" in n for n in names) and any("1e-06" in n for n in names)
+    assert any("10x faster" in n for n in names) and any("1e-12" in n for n in names)
+    assert any("SEP" in n for n in names)
     assert "speed-up" in capsys.readouterr().out
 
 
@@ -112,7 +116,7 @@ def test_run_all_quick_args(monkeypatch, capsys):
     assert seen[:3] == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
                         ("timeseries", True, 2, 5, None)]
     assert [s[0] for s in seen] == ["mesh", "annulus", "timeseries", "inject", "bkgnet",
-                                     "bkgnet_transfer", "lumos", "removal", "batch"]
+                                     "bkgnet_transfer", "lumos", "removal", "batch", "cli"]
     assert all(s[1:4] == (True, 2, 5) for s in seen)
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and "timeseries table" in out

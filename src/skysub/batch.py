@@ -1,9 +1,13 @@
-"""Survey-scale batch processing: many exposures on a Dask cluster, resumable.
+"""Survey-scale batch processing: many exposures in parallel, locally or on Dask, resumable.
 
 :func:`run` measures the background (or the photometry) of every catalogued source on every
-exposure, one Dask task per exposure, on a local cluster (one single-threaded worker process
-per core by default) or on any running Dask scheduler, so the same call scales from a laptop to
-a cluster.  The per-source columns are exactly those of ``skysub background`` /
+exposure.  Locally (the default) it starts its single-threaded worker processes once -- one per
+core; with one worker, the calling process itself -- and gives each two tasks, a task being a
+group of exposures whose next FITS read is prefetched in a thread while the current one is
+measured (short exposures would otherwise pay start-up and per-task costs that dwarf their
+compute).  On any running Dask scheduler (or a local Dask cluster, ``scheduler="dask"``) it runs
+one Dask task per exposure, so the same call scales from a laptop to a cluster.  The per-source
+columns are exactly those of ``skysub background`` /
 ``skysub photometry`` (each task calls :func:`skysub.workflows.measure_background` or
 :func:`~skysub.workflows.measure_photometry` on its exposure), and estimators and photometers are
 built by :func:`skysub.workflows.make_background` / :func:`~skysub.workflows.make_photometer`,
@@ -39,11 +43,8 @@ import inspect
 import json
 import logging
 import os
-import platform
-import resource
 import shutil
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -55,6 +56,19 @@ from typing import Any
 import numpy as np
 from astropy.table import Table, vstack
 
+from . import batch_worker
+from .batch_worker import (  # noqa: F401  (re-exported: the worker side of skysub.batch)
+    FORMATS,
+    _cached_catalog,
+    _cached_tool,
+    _new_record,
+    _pool_init,
+    _preload,
+    exposure_name,
+    partition_paths,
+    process_exposure,
+    process_exposures,
+)
 from .errors import InputError, OutputExistsError
 from .io import _atomic_write
 from .progress import progress
@@ -62,19 +76,17 @@ from .progress import progress
 log = logging.getLogger("skysub")
 
 #: output formats: name -> (sub-folder, file suffix)
-FORMATS = {"parquet": ("parquet", ".parquet"), "csv": ("csv", ".csv")}
 MANIFEST = "_manifest.json"
 FAILURES = "_failures.json"
 SUMMARY = "_summary.json"
-_FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
 #: settings that change speed, not results: a resume may change them
 _SPEED_ONLY = ("device", "batch_size", "torch_threads")
 #: default stamps per forward pass in batch runs.  CPU: measured with benchmarks/bench_batch.py
 #: (BKGnet lean, 1 torch thread: 64-256 stamps per batch are alike end to end, 512 is 30-50 %
 #: slower, likely cache effects); GPU: larger batches keep
 #: the device busy (not measured here: no GPU on the development machines).
-CPU_BATCH_SIZE = 256
-GPU_BATCH_SIZE = 1024
+from .names import CPU_BATCH_SIZE, GPU_BATCH_SIZE  # noqa: E402  (re-exported here)
+
 _CLASSICAL = {"annulus", "templates", "mesh", "aperture", "optimal", None}
 #: photometers that estimate their own background: no --method estimator is built for them
 #: (as in `skysub photometry`), so --model goes to the photometer alone
@@ -194,88 +206,8 @@ def make_spec(method: str = "annulus", *, photometer: str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# worker side: one task per exposure, estimator and catalogue cached per worker process
+# client side
 # ---------------------------------------------------------------------------------------------
-_LOCK = threading.Lock()
-_TOOLS: dict[tuple, tuple[Any, dict]] = {}
-_CATALOGS: dict[tuple, Table] = {}
-#: estimators/photometers built in this process (tests check "once per worker")
-BUILD_COUNT = 0
-
-
-def _file_stamps(spec: BatchSpec) -> tuple:
-    """(path, mtime, size) of the spec's input files: a long-lived worker that has cached an
-    estimator rebuilds it when its model, templates or configuration file changed."""
-    out = []
-    for value in (spec.config, spec.templates, spec.model, spec.psf):
-        if value is not None and os.path.isfile(value):
-            st = os.stat(value)
-            out.append((value, st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
-_MAX_CACHED_TOOLS = 4  # estimators kept per worker (a long-lived cluster serves many runs)
-
-
-def _cached_tool(spec: BatchSpec) -> tuple[Any, dict]:
-    global BUILD_COUNT
-    key = (spec, _file_stamps(spec))
-    with _LOCK:
-        if key not in _TOOLS:
-            if len(_TOOLS) >= _MAX_CACHED_TOOLS:
-                _TOOLS.clear()
-            _TOOLS[key] = spec.build()
-            BUILD_COUNT += 1
-            if spec.torch_threads is not None and "torch" in sys.modules:
-                # after the build: BKGnetBackground sets "all cores" when it is created
-                from .nn.device import configure_threads
-
-                configure_threads(spec.torch_threads)
-        return _TOOLS[key]
-
-
-def _cached_catalog(catalog: str | Table) -> Table:
-    if isinstance(catalog, Table):
-        return catalog
-    from .io import read_catalog
-
-    st = os.stat(catalog)
-    key = (catalog, st.st_mtime_ns, st.st_size)
-    with _LOCK:
-        if key not in _CATALOGS:
-            _CATALOGS.clear()  # one catalogue at a time is what a run needs
-            _CATALOGS[key] = read_catalog(catalog)
-        return _CATALOGS[key]
-
-
-def exposure_name(path: str | os.PathLike) -> str:
-    """The partition name of an exposure: its file name without the FITS suffix."""
-    name = Path(path).name
-    for suf in _FITS_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def partition_paths(output_dir: str | os.PathLike, name: str,
-                    formats: Sequence[str]) -> list[Path]:
-    out = Path(output_dir)
-    return [out / FORMATS[f][0] / f"{name}{FORMATS[f][1]}" for f in formats]
-
-
-def _to_arrow(table: Table):
-    """An astropy Table as a pyarrow Table (masked entries become nulls)."""
-    import pyarrow as pa
-
-    cols = {}
-    for name in table.colnames:
-        col = table[name]
-        mask = np.ma.getmaskarray(col) if getattr(col, "mask", None) is not None else None
-        data = np.asarray(np.ma.getdata(col))
-        cols[name] = pa.array(data, mask=mask if mask is not None and mask.any() else None)
-    return pa.table(cols)
-
-
 def _from_arrow(patable) -> Table:
     """A pyarrow Table as an astropy Table (text as str, nulls masked)."""
     out = Table()
@@ -292,80 +224,18 @@ def _from_arrow(patable) -> Table:
     return out
 
 
-def _write_partition(table: Table, path: Path) -> None:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        patable = _to_arrow(table)
-
-        def write(tmp: Path) -> None:
-            pq.write_table(patable, tmp)
-    else:
-        def write(tmp: Path) -> None:
-            table.write(tmp, format="ascii.csv")
-
-    _atomic_write(path, write)
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far [MB].
-
-    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own memory.
-    (``getrusage``'s ``ru_maxrss`` survives ``execve``: a worker spawned by a big parent would
-    report the parent's peak.)  Elsewhere ``ru_maxrss`` (KiB; bytes on macOS).
-    """
+def _seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux: /proc), None where unknown."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if platform.system() == "Darwin" else r / 1024
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
-def process_exposure(path: str, catalog: str | Table, spec: BatchSpec, output_dir: str,
-                     formats: Sequence[str] = ("parquet",)) -> dict:
-    """One Dask task: measure one exposure, write its partitions, return a small record.
-
-    Never raises for a bad exposure: the record's ``status`` is ``"failed"`` with the error
-    type, message and traceback, so one corrupt file does not stop a survey.
-    """
-    from .io import read_image
-    from .workflows import measure_background, measure_photometry
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    name = exposure_name(path)
-    rec = {"exposure": name, "path": str(path), "status": "done", "rows": 0, "seconds": 0.0,
-           "cpu_seconds": 0.0,
-           "worker": f"{platform.node()}:{os.getpid()}", "builds": 0, "peak_rss_mb": 0.0,
-           "error_type": "", "message": "", "traceback": ""}
-    try:
-        tool, read_kwargs = _cached_tool(spec)
-        cat = _cached_catalog(catalog)
-        image = read_image(path, **read_kwargs)
-        if spec.photometer is None:
-            table = measure_background([image], cat, tool, quiet=True)
-        else:
-            table = measure_photometry([image], cat, tool, quiet=True)
-        del image
-        for p in partition_paths(output_dir, name, formats):
-            _write_partition(table, p)
-        rec["rows"] = len(table)
-    except Exception as exc:  # recorded, not raised: the run goes on (failure isolation)
-        rec.update(status="failed", error_type=type(exc).__name__, message=str(exc),
-                   traceback=traceback.format_exc())
-    rec["seconds"] = time.perf_counter() - t0
-    rec["cpu_seconds"] = time.process_time() - c0  # CPU the worker process got meanwhile
-    rec["builds"] = BUILD_COUNT
-    rec["peak_rss_mb"] = _peak_rss_mb()
-    return rec
-
-
-# ---------------------------------------------------------------------------------------------
-# client side
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class BatchResult:
     """Summary of a :func:`run`.
@@ -382,6 +252,13 @@ class BatchResult:
     seconds : wall time from the first submitted exposure to the last result [s] (cluster
         start-up and the per-worker estimator build, ``preload_seconds``, excluded)
     preload_seconds : time to build the estimator (load the model) on every worker [s]
+    startup_seconds : from the call to the first submitted exposure [s]: validation (the
+        estimator built here), manifest and checksums, starting the workers, preloading
+    shutdown_seconds : stopping the workers and writing the summary [s]
+    total_seconds : the whole call [s]
+    executor : what ran the tasks: ``"in-process"``, ``"processes"`` (the local pool) or
+        ``"dask"``
+    tasks : tasks submitted (each a group of exposures)
     workers : workers of the cluster
     peak_rss_mb : largest peak resident memory reported by a worker [MB]
     records : one dict per exposure processed in this run (see :func:`process_exposure`)
@@ -396,6 +273,11 @@ class BatchResult:
     n_rows: int = 0
     seconds: float = 0.0
     preload_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    shutdown_seconds: float = 0.0
+    total_seconds: float = 0.0
+    executor: str = ""
+    tasks: int = 0
     workers: int = 0
     peak_rss_mb: float = 0.0
     records: list[dict] = field(default_factory=list)
@@ -430,8 +312,47 @@ class BatchResult:
                          "retried by the same command")
         return "\n".join(lines)
 
+    def timing(self) -> dict:
+        """Where the time went [s]: start-up, the exposures' read / compute / write (summed
+        over the workers: worker-seconds) and the CPU time the workers got meanwhile, the wall
+        time of the exposures, shutdown."""
+        done = [r for r in self.records if np.isfinite(r.get("seconds", np.nan))]
+        return {"startup": self.startup_seconds, "preload": self.preload_seconds,
+                "read": float(sum(r.get("read_seconds", 0.0) for r in done)),
+                "compute": float(sum(r.get("compute_seconds", 0.0) for r in done)),
+                "write": float(sum(r.get("write_seconds", 0.0) for r in done)),
+                "cpu": float(sum(r.get("cpu_seconds", 0.0) for r in done)),
+                "exposures_wall": self.seconds, "shutdown": self.shutdown_seconds,
+                "total": self.total_seconds}
+
+    def timing_report(self) -> str:
+        """:meth:`timing` as a few lines (``skysub --verbose batch`` prints them)."""
+        t = self.timing()
+        busy = t["read"] + t["compute"] + t["write"]
+        lines = [f"time: {t['total']:.2f} s in skysub.batch.run ({self.executor}, "
+                 f"{self.workers} workers, {self.tasks} tasks of {self.n_done + self.n_failed} "
+                 "exposures)",
+                 f"  start-up  {t['startup']:7.2f} s  (validation, manifest, starting workers; "
+                 f"preload {t['preload']:.2f} s)",
+                 f"  exposures {t['exposures_wall']:7.2f} s wall: read {t['read']:.2f}, compute "
+                 f"{t['compute']:.2f}, write {t['write']:.2f} worker-s"
+                 + (f" ({busy / (self.workers * t['exposures_wall']):.0%} of "
+                    f"{self.workers} workers busy)"
+                    if self.workers and t["exposures_wall"] > 0 else ""),
+                 f"            CPU {t['cpu']:.2f} s"
+                 + (f" ({t['cpu'] / (self.workers * t['exposures_wall']):.0%} of "
+                    f"{self.workers} cores: less = the cores were shared)"
+                    if self.workers and t["exposures_wall"] > 0 else ""),
+                 f"  shutdown  {t['shutdown']:7.2f} s"]
+        since = _seconds_since_process_start()
+        if since is not None:
+            lines.append(f"  process   {since:7.2f} s since the interpreter started "
+                         "(imports and argument parsing included)")
+        return "\n".join(lines)
+
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"}
+        d["timing"] = self.timing()
         d["exposures_per_s"] = self.exposures_per_s
         d["failures"] = self.failures
         return d
@@ -443,8 +364,11 @@ def parse_scheduler(value: str | None) -> tuple[str, str | None]:
     ========================  ===================================================================
     value                     meaning
     ========================  ===================================================================
-    None, "local"             a new local cluster of worker processes (``kind="local"``)
-    "threads"                 a new in-process cluster of threads (debugging; ``"threads"``)
+    None, "local"             worker processes started once by skysub (``kind="local"``); one
+                              worker runs in this process
+    "dask"                    a new local Dask cluster of worker processes (``"dask"``: Dask's
+                              nannies enforce ``memory_limit``; its start-up costs seconds)
+    "threads"                 a new in-process Dask cluster of threads (debugging; ``"threads"``)
     "tcp://host:8786", ...    a running scheduler (tcp, tls, ucx, inproc, ws, wss; ``"address"``)
     "host:8786"               the same, tcp assumed
     "path/scheduler.json"     a scheduler file (``dask scheduler --scheduler-file``; ``"file"``)
@@ -453,8 +377,8 @@ def parse_scheduler(value: str | None) -> tuple[str, str | None]:
     if value is None or value == "local":
         return "local", None
     v = str(value).strip()
-    if v == "threads":
-        return "threads", None
+    if v in ("threads", "dask"):
+        return v, None
     if v.endswith(".json"):
         if not Path(v).is_file():
             raise InputError(f"--scheduler {v}: scheduler file not found")
@@ -464,13 +388,13 @@ def parse_scheduler(value: str | None) -> tuple[str, str | None]:
         if proto not in ("tcp", "tls", "ucx", "inproc", "ws", "wss") or not rest:
             raise InputError(f"--scheduler {v!r}: expected an address like tcp://host:8786 "
                              "(protocols tcp, tls, ucx, inproc, ws, wss), a scheduler file "
-                             "(.json), 'local' or 'threads'")
+                             "(.json), 'local', 'dask' or 'threads'")
         return "address", v
     host, _, port = v.rpartition(":")
     if host and port.isdigit() and 0 < int(port) < 65536:
         return "address", f"tcp://{v}"
     raise InputError(f"--scheduler {v!r}: expected an address like tcp://host:8786 or "
-                     "host:8786, a scheduler file (.json), 'local' or 'threads'")
+                     "host:8786, a scheduler file (.json), 'local', 'dask' or 'threads'")
 
 
 @contextmanager
@@ -496,7 +420,7 @@ def _dask_client(scheduler: str | None, workers: int | None, memory_limit: str |
                              f"({exc}); is `dask scheduler` running there?") from None
     else:
         n = workers or _cores()
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=kind == "local",
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=kind != "threads",
                                memory_limit=memory_limit, dashboard_address=":0",
                                silence_logs=logging.ERROR if quiet else logging.WARNING)
         client = Client(cluster)
@@ -581,7 +505,7 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
         formats: Sequence[str] = ("parquet",), overwrite: bool = False, quiet: bool = False,
         max_exposures: int | None = None, memory_limit: str | float | None = "auto",
         client: Any = None, validate: bool = True, **options: Any) -> BatchResult:
-    """Process many exposures on Dask; write one partition per exposure as each finishes.
+    """Process many exposures in parallel; write one partition per exposure as each finishes.
 
     Parameters
     ----------
@@ -592,15 +516,19 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
         :func:`skysub.workflows.make_background` knows)
     photometer : photometer name (``aperture``, ``optimal``...); None = background only
     spec : a ready :class:`BatchSpec` (then ``method``, ``photometer`` and ``options`` are unused)
-    workers : worker processes of the local cluster (default: the cores of this machine)
-    scheduler : None/"local" (a local cluster), "threads" (in-process), a scheduler address
-        ``tcp://host:8786`` or a scheduler file: see :func:`parse_scheduler`
+    workers : worker processes (default: the cores of this machine); with the default local
+        pool one worker is this process itself (``workers=1`` starts no other process)
+    scheduler : None/"local" (worker processes started once by skysub, each task a group of
+        exposures), "dask" (a local Dask cluster), "threads" (an in-process Dask cluster), a
+        scheduler address ``tcp://host:8786`` or a scheduler file: see :func:`parse_scheduler`
     formats : ``("parquet",)`` (default), ``("csv",)`` or both
     overwrite : delete this folder's previous results first and recompute everything; without
         it a rerun resumes (finished exposures are skipped, failed ones retried)
     quiet : no progress bar
     max_exposures : process at most this many unfinished exposures (the rest on a later run)
-    memory_limit : per worker of a local cluster (Dask's ``memory_limit``: "auto", "2GB"...)
+    memory_limit : per worker of a local Dask cluster (Dask's ``memory_limit``: "auto",
+        "2GB"...).  The default local pool does not enforce it: a limit other than "auto" (or
+        None) runs the local workers on a Dask cluster, whose nannies do
     client : an existing ``distributed.Client`` to use (``scheduler`` and ``workers`` unused)
     validate : build the estimator once here first, so that a bad option (unknown method,
         missing model or templates file) is one clear error instead of one failure per exposure
@@ -612,6 +540,7 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
     """
     from .io import expand_paths
 
+    t_call = time.perf_counter()
     spec = spec or make_spec(method, photometer=photometer, **options)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -641,8 +570,15 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
         raise InputError(f"--workers must be >= 1, got {workers}")
     if max_exposures is not None and max_exposures < 0:
         raise InputError(f"max_exposures must be >= 0, got {max_exposures}")
+    kind, _ = (("client", None) if client is not None else parse_scheduler(scheduler))
+    if kind == "local" and memory_limit not in (None, "auto"):
+        log.info("memory_limit=%s: running the local workers on a Dask cluster (its nannies "
+                 "enforce the limit)", memory_limit)
+        kind, scheduler = "dask", "dask"
     if validate:
-        spec.build()  # clear errors up front (and in this process, not once per exposure)
+        # clear errors up front (and in this process, not once per exposure); the local pool
+        # keeps the built estimator: this process is a worker, and forked workers inherit it
+        _cached_tool(spec) if kind == "local" else spec.build()
     out = Path(output_dir)
     manifest = {**spec.as_dict(), "catalog": cat_label, "formats": list(formats)}
     # the content of every input file but the exposures: a retrained model, edited templates,
@@ -663,7 +599,11 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
     result = BatchResult(output_dir=str(out), n_exposures=len(order), n_skipped=len(done),
                          n_pending=pending)
     failures: list[dict] = []
-    if todo:
+    if todo and kind == "local":
+        _run_local(todo, cat_arg, spec, out, formats, result, failures, quiet, workers,
+                   t_call)
+    elif todo:
+        result.executor = "dask"
         ctx = _existing(client) if client is not None else _dask_client(
             scheduler, workers, memory_limit, quiet)
         with ctx as cl:
@@ -677,18 +617,123 @@ def run(images: Sequence[str | os.PathLike], catalog: str | os.PathLike | Table,
             except Exception as exc:  # workers that fail here fail each task with the reason
                 log.warning("preloading the estimator on the workers failed: %s", exc)
             result.preload_seconds = time.perf_counter() - t0
+            result.startup_seconds = time.perf_counter() - t_call
             _submit_and_collect(cl, todo, cat_arg, spec, out, formats, result, failures, quiet)
+            t_end = time.perf_counter()
+        result.shutdown_seconds = time.perf_counter() - t_end
     _write_json(out / FAILURES, failures)
+    result.total_seconds = time.perf_counter() - t_call
     _write_json(out / SUMMARY, result.as_dict())
+    if todo:
+        log.info("%s", result.timing_report())
     return result
 
 
-def _preload(spec: BatchSpec, catalog: str | None) -> int:
-    """Runs on each worker (``Client.run``): build and cache the estimator and catalogue."""
-    _cached_tool(spec)
-    if catalog is not None:
-        _cached_catalog(catalog)
-    return BUILD_COUNT
+#: tasks per worker of the local pool: each task is a group of exposures (start-up and
+#: per-task costs paid once per group, the next read prefetched inside it), and two groups
+#: per worker leave room to balance exposures of unequal cost
+TASKS_PER_WORKER = 2
+#: at most this many exposures per task (a long run still reports progress regularly)
+MAX_GROUP = 16
+
+
+def _groups(todo: list, n_workers: int) -> list[list]:
+    """Split ``todo`` into contiguous groups: ~TASKS_PER_WORKER per worker, <= MAX_GROUP."""
+    size = max(1, min(MAX_GROUP, -(-len(todo) // (TASKS_PER_WORKER * max(n_workers, 1)))))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _pool_context():
+    """``fork`` where it is safe and available (workers inherit the imported modules, the
+    built estimator and the catalogue: no start-up), else ``spawn``.  Not safe once torch has
+    run (its thread pools do not survive a fork), so learned methods spawn."""
+    import multiprocessing as mp
+
+    if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _failed_record(name: str, path: str, exc: BaseException) -> dict:
+    rec = _new_record(path)
+    rec.update(exposure=name, status="failed", seconds=float("nan"),
+               cpu_seconds=float("nan"), worker="", peak_rss_mb=float("nan"),
+               error_type=type(exc).__name__, message=str(exc) or type(exc).__name__,
+               traceback="".join(traceback.format_exception(exc)))
+    return rec
+
+
+def _collect(rec: dict, result: BatchResult, failures: list, out: Path) -> None:
+    result.records.append(rec)
+    if rec["status"] == "done":
+        result.n_done += 1
+        result.n_rows += rec["rows"]
+    else:
+        result.n_failed += 1
+        failures.append(rec)
+        _write_json(out / FAILURES, failures)
+        log.warning("%s failed: %s: %s", rec["path"], rec["error_type"], rec["message"])
+    if np.isfinite(rec["peak_rss_mb"]):
+        result.peak_rss_mb = max(result.peak_rss_mb, rec["peak_rss_mb"])
+
+
+def _run_local(todo, cat_arg, spec, out, formats, result, failures, quiet, workers,
+               t_call) -> None:
+    """The default local executor: worker processes started once, each task a group of
+    exposures.  One worker runs the tasks in this process; more fork (or spawn) a pool."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    n = max(1, min(workers or _cores(), len(todo)))
+    groups = _groups(todo, n)
+    result.workers, result.tasks = n, len(groups)
+
+    def paths(group):
+        return [p for _, p in group]
+
+    share = -(-len(todo) // n)  # exposures per worker
+
+    def records():
+        if n == 1:
+            result.executor = "in-process"
+            result.startup_seconds = time.perf_counter() - t_call
+            for group in groups:
+                yield from process_exposures(paths(group), cat_arg, spec, str(out), formats,
+                                             per_worker=share)
+            return
+        ctx = _pool_context()
+        result.executor = f"processes ({ctx.get_start_method()})"
+        t0 = time.perf_counter()
+        pool = ProcessPoolExecutor(
+            n, mp_context=ctx, initializer=_pool_init,
+            initargs=(spec, cat_arg if isinstance(cat_arg, str) else None))
+        try:
+            futures = {pool.submit(process_exposures, paths(g), cat_arg, spec, str(out),
+                                   formats, per_worker=share): g for g in groups}
+            result.preload_seconds = time.perf_counter() - t0
+            result.startup_seconds = time.perf_counter() - t_call
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        yield from fut.result()
+                    except Exception as exc:  # the worker died (memory, crash): record it
+                        for name, path in futures[fut]:
+                            yield _failed_record(name, path, exc)
+        except BaseException:  # Ctrl-C: finished partitions stay; the rest resumes next time
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        t_end = time.perf_counter()
+        pool.shutdown(wait=True)
+        result.shutdown_seconds = time.perf_counter() - t_end
+
+    try:
+        for rec in progress(records(), desc="exposures", total=len(todo), quiet=quiet,
+                            unit="exposure"):
+            _collect(rec, result, failures, out)
+    finally:
+        t_first = t_call + result.startup_seconds
+        result.seconds = time.perf_counter() - t_first - result.shutdown_seconds
 
 
 @contextmanager
@@ -715,27 +760,19 @@ def _submit_and_collect(client, todo, cat_arg, spec, out, formats, result, failu
             try:
                 rec = fut.result()
             except Exception as exc:  # the worker died (memory limit, crash): record it
-                rec = {"exposure": name, "path": path, "status": "failed", "rows": 0,
-                       "seconds": float("nan"), "cpu_seconds": float("nan"), "worker": "",
-                       "builds": 0,
-                       "peak_rss_mb": float("nan"), "error_type": type(exc).__name__,
-                       "message": str(exc), "traceback": traceback.format_exc()}
-            result.records.append(rec)
-            if rec["status"] == "done":
-                result.n_done += 1
-                result.n_rows += rec["rows"]
-            else:
-                result.n_failed += 1
-                failures.append(rec)
-                _write_json(out / FAILURES, failures)
-                log.warning("%s failed: %s: %s", path, rec["error_type"], rec["message"])
-            if np.isfinite(rec["peak_rss_mb"]):
-                result.peak_rss_mb = max(result.peak_rss_mb, rec["peak_rss_mb"])
+                rec = _failed_record(name, path, exc)
+            _collect(rec, result, failures, out)
     except BaseException:  # Ctrl-C: finished partitions stay; the rest is resumed next time
         client.cancel(list(futures))
         raise
     finally:
         result.seconds = time.perf_counter() - t0
+
+
+def __getattr__(name: str):
+    if name == "BUILD_COUNT":  # estimators built in this process (kept by the worker side)
+        return batch_worker.BUILD_COUNT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_results(output_dir: str | os.PathLike, *, format: str = "parquet") -> Table:

@@ -1,4 +1,5 @@
-"""``skysub batch``: many exposures on a Dask cluster (parse arguments, call skysub.batch.run)."""
+"""``skysub batch``: many exposures in parallel, locally or on Dask (parse arguments, call
+skysub.batch.run)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,17 @@ or, with --photometer, as `skysub photometry` (... flux, flux_err, bkg, bkg_err,
 Resume: run the same command again -- finished exposures are skipped, failed ones (listed in
 DIR/_failures.json with the error and traceback) are retried.  Different settings into the same
 DIR are refused; --overwrite deletes DIR's partitions and recomputes everything.
+`skysub --verbose batch ...` reports where the time went (start-up, read, compute, write).
 Exit status: 0 when every exposure succeeded, 1 when some failed, 2 on a usage error."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``batch`` to the ``skysub`` sub-parsers."""
-    from . import batch
     from .cli_args import add_common, add_model_args
-    from .workflows import BACKGROUND_METHODS, PHOTOMETERS
+    from .names import BACKGROUND_METHODS, CPU_BATCH_SIZE, GPU_BATCH_SIZE, PHOTOMETERS
 
-    p = sub.add_parser("batch", help="many exposures on a Dask cluster (resumable, Parquet)",
+    p = sub.add_parser("batch", help="many exposures in parallel, locally or on Dask "
+                       "(resumable, Parquet)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="FITS exposures (globs allowed)")
     p.add_argument("--catalog", "-c", required=True,
@@ -56,17 +58,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for action in p._actions:  # batch runs choose the batch size per device
         if action.dest == "batch_size":
             action.default = None
-            action.help = (f"stamps per forward pass (default {batch.CPU_BATCH_SIZE} on CPU, "
-                           f"{batch.GPU_BATCH_SIZE} on a GPU)")
+            action.help = (f"stamps per forward pass (default {CPU_BATCH_SIZE} on CPU, "
+                           f"{GPU_BATCH_SIZE} on a GPU)")
     g = p.add_argument_group("Dask")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--workers", "-w", type=int, default=None,
-                       help="worker processes of a new local cluster (default: the cores)")
+                       help="local worker processes, started once (default: the cores; 1 runs "
+                            "in this process)")
     where.add_argument("--scheduler", default=None,
                        help="a running scheduler: tcp://host:8786 (or host:8786), a scheduler "
-                            "file (.json); 'threads' for an in-process cluster")
+                            "file (.json); 'dask' for a local Dask cluster, 'threads' for an "
+                            "in-process one")
     g.add_argument("--memory-limit", default="auto",
-                   help="per local worker, e.g. 2GB (auto: the machine's memory / workers)")
+                   help="per local worker, e.g. 2GB, enforced by a local Dask cluster (auto: "
+                        "no limit on the local pool, the machine's memory / workers on Dask)")
     g.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads per worker (1: one worker process per core)")
     g.add_argument("--format", choices=("parquet", "csv", "both"), default="parquet",

@@ -219,7 +219,9 @@ def load_config(name_or_path: str | Path | None = None) -> SurveyConfig:
     ------
     ConfigError
         Unknown preset or missing file (the message lists the presets), invalid TOML, an
-        unknown top-level section, or a bad ``[header]`` entry.
+        unknown top-level section, a bad ``[header]`` entry, or a section key its consumer does
+        not take / of the wrong type (:mod:`skysub.config_check`; the message names the file,
+        the section, the nearest valid key or the expected type).
     """
     if name_or_path is None:
         name_or_path = "generic"
@@ -230,5 +232,9 @@ def load_config(name_or_path: str | Path | None = None) -> SurveyConfig:
     if not isinstance(name, str):
         raise ConfigError(f"{source}: name must be a string, got {name!r}")
     header = HeaderKeys.from_dict(raw.get("header", {}), source=source)
+    from .config_check import check_section
+
+    for k in DICT_SECTIONS:
+        check_section(k, raw.get(k, {}), source)
     return SurveyConfig(name=name, header=header, source=source,
                         **{k: dict(raw.get(k, {})) for k in DICT_SECTIONS})

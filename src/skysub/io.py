@@ -553,12 +553,15 @@ def _numeric_column(col: Any, name: str, source: str) -> np.ndarray:
     return out
 
 
-def read_catalog(path: PathLike) -> Table:
-    """Read a source catalogue (CSV, ECSV or FITS table, by extension).
+def read_catalog(path: PathLike | Table | np.ndarray) -> Table:
+    """Read a source catalogue: a file (CSV, ECSV, FITS, SExtractor) or an in-memory table.
 
     Parameters
     ----------
-    path : str or Path
+    path : str or Path, astropy Table/QTable, or numpy structured array
+        Files by extension: ``.csv``, ``.ecsv``, ``.fits``/``.fit``/``.fts`` (a FITS_LDAC file's
+        ``LDAC_OBJECTS`` table is used), ``.cat`` (SExtractor ASCII_HEAD, or FITS_LDAC when the
+        file is FITS).  Tables and record arrays are copied, never modified.
 
     Returns
     -------
@@ -568,6 +571,9 @@ def read_catalog(path: PathLike) -> Table:
         ``r50`` [px], ``sersic_n``, ``ba``, ``theta`` [degrees, counter-clockwise from +x];
         optional ``image`` (str: the file name the row belongs to).  Other columns are kept.
         ``table.meta["source"]`` holds the path.  A catalogue with no rows is valid.
+        SExtractor (``NUMBER``, ``X_IMAGE``/``Y_IMAGE`` 1-based, ``ALPHA_J2000``/
+        ``DELTA_J2000``), photutils ``SourceCatalog.to_table()`` and ``sep.extract`` columns are
+        translated (see :mod:`skysub.catalogs`); ``table.meta["catalog_format"]`` says which.
 
     Raises
     ------
@@ -575,34 +581,48 @@ def read_catalog(path: PathLike) -> Table:
         The file does not exist.
     CatalogError
         Unreadable file, unknown extension, missing ``id`` or positions (the message lists
-        the columns found), duplicate names after lower-casing, or text in a numeric column.
+        the columns found and the formats understood), duplicate names after lower-casing, or
+        text in a numeric column.
     """
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"catalogue file not found: {path}")
-    try:
-        fmt = _table_format(path, "catalogue")
-    except InputError as exc:
-        raise CatalogError(str(exc)) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            table = Table.read(path, format=fmt)
-    except Exception as exc:  # astropy raises many kinds: all mean "unreadable"
-        raise CatalogError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc})") from None
-    source = str(path)
+    from .catalogs import as_table, normalise_catalog, read_sextractor_file, sniff_format
+
+    from_array = False
+    if isinstance(path, Table | np.ndarray | dict):
+        from_array = not isinstance(path, Table)
+        source = str(path.meta.get("source", "<table>")) if isinstance(path, Table) else (
+            "<array>")
+        table = as_table(path, source)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise MissingFileError(f"catalogue file not found: {path}")
+        if path.name.lower().endswith((".cat", ".ldac")):
+            fmt = sniff_format(path)
+        else:
+            try:
+                fmt = _table_format(path, "catalogue")
+            except InputError as exc:
+                raise CatalogError(f"{exc}, or .cat (SExtractor)") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                if fmt in ("fits", "ascii"):
+                    table = read_sextractor_file(path, fmt)
+                else:
+                    table = Table.read(path, format=fmt)
+        except Exception as exc:  # astropy raises many kinds: all mean "unreadable"
+            what = "SExtractor ASCII_HEAD" if fmt == "ascii" else fmt
+            raise CatalogError(f"{path}: cannot read as {what} ({type(exc).__name__}: "
+                               f"{exc})") from None
+        source = str(path)
     lower = [c.lower().strip() for c in table.colnames]
     dupes = sorted({c for c in lower if lower.count(c) > 1})
     if dupes:
         raise CatalogError(f"{source}: columns {', '.join(dupes)} appear twice (names are "
                            "case-insensitive)")
-    table.rename_columns(list(table.colnames), lower)
-    found = ", ".join(table.colnames) or "none"
-    has_xy = "x" in table.colnames and "y" in table.colnames
-    has_radec = "ra" in table.colnames and "dec" in table.colnames
-    if "id" not in table.colnames or not (has_xy or has_radec):
-        raise CatalogError(f"{source}: a catalogue needs columns id and either x, y (pixels) or "
-                           f"ra, dec (degrees); found: {found}")
+    if table.colnames:
+        table.rename_columns(list(table.colnames), lower)
+    normalise_catalog(table, source, from_array=from_array)
     for name in CATALOG_NUMERIC:
         if name in table.colnames:
             table[name] = _numeric_column(table[name], name, source)

@@ -4,11 +4,11 @@ The central routine, :func:`clipped_stats`, sigma-clips each row of an ``(n, p)`
 invalid) exactly as :class:`astropy.stats.SigmaClip` does (centre = median, scale = population
 std, iterate until nothing changes or ``maxiters``), but for all rows at once: each row is sorted
 once, and since clipping at ``centre +- k * std`` always keeps a contiguous run of the sorted
-values, every iteration only moves two indices per row.  Means and standard deviations of a run
-come from prefix sums of the row minus its median (no cancellation), medians from the run's
-middle elements.  This is what makes the annulus estimator >10x faster than
-``photutils.aperture.ApertureStats`` with the same numbers.
-"""
+values, every iteration only moves two indices per row.  The clipping of the sorted rows runs
+in a compiled kernel (:mod:`skysub.kernels`: numba, exact two-pass sums over each run) or, where
+numba is unavailable, in a vectorised numpy fallback whose means and standard deviations come
+from prefix sums of the row minus its median (no cancellation) and medians from the run's
+middle elements.  Both give ``photutils.aperture.ApertureStats``' numbers."""
 
 from __future__ import annotations
 
@@ -168,6 +168,11 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
                   ) -> ClippedStats | tuple[ClippedStats, np.ndarray, np.ndarray, np.ndarray]:
     """Sigma-clipped mean, median and std of every row of ``values``.
 
+    Each row is sorted once (numpy); the clipping then runs in the compiled kernel
+    (:func:`skysub.kernels.clip_sorted_rows`) or, when numba is unavailable or
+    ``SKYSUB_KERNELS=numpy``, in the vectorised numpy fallback -- the same numbers either way
+    (astropy's ``SigmaClip`` semantics, tested against each other and against photutils).
+
     Parameters
     ----------
     values : array, shape (n, p) or (p,)
@@ -194,9 +199,47 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
         v = v[None, :]
     if v.ndim != 2:
         raise InputError(f"values must be 1-D or 2-D, got shape {v.shape}")
-    n_rows, p = v.shape
     s = np.sort(np.where(np.isfinite(v), v, np.nan), axis=1)  # NaN sort to the end
     n_valid = np.isfinite(s).sum(axis=1)
+    return _finish(clipped_stats_sorted(s, n_valid, sigma=sigma, sigma_lower=sigma_lower,
+                                        sigma_upper=sigma_upper, maxiters=maxiters),
+                   s, squeeze, return_sorted)
+
+
+def _finish(res: tuple, s: np.ndarray, squeeze: bool, return_sorted: bool):
+    out, lo, hi = res
+    if squeeze:
+        out = ClippedStats(*(np.asarray(a)[0] for a in
+                             (out.mean, out.median, out.std, out.n, out.n_valid)))
+    if return_sorted:
+        return out, s, lo, hi
+    return out
+
+
+def clipped_stats_sorted(s: np.ndarray, n_valid: np.ndarray, *, sigma: float | None = 3.0,
+                         sigma_lower: float | None = None, sigma_upper: float | None = None,
+                         maxiters: int | None = 10, work: int | None = None
+                         ) -> tuple[ClippedStats, np.ndarray, np.ndarray]:
+    """:func:`clipped_stats` of rows already sorted ascending with their ``n_valid`` finite
+    values first (NaN after): returns ``(stats, lo, hi)``, ``[lo, hi)`` the kept run per row.
+
+    ``work``: the size of the whole job these rows belong to (default ``s.size``), which picks
+    the compiled kernels or the numpy fallback (:func:`skysub.kernels.compiled`)."""
+    from . import kernels
+
+    sl = sigma if sigma_lower is None else sigma_lower
+    su = sigma if sigma_upper is None else sigma_upper
+    n_valid = np.asarray(n_valid)
+    if kernels.compiled(work if work is not None else s.size) is not None:
+        lo, hi, mean, med, std = kernels.clip_sorted_rows(s, n_valid, sl, su, maxiters)
+        return ClippedStats(mean=mean, median=med, std=std, n=hi - lo, n_valid=n_valid), lo, hi
+    return _clipped_sorted_numpy(s, n_valid, sigma, sigma_lower, sigma_upper, maxiters)
+
+
+def _clipped_sorted_numpy(s: np.ndarray, n_valid: np.ndarray, sigma, sigma_lower, sigma_upper,
+                          maxiters) -> tuple[ClippedStats, np.ndarray, np.ndarray]:
+    """The vectorised numpy fallback of :func:`clipped_stats_sorted`."""
+    n_rows, p = s.shape
     rows = np.arange(n_rows)
     lo = np.zeros(n_rows, np.int64)
     hi = n_valid.astype(np.int64)
@@ -250,14 +293,45 @@ def clipped_stats(values: np.ndarray, *, sigma: float | None = 3.0,
             lo = np.where(active, _search(s, zero, full_hi, lower, right=False), 0)
             hi = np.where(active, _search(s, zero, full_hi, upper, right=True), 0)
             hi = np.maximum(hi, lo)
-    mean, med, std, n = _stats(lo, hi)
-    out = ClippedStats(mean=mean, median=med, std=std, n=n, n_valid=n_valid)
-    if squeeze:
-        out = ClippedStats(*(np.asarray(a)[0] for a in
-                             (out.mean, out.median, out.std, out.n, out.n_valid)))
-    if return_sorted:
-        return out, s, lo, hi
-    return out
+    mean, med, std = _final_stats(s, lo, hi)
+    return ClippedStats(mean=mean, median=med, std=std, n=hi - lo, n_valid=n_valid), lo, hi
+
+
+def _final_stats(s: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, median and std of each kept run ``s[row, lo:hi]``, computed exactly as the
+    compiled kernel does (float64; the run's median ``c``; strictly sequential sums of
+    ``s - c`` and its square), so that both engines give the same bits for the same kept
+    pixels.  The sums are reductions along axis 0 of the transposed block -- numpy adds the
+    rows of a C-ordered array one after the other (pairwise summation is only used along the
+    contiguous axis) -- and the zeros outside the run add nothing.  Blocks of 32 rows stay in
+    cache (measured 2-4x faster than one pass over all rows)."""
+    n_rows, p = s.shape
+    mean, med, std = np.empty(n_rows), np.empty(n_rows), np.empty(n_rows)
+    j = np.arange(p)[:, None]
+    for r0 in range(0, n_rows, 32):
+        sl = slice(r0, min(r0 + 32, n_rows))
+        blk, a_lo, a_hi = s[sl], lo[sl], hi[sl]
+        rows = np.arange(len(blk))
+        m = a_hi - a_lo
+        a = np.minimum(a_lo + np.maximum((m - 1) // 2, 0), max(p - 1, 0))
+        b = np.minimum(a_lo + np.maximum(m // 2, 0), max(p - 1, 0))
+        c = (0.5 * (blk[rows, a].astype(np.float64) + blk[rows, b].astype(np.float64))
+             if p else np.full(len(blk), np.nan))
+        run = (j >= a_lo[None, :]) & (j < a_hi[None, :])
+        with np.errstate(invalid="ignore"):
+            d = np.where(run, np.subtract(blk.T, c[None, :], order="C"), 0.0)
+        t1 = np.add.reduce(d, axis=0)
+        np.multiply(d, d, out=d)
+        t2 = np.add.reduce(d, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d1 = t1 / m
+            var = np.maximum(t2 / m - d1 * d1, 0.0)
+        empty = m <= 0
+        mean[sl] = np.where(empty, np.nan, c + d1)
+        med[sl] = np.where(empty, np.nan, c)
+        std[sl] = np.where(empty, np.nan, np.sqrt(var))
+    return mean, med, std
 
 
 def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
@@ -266,6 +340,9 @@ def biweight_of_run(sorted_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
     of the kept run ``[lo, hi)`` of each sorted row."""
     from astropy.stats import biweight_location
 
+    # only the columns a run can reach: the same array (and so the same pairwise sums) however
+    # much NaN padding the caller's rows carry
+    sorted_rows = sorted_rows[:, :max(int(hi.max()) if len(hi) else 0, 1)]
     idx = np.arange(sorted_rows.shape[1])[None, :]
     keep = (idx >= lo[:, None]) & (idx < hi[:, None])
     vals = np.where(keep, sorted_rows, np.nan)

@@ -30,12 +30,12 @@ from .progress import progress
 
 log = logging.getLogger("skysub")
 
-BACKGROUND_METHODS = ("annulus", "templates", "mesh", "bkgnet", "inpaint")
-PHOTOMETERS = ("aperture", "optimal", "lumos")
+from .names import BACKGROUND_METHODS, PHOTOMETERS  # noqa: E402  (re-exported here)
 
 
 def _catalog(catalog: str | Path | Table) -> Table:
-    return catalog if isinstance(catalog, Table) else read_catalog(catalog)
+    """Any catalogue the reader understands (file, Table, photutils or sep table), as a copy."""
+    return read_catalog(catalog)
 
 
 def make_background(method: str, *, config: SurveyConfig | None = None,

@@ -13,7 +13,7 @@ plain opticam-style callable is adapted by :class:`CallableBackground` (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class BackgroundResult:
     n_pix: np.ndarray
     flags: np.ndarray
     extra: dict = field(default_factory=dict)
+
+    #: Fields in image units: they become ``Quantity`` when the input image had a unit.
+    UNIT_FIELDS: ClassVar[tuple[str, ...]] = ("bkg", "bkg_err", "pixel_std")
 
     def __len__(self) -> int:
         return int(np.asarray(self.bkg).shape[0])

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import flags as F
 from ..errors import ConfigError, InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..stamps import _round_half_up, check_positions
 from .base import BackgroundResult
 
@@ -259,6 +259,7 @@ class MeshBackground:
             v = np.vectorize(median_variance_factor, otypes=[float])(m)
         return np.sqrt(v * mean_inv)
 
+    @image_method
     def background_map(self, image: Image | np.ndarray, mask: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """Full-resolution background and rms maps.
@@ -286,6 +287,7 @@ class MeshBackground:
         return self._maps(img)
 
     # -- per-source estimates -----------------------------------------------------------------
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:

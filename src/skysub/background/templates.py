@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import flags as F
 from ..errors import InputError, MissingFileError, OutputExistsError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..progress import progress as _progress
 from ..stamps import _round_half_up, annulus_offsets, check_positions, gather
 from ..stats import mad_std
@@ -404,6 +404,7 @@ class ScatteredLightTemplates:
                              f"{meta.band}/{meta.epoch} template shape {tmpl.shape}")
         return tmpl
 
+    @image_method
     def scattered_light(self, image: Image | np.ndarray, mask: np.ndarray | None = None
                         ) -> tuple[np.ndarray, float]:
         """``((SLT - 1) * mu_BKG, mu_BKG)``: the scattered-light map of this image (image
@@ -413,6 +414,7 @@ class ScatteredLightTemplates:
         mu, _ = central_level(img, self.central_fraction)
         return (tmpl.astype(np.float64) - 1.0) * mu, mu
 
+    @image_method
     def correct(self, image: Image | np.ndarray, mask: np.ndarray | None = None) -> Image:
         """The image with its scattered light removed: ``I - (SLT - 1) mu_BKG`` (eq. 2).
 
@@ -561,6 +563,7 @@ class TemplateCorrected:
     def __repr__(self) -> str:
         return f"TemplateCorrected({self.estimator!r}, {self.templates!r}, name={self.name!r})"
 
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
@@ -593,6 +596,7 @@ class TemplateCorrected:
         return BackgroundResult(np.asarray(res.bkg, float) + at_src, res.bkg_err, res.pixel_std,
                                 res.n_pix, flags, extra)
 
+    @image_method
     def background_map(self, image: Image | np.ndarray, mask: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """``(scattered, corrected)``: the scattered-light map ``(SLT - 1) mu_BKG`` and the

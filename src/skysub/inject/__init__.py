@@ -15,8 +15,17 @@ Example::
     print(summarise(res["recovered"]))
 """
 
-from .core import InjectionSettings, inject_sources, merged_catalog, sky_sigma
-from .recovery import Method, parse_methods, run_injection, score, summarise
+from importlib import import_module
 
-__all__ = ["InjectionSettings", "inject_sources", "merged_catalog", "sky_sigma", "Method",
-           "parse_methods", "run_injection", "score", "summarise"]
+# resolved on first use, so that building the ``skysub inject`` parser loads no astropy table
+_EXPORTS = {"InjectionSettings": ".core", "inject_sources": ".core", "merged_catalog": ".core",
+            "sky_sigma": ".core", "Method": ".recovery", "parse_methods": ".recovery",
+            "run_injection": ".recovery", "score": ".recovery", "summarise": ".recovery"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

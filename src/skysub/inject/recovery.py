@@ -51,7 +51,7 @@ class Method:
 def parse_methods(photometers: Sequence[str] | str, backgrounds: Sequence[str] | str
                   ) -> list[Method]:
     """Every photometer with every background (``lumos`` once, with its own)."""
-    from ..workflows import BACKGROUND_METHODS, PHOTOMETERS
+    from ..names import BACKGROUND_METHODS, PHOTOMETERS
 
     def split(v):
         return [s.strip() for s in (v.split(",") if isinstance(v, str) else v) if s.strip()]
@@ -196,7 +196,7 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
     config = config or load_config()
     if int(realisations) < 1:
         raise InputError(f"realisations must be >= 1, got {realisations!r}")
-    cat_all = catalog if isinstance(catalog, Table) else read_catalog(catalog)
+    cat_all = read_catalog(catalog)  # files, Tables, photutils and sep catalogues alike
     pk = dict(photometer_kwargs or {})
     # the photometers measure with the injected PSF and the scoring aperture unless told not to
     pk.setdefault("psf_fwhm", settings.psf_fwhm)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError, MissingFileError, OutputExistsError
+from .safeload import load_plain
 
 FORMAT = "skysub-model"
 FORMAT_VERSION = 1
@@ -159,7 +160,9 @@ def _json_default(o: Any) -> Any:
 
 def _read_blob(path: Path) -> dict:
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_plain(path, what="model file")
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a model file"
         raise InputError(f"{path} is not a skysub model file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None

@@ -34,6 +34,7 @@ import copy
 import logging
 import math
 import os
+import pickle  # only for its exception class; nothing is unpickled here
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ import torch
 
 from ..errors import InputError
 from .device import configure_threads, resolve_device, seed_everything
+from .safeload import load_plain
 
 log = logging.getLogger("skysub")
 
@@ -223,7 +225,17 @@ class Trainer:
         if not path.is_file():
             raise InputError(f"cannot resume: checkpoint {path} does not exist")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            # weights_only: tensors, numbers, strings, lists and dicts only -- a checkpoint
+            # someone else made cannot run code when read (everything state_dict() writes is
+            # of those types)
+            state = load_plain(path, map_location=self.device, what="checkpoint")
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            raise InputError(f"cannot resume from {path}: not a checkpoint of this model "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if not isinstance(state, dict):
+            raise InputError(f"cannot resume from {path}: not a skysub checkpoint (holds a "
+                             f"{type(state).__name__}, not a dict)")
+        try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, EOFError, OSError) as exc:

@@ -13,14 +13,15 @@ reach photutils or numpy).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from .. import flags as F
-from ..background.annulus import crowding, off_image
+from ..background.annulus import crowding, off_image, queryable
 from ..background.base import BackgroundResult
 from ..errors import InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..simulate.render import SourceShapes, render_models, source_shapes
 from ..simulate.render import shift_psf as shift_psf  # importable from here, as before
 from ..stamps import _round_half_up, check_positions, cutouts, gather
@@ -53,6 +54,9 @@ class PhotometryResult:
     n_aper: np.ndarray
     flags: np.ndarray
     extra: dict = field(default_factory=dict)
+
+    #: Fields in image units: they become ``Quantity`` when the input image had a unit.
+    UNIT_FIELDS: ClassVar[tuple[str, ...]] = ("flux", "flux_err", "bkg", "bkg_err")
 
     def __len__(self) -> int:
         return int(np.asarray(self.flux).shape[0])
@@ -174,11 +178,14 @@ def overlap_weights(fx: np.ndarray, fy: np.ndarray, a: float, ba: float, theta_d
 
 
 def weighted_sums(values: np.ndarray, valid: np.ndarray, inside: np.ndarray, w: np.ndarray,
-                  max_bad_fraction: float) -> dict[str, np.ndarray]:
+                  max_bad_fraction: float, variances: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
     """Sums of aperture weights ``w`` (n, ...) over stamps of ``values``.
 
     Returns the valid-area-scaled sum ``S``, the full area ``A = sum(w)``, the noise-equivalent
-    pixel count of the scaled sum, EDGE / MASKED / NO_DATA conditions.
+    pixel count of the scaled sum, EDGE / MASKED / NO_DATA conditions and, when per-pixel
+    ``variances`` (stamps like ``values``) are given, the variance of ``S`` they imply
+    (``noise_var``; NaN without them).
     """
     axes = tuple(range(1, w.ndim))
     wv = np.where(valid, w, 0.0)
@@ -191,11 +198,23 @@ def weighted_sums(values: np.ndarray, valid: np.ndarray, inside: np.ndarray, w: 
         nodata = ~(area_valid > 0) | (bad_frac > max_bad_fraction + 1e-12)
         s = np.where(nodata, np.nan, s_valid * scale)
         n_noise = np.where(nodata, np.nan, scale**2 * (wv**2).sum(axis=axes))
+        if variances is None:
+            noise_var = np.full(s.shape, np.nan)
+        else:
+            vv = np.where(valid, variances, 0.0)
+            noise_var = np.where(nodata, np.nan, scale**2 * (wv**2 * vv).sum(axis=axes))
     touched = w > 0
     edge = (touched & ~inside).any(axis=axes)
     masked = (touched & inside & ~valid).any(axis=axes)
     return {"S": s, "area": area, "n_noise": n_noise, "edge": edge, "masked": masked,
-            "nodata": nodata, "bad_frac": bad_frac}
+            "nodata": nodata, "bad_frac": bad_frac, "noise_var": noise_var}
+
+
+def _variance_image(img: Image) -> Image | None:
+    """The image's per-pixel variance as an Image (same mask), or None without one."""
+    if img.variance is None:
+        return None
+    return Image(img.variance, img.mask)
 
 
 def _inside(shape: tuple[int, int], x0: np.ndarray, y0: np.ndarray, size: int) -> np.ndarray:
@@ -298,6 +317,7 @@ class AperturePhotometer:
                                 self.method)
         return w, xi - self._half, yi - self._half
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
@@ -328,13 +348,18 @@ class AperturePhotometer:
         S = np.full(n, np.nan)
         area = np.full(n, self.area)
         n_noise = np.full(n, np.nan)
+        noise_var = np.full(n, np.nan)
+        vimg = _variance_image(img)
         flags = F.zeros(n)
         for start in range(0, n, self.chunk_size):
             sl = slice(start, min(start + self.chunk_size, n))
             w, x0, y0 = self.weights(x[sl], y[sl])
             values, valid = gather(img, x0 + half, y0 + half, odx, ody)
+            variances = None if vimg is None else gather(vimg, x0 + half, y0 + half, odx,
+                                                         ody)[0]
             inside = _inside(img.shape, x0, y0, 2 * half + 1)
-            r = weighted_sums(values, valid, inside, w, self.max_bad_fraction)
+            r = weighted_sums(values, valid, inside, w, self.max_bad_fraction, variances)
+            noise_var[sl] = r["noise_var"]
             S[sl] = r["S"]
             # sum of the weights actually applied (= pi a^2 ba for "exact"; the sampled
             # methods differ by up to ~1 %, and the background must match what was summed)
@@ -343,22 +368,32 @@ class AperturePhotometer:
             flags[sl] |= (_flag(r["edge"], F.EDGE) | _flag(r["masked"], F.MASKED)
                           | _flag(r["nodata"], F.NO_DATA))
         return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
-                      crowd_radius=self.radius + self.crowd_margin, neighbours=neighbours)
+                      crowd_radius=self.radius + self.crowd_margin, neighbours=neighbours,
+                      noise_var=None if vimg is None else noise_var)
 
 
 def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.ndarray,
            n_noise: np.ndarray, bres: BackgroundResult, flags: np.ndarray, error_model: str, *,
            crowd_radius: float | np.ndarray, neighbours, scale: np.ndarray | None = None,
-           extra: dict | None = None) -> PhotometryResult:
+           extra: dict | None = None, noise_var: np.ndarray | None = None) -> PhotometryResult:
     """Subtract the background (BKGnet eq. 8), attach errors and flags.
 
     ``scale`` (e.g. 1 / enclosed fraction) multiplies the net aperture flux and its error.
+    ``noise_var``: the variance of the aperture sum from the image's own per-pixel variance
+    (an NDData uncertainty, :attr:`Image.variance`); it then replaces the source Poisson and
+    pixel-noise terms of the error model (an uncertainty map holds both), as photutils'
+    ``aperture_photometry(error=...)`` does; the background-error term stays.
     """
     bkg = np.asarray(bres.bkg, float)
     bkg_err = np.asarray(bres.bkg_err, float)
     flux_ap = S - area * bkg  # BKGnet eq. 8
-    pvar = pixel_variance(bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise, error_model)
-    var = flux_variance(flux_ap, area, pvar, bkg_err, img.meta.gain, n_noise=n_noise)
+    if noise_var is not None:
+        with np.errstate(invalid="ignore"):
+            var = np.asarray(noise_var, float) + area**2 * bkg_err**2
+    else:
+        pvar = pixel_variance(bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
+                              error_model)
+        var = flux_variance(flux_ap, area, pvar, bkg_err, img.meta.gain, n_noise=n_noise)
     sc = np.ones_like(flux_ap) if scale is None else np.asarray(scale, float)
     flux = flux_ap * sc
     with np.errstate(invalid="ignore"):
@@ -395,15 +430,19 @@ def _crowded_varying(x, y, radius: np.ndarray, neighbours) -> np.ndarray:
 
     nx_, ny_ = (x, y) if neighbours is None else (np.asarray(neighbours[0], float),
                                                    np.asarray(neighbours[1], float))
-    ok = np.isfinite(nx_) & np.isfinite(ny_)
+    ok = queryable(nx_, ny_)
     if ok.sum() == 0 or len(x) == 0:
         return np.zeros(len(x), bool)
     tree = cKDTree(np.c_[nx_[ok], ny_[ok]])
-    pts = np.c_[np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]
-    rad = np.nan_to_num(radius, nan=0.0)
-    within = np.asarray(tree.query_ball_point(pts, r=rad, return_length=True))
-    itself = np.asarray(tree.query_ball_point(pts, r=0.5, return_length=True))
-    return (within - itself) > 0
+    out = np.zeros(len(x), bool)
+    q = queryable(x, y)  # non-finite or absurd positions have no neighbours
+    if q.any():
+        pts = np.c_[x[q], y[q]]
+        rad = np.nan_to_num(radius[q], nan=0.0, posinf=0.0, neginf=0.0)
+        within = np.asarray(tree.query_ball_point(pts, r=rad, return_length=True))
+        itself = np.asarray(tree.query_ball_point(pts, r=0.5, return_length=True))
+        out[q] = (within - itself) > 0
+    return out
 
 
 # -- Lumos model-scaled aperture --------------------------------------------------------------
@@ -537,6 +576,7 @@ class ModelAperturePhotometer:
         enclosed = np.where(reached, (w * models).sum(axis=(1, 2)), np.nan)
         return w, a, enclosed
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
@@ -558,6 +598,8 @@ class ModelAperturePhotometer:
         S = np.full(n, np.nan)
         area = np.full(n, np.nan)
         n_noise = np.full(n, np.nan)
+        noise_var = np.full(n, np.nan)
+        vimg = _variance_image(img)
         a_ap = np.full(n, np.nan)
         enclosed = np.full(n, np.nan)
         flags = F.zeros(n)
@@ -575,8 +617,11 @@ class ModelAperturePhotometer:
                                        oversample=self.oversample)
                 w, a, enc = self.aperture_weights(models, dx[ii], dy[ii], sh.ba, sh.theta)
                 st = cutouts(img, x[ii], y[ii], size)
+                variances = None if vimg is None else cutouts(vimg, x[ii], y[ii], size).data
                 inside = _inside(img.shape, st.x0, st.y0, size)
-                r = weighted_sums(st.data, st.valid, inside, w, self.max_bad_fraction)
+                r = weighted_sums(st.data, st.valid, inside, w, self.max_bad_fraction,
+                                  variances)
+                noise_var[ii] = r["noise_var"]
                 S[ii] = r["S"]
                 area[ii] = r["area"]
                 n_noise[ii] = r["n_noise"]
@@ -589,4 +634,5 @@ class ModelAperturePhotometer:
         return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
                       crowd_radius=np.nan_to_num(a_ap, nan=0.0) + self.crowd_margin,
                       neighbours=neighbours, scale=scale,
-                      extra={"aper_a": a_ap, "enclosed_fraction": enclosed})
+                      extra={"aper_a": a_ap, "enclosed_fraction": enclosed},
+                      noise_var=None if vimg is None else noise_var)

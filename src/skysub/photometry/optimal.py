@@ -21,7 +21,7 @@ import numpy as np
 from .. import flags as F
 from ..background.base import BackgroundResult
 from ..errors import InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..stamps import cutouts
 from .aperture import (
     PhotometryResult,
@@ -156,6 +156,7 @@ class OptimalPhotometer:
             n_aper = w.sum(ax)
         return {"flux": flux, "var_pix": var_pix, "n_aper": n_aper}
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None, catalog=None,

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import flags as F
 from ..errors import InputError
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from ..stamps import cutouts
 from .aperture import (
     PhotometryResult,
@@ -84,6 +84,7 @@ class ProfileFitPhotometer:
         self.n_iter = int(n_iter)
         self.name = name
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None, neighbours=None, catalog=None
                 ) -> PhotometryResult:

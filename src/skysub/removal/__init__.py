@@ -14,14 +14,21 @@ inference, :mod:`.training`, :mod:`.calibration` (measures what :mod:`.levels` a
 :mod:`.evaluation`, :mod:`.cli`.
 """
 
-from .core import DEFAULT_MODEL, RemovalResult, normalise, remove_sources
-from .masks import MaskTable, mask_radii, peak_snr
+from importlib import import_module
+
+# resolved on first use (PEP 562): .core imports torch (~2 s), and every `skysub` command
+# builds the `remove` parser from this package
+_EXPORTS = {"DEFAULT_MODEL": ".core", "RemovalResult": ".core", "normalise": ".core",
+            "remove_sources": ".core", "MaskTable": ".masks", "mask_radii": ".masks",
+            "peak_snr": ".masks"}
 
 __all__ = ["DEFAULT_MODEL", "InpaintBackground", "MaskTable", "RemovalResult", "evaluate_removal",
            "mask_radii", "normalise", "peak_snr", "remove_sources", "train_inpaint"]
 
 
 def __getattr__(name: str):  # lazy: training/evaluation pull in more machinery
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
     if name == "train_inpaint":
         from .training import train_inpaint
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import flags as F
 from ..background.base import BackgroundResult
-from ..image import Image, as_image
+from ..image import Image, as_image, image_method
 from .apertures import _aperture_sums
 from .core import DEFAULT_MODEL, remove_sources
 from .masks import MaskTable, peak_snr
@@ -59,6 +59,7 @@ class InpaintBackground:
         return (f"InpaintBackground(model={self.model!r}, radius={self.radius!r}, "
                 f"device={self.device!r})")
 
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
