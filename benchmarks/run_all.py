@@ -17,6 +17,7 @@ from . import (
     bench_annulus,
     bench_batch,
     bench_bkgnet,
+    bench_bkgnet_transfer,
     bench_cli,
     bench_inject,
     bench_lumos,
@@ -28,8 +29,9 @@ from . import (
 )
 
 #: the benchmarks ``make bench`` runs, in order
-BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet, bench_lumos,
-              bench_lumos_real, bench_removal, bench_batch, bench_cli)
+BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet,
+              bench_bkgnet_transfer, bench_lumos, bench_lumos_real, bench_removal, bench_batch,
+              bench_cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=BACKGROUND_CHOICES, help="estimator (annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     add_model_args(p)
+    p.add_argument("--unknown-key", choices=("error", "warn"), default="error",
+                   help="bkgnet: a band x epoch the model never saw is an error (default) or, "
+                        "with warn, estimated with the mean of the known embeddings")
     p.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     p.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
     p.add_argument("--statistic", choices=("median", "mean", "mode", "biweight"), default=None,
@@ -206,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None,
                    help="torch threads on CPU (default: all cores; 1 is faster on a busy "
                         "machine)")
+    t.add_argument("--init", default="auto", metavar="MODEL",
+                   help="model to fine-tune (default auto: the shipped bkgnet-paus on your "
+                        "exposures, scratch with --simulated); none trains from scratch")
     add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
@@ -346,7 +352,8 @@ def _cmd_background(args) -> int:
     check_output(args.output, overwrite=args.overwrite, inputs=inputs)
     est = make_background(args.method, config=cfg, templates=args.templates, r_in=args.r_in,
                           r_out=args.r_out, statistic=args.statistic, model=args.model,
-                          device=args.device, batch_size=args.batch_size)
+                          device=args.device, batch_size=args.batch_size,
+                          unknown_key=args.unknown_key)
     table = measure_background(args.images, args.catalog, est, quiet=args.quiet,
                                map_path=args.map, overwrite=args.overwrite,
                                **read_kwargs(args, cfg))
@@ -419,7 +426,7 @@ def _cmd_train(args) -> int:
                         overwrite=args.overwrite, quiet=args.quiet,
                         batch_size=args.batch_size, lr=args.lr,
                         stamps_per_image=args.stamps_per_image, command=command_line(args.argv),
-                        threads=args.threads,
+                        threads=args.threads, init=args.init,
                         **read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]

@@ -41,7 +41,8 @@ def _catalog(catalog: str | Path | Table) -> Table:
 def make_background(method: str, *, config: SurveyConfig | None = None,
                     templates: Any = None, r_in: float | None = None,
                     r_out: float | None = None, statistic: str | None = None,
-                    model: Any = None, device: str = "auto", batch_size: int = 512):
+                    model: Any = None, device: str = "auto", batch_size: int = 512,
+                    unknown_key: str = "error"):
     """A background estimator by name.
 
     Parameters
@@ -57,6 +58,7 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
     model : model file or shipped model name for learned methods (bkgnet default:
         ``bkgnet-paus``)
     device, batch_size : inference settings of learned methods
+    unknown_key : bkgnet: "error" or "warn" for a band x epoch the model never saw
     """
     from .background.annulus import AnnulusBackground
 
@@ -67,7 +69,8 @@ def make_background(method: str, *, config: SurveyConfig | None = None,
     if method == "bkgnet":
         from .background.bkgnet import DEFAULT_MODEL, BKGnetBackground
 
-        return BKGnetBackground(model or DEFAULT_MODEL, device=device, batch_size=batch_size)
+        return BKGnetBackground(model or DEFAULT_MODEL, device=device, batch_size=batch_size,
+                                unknown_key=unknown_key)
     if method == "inpaint":  # the compact-source removal U-Net (skysub.removal)
         from .removal.estimator import InpaintBackground
 

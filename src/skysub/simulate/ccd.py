@@ -187,9 +187,13 @@ def _label_mean(bkg: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def simulate_exposure(config: CCDSimConfig, fieldcat: Table, *, band: str, epoch: str,
-                      offset: tuple[float, float] = (0.0, 0.0), seed=None, night: str = "N00"
+                      offset: tuple[float, float] = (0.0, 0.0), seed=None, night: str = "N00",
+                      background_factor: np.ndarray | None = None
                       ) -> tuple[Image, Table, np.ndarray]:
     """One exposure of the field.
+
+    ``background_factor`` (ny, nx), optional, multiplies the background (sky x scattered
+    light) before the noise: further illumination patterns (:mod:`skysub.simulate.randomised`).
 
     Returns
     -------
@@ -206,6 +210,8 @@ def simulate_exposure(config: CCDSimConfig, fieldcat: Table, *, band: str, epoch
     slt = scattered_light_pattern((ny, nx), band, epoch, amplitude=config.scattered_light,
                                   seed=rng.integers(2**32), variation=config.scattered_variation)
     background = config.sky[band] * slt
+    if background_factor is not None:
+        background = background * np.asarray(background_factor, float)
     x, y = wcs.all_world2pix(np.asarray(fieldcat["ra"]), np.asarray(fieldcat["dec"]), 0)
     mag = np.asarray(fieldcat["mag"]) + np.asarray(fieldcat[f"dmag_{band}"])
     flux = config.exptime * 10 ** (-0.4 * (mag - config.zero_point)) / config.gain  # ADU

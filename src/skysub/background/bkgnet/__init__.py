@@ -11,9 +11,12 @@ Layout (as :mod:`skysub.removal`; every name below is importable from this packa
 - :mod:`.data` -- the training set (:class:`TrainingSet`, :func:`build_training_set`); the
   stamp sampling, labels and injection it uses live in :mod:`skysub.simulate.trainingdata`,
   shared with Lumos
-- :mod:`.calibration` -- :func:`predict_set`, :func:`sigma_scale`
-- :mod:`.evaluation` -- :func:`validation_metrics`
-- :mod:`.training` -- :func:`train_bkgnet`, :func:`command_line`
+- :mod:`.calibration` -- :func:`predict_set`, :func:`sigma_scale`, :func:`fit_error_calibration`
+  (per background level and edge/centre, with the label noise measured from label triplets)
+- :mod:`.errormodel` -- :func:`calibrated_errors` (the calibration applied at inference)
+- :mod:`.evaluation` -- :func:`validation_metrics`, :func:`training_report`
+- :mod:`.training` -- :func:`train_bkgnet` (fine-tunes the shipped model by default),
+  :func:`command_line`
 
 Training data (BKGnet §3.2, with the fixes skysub makes)
 --------------------------------------------------------
@@ -46,14 +49,16 @@ from ...simulate.trainingdata import (
     split_by_exposure,
 )
 from ...simulate.trainingdata import galaxy_pool as _galaxy_pool  # its name here before
-from .calibration import predict_set, sigma_scale
-from .data import TrainingSet, build_training_set
+from .calibration import fit_error_calibration, predict_set, sigma_scale
+from .data import TrainingSet, build_training_set, label_triplets
+from .errormodel import calibrated_errors
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetBackground, BKGnetSettings
-from .evaluation import validation_metrics
+from .evaluation import training_report, validation_metrics
 from .training import command_line, train_bkgnet
 
 __all__ = ["DEFAULT_MODEL", "TRAIN_KEYS", "BKGnetBackground", "BKGnetSettings", "TrainingSet",
-           "_galaxy_pool", "build_training_set", "circle_offsets", "circle_values",
-           "clipped_label", "command_line", "key_name", "predict_set", "sample_training_stamps",
+           "_galaxy_pool", "build_training_set", "calibrated_errors", "circle_offsets",
+           "circle_values", "clipped_label", "command_line", "fit_error_calibration",
+           "key_name", "label_triplets", "predict_set", "sample_training_stamps",
            "sigma_scale", "simulated_exposures", "split_by_exposure", "train_bkgnet",
-           "validation_metrics"]
+           "training_report", "validation_metrics"]

@@ -108,6 +108,10 @@ class BKGnetBackground:
     device : "auto" (GPU when present), "cpu", "cuda"
     threads : torch threads on CPU (None = all cores of this process)
     name : label in output tables
+    unknown_key : "error" (default) or "warn": what to do with an image whose band x epoch
+        the model never saw.  With "warn" the estimate is made with the MEAN of the known
+        band x epoch embeddings and a warning says so -- usable, but fine-tune on a few
+        exposures of that band (``skysub train bkgnet ... --init MODEL``) before trusting it.
 
     Notes
     -----
@@ -119,7 +123,10 @@ class BKGnetBackground:
     ``pixel_std`` is NaN (photometry then uses the eq. 10 Poisson + read-noise pixel variance).
     ``sigma_net`` is first multiplied by the card's ``sigma_scale``, the pull width the network
     had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
-    calibrated network sigma.
+    calibrated network sigma.  Models trained on pixel labels by this version carry an
+    ``error_calibration`` instead (:func:`skysub.background.bkgnet.calibration.
+    fit_error_calibration`): a factor per background level and edge/centre, and the label noise
+    beyond eq. 3 measured from the training exposures, both removed as in eq. 5.
 
     Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
     the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer
@@ -127,7 +134,8 @@ class BKGnetBackground:
     """
 
     def __init__(self, model: Any = DEFAULT_MODEL, *, batch_size: int = 512,
-                 device: str = "auto", threads: int | None = None, name: str = "bkgnet") -> None:
+                 device: str = "auto", threads: int | None = None, name: str = "bkgnet",
+                 unknown_key: str = "error") -> None:
         import torch
 
         from ...nn.bkgnet import fuse_for_inference
@@ -136,6 +144,10 @@ class BKGnetBackground:
 
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
+        if unknown_key not in ("error", "warn"):
+            raise InputError(f"unknown_key must be 'error' or 'warn', got {unknown_key!r}")
+        self.unknown_key = unknown_key
+        self._warned: set[str] = set()
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             configure_threads(threads)
@@ -169,10 +181,36 @@ class BKGnetBackground:
             return self.keys.index(k)
         if len(self.keys) == 1 and self.keys[0] == key_name(None, None):
             return 0
+        if self.unknown_key == "warn":
+            if k not in self._warned:
+                self._warned.add(k)
+                log.warning("%s: band/epoch %r is not known to the BKGnet model %s (it knows: "
+                            "%s); using the mean of the known embeddings. Fine-tune on a few "
+                            "exposures of this band (skysub train bkgnet IMAGES --catalog CAT "
+                            "--init MODEL) before trusting the errors", image.name, k,
+                            self.card.get("path", ""), ", ".join(self.keys))
+            return self._mean_key_index()
         raise InputError(f"{image.name}: band/epoch {k!r} is not known to the BKGnet model "
                          f"{self.card.get('path', '')}; it knows: {', '.join(self.keys)}. "
-                         "Train a model on this band (skysub train bkgnet) or set "
-                         "--band/--epoch")
+                         "Fine-tune the model on this band (skysub train bkgnet IMAGES "
+                         "--catalog CAT --init MODEL), set --band/--epoch, or accept the "
+                         "mean of the known embeddings with a warning (--unknown-key warn; "
+                         "unknown_key='warn')")
+
+    def _mean_key_index(self) -> int:
+        """Index of an extra embedding row holding the mean of the known ones (added once)."""
+        import torch
+
+        emb = self.net.embed
+        n = len(self.keys)
+        if emb.num_embeddings == n:
+            w = emb.weight.detach()
+            new = torch.nn.Embedding(n + 1, w.shape[1]).to(w.device)
+            with torch.no_grad():
+                new.weight[:n] = w
+                new.weight[n] = w.mean(0)
+            self.net.embed = new
+        return n
 
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
@@ -189,6 +227,7 @@ class BKGnetBackground:
             mag = np.broadcast_to(np.asarray(mag, float), x.shape)
         bkg = np.full(n, np.nan)
         sig_net = np.full(n, np.nan)
+        level = np.full(n, np.nan)  # stamp median outside the hidden centre
         n_pix = np.zeros(n, np.int64)
         flags = F.zeros(n)
         if n == 0:
@@ -232,14 +271,26 @@ class BKGnetBackground:
                 b, s = denormalise(mu.cpu(), ls.cpu(), loc, scale)
             b, s, ok = b.numpy(), s.numpy(), ok.numpy()
             bkg[idx] = np.where(ok, b, np.nan)
-            sig_net[idx] = np.where(ok, s * self.sigma_scale, np.nan)
+            sig_net[idx] = np.where(ok, s, np.nan)
+            level[idx] = loc.numpy()
             n_pix[idx] = n_valid
             flags[idx[~ok]] |= F.NO_DATA
-        if self.inputs.get("labels", "pixels") == "pixels":
+        cal = self.inputs.get("error_calibration")
+        pixel_labels = self.inputs.get("labels", "pixels") == "pixels"
+        if pixel_labels:
             n_label = float(self.inputs.get("n_label", np.pi * 8.0**2))
             lsig = label_sigma(bkg, n_label, img.meta.gain, img.meta.rdnoise)
+        if cal is not None and pixel_labels:
+            # per level and edge/centre; the label's extra noise measured from the user's data
+            from .errormodel import calibrated_errors
+
+            edge_d = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
+            err, sig_net = calibrated_errors(bkg, sig_net, lsig, edge_d, cal, level=level)
+        elif pixel_labels:
+            sig_net = sig_net * self.sigma_scale
             err = predicted_sigma(sig_net, lsig)  # BKGnet eq. 5
         else:
+            sig_net = sig_net * self.sigma_scale
             err = sig_net.copy()
         err[~np.isfinite(bkg)] = np.nan
         return BackgroundResult(bkg, err, np.full(n, np.nan), n_pix, flags,

@@ -1,0 +1,228 @@
+"""BKGnet on a user's instrument: fine-tuning the shipped model with a new band key, unseen
+keys at inference (warning, mean embedding), the label-noise calibration against a simulation
+with known extra label noise, and the domain-randomised instruments."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from skysub.background.bkgnet import BKGnetBackground, BKGnetSettings, train_bkgnet
+from skysub.background.bkgnet.calibration import (
+    calibrated_errors,
+    fit_error_calibration,
+    label_noise,
+)
+from skysub.background.bkgnet.data import label_triplets
+from skysub.background.bkgnet.training import _extend_keys
+from skysub.config import load_config
+from skysub.errors import InputError
+from skysub.image import Image, ImageMeta
+from skysub.nn.modelfile import load_model
+from skysub.simulate.trainingdata import circle_values
+
+
+@pytest.fixture(scope="module")
+def new_band_exposures(tmp_path_factory):
+    """Three small exposures of a band the shipped model never saw, as FITS + catalogue."""
+    from skysub.io import write_fits_product
+    from skysub.simulate.randomised import HELDOUT, instrument_exposures, random_instrument
+
+    inst = random_instrument(HELDOUT, seed=5, shape=(200, 256), n_epochs=1)
+    inst["config"].bands = ["Xr"]
+    inst["config"].sky = {"Xr": 300.0}
+    exps, cat = instrument_exposures(inst, 3, seed=2)
+    d = tmp_path_factory.mktemp("newband")
+    paths = []
+    for im, _, _, _ in exps:
+        p = d / im.path.name
+        write_fits_product(p, im.data.astype(np.float32), header=im.header, wcs=im.wcs)
+        paths.append(str(p))
+    cat["id", "ra", "dec", "mag", "r50", "sersic_n", "ba", "theta"].write(d / "cat.csv")
+    return paths, d / "cat.csv", exps
+
+
+def test_extend_keys_starts_new_embeddings_at_the_mean():
+    old, card = load_model("bkgnet-paus")
+    n_old = len(card["inputs"]["keys"])
+    from skysub.nn.bkgnet import BKGnet, BKGnetArch
+
+    new = _extend_keys(old, BKGnet(BKGnetArch(**{**old.arch.__dict__, "n_keys": n_old + 2})),
+                       n_old)
+    w_old, w_new = old.embed.weight.detach(), new.embed.weight.detach()
+    torch.testing.assert_close(w_new[:n_old], w_old)
+    for j in (n_old, n_old + 1):
+        torch.testing.assert_close(w_new[j], w_old.mean(0))
+    torch.testing.assert_close(new.head[0].weight, old.head[0].weight)
+
+
+def test_finetune_shipped_model_with_a_new_band_key(new_band_exposures, tmp_path, capsys):
+    paths, cat, exps = new_band_exposures
+    out = tmp_path / "ft.pt"
+    card = train_bkgnet(paths, str(cat), out, stamps_per_image=60, epochs=1, seed=0,
+                        device="cpu", quiet=False)
+    shipped = load_model("bkgnet-paus")[1]["inputs"]["keys"]
+    assert card["init"].endswith("bkgnet-paus.pt")
+    assert card["inputs"]["keys"][:len(shipped)] == shipped
+    assert card["inputs"]["keys"][len(shipped):] == ["Xr/e0"]
+    assert card["training"]["lr"] == pytest.approx(5e-4)  # the fine-tuning default
+    cal = card["inputs"]["error_calibration"]
+    assert len(cal["k"]) == len(cal["extra_rel"]) == 6 and all(k > 0 for k in cal["k"])
+    rep = card["report"]["groups"]["all"]
+    assert rep["n"] > 0 and rep["sigma68_bkgnet"] > 0 and rep["sigma68_annulus"] > 0
+    assert "s68 annulus" in capsys.readouterr().err  # the report is printed
+    est = BKGnetBackground(out, device="cpu")
+    im, _, _, truth = exps[0]
+    res = est.estimate(im, truth["x"], truth["y"], mag=truth["mag"])
+    ok = np.isfinite(res.bkg)
+    assert ok.mean() > 0.9 and np.all(res.bkg_err[ok] > 0)
+    rel = (res.bkg[ok] - truth["bkg_true"][ok]) / truth["bkg_true"][ok]
+    assert abs(np.median(rel)) < 0.05  # one epoch: close to the sky, not off by the scale
+    # the known keys are still there (the PAUS bands keep their embeddings)
+    im2 = Image(np.random.default_rng(0).normal(110, 10, (200, 200)), None,
+                meta=ImageMeta(band="NB685", epoch="after", gain=1.0, rdnoise=5.0))
+    assert np.isfinite(est.estimate(im2, [100.0], [100.0]).bkg[0])
+
+
+def test_init_that_does_not_fit_is_a_clear_error(new_band_exposures, tmp_path):
+    paths, cat, _ = new_band_exposures
+    cfg = load_config()
+    cfg.bkgnet.update(stamp_size=64)
+    with pytest.raises(InputError, match="stamp_size 120"):
+        train_bkgnet(paths, str(cat), tmp_path / "x.pt", config=cfg, init="bkgnet-paus",
+                     epochs=1, quiet=True, device="cpu")
+
+
+def test_unknown_key_warns_and_uses_the_mean_embedding(caplog):
+    rng = np.random.default_rng(3)
+    data = rng.normal(200.0, 14.0, (200, 200))
+    im = Image(data, None, meta=ImageMeta(band="NEW", epoch="x", gain=1.0, rdnoise=5.0))
+    with pytest.raises(InputError, match="unknown-key warn"):
+        BKGnetBackground("bkgnet-paus", device="cpu").estimate(im, [100.0], [100.0])
+    est = BKGnetBackground("bkgnet-paus", device="cpu", unknown_key="warn")
+    with caplog.at_level(logging.WARNING, logger="skysub"):
+        res = est.estimate(im, [100.0, 60.0], [100.0, 70.0])
+    assert "not known" in caplog.text and "mean of the known embeddings" in caplog.text
+    assert np.all(np.isfinite(res.bkg)) and np.all(np.abs(res.bkg / 200.0 - 1) < 0.02)
+    w = est.net.embed.weight.detach()
+    torch.testing.assert_close(w[-1], w[:-1].mean(0))
+    with pytest.raises(InputError, match="unknown_key"):
+        BKGnetBackground("bkgnet-paus", unknown_key="maybe")
+
+
+def _image_with_extra_label_noise(seed=0, shape=(900, 900), sky=200.0, extra_px=6.0):
+    """Flat sky with Poisson + read noise, plus a correlated field (2 px Gaussian smoothing)
+    that adds label noise eq. 3 does not know; returns the image and the field."""
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.standard_normal(shape), 2.0)
+    field *= extra_px / field.std()
+    data = rng.poisson(sky + field.clip(-sky + 1)) + rng.normal(0, 5.0, shape)
+    return Image(data.astype(float), None, meta=ImageMeta(gain=1.0, rdnoise=5.0)), field
+
+
+def test_label_noise_recovers_known_extra_noise():
+    im, field = _image_with_extra_label_noise()
+    s = BKGnetSettings(edge_width=150.0)
+    trip = label_triplets(im, None, s, np.random.default_rng(1), 3000)
+    assert len(trip["d2"]) > 1500
+    # the truth: the scatter of the field's own circle means at random positions
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(20, 880, 4000), rng.uniform(20, 880, 4000)
+    vals, _ = circle_values(field, x, y, 8.0)
+    extra_true = float(np.nanmean(vals, axis=1).std())
+    cal = {"level_edges": [], "edge_width": 150.0, "k": [1.0, 1.0]}
+    ln = label_noise(trip, cal)
+    extra = np.asarray(ln["extra_rel"]) * 200.0
+    assert extra_true > 0.6  # comparable to eq. 3 (~1 ADU): a real test
+    np.testing.assert_allclose(extra, extra_true, rtol=0.15)
+    # without the extra field the measured extra noise is small against eq. 3
+    im0, _ = _image_with_extra_label_noise(extra_px=0.0)
+    ln0 = label_noise(label_triplets(im0, None, s, np.random.default_rng(1), 3000), cal)
+    assert max(ln0["extra_rel"]) * 200.0 < 0.35
+
+
+def test_error_calibration_gives_unit_pulls_against_the_smooth_sky():
+    """Predictions with a known error (0.6 x the label noise) and a network sigma that is
+    1.6x too large: the calibration, fitted on one half of the positions, makes the pulls of
+    the other half against the noise-free sky ~1; eq. 3 alone (no extra label noise) would
+    not."""
+    im, _ = _image_with_extra_label_noise(seed=4)
+    s = BKGnetSettings(edge_width=150.0)
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(20, 880, 6000), rng.uniform(20, 880, 6000)
+    vals, use = circle_values(im, x, y, 8.0)
+    from skysub.nn.bkgnet import label_sigma
+    from skysub.simulate.trainingdata import clipped_label
+
+    label, n_lab = clipped_label(vals, use, 3.0)
+    eq3 = label_sigma(label, n_lab, 1.0, 5.0)
+    trip = label_triplets(im, None, s, np.random.default_rng(6), 3000)
+    sig_l = np.sqrt(6.0) ** -1 * np.std(trip["d2"])  # ~ the total label noise
+    sig_pred = 0.6 * sig_l
+    b = 200.0 + rng.normal(0, sig_pred, len(x))
+    sigma_net = np.full(len(x), 1.6 * np.hypot(sig_pred, sig_l))
+    edge = np.minimum.reduce([x, y, 899 - x, 899 - y])
+    a, t = slice(0, 3000), slice(3000, None)
+    # the bins' level: the stamp median (flat sky here, with a little noise of its own)
+    level = 200.0 + rng.normal(0, 0.05, len(x))
+    cal = fit_error_calibration(b[a], sigma_net[a], label[a], edge[a], trip, level=level[a])
+    err, _ = calibrated_errors(b[t], sigma_net[t], eq3[t], edge[t], cal, level=level[t])
+    from skysub.stats import sigma68
+
+    pull = float(sigma68((b[t] - 200.0) / err))
+    assert 0.85 < pull < 1.15
+    cal0 = {**cal, "extra_rel": [0.0] * len(cal["k"])}
+    err0, _ = calibrated_errors(b[t], sigma_net[t], eq3[t], edge[t], cal0, level=level[t])
+    assert float(sigma68((b[t] - 200.0) / err0)) < 0.8  # errors too large without it
+
+
+def test_randomised_instruments_are_reproducible_and_differ():
+    from skysub.simulate.randomised import (
+        HELDOUT,
+        PRETRAIN,
+        instrument_exposures,
+        random_instrument,
+    )
+
+    a = random_instrument(HELDOUT, seed=1, shape=(128, 160))
+    b = random_instrument(HELDOUT, seed=1, shape=(128, 160))
+    assert a["config"].sky == b["config"].sky and a["patterns"] == b["patterns"]
+    p = random_instrument(PRETRAIN, seed=1, shape=(128, 160))
+    assert set(p["config"].bands).isdisjoint(a["config"].bands)
+    e1, _ = instrument_exposures(a, 2, seed=3)
+    e2, _ = instrument_exposures(b, 2, seed=3)
+    np.testing.assert_array_equal(np.nan_to_num(e1[1][0].data), np.nan_to_num(e2[1][0].data))
+    im, _, bg, truth = e1[0]
+    assert im.meta.band in HELDOUT.bands and bg.shape == (128, 160)
+    assert np.all(bg > 0) and len(truth) > 0
+    assert np.array_equal(im.mask, ~np.isfinite(im.data) | im.mask)
+
+
+def test_cli_unknown_key_warn_and_init_none(new_band_exposures, tmp_path, capsys):
+    from astropy.table import Table
+
+    from skysub.cli import main
+
+    paths, cat, _ = new_band_exposures
+    out = tmp_path / "b.csv"
+    base = ["background", paths[0], "--catalog", str(cat), "--method", "bkgnet", "--quiet",
+            "--device", "cpu", "--output", str(out)]
+    assert main(base) == 2
+    assert "--unknown-key warn" in capsys.readouterr().err
+    assert main([*base, "--unknown-key", "warn"]) == 0
+    t = Table.read(out, format="ascii.csv")
+    on = (np.asarray(t["flags"]) & 16) == 0  # OFF_IMAGE: catalogue rows beyond this exposure
+    assert on.sum() > 10 and np.isfinite(t["bkg"][on]).mean() > 0.9
+    assert main(["train", "bkgnet", *paths, "--catalog", str(cat), "--output",
+                 str(tmp_path / "s.pt"), "--init", "none", "--epochs", "1",
+                 "--stamps-per-image", "40", "--quiet", "--device", "cpu"]) == 0
+    card = modelfile_card(tmp_path / "s.pt")
+    assert card["init"] is None and card["inputs"]["keys"] == ["Xr/e0"]
+
+
+def modelfile_card(path):
+    from skysub.nn.modelfile import read_card
+
+    return read_card(path)
