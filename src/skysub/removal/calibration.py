@@ -260,8 +260,9 @@ def fit_flux_scale(ratio: np.ndarray, snr: np.ndarray, sim: np.ndarray | None = 
     return np.round(out, 5).tolist(), np.round(se, 5).tolist(), counts
 
 
-#: flags that keep a source out of the flux-scale fit (edge, no data, off image)
-_FLUX_FIT_BAD = 1 | 8 | 16
+#: flags that keep a source out of the flux-scale fit (masked pixels in the aperture, no data,
+#: off image); edge (its cutout runs off the map or into NaN coverage) is kept
+_FLUX_FIT_BAD = 2 | 8 | 16
 
 
 def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -272,7 +273,8 @@ def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
+              options: dict[str, Any] | None = None,
+              min_per_flux_bin: int = MIN_PER_FLUX_BIN) -> dict[str, Any]:
     """:func:`measure_fields`, the level bias, then :func:`fit_calibration` of the corrected
     errors and :func:`fit_flux_scale` of the injected sources' flux ratios: the card's
     ``error_calibration`` (with the ``removal_options`` it was measured with)."""
@@ -296,7 +298,8 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
     corrected = level_corrected_flux(m, level_offset(level, m["hole"], m["snr"]))
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(good, corrected / m["flux_true"], np.nan)
-    scale, scale_se, counts = fit_flux_scale(ratio, m["snr"], m["sim"])
+    scale, scale_se, counts = fit_flux_scale(ratio, m["snr"], m["sim"],
+                                             min_per_bin=min_per_flux_bin)
     cal["flux_snr_edges"] = [float(v) for v in LEVEL_SNR_EDGES]
     cal["flux_scale"] = scale
     cal["flux_scale_se"] = scale_se

@@ -505,7 +505,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     res.extra["removed"] = np.where(img.mask, np.nan, img.data - cleaned)
     res.extra["wing_model"] = wing_map  # the modelled source light (zeros without wing passes)
     res.extra["card"] = {k: card.get(k) for k in ("kind", "arch", "path", "inputs",
-                                                  "error_calibration")}
+                                                  "error_calibration", "domain")}
     # the settings this removal ran with (wings resolved from the card)
     res.extra["settings"] = {"wings": int(wings), "anchor": float(anchor),
                              "feather": float(feather), "tta": int(tta), "texture": texture}

@@ -160,3 +160,31 @@ def domain_warning(name: str, problems: list[str], model: str) -> str:
               "`skysub evaluate removal --maps MAP --catalog CAT`, and calibrate or fine-tune "
               "on it (`skysub train inpaint --maps MAP --catalog CAT --init inpaint-default "
               "--output my.pt`; docs/removal.md, 'Your own maps').")
+
+
+def map_beam(image: Any, *, psf: np.ndarray | None = None, psf_fwhm: float | None = None,
+             default: float | None = None) -> float | None:
+    """The map's beam FWHM [px]: of the PSF image, else ``psf_fwhm``, else the FITS header's
+    ``BMAJ``/``BMIN``, else ``default``."""
+    if psf is not None:
+        return psf_fwhm_of(psf)
+    if psf_fwhm is not None:
+        return float(psf_fwhm)
+    beam = header_beam_px(getattr(image, "header", None), getattr(image, "wcs", None))
+    return beam if beam is not None else default
+
+
+def check_image(image: Any, result: Any = None, *, psf: np.ndarray | None = None,
+                psf_fwhm: float | None = None, card: dict[str, Any] | None = None
+                ) -> list[str]:
+    """:func:`check_domain` of a map (an :class:`skysub.image.Image`) against the card of the
+    model that removed its sources (``result.extra["card"]`` of
+    :func:`skysub.removal.remove_sources`, or ``card``).  A card without a ``domain`` (made
+    before it) gives []."""
+    card = card if card is not None else (result.extra.get("card") or {} if result else {})
+    domain = card.get("domain")
+    if not domain:
+        return []
+    data = np.where(image.mask, np.nan, image.data)
+    stats = map_statistics(data, beam_fwhm_px=map_beam(image, psf=psf, psf_fwhm=psf_fwhm))
+    return check_domain(stats, domain)
