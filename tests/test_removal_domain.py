@@ -178,3 +178,68 @@ def test_removal_injection_recovery_on_a_real_radio_map():
     holes = hole_summary(res["stats"], res["spectra"])
     assert res["stats"]["n_pixels"][0] > 300
     assert 0 <= holes["spectrum"]["below_floor"] <= 1 and holes["std"]["floor_median"] > 0
+
+
+TINY_MAPS_TOML = """
+base = "inpaint-generic"
+name = "tiny-maps"
+[removal.train]
+n_train = 2
+n_val = 1
+n_test = 2
+realisations = 1
+max_cutouts = 48
+epochs = 1
+batch_size = 16
+psf = ["gaussian"]
+map_sources = 40
+"""
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped model missing")
+def test_train_inpaint_maps_draws_training_data_from_a_small_real_image(tmp_path):
+    """`skysub train inpaint --maps` on one real map (a crop of the Parkes continuum map with
+    its NaN coverage): the map is cut into training / validation / test bands, its own sources
+    are found and removed before beams are injected, the model trains for one epoch, and its
+    calibration and domain are measured on beams injected into the test band; then
+    `--calibrate-only --init` writes that model, recalibrated, to a new file."""
+    from astropy.io import fits
+
+    from skysub.removal.training import InpaintTrainConfig, split_parts
+
+    data = fits.getdata(_radio_map()).astype(float)
+    col = np.vstack([data, data[::-1], data])
+    big = np.hstack([col, col[:, ::-1]])  # 576 x 384 px: three bands of >= 150 px
+    fits.PrimaryHDU(big).writeto(tmp_path / "map.fits")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_MAPS_TOML)
+    parts = split_parts(InpaintTrainConfig(size=96, maps=[str(tmp_path / "map.fits")],
+                                           psf_fwhm=3.6))
+    shapes = {k: [im.shape for im, _ in v] for k, v in parts.items()}
+    assert shapes == {"train": [(276, 384)], "val": [(150, 384)], "test": [(150, 384)]}
+    n_own = sum(len(c) for v in parts.values() for _, c in v)
+    assert n_own > 20  # the map's own compact sources, found (no catalogue given)
+    model = tmp_path / "mine.pt"
+    assert main(["train", "inpaint", "--config", str(cfg), "--maps", str(tmp_path / "map.fits"),
+                 "--psf-fwhm", "3.6", "--output", str(model), "--quiet", "--threads", "1",
+                 "--device", "cpu", "--init", "inpaint-default", "--lr", "1e-4"]) == 0
+    card = read_card(model)
+    assert card["data"]["user_maps"] == [str(tmp_path / "map.fits")]
+    assert card["training"]["epochs_run"] == 1 and card["data"]["n_train_cutouts"] > 0
+    assert card["init"]["model"] == "inpaint-default"
+    cal = card["error_calibration"]
+    assert cal["fields"]["split"] == "user maps, injected beams"
+    assert sum(cal["flux_n"]) > 0 and len(cal["flux_scale"]) == len(cal["flux_snr_edges"]) - 1
+    assert card["domain"]["beam_fwhm_px"][0] == pytest.approx(3.6, abs=0.15)
+    # the shipped weights, calibrated on this map, into a new file (the shipped one untouched)
+    before = SHIPPED.stat().st_mtime
+    cal_model = tmp_path / "shipped-on-my-map.pt"
+    assert main(["train", "inpaint", "--config", str(cfg), "--maps", str(tmp_path / "map.fits"),
+                 "--psf-fwhm", "3.6", "--output", str(cal_model), "--quiet", "--threads", "1",
+                 "--init", "inpaint-default", "--calibrate-only"]) == 0
+    c2 = read_card(cal_model)
+    assert c2["calibrated_from"] == "inpaint-default" and SHIPPED.stat().st_mtime == before
+    assert c2["error_calibration"]["fields"]["maps"] == ["map.fits"]
+    assert main(["train", "inpaint", "--config", str(cfg), "--maps", str(tmp_path / "map.fits"),
+                 "--output", str(cal_model), "--quiet", "--init", "inpaint-default",
+                 "--calibrate-only"]) == 2  # exists: never replaced without --overwrite

@@ -272,22 +272,30 @@ def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
             if k in ("wings", "anchor") and v is not None}
 
 
+#: coarser peak-SNR bins and smaller counts for a calibration on beams injected into a user's
+#: maps (a few hundred sources, not the simulated test fields' ~15,000)
+MAP_SNR_EDGES = (0.0, 10.0, 20.0, 50.0, 150.0, 1e9)
+MAP_MIN_PER_BIN = 20
+
+
 def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
               options: dict[str, Any] | None = None,
-              min_per_flux_bin: int = MIN_PER_FLUX_BIN) -> dict[str, Any]:
+              min_per_flux_bin: int = MIN_PER_FLUX_BIN,
+              min_per_level_bin: int = MIN_PER_LEVEL_BIN,
+              snr_edges: tuple[float, ...] = LEVEL_SNR_EDGES) -> dict[str, Any]:
     """:func:`measure_fields`, the level bias, then :func:`fit_calibration` of the corrected
     errors and :func:`fit_flux_scale` of the injected sources' flux ratios: the card's
     ``error_calibration`` (with the ``removal_options`` it was measured with)."""
     m = measure_fields(net, sims, masks, quiet=quiet, options=options)
-    bias, bias_se = fit_level_bias(m)
-    level = {"level_snr_edges": LEVEL_SNR_EDGES, "level_bias": bias}
+    bias, bias_se = fit_level_bias(m, snr_edges=snr_edges, min_per_bin=min_per_level_bin)
+    level = {"level_snr_edges": snr_edges, "level_bias": bias}
     m["err"] = m["err"] - (level_offset(level, m["hole"], m["snr"]) * m["sigma_bg"])[:, None]
     cal = fit_calibration(m)
-    cal["level_snr_edges"] = [float(v) for v in LEVEL_SNR_EDGES]
+    cal["level_snr_edges"] = [float(v) for v in snr_edges]
     cal["level_bias"] = bias
     cal["level_bias_se"] = bias_se
-    cal["level_n"] = np.bincount(_bins(m["snr"], LEVEL_SNR_EDGES),
-                                 minlength=len(LEVEL_SNR_EDGES) - 1).tolist()
+    cal["level_n"] = np.bincount(_bins(m["snr"], snr_edges),
+                                 minlength=len(snr_edges) - 1).tolist()
     cal["level_model"] = ("prediction -= level_bias[peak-SNR bin] x sigma_bg "
                           "(annulus MAD-std)")
     cal["removal_options"] = {k: m["settings"][k] for k in ("wings", "anchor")}
@@ -298,9 +306,9 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
     corrected = level_corrected_flux(m, level_offset(level, m["hole"], m["snr"]))
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(good, corrected / m["flux_true"], np.nan)
-    scale, scale_se, counts = fit_flux_scale(ratio, m["snr"], m["sim"],
+    scale, scale_se, counts = fit_flux_scale(ratio, m["snr"], m["sim"], snr_edges=snr_edges,
                                              min_per_bin=min_per_flux_bin)
-    cal["flux_snr_edges"] = [float(v) for v in LEVEL_SNR_EDGES]
+    cal["flux_snr_edges"] = [float(v) for v in snr_edges]
     cal["flux_scale"] = scale
     cal["flux_scale_se"] = scale_se
     cal["flux_n"] = counts

@@ -179,6 +179,9 @@ def add_evaluate_parser(eval_sub) -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=40,
                    help="beams per map and realisation (40; fewer when there is no room)")
     g.add_argument("--realisations", type=int, default=3, help="injections per map (3)")
+    g.add_argument("--min-separation", type=float, default=None, metavar="PX",
+                   help="px between an injected beam and any other source (default: 4 beam "
+                        "FWHM, at least 12)")
     g.add_argument("--psf", default=None, help="the maps' beam (FITS image; default: a "
                                                 "Gaussian of --psf-fwhm)")
     g.add_argument("--psf-fwhm", type=float, default=None,
@@ -328,7 +331,8 @@ def cmd_evaluate(args) -> int:
             args.output, args.maps, catalogs=args.catalog, model=args.model or section.get(
                 "model", "inpaint-default"), config=cfg, n=args.n,
             realisations=args.realisations, psf=args.psf, psf_fwhm=args.psf_fwhm,
-            seed=args.seed, overwrite=args.overwrite, quiet=args.quiet, device=args.device)
+            seed=args.seed, separation=args.min_separation, overwrite=args.overwrite,
+            quiet=args.quiet, device=args.device)
         if not args.quiet:
             print(summary["text"])
         return 0

@@ -105,13 +105,14 @@ def _settings(psf: np.ndarray, n: int, radius: float, separation: float, edge: f
 
 def map_injections(image: Image | np.ndarray, catalog: Table | None, psf: np.ndarray, *,
                    n: int = 40, realisations: int = 3, seed: int = 0, radius: float = 6.0,
-                   separation: float = 24.0, edge: float = 12.0,
+                   separation: float | None = None, edge: float = 12.0,
                    peak_snr: tuple[float, float] = PEAK_SNR) -> list[MapInjection]:
     """``realisations`` injected copies of ``image`` with up to ``n`` beams each (``psf``, unit
-    sum), at empty positions: ``separation`` px from the map's own ``catalog`` sources and
-    from each other, ``edge`` px from the border, no NaN / masked pixel within ``radius`` + 2
-    px; peak SNRs log-uniform in ``peak_snr`` (against the map's mesh RMS,
-    :func:`skysub.inject.core.sky_sigma`).  Reproducible from ``(seed, realisation)``."""
+    sum), at empty positions: ``separation`` px (default: 4 FWHM of the beam, at least 12)
+    from the map's own ``catalog`` sources and from each other, ``edge`` px from the border,
+    no NaN / masked pixel within ``radius`` + 2 px; peak SNRs log-uniform in ``peak_snr``
+    (against the map's mesh RMS, :func:`skysub.inject.core.sky_sigma`).  Reproducible from
+    ``(seed, realisation)``."""
     from ..inject.core import inject_sources
 
     img = as_image(image)
@@ -119,6 +120,10 @@ def map_injections(image: Image | np.ndarray, catalog: Table | None, psf: np.nda
     p = p / p.sum()
     own = catalog if catalog is not None else Table({"id": np.zeros(0, int), "x": np.zeros(0),
                                                      "y": np.zeros(0)})
+    if separation is None:
+        from .domain import psf_fwhm_of
+
+        separation = max(12.0, 4.0 * psf_fwhm_of(p))
     settings = _settings(p, n, radius, separation, edge, peak_snr)
     out = []
     for r in range(int(realisations)):
@@ -316,28 +321,45 @@ def summary_text(flux: Table, holes: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def map_catalog_and_beam(image: Image, catalog: str | Table | None = None, *,
+                         psf: np.ndarray | None = None, psf_fwhm: float | None = None,
+                         default: float = 3.5) -> tuple[Table, float]:
+    """A map's own sources and its beam FWHM [px]: the catalogue (a file or table; else
+    :func:`find_compact_sources`) and the beam of ``psf``, ``psf_fwhm`` or the header's
+    BMAJ/BMIN, else measured on the map's isolated sources (:func:`estimate_beam_fwhm`), else
+    ``default``."""
+    from ..io import catalog_for_image, read_catalog
+    from .domain import map_beam
+
+    fw = map_beam(image, psf=psf, psf_fwhm=psf_fwhm)
+    data = np.where(image.mask, np.nan, image.data)
+    if catalog is not None:
+        cat = catalog_for_image(catalog if isinstance(catalog, Table) else read_catalog(catalog),
+                                image)
+    else:
+        cat = find_compact_sources(data, fw or default, mask=image.mask)
+    if fw is None:
+        est = estimate_beam_fwhm(data, cat)
+        fw = est if np.isfinite(est) else default
+        if catalog is None:  # found again with the measured beam
+            cat = find_compact_sources(data, fw, mask=image.mask)
+    return cat, float(fw)
+
+
 def evaluate_map_files(output: Any, maps: list[str], *, catalogs: list[str] | None = None,
                        model: Any = "inpaint-default", config: Any = None, n: int = 40,
                        realisations: int = 3, psf: str | None = None,
                        psf_fwhm: float | None = None, seed: int = 0,
-                       overwrite: bool = False, quiet: bool = True, device: str = "cpu"
-                       ) -> dict[str, Any]:
+                       separation: float | None = None, overwrite: bool = False,
+                       quiet: bool = True, device: str = "cpu") -> dict[str, Any]:
     """``skysub evaluate removal --maps``: injection–recovery on FITS maps; writes
     ``flux_ratio.csv`` (one row per injected source and radius), ``flux_summary.csv``,
     ``pixel_stats.csv``, ``power_spectra.csv`` and ``summary.txt`` into ``output``."""
     from pathlib import Path
 
-    from ..io import (
-        catalog_for_image,
-        check_output,
-        expand_paths,
-        read_catalog,
-        read_image,
-        write_table,
-    )
+    from ..io import check_output, expand_paths, read_image, write_table
     from ..simulate.psf import gaussian_psf, load_psf
     from .core import removal_options
-    from .domain import map_beam
     from .masks import MaskTable
 
     if n < 1 or realisations < 1:
@@ -362,15 +384,13 @@ def evaluate_map_files(output: Any, maps: list[str], *, catalogs: list[str] | No
     injections = []
     for i, p in enumerate(paths):
         im = read_image(p)
-        fw = map_beam(im, psf=psf_img, psf_fwhm=psf_fwhm, default=fwhm_default)
+        cat, fw = map_catalog_and_beam(im, catalogs[i if len(catalogs) > 1 else 0]
+                                       if catalogs else None, psf=psf_img, psf_fwhm=psf_fwhm,
+                                       default=fwhm_default)
         beam = psf_img if psf_img is not None else gaussian_psf(int(2 * np.ceil(4 * fw) + 1),
                                                                  fw)
-        if catalogs:
-            cat = catalog_for_image(read_catalog(catalogs[i if len(catalogs) > 1 else 0]), im)
-        else:
-            cat = find_compact_sources(np.where(im.mask, np.nan, im.data), fw, mask=im.mask)
         injections += map_injections(im, cat, beam, n=n, realisations=realisations,
-                                     seed=seed + i)
+                                     seed=seed + i, separation=separation)
     res = evaluate_maps(injections, model=model, masks=masks, options=options, device=device,
                         seed=seed)
     flux = flux_summary(res["rows"])
@@ -386,3 +406,37 @@ def evaluate_map_files(output: Any, maps: list[str], *, catalogs: list[str] | No
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(out / "summary.txt")
     return {"text": text, "flux": flux, "holes": holes, **res}
+
+
+def estimate_beam_fwhm(data: np.ndarray, catalog: Table, *, n: int = 25, box: int = 15
+                       ) -> float:
+    """The beam FWHM [px] of a map without a beam in its header, from its own compact sources:
+    the median over up to ``n`` of the brightest isolated catalogued sources (none within
+    ``box`` px, not flat-topped: saturated) of the FWHM of their
+    background-subtracted stamp (:func:`skysub.removal.domain.psf_fwhm_of`); NaN without any."""
+    from .domain import psf_fwhm_of
+
+    d = np.asarray(data, float)
+    x, y = np.asarray(catalog["x"], float), np.asarray(catalog["y"], float)
+    h = box // 2
+    out = []
+    for i in range(len(x)):
+        xi, yi = int(round(x[i])), int(round(y[i]))
+        if not (h <= xi < d.shape[1] - h and h <= yi < d.shape[0] - h):
+            continue
+        others = np.hypot(x - x[i], y - y[i])
+        if np.sum(others < box) > 1:
+            continue
+        st = d[yi - h:yi + h + 1, xi - h:xi + h + 1]
+        if not np.isfinite(st).all():
+            continue
+        edge = np.concatenate([st[0], st[-1], st[:, 0], st[:, -1]])
+        st = st - np.median(edge)
+        if np.count_nonzero(st >= 0.98 * st.max()) >= 3:  # a flat (saturated) top
+            continue
+        if st[h, h] <= 0 or st.max() != st[h - 1:h + 2, h - 1:h + 2].max():
+            continue
+        out.append(psf_fwhm_of(np.clip(st, 0, None)))
+        if len(out) >= n:
+            break
+    return float(np.median(out)) if out else float("nan")

@@ -296,23 +296,24 @@ def split_parts(cfg: InpaintTrainConfig) -> dict[str, list[tuple[Any, Any]]] | N
     """The user's maps split into train / validation / test (None for simulated fields): by
     map with three maps or more (all but the last two, one, one); with fewer, each map is cut
     along its longer side into a training band and validation and test bands of 20 % (at
-    least a cutout of ``size + 2 shift`` px each)."""
+    least 1.5 cutouts of ``size + 2 shift`` px each: a cutout must lie on its band)."""
     if not cfg.maps:
         return None
     maps = read_maps(cfg)
     if len(maps) >= 3:
         n_tr = len(maps) - 2
         return {"train": maps[:n_tr], "val": maps[n_tr:n_tr + 1], "test": maps[n_tr + 1:]}
-    need = cfg.size + 2 * cfg.shift
+    need = int(1.5 * (cfg.size + 2 * cfg.shift))
     parts: dict[str, list] = {"train": [], "val": [], "test": []}
     for im, cat in maps:
         axis = 0 if im.shape[0] >= im.shape[1] else 1
         n = im.shape[axis]
         w = max(need, int(0.2 * n))
-        if n - 2 * w < need or im.shape[1 - axis] < need:
+        if n - 2 * w < need or im.shape[1 - axis] < cfg.size + 2 * cfg.shift:
             raise InputError(f"{im.name}: {im.shape[0]} x {im.shape[1]} px is too small to cut "
                              f"into training, validation and test bands of >= {need} px; give "
-                             f"3 maps or more, or maps of >= {3 * need} x {need} px")
+                             f"3 maps or more, or maps of >= {3 * need} x "
+                             f"{cfg.size + 2 * cfg.shift} px")
         for key, (a, b) in (("train", (0, n - 2 * w)), ("val", (n - 2 * w, n - w)),
                             ("test", (n - w, n))):
             parts[key].append(_band(im, cat, axis, a, b))
@@ -464,8 +465,8 @@ def calibration_fields(cfg: InpaintTrainConfig, maps: list[tuple[Any, Any]] | No
     """The fields the calibration is measured on and their beams' FWHM [px]: the *test* fields
     of ``cfg`` (simulated), or beams injected at empty positions of the user's ``maps``
     (``(Image, own catalogue)`` pairs; :func:`skysub.removal.realmaps.map_injections`,
-    ``map_sources`` per realisation, 3-10 realisations per map), whose own pixels are the
-    truth."""
+    ``map_sources`` per realisation, ``n_test`` realisations over the maps, 1-10 per map),
+    whose own pixels are the truth."""
     from ..simulate.extended import make_psf
     from .domain import psf_fwhm_of
 
@@ -475,7 +476,7 @@ def calibration_fields(cfg: InpaintTrainConfig, maps: list[tuple[Any, Any]] | No
         return sims, [psf_fwhm_of(s.psf) for s in sims[:: max(1, cfg.realisations)]]
     from .realmaps import map_injections
 
-    reals = max(3, min(10, cfg.n_test // len(maps)))
+    reals = max(1, min(10, cfg.n_test // len(maps)))
     sims, beams = [], []
     for j, (im, cat) in enumerate(maps):
         kind = cfg.psf[j % len(cfg.psf)]
@@ -493,12 +494,14 @@ def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTa
     :func:`calibration_fields` (never seen in training or model selection), and the training
     domain measured on them (``domain``, :func:`skysub.removal.domain.domain_of`); returns the
     card's ``error_calibration``."""
-    from .calibration import calibrate
+    from .calibration import MAP_MIN_PER_BIN, MAP_SNR_EDGES, calibrate
     from .domain import domain_of
 
     sims, beams = calibration_fields(cfg, maps)
+    coarse = {"snr_edges": MAP_SNR_EDGES, "min_per_flux_bin": MAP_MIN_PER_BIN,
+              "min_per_level_bin": MAP_MIN_PER_BIN} if maps else {}
     try:
-        cal = calibrate(net, sims, masks, quiet=quiet, options=options)
+        cal = calibrate(net, sims, masks, quiet=quiet, options=options, **coarse)
     except ValueError as exc:  # too few test cutouts (tiny runs): keep the uncalibrated error
         log.warning("no error calibration: %s", exc)
         return None
