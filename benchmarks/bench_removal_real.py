@@ -197,7 +197,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(args.maps, n=args.n, realisations=args.realisations,
-               cal_realisations=args.realisations, seed=args.seed, model=args.model,
+               cal_realisations=max(3, args.realisations), seed=args.seed, model=args.model,
                map_calibration=not args.no_map_calibration)
 
 

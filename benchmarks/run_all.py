@@ -21,13 +21,14 @@ from . import (
     bench_lumos,
     bench_mesh,
     bench_removal,
+    bench_removal_real,
     bench_timeseries,
     machine_line,
 )
 
 #: the benchmarks ``make bench`` runs, in order
 BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet, bench_lumos,
-              bench_removal, bench_batch)
+              bench_removal, bench_removal_real, bench_batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -243,3 +243,27 @@ def test_train_inpaint_maps_draws_training_data_from_a_small_real_image(tmp_path
     assert main(["train", "inpaint", "--config", str(cfg), "--maps", str(tmp_path / "map.fits"),
                  "--output", str(cal_model), "--quiet", "--init", "inpaint-default",
                  "--calibrate-only"]) == 2  # exists: never replaced without --overwrite
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped model missing")
+def test_cli_evaluate_removal_on_a_users_map(tmp_path, capsys):
+    import shutil
+
+    from astropy.table import Table as T
+
+    shutil.copy(_radio_map(), tmp_path / "radio.fits")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "removal", "--maps", str(tmp_path / "radio.fits"), "--output",
+                 str(out), "--n", "15", "--realisations", "1", "--quiet"]) == 0
+    for name in ("flux_ratio.csv", "flux_summary.csv", "pixel_stats.csv", "power_spectra.csv",
+                 "summary.txt"):
+        assert (out / name).is_file(), name
+    rows = T.read(out / "flux_ratio.csv")
+    assert len(rows) >= 4 * 8 and set(np.unique(rows["radius"])) == {4.0, 6.0, 8.0, 10.0}
+    bright = rows[(rows["radius"] == 6.0) & (rows["snr"] > 30)]
+    assert len(bright) >= 3 and abs(np.median(bright["ratio"]) - 1) < 0.1
+    assert "removed / injected flux per peak-SNR bin" in (out / "summary.txt").read_text()
+    # outputs are never replaced without --overwrite
+    assert main(["evaluate", "removal", "--maps", str(tmp_path / "radio.fits"), "--output",
+                 str(out), "--n", "15", "--realisations", "1", "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -290,7 +290,7 @@ def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
     bias, bias_se = fit_level_bias(m, snr_edges=snr_edges, min_per_bin=min_per_level_bin)
     level = {"level_snr_edges": snr_edges, "level_bias": bias}
     m["err"] = m["err"] - (level_offset(level, m["hole"], m["snr"]) * m["sigma_bg"])[:, None]
-    cal = fit_calibration(m)
+    cal = fit_calibration(m, min_per_bin=min(MIN_PER_BIN, min_per_level_bin))
     cal["level_snr_edges"] = [float(v) for v in snr_edges]
     cal["level_bias"] = bias
     cal["level_bias_se"] = bias_se
