@@ -105,9 +105,10 @@ def map_statistics(data: np.ndarray, *, beam_fwhm_px: float | None = None,
 def domain_of(sims: list, beams: list[float], *, quantiles: tuple[float, float] = (1, 99)
               ) -> dict[str, Any]:
     """The card's ``domain``: the ``quantiles`` range of ``noise_fraction`` and ``ps_slope`` over
-    the images of ``sims`` (fields with their sources, as a user's map comes), the range of the
-    training ``beams`` [px], and :data:`TOLERANCE`."""
-    stats = [map_statistics(s.image) for s in sims]
+    the source-free truths of ``sims`` (the emission the network learnt: compact sources would
+    flatten the spectrum of any map; :func:`check_image` measures a map after its sources are
+    removed), the range of the training ``beams`` [px], and :data:`TOLERANCE`."""
+    stats = [map_statistics(s.truth) for s in sims]
     dom: dict[str, Any] = {}
     for key in ("noise_fraction", "ps_slope"):
         v = np.array([s[key] for s in stats], float)
@@ -179,12 +180,13 @@ def check_image(image: Any, result: Any = None, *, psf: np.ndarray | None = None
                 ) -> list[str]:
     """:func:`check_domain` of a map (an :class:`skysub.image.Image`) against the card of the
     model that removed its sources (``result.extra["card"]`` of
-    :func:`skysub.removal.remove_sources`, or ``card``).  A card without a ``domain`` (made
-    before it) gives []."""
+    :func:`skysub.removal.remove_sources`, or ``card``), measured on the map with its sources
+    removed (``result.image``; the map itself without a result).  A card without a ``domain``
+    (made before it) gives []."""
     card = card if card is not None else (result.extra.get("card") or {} if result else {})
     domain = card.get("domain")
     if not domain:
         return []
-    data = np.where(image.mask, np.nan, image.data)
+    data = np.where(image.mask, np.nan, result.image if result is not None else image.data)
     stats = map_statistics(data, beam_fwhm_px=map_beam(image, psf=psf, psf_fwhm=psf_fwhm))
     return check_domain(stats, domain)
