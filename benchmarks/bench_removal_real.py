@@ -85,7 +85,7 @@ def run(which: str = "dev", *, n: int = 40, realisations: int = 3, cal_realisati
     from skysub.config import load_config
     from skysub.io import read_image
     from skysub.nn.modelfile import read_card
-    from skysub.removal.core import removal_options
+    from skysub.removal.core import removal_options, remove_sources
     from skysub.removal.domain import check_domain, map_statistics
     from skysub.removal.realmaps import (
         evaluate_maps,
@@ -112,7 +112,9 @@ def run(which: str = "dev", *, n: int = 40, realisations: int = 3, cal_realisati
         img = read_image(path, hdu=hdu)
         cat, fwhm = map_catalog_and_beam(img)
         beam = gaussian_psf(int(2 * np.ceil(4 * fwhm) + 1), fwhm)
-        stats = map_statistics(np.where(img.mask, np.nan, img.data), beam_fwhm_px=fwhm)
+        # the domain check of skysub remove: the map with its own sources removed
+        clean = remove_sources(img, catalog=cat, model=model, psf=beam, radii=(6.0,))
+        stats = map_statistics(np.where(img.mask, np.nan, clean.image), beam_fwhm_px=fwhm)
         problems = check_domain(stats, domain)
         res.notes.append(f"{name}: {img.shape[0]} x {img.shape[1]} px, {len(cat)} own sources, "
                          f"beam {fwhm:.2f} px, noise/scatter {stats['noise_fraction']:.3f}, "
