@@ -268,3 +268,26 @@ def test_cli_evaluate_removal_on_a_users_map(tmp_path, capsys):
     assert main(["evaluate", "removal", "--maps", str(tmp_path / "radio.fits"), "--output",
                  str(out), "--n", "15", "--realisations", "1", "--quiet"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_train_inpaint_maps_fine_tunes_the_shipped_model_by_default(tmp_path, monkeypatch):
+    """With --maps the user path starts from inpaint-default at lr 0.001; --from-scratch and
+    an explicit --init / --lr are kept."""
+    import skysub.removal.training as training
+
+    seen = []
+    monkeypatch.setattr(training, "train_inpaint",
+                        lambda output, *, config, **kw: seen.append(config) or {
+                            "training": {"epochs_run": 0, "seconds": 0, "best_epoch": 0},
+                            "metrics": {"best_val_loss": 0.0}})
+    m = str(_radio_map())
+    base = ["train", "inpaint", "--maps", m, "--output", str(tmp_path / "a.pt"), "--quiet"]
+    assert main(base) == 0
+    assert seen[-1].init == "inpaint-default" and seen[-1].lr == 0.001
+    assert seen[-1].maps == [m]
+    assert main([*base, "--from-scratch"]) == 0
+    assert seen[-1].init is None and seen[-1].lr == 0.004  # inpaint-generic's
+    assert main([*base, "--init", "x.pt", "--lr", "0.002"]) == 0
+    assert seen[-1].init == "x.pt" and seen[-1].lr == 0.002
+    assert main(["train", "inpaint", "--output", str(tmp_path / "b.pt"), "--quiet"]) == 0
+    assert seen[-1].init is None and seen[-1].maps == []  # simulated fields: from scratch

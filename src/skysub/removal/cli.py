@@ -33,8 +33,9 @@ EPILOG_TRAIN = """examples:
   skysub train inpaint --config inpaint-generic --output my-inpaint.pt
   skysub train inpaint --config my.toml --output my-inpaint.pt --resume
   skysub train inpaint --config inpaint-generic --output tiny.pt --epochs 1 --n-train 2
-  skysub train inpaint --maps my/*.fits --init inpaint-default --lr 0.001 --epochs 6 \
-      --output my-inpaint.pt      # fine-tune the shipped model on your own maps
+  skysub train inpaint --maps my/*.fits --epochs 6 --output my-inpaint.pt
+      # fine-tune the shipped model on your own maps (--init inpaint-default --lr 0.001
+      # are the defaults with --maps; --from-scratch trains new weights)
   skysub train inpaint --maps my.fits --catalog my_sources.csv --psf-fwhm 4.2 \
       --init inpaint-default --calibrate-only --output my-cal.pt
       # the shipped weights, calibrated on beams injected into your map (no training)
@@ -55,6 +56,10 @@ plots), eval/power_spectra.png + .csv (original, with sources, predicted, differ
 eval/pixel_stats.csv (mean, median, std, MAD, skewness, IQR in the masked regions) and
 eval/summary.txt.  --position-error / --psf-blur give the removal inexact positions and a PSF
 model too wide, to see how much the results rely on them."""
+
+
+#: learning rate of ``skysub train inpaint --maps`` when it fine-tunes the shipped model
+FINE_TUNE_LR = 0.001
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -142,6 +147,9 @@ def add_train_parser(train_sub) -> argparse.ArgumentParser:
     p.add_argument("--catalog", nargs="+", default=None, metavar="CAT",
                    help="the maps' own sources: one catalogue per map, or one for all "
                         "(ra/dec); default: found in the maps (5 sigma peaks)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="with --maps: train from random weights (default: fine-tune "
+                        "inpaint-default at lr 0.001)")
     p.add_argument("--psf", default=None, metavar="PSF",
                    help="the maps' beam: gaussian, airy, herschel or a FITS image (override "
                         "[removal.train] psf)")
@@ -280,6 +288,11 @@ def cmd_train(args) -> int:
         from ..io import expand_paths
 
         train["maps"] = [str(p) for p in expand_paths(args.maps)]
+        if not args.calibrate_only and not args.from_scratch and train.get("init") is None:
+            # the user path fine-tunes the shipped model (as for BKGnet), at a lower rate
+            train["init"] = "inpaint-default"
+            if args.lr is None:
+                train["lr"] = FINE_TUNE_LR
     if args.catalog:
         train["catalogs"] = list(args.catalog)
     if args.psf:
