@@ -24,14 +24,15 @@ from . import (
     bench_lumos_real,
     bench_mesh,
     bench_removal,
+    bench_removal_real,
     bench_timeseries,
     machine_line,
 )
 
 #: the benchmarks ``make bench`` runs, in order
 BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet,
-              bench_bkgnet_transfer, bench_lumos, bench_lumos_real, bench_removal, bench_batch,
-              bench_cli)
+              bench_bkgnet_transfer, bench_lumos, bench_lumos_real, bench_removal,
+              bench_removal_real, bench_batch, bench_cli)
 
 
 def main(argv: list[str] | None = None) -> int:

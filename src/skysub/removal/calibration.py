@@ -53,6 +53,10 @@ MIN_PER_BIN = 30
 LEVEL_SNR_EDGES = (0.0, 4.0, 6.0, 8.0, 10.0, 13.0, 20.0, 40.0, 100.0, 300.0, 1e9)
 #: a level-bias bin needs this many sources (else it takes the nearest filled bin's value)
 MIN_PER_LEVEL_BIN = 300
+#: aperture radius [px] at which the flux ratio of the injected sources is calibrated
+FLUX_RADIUS = 6.0
+#: a flux-scale bin needs this many injected sources (else the nearest filled bin's value)
+MIN_PER_FLUX_BIN = 100
 
 
 def cutout_noise(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -70,13 +74,18 @@ def cutout_noise(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def measure_fields(net: Any, sims: list, masks: Any, *,
                    avg_radii: tuple[float, ...] = AVG_RADII, quiet: bool = True,
-                   options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                   options: dict[str, Any] | None = None,
+                   flux_radius: float = FLUX_RADIUS) -> dict[str, np.ndarray]:
     """Remove the sources of each simulation (:class:`skysub.simulate.extended.ExtendedSim`:
     image, truth, catalog, psf) exactly as at inference, without any level correction, and
     return per source: ``err`` (n, len(avg_radii)) mean prediction - truth in each disc,
     ``area`` (len(avg_radii),) nominal disc areas, ``hole``, ``snr`` (eq. 1 peak SNR),
     ``sigma_bg`` (eq. 1 annulus MAD-std), ``noise`` (the truth's pixel noise), ``sim`` (the
-    index of its simulation), ``settings`` (what :func:`remove_sources` ran with).
+    index of its simulation), ``flux`` (removed flux in an aperture of ``flux_radius``),
+    ``flux_true`` (the injected flux), ``aper_corr``, ``flags`` and ``settings`` (what
+    :func:`remove_sources` ran with).  A catalogue with an ``injected`` column (sources
+    injected into a real map, :mod:`skysub.removal.realmaps`) keeps only those rows: only
+    their truths are known.
     ``options``: the removal settings that shape the predictions
     (``wings``, ``anchor``; :func:`skysub.removal.core.removal_options`), so that the
     calibration is measured as the removal will run."""
@@ -86,17 +95,21 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
     from .core import remove_sources
     from .masks import peak_snr
 
-    parts: dict[str, list] = {k: [] for k in ("err", "hole", "snr", "sigma_bg", "noise", "sim")}
+    parts: dict[str, list] = {k: [] for k in ("err", "hole", "snr", "sigma_bg", "noise", "sim",
+                                              "flux", "flux_true", "aper_corr", "flags")}
     area = np.empty(len(avg_radii))
     settings: dict[str, Any] = {}
     for k, sim in enumerate(progress(sims, desc="calibrating", quiet=quiet, unit="field")):
         x, y = np.asarray(sim.catalog["x"], float), np.asarray(sim.catalog["y"], float)
         # a bare network: no calibration of its own is applied
         res = remove_sources(sim.image, x, y, model=net, masks=masks, psf=sim.psf,
-                             radii=(1.0,), keep_cutouts=True, **prediction_options(options))
+                             radii=(float(flux_radius),), keep_cutouts=True,
+                             **prediction_options(options))
         settings = res.extra.get("settings", settings)
         pred = res.predictions
         ok = np.isfinite(pred).all(axis=(1, 2))
+        if "injected" in sim.catalog.colnames:
+            ok &= np.asarray(sim.catalog["injected"], bool)
         st = cutouts(sim.truth, x, y, pred.shape[-1])
         tru = np.nan_to_num(st.data)
         dx, dy = np.nan_to_num(st.dx), np.nan_to_num(st.dy)
@@ -113,8 +126,13 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
         parts["sigma_bg"].append(peak_snr(sim.image, x, y, masks)["sigma_bg"][ok])
         parts["noise"].append(cutout_noise(tru, st.valid)[ok])
         parts["sim"].append(np.full(int(ok.sum()), k))
-    return {k: np.concatenate(v) for k, v in parts.items()} | {"area": area,
-                                                                  "settings": settings}
+        # one row per source (a single aperture radius): the removed and the injected flux
+        parts["flux"].append(np.asarray(res.table["flux"], float)[ok])
+        parts["flux_true"].append(np.asarray(sim.catalog["flux"], float)[ok])
+        parts["aper_corr"].append(np.asarray(res.table["aper_corr"], float)[ok])
+        parts["flags"].append(np.asarray(res.table["flags"], np.int64)[ok])
+    return {k: np.concatenate(v) for k, v in parts.items()} | {
+        "area": area, "settings": settings, "flux_radius": float(flux_radius)}
 
 
 def fit_level_bias(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = AVG_RADII,
@@ -199,6 +217,54 @@ def fit_calibration(m: dict[str, np.ndarray], *, avg_radii: tuple[float, ...] = 
             "n_cutouts": int(ok.sum())}
 
 
+def level_corrected_flux(m: dict[str, np.ndarray], level: np.ndarray) -> np.ndarray:
+    """The removed fluxes of :func:`measure_fields` as they are once ``level`` (per source,
+    in sigma_bg) is subtracted from the predictions: the aperture sum of ``image - prediction``
+    rises by ``level x sigma_bg x area`` and the flux by that times ``aper_corr`` (the area of
+    a full aperture of ``m["flux_radius"]``; the wing passes' second-order response to the
+    level is left out)."""
+    area = np.pi * float(m["flux_radius"]) ** 2
+    return m["flux"] + level * m["sigma_bg"] * area * m["aper_corr"]
+
+
+def fit_flux_scale(ratio: np.ndarray, snr: np.ndarray, sim: np.ndarray | None = None, *,
+                   snr_edges: tuple[float, ...] = LEVEL_SNR_EDGES,
+                   min_per_bin: int = MIN_PER_FLUX_BIN
+                   ) -> tuple[list[float], list[float], list[int]]:
+    """Per peak-SNR bin: the median removed / injected flux ratio of the injected sources (the
+    flux level :func:`skysub.removal.remove_sources` divides its fluxes by), its standard error
+    (a bootstrap over ``sim``, the fields, whose sources share their structure; else 1.2533 x
+    sigma68 / sqrt n) and the count.  Bins with fewer than ``min_per_bin`` sources take the
+    nearest filled bin's value; 1 when none is filled."""
+    from ..metrics import _sigma68
+
+    ratio = np.asarray(ratio, float)
+    b = _bins(snr, snr_edges)
+    nb = len(snr_edges) - 1
+    out, se = np.full(nb, np.nan), np.full(nb, np.nan)
+    counts = [0] * nb
+    for i in range(nb):
+        sel = (b == i) & np.isfinite(ratio)
+        counts[i] = int(sel.sum())
+        if counts[i] >= min_per_bin:
+            out[i] = float(np.median(ratio[sel]))
+            se[i] = (_bootstrap_se(ratio[sel], np.asarray(sim)[sel]) if sim is not None
+                     else float(1.2533 * _sigma68(ratio[sel]) / np.sqrt(counts[i])))
+    filled = np.flatnonzero(np.isfinite(out))
+    if filled.size == 0:
+        return [1.0] * nb, [float("nan")] * nb, counts
+    for i in range(nb):
+        if not np.isfinite(out[i]):
+            k = filled[np.argmin(np.abs(filled - i))]
+            out[i], se[i] = out[k], se[k]
+    return np.round(out, 5).tolist(), np.round(se, 5).tolist(), counts
+
+
+#: flags that keep a source out of the flux-scale fit (masked pixels in the aperture, no data,
+#: off image); edge (its cutout runs off the map or into NaN coverage) is kept
+_FLUX_FIT_BAD = 2 | 8 | 16
+
+
 def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """The removal settings that change the predictions themselves (wing passes, anchoring),
     from ``options`` (:func:`skysub.removal.core.removal_options`); {} for None."""
@@ -206,22 +272,47 @@ def prediction_options(options: dict[str, Any] | None) -> dict[str, Any]:
             if k in ("wings", "anchor") and v is not None}
 
 
+#: coarser peak-SNR bins and smaller counts for a calibration on beams injected into a user's
+#: maps (a few hundred sources, not the simulated test fields' ~15,000)
+MAP_SNR_EDGES = (0.0, 10.0, 20.0, 50.0, 150.0, 1e9)
+MAP_MIN_PER_BIN = 20
+
+
 def calibrate(net: Any, sims: list, masks: Any, *, quiet: bool = True,
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
+              options: dict[str, Any] | None = None,
+              min_per_flux_bin: int = MIN_PER_FLUX_BIN,
+              min_per_level_bin: int = MIN_PER_LEVEL_BIN,
+              snr_edges: tuple[float, ...] = LEVEL_SNR_EDGES) -> dict[str, Any]:
     """:func:`measure_fields`, the level bias, then :func:`fit_calibration` of the corrected
-    errors: the card's ``error_calibration`` (with the ``removal_options`` it was measured
-    with)."""
+    errors and :func:`fit_flux_scale` of the injected sources' flux ratios: the card's
+    ``error_calibration`` (with the ``removal_options`` it was measured with)."""
     m = measure_fields(net, sims, masks, quiet=quiet, options=options)
-    bias, bias_se = fit_level_bias(m)
-    level = {"level_snr_edges": LEVEL_SNR_EDGES, "level_bias": bias}
+    bias, bias_se = fit_level_bias(m, snr_edges=snr_edges, min_per_bin=min_per_level_bin)
+    level = {"level_snr_edges": snr_edges, "level_bias": bias}
     m["err"] = m["err"] - (level_offset(level, m["hole"], m["snr"]) * m["sigma_bg"])[:, None]
-    cal = fit_calibration(m)
-    cal["level_snr_edges"] = [float(v) for v in LEVEL_SNR_EDGES]
+    cal = fit_calibration(m, min_per_bin=min(MIN_PER_BIN, min_per_level_bin))
+    cal["level_snr_edges"] = [float(v) for v in snr_edges]
     cal["level_bias"] = bias
     cal["level_bias_se"] = bias_se
-    cal["level_n"] = np.bincount(_bins(m["snr"], LEVEL_SNR_EDGES),
-                                 minlength=len(LEVEL_SNR_EDGES) - 1).tolist()
+    cal["level_n"] = np.bincount(_bins(m["snr"], snr_edges),
+                                 minlength=len(snr_edges) - 1).tolist()
     cal["level_model"] = ("prediction -= level_bias[peak-SNR bin] x sigma_bg "
                           "(annulus MAD-std)")
     cal["removal_options"] = {k: m["settings"][k] for k in ("wings", "anchor")}
+    # the flux level (skysub's addition, issue 18): the median removed / injected flux of the
+    # injected sources per peak-SNR bin, after the level bias -- what the removal divides by
+    good = ((m["flags"] & _FLUX_FIT_BAD) == 0) & np.isfinite(m["flux_true"]) & (
+        m["flux_true"] > 0)
+    corrected = level_corrected_flux(m, level_offset(level, m["hole"], m["snr"]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(good, corrected / m["flux_true"], np.nan)
+    scale, scale_se, counts = fit_flux_scale(ratio, m["snr"], m["sim"], snr_edges=snr_edges,
+                                             min_per_bin=min_per_flux_bin)
+    cal["flux_snr_edges"] = [float(v) for v in snr_edges]
+    cal["flux_scale"] = scale
+    cal["flux_scale_se"] = scale_se
+    cal["flux_n"] = counts
+    cal["flux_radius"] = float(m["flux_radius"])
+    cal["flux_model"] = ("flux /= flux_scale[peak-SNR bin]: the median removed / injected flux "
+                         "of injected sources, measured at flux_radius after the level bias")
     return cal

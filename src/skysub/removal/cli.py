@@ -33,8 +33,12 @@ EPILOG_TRAIN = """examples:
   skysub train inpaint --config inpaint-generic --output my-inpaint.pt
   skysub train inpaint --config my.toml --output my-inpaint.pt --resume
   skysub train inpaint --config inpaint-generic --output tiny.pt --epochs 1 --n-train 2
-  skysub train inpaint --config my-maps.toml --init inpaint-default --lr 0.001 \
-      --output my-inpaint.pt      # fine-tune the shipped model on your own maps
+  skysub train inpaint --maps my/*.fits --epochs 6 --output my-inpaint.pt
+      # fine-tune the shipped model on your own maps (--init inpaint-default --lr 0.001
+      # are the defaults with --maps; --from-scratch trains new weights)
+  skysub train inpaint --maps my.fits --catalog my_sources.csv --psf-fwhm 4.2 \
+      --init inpaint-default --calibrate-only --output my-cal.pt
+      # the shipped weights, calibrated on beams injected into your map (no training)
 the [removal.train] table of the configuration sets the data (simulated fields, or your own
 source-poor maps: maps = ["a.fits", "b.fits", "c.fits"]), the U-Net preset and the training
 (Adam, ReduceLROnPlateau, best checkpoint, early stopping); OUTPUT.ckpt allows --resume.
@@ -43,6 +47,7 @@ The shipped model was trained with:
 
 EPILOG_EVAL = """examples:
   skysub evaluate removal --output eval/ --n-fields 4
+  skysub evaluate removal --maps my.fits --catalog my_sources.csv --output eval-my/
   skysub evaluate removal --model my-inpaint.pt --config inpaint-generic --output eval/
   skysub evaluate removal --output eval-robust/ --position-error 0.3 --psf-blur 0.5
 simulates held-out fields (test seeds never used in training), removes the injected sources
@@ -51,6 +56,10 @@ plots), eval/power_spectra.png + .csv (original, with sources, predicted, differ
 eval/pixel_stats.csv (mean, median, std, MAD, skewness, IQR in the masked regions) and
 eval/summary.txt.  --position-error / --psf-blur give the removal inexact positions and a PSF
 model too wide, to see how much the results rely on them."""
+
+
+#: learning rate of ``skysub train inpaint --maps`` when it fine-tunes the shipped model
+FINE_TUNE_LR = 0.001
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -116,9 +125,10 @@ def add_train_parser(train_sub) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="model file to write (.pt + .json)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt")
     p.add_argument("--calibrate-only", action="store_true",
-                   help="do not train: measure the error calibration of the existing model "
-                        "OUTPUT on the configuration's test fields and rewrite its card "
-                        "(weights unchanged)")
+                   help="do not train: measure the error, level and flux calibration of the "
+                        "existing model OUTPUT (or of --init MODEL, written to OUTPUT) on the "
+                        "configuration's test fields or on beams injected into --maps, and "
+                        "rewrite its card (weights unchanged)")
     p.add_argument("--epochs", type=int, default=None, help="override [removal.train] epochs")
     p.add_argument("--n-train", type=int, default=None, help="override the training fields")
     p.add_argument("--preset", choices=("default", "paper"), default=None,
@@ -130,6 +140,21 @@ def add_train_parser(train_sub) -> argparse.ArgumentParser:
                         "fine-tune it on the configuration's data (override [removal.train] "
                         "init)")
     p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--maps", nargs="+", default=None, metavar="MAP",
+                   help="train (or, with --calibrate-only, calibrate) on your own FITS maps "
+                        "instead of simulated fields: their own sources removed, beams "
+                        "injected at empty positions (override [removal.train] maps)")
+    p.add_argument("--catalog", nargs="+", default=None, metavar="CAT",
+                   help="the maps' own sources: one catalogue per map, or one for all "
+                        "(ra/dec); default: found in the maps (5 sigma peaks)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="with --maps: train from random weights (default: fine-tune "
+                        "inpaint-default at lr 0.001)")
+    p.add_argument("--psf", default=None, metavar="PSF",
+                   help="the maps' beam: gaussian, airy, herschel or a FITS image (override "
+                        "[removal.train] psf)")
+    p.add_argument("--psf-fwhm", type=float, default=None,
+                   help="FWHM [px] of the named beam (override [removal.train] psf_fwhm)")
     _common(p)
     p.set_defaults(func=cmd_train, device="auto")
     return p
@@ -152,6 +177,25 @@ def add_evaluate_parser(eval_sub) -> argparse.ArgumentParser:
     p.add_argument("--psf-blur", type=float, default=0.0, metavar="PX",
                    help="give the removal the PSF convolved with a Gaussian of PX: a PSF model "
                         "too wide (0.5 widens a 3.5 px FWHM by 5.5 %%; default 0)")
+    g = p.add_argument_group("injection-recovery on your own maps (instead of simulations)")
+    g.add_argument("--maps", nargs="+", default=None, metavar="MAP",
+                   help="FITS maps: inject beams of known flux at empty positions, remove "
+                        "every source, compare with the injected fluxes and the map before "
+                        "injection")
+    g.add_argument("--catalog", nargs="+", default=None, metavar="CAT",
+                   help="the maps' own sources (one per map, or one for all with ra/dec; "
+                        "default: found in the maps, 5 sigma peaks)")
+    g.add_argument("--n", type=int, default=40,
+                   help="beams per map and realisation (40; fewer when there is no room)")
+    g.add_argument("--realisations", type=int, default=3, help="injections per map (3)")
+    g.add_argument("--min-separation", type=float, default=None, metavar="PX",
+                   help="px between an injected beam and any other source (default: 4 beam "
+                        "FWHM, at least 12)")
+    g.add_argument("--psf", default=None, help="the maps' beam (FITS image; default: a "
+                                                "Gaussian of --psf-fwhm)")
+    g.add_argument("--psf-fwhm", type=float, default=None,
+                   help="beam FWHM [px] (default: the FITS header's BMAJ/BMIN, else "
+                        "[removal] psf_fwhm)")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -199,6 +243,18 @@ def cmd_remove(args) -> int:
                          texture="none" if args.no_texture else (args.texture or opts["texture"]),
                          batch_size=args.batch_size or opts["batch_size"],
                          device=args.device, quiet=args.quiet)
+    from .domain import check_image
+
+    problems = check_image(img, res, psf=psf, psf_fwhm=args.psf_fwhm if args.psf_fwhm
+                           is not None else section.get("psf_fwhm"))
+    if problems:
+        import sys
+
+        from .domain import domain_warning
+
+        print(domain_warning(Path(args.image).name, problems,
+                             str(args.model or section.get("model", "inpaint-default"))),
+              file=sys.stderr)
     write_removed_map(args.output_image, img, res, overwrite=args.overwrite,
                       inputs=inputs)
     write_table(res.table, args.output_catalog, overwrite=args.overwrite, inputs=inputs)
@@ -226,9 +282,22 @@ def cmd_train(args) -> int:
     train.pop("masks", None)
     for key, val in (("epochs", args.epochs), ("n_train", args.n_train),
                      ("preset", args.preset), ("seed", args.seed), ("threads", args.threads),
-                     ("init", args.init), ("lr", args.lr)):
+                     ("init", args.init), ("lr", args.lr), ("psf_fwhm", args.psf_fwhm)):
         if val is not None:
             train[key] = val
+    if args.maps:
+        from ..io import expand_paths
+
+        train["maps"] = [str(p) for p in expand_paths(args.maps)]
+        if not args.calibrate_only and not args.from_scratch and train.get("init") is None:
+            # the user path fine-tunes the shipped model (as for BKGnet), at a lower rate
+            train["init"] = "inpaint-default"
+            if args.lr is None:
+                train["lr"] = FINE_TUNE_LR
+    if args.catalog:
+        train["catalogs"] = list(args.catalog)
+    if args.psf:
+        train["psf"] = [args.psf]
     train["device"] = args.device
     tc = InpaintTrainConfig.from_dict(train)
     masks = MaskTable.from_config(section.get("masks"), psf_fwhm=tc.psf_fwhm)
@@ -244,7 +313,8 @@ def cmd_train(args) -> int:
 
         configure_threads(tc.threads)
         card = recalibrate(args.output, tc, masks=masks, quiet=args.quiet, command=command,
-                           options=removal_options(section))
+                           options=removal_options(section), init=args.init,
+                           overwrite=args.overwrite)
         if not args.quiet:
             cal = card["error_calibration"]
             print(f"error calibration from {cal['n_cutouts']} test cutouts written to the card "
@@ -268,6 +338,18 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_removal
 
     cfg, section = _removal_settings(args)
+    if args.maps:
+        from .realmaps import evaluate_map_files
+
+        summary = evaluate_map_files(
+            args.output, args.maps, catalogs=args.catalog, model=args.model or section.get(
+                "model", "inpaint-default"), config=cfg, n=args.n,
+            realisations=args.realisations, psf=args.psf, psf_fwhm=args.psf_fwhm,
+            seed=args.seed, separation=args.min_separation, overwrite=args.overwrite,
+            quiet=args.quiet, device=args.device)
+        if not args.quiet:
+            print(summary["text"])
+        return 0
     summary = evaluate_removal(args.output, model=args.model or section.get(
         "model", "inpaint-default"), config=cfg, n_fields=args.n_fields,
         field_size=args.field_size, seed=args.seed, overwrite=args.overwrite,

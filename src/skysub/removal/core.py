@@ -44,7 +44,7 @@ from ..stamps import _round_half_up, cutouts
 from .apertures import _aperture_sums as _aperture_sums
 from .apertures import _hole_fluxes, _psf_stamps, source_fluxes
 from .apertures import enclosed_fraction as enclosed_fraction
-from .levels import level_offset
+from .levels import flux_scale, level_offset
 from .masks import MaskTable, mask_radii
 
 log = logging.getLogger("skysub")
@@ -487,7 +487,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
         near = crowding(np.where(on, x, np.nan), np.where(on, y, np.nan), r + masks.max_radius,
                         None) > 0
         f |= np.where(near, F.CROWDED, 0).astype(np.int32)
-        flux = np.where(use, f_rem, np.nan)
+        flux = np.where(use, f_rem / flux_scale(cal, snr), np.nan)  # the card's flux level
         flux_ann = np.where(on & np.isfinite(bres.bkg), f_ann, np.nan)
         for k, v in (("id", ids), ("x", x), ("y", y), ("radius", np.full(n, r)),
                      ("flux", flux), ("flux_annulus", flux_ann), ("bkg_annulus", bres.bkg),
@@ -505,7 +505,7 @@ def remove_sources(image: Image | np.ndarray, x: Sequence[float] | np.ndarray | 
     res.extra["removed"] = np.where(img.mask, np.nan, img.data - cleaned)
     res.extra["wing_model"] = wing_map  # the modelled source light (zeros without wing passes)
     res.extra["card"] = {k: card.get(k) for k in ("kind", "arch", "path", "inputs",
-                                                  "error_calibration")}
+                                                  "error_calibration", "domain")}
     # the settings this removal ran with (wings resolved from the card)
     res.extra["settings"] = {"wings": int(wings), "anchor": float(anchor),
                              "feather": float(feather), "tta": int(tta), "texture": texture}

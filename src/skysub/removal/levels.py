@@ -32,6 +32,16 @@ def level_offset(cal: dict[str, Any] | None, hole: np.ndarray,
     return np.asarray(cal["level_bias"], float)[_bins(hole, cal["hole_edges"])]
 
 
+def flux_scale(cal: dict[str, Any] | None, snr: np.ndarray) -> np.ndarray:
+    """The card's flux level per source (median removed / injected flux of injected sources in
+    its peak-SNR bin, ``flux_scale``), which :func:`skysub.removal.remove_sources` divides the
+    fluxes by; 1 when the calibration has none (cards made before it)."""
+    snr = np.asarray(snr, float)
+    if not cal or "flux_scale" not in cal:
+        return np.ones(snr.shape)
+    return np.asarray(cal["flux_scale"], float)[_bins(snr, cal["flux_snr_edges"])]
+
+
 def describe_level(cal: dict[str, Any] | None) -> str:
     """The card's level bias as a table: one line per peak-SNR bin (count, bias +- standard
     error in sigma_bg), or a line saying the card has no SNR-binned level calibration."""
@@ -43,6 +53,15 @@ def describe_level(cal: dict[str, Any] | None) -> str:
         hi = f"{e[i + 1]:g}" if e[i + 1] < 1e8 else "inf"
         lines.append(f"  SNR {e[i]:>5g}-{hi:<5s} n {cal['level_n'][i]:>6d}  "
                      f"{b:+.4f} +- {cal['level_bias_se'][i]:.4f}")
+    if "flux_scale" in cal:
+        fe = cal["flux_snr_edges"]
+        lines.append(f"flux level: median removed / injected flux of injected sources (r = "
+                     f"{cal.get('flux_radius', 6.0):g} px) per peak-SNR bin, divided out at "
+                     "removal:")
+        for i, s in enumerate(cal["flux_scale"]):
+            hi = f"{fe[i + 1]:g}" if fe[i + 1] < 1e8 else "inf"
+            lines.append(f"  SNR {fe[i]:>5g}-{hi:<5s} n {cal['flux_n'][i]:>6d}  "
+                         f"{s:.4f} +- {cal['flux_scale_se'][i]:.4f}")
     return "\n".join(lines)
 
 

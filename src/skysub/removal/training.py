@@ -62,6 +62,9 @@ class InpaintTrainConfig:
     init : start from this model's weights (a shipped name such as "inpaint-default" or a .pt
         file) instead of random ones -- fine-tuning, e.g. on your own maps; its architecture
         must be the one ``preset``/``channels``/``size`` build
+    catalogs : the ``maps``' own compact sources (catalogue files: one per map, or one for
+        all of them with ra/dec); none: :func:`skysub.removal.realmaps.find_compact_sources`
+    map_sources : beams injected per map and realisation when the calibration uses ``maps``
     """
 
     preset: str = "default"
@@ -89,6 +92,8 @@ class InpaintTrainConfig:
     style_samples: int | None = None
     wing_subtraction: bool = False
     init: str | None = None
+    catalogs: list[str] = field(default_factory=list)
+    map_sources: int = 40
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
@@ -127,7 +132,7 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
     (the user's ``maps`` or simulated fields; PSFs cycling ``cfg.psf``), reproducibly from
     ``seed``: the training / validation / test splits and the error calibration share it."""
     from ..progress import progress
-    from ..simulate.extended import random_field_config, simulate_extended
+    from ..simulate.extended import FieldConfig, make_psf, random_field_config, simulate_extended
 
     rng = np.random.default_rng(seed)
     for i in progress(range(n), desc="simulating fields", quiet=quiet, unit="field", total=n):
@@ -136,15 +141,25 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
         psf = cfg.psf[i % len(cfg.psf)]
         if maps:
             truth = maps[i % len(maps)]
-            config = None
+            from .domain import pixel_noise
+
+            # a real map's units are its own: fluxes by peak SNR against its pixel noise
+            config = FieldConfig(shape=truth.shape, noise=pixel_noise(truth) or 1.0)
         else:
             config = random_field_config(frng, (cfg.field_size, cfg.field_size))
             truth = None
         base = None
         for j in range(cfg.realisations):
-            sim = simulate_extended(config, psf=psf, psf_fwhm=cfg.psf_fwhm,
-                                    seed=fseed * 31 + j, truth=truth if truth is not None
-                                    else base)
+            n_src = flux = None
+            if maps:  # peak SNR log-uniform in 3-3000 (the simulated fields' Table 1 span)
+                kern = make_psf(psf, cfg.psf_fwhm)
+                ny, nx = truth.shape
+                n_src = int(np.clip(round(frng.uniform(25, 210) * nx * ny / 512 ** 2), 1, 210))
+                flux = (np.exp(frng.uniform(np.log(3.0), np.log(3000.0), n_src))
+                        * config.noise / float(kern.max()))
+            sim = simulate_extended(config, psf=psf, psf_fwhm=cfg.psf_fwhm, n_sources=n_src,
+                                    flux=flux, seed=fseed * 31 + j,
+                                    truth=truth if truth is not None else base)
             base = sim.truth  # same field, new sources
             config = sim.field
             yield i, sim
@@ -244,23 +259,92 @@ def make_loss_fn(criterion: torch.nn.Module, size: int):
     return loss_fn
 
 
-def split_maps(cfg: InpaintTrainConfig) -> dict[str, list[np.ndarray] | None]:
-    """The user's maps (NaN / masked pixels set to the map's median) split by map into
-    train / val / test (all but the last two, one, one); all None for simulations."""
-    from ..io import read_image
+def read_maps(cfg: InpaintTrainConfig) -> list[tuple[Any, Any]]:
+    """The user's ``maps`` as ``(Image, catalogue of their own sources)`` pairs (``catalogs``,
+    else :func:`skysub.removal.realmaps.find_compact_sources` at 5 sigma)."""
+    from ..io import catalog_for_image, read_catalog, read_image
+    from .realmaps import find_compact_sources
 
-    if not cfg.maps:
-        return {"train": None, "val": None, "test": None}
-    maps = []
-    for p in cfg.maps:
+    if len(cfg.catalogs) not in (0, 1, len(cfg.maps)):
+        raise InputError(f"[removal.train] catalogs: give one catalogue per map or one for all "
+                         f"of them; got {len(cfg.catalogs)} for {len(cfg.maps)} maps")
+    out = []
+    for i, p in enumerate(cfg.maps):
         im = read_image(p)
-        m = np.where(im.mask, np.nan, im.data)
-        maps.append(np.nan_to_num(m, nan=float(np.nanmedian(m))) if np.isnan(m).any() else m)
-    if len(maps) < 3:
-        raise InputError(f"training on user maps needs at least 3 maps (train/validation/"
-                         f"test split by map), got {len(maps)}")
-    n_tr = max(1, len(maps) - 2)
-    return {"train": maps[:n_tr], "val": maps[n_tr:n_tr + 1], "test": maps[n_tr + 1:]}
+        if cfg.catalogs:
+            cat = catalog_for_image(read_catalog(cfg.catalogs[i if len(cfg.catalogs) > 1 else 0]),
+                                    im)
+        else:
+            cat = find_compact_sources(np.where(im.mask, np.nan, im.data), cfg.psf_fwhm,
+                                       mask=im.mask)
+        out.append((im, cat))
+    return out
+
+
+def _band(im: Any, cat: Any, axis: int, a: int, b: int) -> tuple[Any, Any]:
+    from ..image import Image
+
+    sl = (slice(a, b), slice(None)) if axis == 0 else (slice(None), slice(a, b))
+    sub = Image(data=im.data[sl].copy(), mask=im.mask[sl].copy(), meta=im.meta, path=im.path)
+    c = np.asarray(cat["y" if axis == 0 else "x"], float)
+    rows = cat[(c >= a - 0.5) & (c < b - 0.5)]
+    rows["y" if axis == 0 else "x"] = np.asarray(rows["y" if axis == 0 else "x"], float) - a
+    return sub, rows
+
+
+def split_parts(cfg: InpaintTrainConfig) -> dict[str, list[tuple[Any, Any]]] | None:
+    """The user's maps split into train / validation / test (None for simulated fields): by
+    map with three maps or more (all but the last two, one, one); with fewer, each map is cut
+    along its longer side into a training band and validation and test bands of 20 % (at
+    least 1.5 cutouts of ``size + 2 shift`` px each: a cutout must lie on its band)."""
+    if not cfg.maps:
+        return None
+    maps = read_maps(cfg)
+    if len(maps) >= 3:
+        n_tr = len(maps) - 2
+        return {"train": maps[:n_tr], "val": maps[n_tr:n_tr + 1], "test": maps[n_tr + 1:]}
+    need = int(1.5 * (cfg.size + 2 * cfg.shift))
+    parts: dict[str, list] = {"train": [], "val": [], "test": []}
+    for im, cat in maps:
+        axis = 0 if im.shape[0] >= im.shape[1] else 1
+        n = im.shape[axis]
+        w = max(need, int(0.2 * n))
+        if n - 2 * w < need or im.shape[1 - axis] < cfg.size + 2 * cfg.shift:
+            raise InputError(f"{im.name}: {im.shape[0]} x {im.shape[1]} px is too small to cut "
+                             f"into training, validation and test bands of >= {need} px; give "
+                             f"3 maps or more, or maps of >= {3 * need} x "
+                             f"{cfg.size + 2 * cfg.shift} px")
+        for key, (a, b) in (("train", (0, n - 2 * w)), ("val", (n - 2 * w, n - w)),
+                            ("test", (n - w, n))):
+            parts[key].append(_band(im, cat, axis, a, b))
+    return parts
+
+
+def clean_truths(parts: list[tuple[Any, Any]], cfg: InpaintTrainConfig, *,
+                 quiet: bool = True) -> list[np.ndarray]:
+    """Training fields from the user's maps: each map with its own catalogued sources removed
+    by the initial model (``init``, else the shipped one) -- their light must not be the
+    network's target -- and NaN / masked pixels set to the map's median."""
+    from .core import DEFAULT_MODEL, remove_sources
+
+    out = []
+    for im, cat in parts:
+        d = np.where(im.mask, np.nan, im.data)
+        if len(cat):
+            d = remove_sources(im, catalog=cat, model=cfg.init or DEFAULT_MODEL,
+                               psf_fwhm=cfg.psf_fwhm, radii=(4.0,), quiet=quiet).image
+            d = np.where(im.mask, np.nan, d)
+        out.append(np.nan_to_num(d, nan=float(np.nanmedian(d))) if np.isnan(d).any() else d)
+    return out
+
+
+def split_maps(cfg: InpaintTrainConfig) -> dict[str, list[np.ndarray] | None]:
+    """The training fields of the user's maps (:func:`split_parts`, :func:`clean_truths`)
+    per split; all None for simulations."""
+    parts = split_parts(cfg)
+    if parts is None:
+        return {"train": None, "val": None, "test": None}
+    return {k: clean_truths(v, cfg) for k, v in parts.items()}
 
 
 def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | None = None,
@@ -300,7 +384,9 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
         arch["channels"] = list(cfg.channels)
     model = build_from_arch(arch)
     init = _initial_weights(model, arch, cfg.init) if cfg.init else None  # before the data
-    split = split_maps(cfg)
+    parts = split_parts(cfg)
+    split = {k: clean_truths(parts[k], cfg, quiet=quiet) if parts else None
+             for k in ("train", "val")}
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     seeds = {"train": cfg.seed * 1000 + 1, "val": cfg.seed * 1000 + 2, "test": cfg.seed * 1000 + 3}
     data = {k: make_fields(cfg, counts[k], seeds[k], masks, maps=split[k], quiet=quiet)
@@ -345,8 +431,10 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
                     "final_train_loss": hist.train_loss[-1] if hist.epochs else None},
     }
     card["error_calibration"] = calibrate_model(trainer.model.cpu().eval(), cfg, masks,
-                                                maps=split["test"], quiet=quiet,
-                                                options=options)
+                                                maps=parts["test"] if parts else None,
+                                                quiet=quiet, options=options)
+    if card["error_calibration"] and "domain" in card["error_calibration"]:
+        card["domain"] = card["error_calibration"].pop("domain")
     save_model(output, trainer.model.cpu(), card, overwrite=overwrite)
     return card
 
@@ -372,30 +460,69 @@ def _initial_weights(model: torch.nn.Module, arch: dict, name: str) -> dict[str,
                 "best_val_loss")}
 
 
-def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTable, *,
-                    maps: list[np.ndarray] | None = None, quiet: bool = True,
-                    options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Error calibration (:mod:`skysub.removal.calibration`) on the *test* fields of ``cfg``
-    (never seen in training or model selection); returns the card's ``error_calibration``."""
-    from .calibration import calibrate
+def calibration_fields(cfg: InpaintTrainConfig, maps: list[tuple[Any, Any]] | None = None
+                       ) -> tuple[list, list[float]]:
+    """The fields the calibration is measured on and their beams' FWHM [px]: the *test* fields
+    of ``cfg`` (simulated), or beams injected at empty positions of the user's ``maps``
+    (``(Image, own catalogue)`` pairs; :func:`skysub.removal.realmaps.map_injections`,
+    ``map_sources`` per realisation, ``n_test`` realisations over the maps, 1-10 per map),
+    whose own pixels are the truth."""
+    from ..simulate.extended import make_psf
+    from .domain import psf_fwhm_of
 
-    sims = [sim for _, sim in field_simulations(cfg, cfg.n_test, cfg.seed * 1000 + 3,
-                                                maps=maps, quiet=True)]
+    if not maps:
+        sims = [sim for _, sim in field_simulations(cfg, cfg.n_test, cfg.seed * 1000 + 3,
+                                                    quiet=True)]
+        return sims, [psf_fwhm_of(s.psf) for s in sims[:: max(1, cfg.realisations)]]
+    from .realmaps import map_injections
+
+    reals = max(1, min(10, cfg.n_test // len(maps)))
+    sims, beams = [], []
+    for j, (im, cat) in enumerate(maps):
+        kind = cfg.psf[j % len(cfg.psf)]
+        psf = make_psf(kind, cfg.psf_fwhm)
+        beams.append(psf_fwhm_of(psf))
+        sims += map_injections(im, cat, psf, n=cfg.map_sources, realisations=reals,
+                               seed=cfg.seed * 1000 + 3 + j)
+    return sims, beams
+
+
+def calibrate_model(net: torch.nn.Module, cfg: InpaintTrainConfig, masks: MaskTable, *,
+                    maps: list[tuple[Any, Any]] | None = None, quiet: bool = True,
+                    options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Error, level and flux calibration (:mod:`skysub.removal.calibration`) on the fields of
+    :func:`calibration_fields` (never seen in training or model selection), and the training
+    domain measured on them (``domain``, :func:`skysub.removal.domain.domain_of`); returns the
+    card's ``error_calibration``."""
+    from .calibration import MAP_MIN_PER_BIN, MAP_SNR_EDGES, calibrate
+    from .domain import domain_of
+
+    sims, beams = calibration_fields(cfg, maps)
+    coarse = {"snr_edges": MAP_SNR_EDGES, "min_per_flux_bin": MAP_MIN_PER_BIN,
+              "min_per_level_bin": MAP_MIN_PER_BIN} if maps else {}
     try:
-        cal = calibrate(net, sims, masks, quiet=quiet, options=options)
+        cal = calibrate(net, sims, masks, quiet=quiet, options=options, **coarse)
     except ValueError as exc:  # too few test cutouts (tiny runs): keep the uncalibrated error
         log.warning("no error calibration: %s", exc)
         return None
-    cal["fields"] = {"split": "test", "n_fields": cfg.n_test, "seed": cfg.seed * 1000 + 3}
+    if maps:
+        cal["fields"] = {"split": "user maps, injected beams", "maps": sorted(
+            {str(s.extra.get("map")) for s in sims}), "n_injections": len(sims),
+            "seed": cfg.seed * 1000 + 3}
+    else:
+        cal["fields"] = {"split": "test", "n_fields": cfg.n_test, "seed": cfg.seed * 1000 + 3}
+    cal["domain"] = domain_of(sims, beams)
     return cal
 
 
 def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None = None, *,
                 masks: MaskTable | None = None, quiet: bool = True,
-                command: str | None = None, options: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+                command: str | None = None, options: dict[str, Any] | None = None,
+                init: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Measure a trained model's error calibration and rewrite its card (weights unchanged):
-    ``skysub train inpaint --calibrate-only --output MODEL``.  ``masks``: the table the model
+    ``skysub train inpaint --calibrate-only --output MODEL``; with ``init`` (a shipped name
+    or .pt), that model's weights and card are calibrated and written to ``model_path``
+    (refused when it exists, unless ``overwrite``).  ``masks``: the table the model
     will remove sources with (default: the one it was trained with); a table other than the
     training one is recorded as the card's ``inference_masks``, the default of
     :func:`skysub.removal.remove_sources`, and the calibration is measured with it.
@@ -405,7 +532,15 @@ def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None
 
     cfg = config if isinstance(config, InpaintTrainConfig) else InpaintTrainConfig.from_dict(
         config)
-    net, card = load_model(model_path, kind="inpaint")
+    if init is not None:
+        from ..io import check_output
+        from ..nn.modelfile import card_path
+
+        check_output(model_path, overwrite=overwrite)
+        check_output(card_path(Path(model_path)), overwrite=overwrite)
+    net, card = load_model(init if init is not None else model_path, kind="inpaint")
+    if init is not None:
+        card["calibrated_from"] = str(init)
     card.pop("path", None)
     card.pop("file_size_bytes", None)
     inputs = card.setdefault("inputs", {})
@@ -414,12 +549,18 @@ def recalibrate(model_path: str | Path, config: InpaintTrainConfig | dict | None
     inputs.pop("inference_masks", None)
     if masks != trained:
         inputs["inference_masks"] = masks.as_card()
-    cal = calibrate_model(net, cfg, masks, maps=split_maps(cfg)["test"], quiet=quiet,
-                          options=options)
+    parts = split_parts(cfg)
+    maps = None
+    if parts:  # the model's own training maps: their test split; other maps: all of them
+        trained_on = [str(p) for p in card.get("data", {}).get("user_maps", [])]
+        maps = parts["test"] if trained_on == [str(p) for p in cfg.maps] else \
+            read_maps(cfg)
+    cal = calibrate_model(net, cfg, masks, maps=maps, quiet=quiet, options=options)
     if cal is None:
         raise InputError(f"too few test cutouts to calibrate {model_path}: raise [removal.train] "
                          f"n_test (now {cfg.n_test}) or field_size")
     cal["command"] = command or " ".join(shlex.quote(a) for a in ["skysub", *sys.argv[1:]])
+    card["domain"] = cal.pop("domain")
     card["error_calibration"] = cal
     save_model(model_path, net, card, overwrite=True)
     return card
