@@ -285,8 +285,7 @@ def test_uncertainty_is_the_pixel_variance_of_the_flux_errors():
 @pytest.mark.parametrize("method", ["bkgnet", "inpaint", "lumos"])
 def test_learned_methods_honour_container_masks(method):
     """The learned estimators/photometer take containers through the same adapter: the mask
-    (and the band/epoch in an NDData's meta) are honoured.  (Units are attached by the
-    classical ones' method wrapper; the learned ones return bare numbers.)"""
+    (and the band/epoch in an NDData's meta) are honoured; units: see the next test."""
     from skysub.background.bkgnet import BKGnetBackground
     from skysub.photometry.lumos import LumosPhotometer
     from skysub.removal.estimator import InpaintBackground
@@ -310,3 +309,21 @@ def test_learned_methods_honour_container_masks(method):
     for container in (NDData(img, mask=m, meta=hdr), CCDData(img, mask=m, unit="adu", meta=hdr)):
         got = getattr(call(container, x, y), key)
         assert_array_equal(np.asarray(getattr(got, "value", got)), ref)
+
+
+def test_learned_methods_return_the_inputs_unit():
+    """BKGnet and Lumos give Quantity results for Quantity input, the same numbers as bare."""
+    import astropy.units as u
+
+    from skysub.background.bkgnet import BKGnetBackground
+    from skysub.image import Image, ImageMeta
+
+    rng = np.random.default_rng(3)
+    data = 400.0 + rng.normal(0, 20, (200, 200))
+    meta = ImageMeta(band="NB455", epoch="before", exptime=90.0, gain=1.0, rdnoise=5.0)
+    x, y = np.array([100.0, 60.0]), np.array([100.0, 140.0])
+    est = BKGnetBackground()
+    bare = est.estimate(Image(data=data, mask=None, meta=meta), x, y)
+    withu = est.estimate(Image(data=data, mask=None, meta=meta, unit=u.electron), x, y)
+    assert withu.bkg.unit == u.electron and withu.bkg_err.unit == u.electron
+    np.testing.assert_allclose(withu.bkg.value, bare.bkg)

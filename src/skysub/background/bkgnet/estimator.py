@@ -15,7 +15,7 @@ import numpy as np
 
 from ... import flags as F
 from ...errors import ConfigError, InputError
-from ...image import Image, as_image
+from ...image import Image, as_image, image_method
 from ...simulate.trainingdata import key_name
 from ...stamps import WindowCutter, check_positions
 from ..base import BackgroundResult
@@ -212,6 +212,7 @@ class BKGnetBackground:
             self.net.embed = new
         return n
 
+    @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:

@@ -14,7 +14,7 @@ import numpy as np
 from ... import flags as F
 from ...background.base import BackgroundResult
 from ...errors import InputError
-from ...image import Image, as_image
+from ...image import Image, as_image, image_method
 from ...stamps import cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
 from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding
@@ -203,6 +203,7 @@ class LumosPhotometer:
                         deblend=bool(getattr(self.net.arch, "data_deblend", False))
                         ) | {"stamps": st}
 
+    @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                 mag: np.ndarray | None = None,
                 neighbours: tuple[np.ndarray, np.ndarray] | None = None,
