@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_output, write_fits_product, write_table
     from ..simulate.psf import load_psf
-    from .core import InjectionSettings, describe, merged_catalog
+    from .core import InjectionSettings, describe
     from .plots import recovery_figure
     from .recovery import parse_methods, run_injection, summarise
 
@@ -169,20 +169,15 @@ def run(args: argparse.Namespace) -> int:
     recovery_figure(rec, summary, out / "recovery.png",
                     title=f"{args.kind} injection-recovery, {len(truth)} sources")
     if args.write_images:
-        from ..io import read_catalog
-
         cat_rows = []
-        for inj in res["injections"]:
+        for inj, full in zip(res["injections"], res["catalogs"], strict=True):
             stem = inj.image.path.stem if inj.image.path is not None else "image"
             r = int(inj.truth["realisation"][0])
             fn = out / "images" / f"{stem}_inj{r}.fits"
             write_fits_product(fn, inj.image.data, header=inj.image.header, wcs=inj.image.wcs,
                                extensions={"MASK": inj.image.mask.astype(np.uint8)},
                                overwrite=args.overwrite, inputs=inputs)
-            from ..io import catalog_for_image
-
-            own = catalog_for_image(read_catalog(args.catalog), inj.image)
-            full = merged_catalog(own, inj.catalog)
+            full = full.copy()
             full["image"] = np.full(len(full), fn.name)
             cat_rows.append(full)
         if cat_rows:

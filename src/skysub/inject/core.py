@@ -353,8 +353,8 @@ class Injection:
 
 def inject_sources(image: Image | np.ndarray, catalog: Table | None,
                    settings: InjectionSettings | None = None, *, psf: np.ndarray | None = None,
-                   seed: int = 0, realisation: int = 0, id_start: int | None = None
-                   ) -> Injection:
+                   seed: int = 0, realisation: int = 0, id_start: int | None = None,
+                   noise: float | None = None) -> Injection:
     """Add artificial sources of known flux to a copy of ``image``.
 
     Parameters
@@ -372,6 +372,8 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
     id_start : int, optional
         First id of the injected sources (default: above the catalogue's largest integer id,
         or 1,000,000,000).
+    noise : float, optional
+        The frame's sky noise per pixel, if already measured (default: :func:`sky_sigma`).
 
     Returns
     -------
@@ -386,7 +388,7 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
               if catalog is not None and len(catalog) else (np.zeros(0), np.zeros(0)))
     x, y = draw_positions(img, cat_xy, int(settings.n_per_image), settings, rng)
     m = x.size
-    sigma = sky_sigma(img)
+    sigma = sky_sigma(img) if noise is None else float(noise)
     r = float(settings.radius)
     lo, hi = settings.snr
     snr = np.exp(rng.uniform(np.log(lo), np.log(hi), m))

@@ -24,7 +24,7 @@ from astropy.table import Table, vstack
 from ..errors import InputError
 from ..image import Image
 from ..stats import sigma68
-from .core import InjectionSettings, frame_zeropoint, inject_sources, merged_catalog
+from .core import InjectionSettings, frame_zeropoint, inject_sources, merged_catalog, sky_sigma
 
 log = logging.getLogger("skysub")
 
@@ -185,7 +185,9 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
     Returns
     -------
     dict with ``recovered`` (Table, one row per injected source per method), ``truth``
-    (Table, one row per injected source) and, with ``keep_images``, ``injections``.
+    (Table, one row per injected source) and, with ``keep_images``, ``injections`` (the
+    :class:`~skysub.inject.core.Injection` of every image and realisation) and ``catalogs``
+    (the catalogue the methods saw for each: the frame's rows plus the injected ones).
     """
     from ..config import load_config
     from ..io import catalog_for_image, read_catalog
@@ -220,9 +222,11 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
                 log.warning("%s: %s", image.name, zp.warning)
             log.info("%s: %s", image.name, zp.describe())
             s_img = replace(settings, zeropoint=zp.value)
+        noise = sky_sigma(image)  # one mesh RMS map per frame, shared by its realisations
         for r in progress(range(int(realisations)), desc=f"{image.name}", quiet=quiet,
                           unit="realisation"):
-            inj = inject_sources(image, cat, s_img, psf=psf, seed=seed, realisation=r)
+            inj = inject_sources(image, cat, s_img, psf=psf, seed=seed, realisation=r,
+                                 noise=noise)
             if len(inj.truth) == 0:
                 continue
             truths.append(inj.truth)
@@ -237,7 +241,7 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
                 sub = _Rows(res, slice(n0, None))
                 rec.append(score(inj.truth, sub, m))
             if keep_images:
-                kept.append(inj)
+                kept.append((inj, full))
     if not truths:
         raise InputError("no source could be injected: the frames have no empty positions "
                          "for the settings (lower --min-separation / --edge-margin, or give "
@@ -245,7 +249,8 @@ def run_injection(images: Sequence[str | Path | Image], catalog: Any, methods: S
     out: dict[str, Any] = {"recovered": vstack(rec, metadata_conflicts="silent"),
                            "truth": vstack(truths, metadata_conflicts="silent")}
     if keep_images:
-        out["injections"] = kept
+        out["injections"] = [inj for inj, _ in kept]
+        out["catalogs"] = [full for _, full in kept]
     return out
 
 
