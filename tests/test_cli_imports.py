@@ -22,8 +22,8 @@ print(json.dumps({{"rc": rc, "loaded": [m for m in {heavy!r} if m in sys.modules
 """
 
 
-def _run(argv, cwd):
-    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)], cwd=cwd,
+def _run(argv, cwd, heavy=HEAVY):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=heavy)], cwd=cwd,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -57,3 +57,17 @@ def test_learned_methods_import_torch_when_chosen(tmp_path):
     res = _run(["background", "a.fits", "--catalog", "c.csv", "--method", "bkgnet", "--output",
                 "b.csv", "--quiet"], tmp_path)
     assert "torch" in res["loaded"]
+
+
+def test_annulus_batch_start_up_skips_what_it_does_not_use(tmp_path):
+    """The per-process start-up is the serial part of every batch run: a preset's validation
+    reads signatures without importing the simulator, and the crowding search needs no
+    scipy.spatial (a grid count, tests/test_neighbours.py)."""
+    rng = np.random.default_rng(2)
+    fits.PrimaryHDU(100.0 + rng.normal(0, 3, (120, 130))).writeto(tmp_path / "a.fits")
+    Table({"id": [1, 2], "x": [40.0, 80.0], "y": [50.0, 60.0]}).write(tmp_path / "c.csv")
+    unused = ("skysub.simulate", "scipy.spatial", "torch", "numba")
+    res = _run(["batch", "a.fits", "--catalog", "c.csv", "--config", "paus", "--method",
+                "annulus", "--output", "out", "--workers", "1", "--quiet"], tmp_path, unused)
+    assert res == {"rc": 0, "loaded": []}
+    assert (tmp_path / "out").is_dir()

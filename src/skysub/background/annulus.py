@@ -39,23 +39,21 @@ def crowding(x: np.ndarray, y: np.ndarray, radius: float,
     ``neighbours`` are all catalogued positions (defaults to the sources themselves); a
     neighbour closer than 0.5 px is taken to be the source itself.
     """
-    from scipy.spatial import cKDTree
+    from ..neighbours import count_within
 
     nx_, ny_ = (x, y) if neighbours is None else (np.asarray(neighbours[0], float),
                                                    np.asarray(neighbours[1], float))
     ok = queryable(nx_, ny_)
     if ok.sum() == 0 or len(x) == 0:
         return np.zeros(len(x), int)
-    tree = cKDTree(np.c_[nx_[ok], ny_[ok]])
     out = np.zeros(len(x), int)
     # non-finite or absurd positions (off any image) have no neighbours; squaring them would
-    # overflow inside the tree
+    # overflow
     q = queryable(x, y)
     if q.any():
-        pts = np.c_[x[q], y[q]]
-        within = tree.query_ball_point(pts, r=radius, return_length=True)
-        itself = tree.query_ball_point(pts, r=0.5, return_length=True)
-        out[q] = np.asarray(within) - np.asarray(itself)
+        qx, qy, nx_, ny_ = x[q], y[q], nx_[ok], ny_[ok]
+        out[q] = (count_within(qx, qy, nx_, ny_, radius)
+                  - count_within(qx, qy, nx_, ny_, 0.5))
     return out
 
 
