@@ -222,6 +222,35 @@ class LumosPhotometer:
             mag = None
         elif mag is None and catalog is not None and "mag" in _colnames(catalog):
             mag = np.asarray(catalog["mag"], float)
+        mix = self._mixtures(img, x, y, mag, catalog)
+        A, good, flags = mix["a"], mix["good"], mix["flags"]
+        M, Sg = mix["m"] * mix["unit"][:, None], mix["s"] * mix["unit"][:, None]
+        k = A.shape[1]
+        summ = mixture_summary(A, M, Sg, lower=self.lower)
+        flux = {"mode": summ["flux_mode"], "mean": summ["flux_mean"],
+                "median": summ["flux_median"]}[self.estimator]
+        err = summ["flux_std"] if self.estimator == "mean" else summ["flux_sigma68"]
+        flux = np.where(good, flux, np.nan)
+        err = np.where(good, err, np.nan)
+        nan = np.full(n, np.nan)
+        bres = BackgroundResult(nan, nan, nan, np.zeros(n, np.int64), F.zeros(n))
+        extra: dict[str, np.ndarray] = {}
+        for i in range(k):
+            extra[f"a{i + 1}"] = A[:, i]
+            extra[f"f{i + 1}"] = M[:, i]
+            extra[f"s{i + 1}"] = Sg[:, i]
+        extra.update(summ)
+        extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
+        return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
+                        crowd_radius=8.0, neighbours=neighbours, extra=extra)
+
+    def _mixtures(self, img: Image, x: np.ndarray, y: np.ndarray, mag, catalog, *,
+                  calibrate: bool = True) -> dict:
+        """Every source's mixture in the network's normalised flux units (``a, m, s``; times
+        ``unit`` for image units), with the card's calibration unless ``calibrate`` is False
+        (the raw network output the calibrations are fitted to), ``good`` (usable stamp),
+        ``flags`` and ``crowding`` (NaN for networks without the feature)."""
+        n = len(x)
         cat_flux = None
         if self.noise_mags and mag is not None:  # the catalogue's flux in image units
             zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
@@ -232,6 +261,7 @@ class LumosPhotometer:
         A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
         flags = F.zeros(n)
         good = np.zeros(n, bool)
+        unit, C = np.ones(n), np.full(n, np.nan)
         chunk = max(self.batch_size, 1024)
         nmap = models = None
         if self.net.arch.neighbours:  # render every model once: map and model channel
@@ -250,10 +280,13 @@ class LumosPhotometer:
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
                                         t["has_mag"], t["key"], batch_size=self.batch_size,
                                         device=self.device)
-            a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee,
-                                   crowding(t["feats"]))
-            unit = t["unit"]
-            A[ii], M[ii], Sg[ii] = a, m * unit[:, None], sg * unit[:, None]
+            crowd = crowding(t["feats"])
+            if calibrate:
+                a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee, crowd)
+            A[ii], M[ii], Sg[ii] = a, m, sg
+            unit[ii] = t["unit"]
+            if crowd is not None:
+                C[ii] = crowd
             good[ii] = t["ok"]
             st = t["stamps"]
             inside = _inside(img.shape, st.x0, st.y0, st.size)
@@ -263,23 +296,8 @@ class LumosPhotometer:
             flags[ii] |= (_flag((~inside).any(axis=(1, 2)), F.EDGE)
                           | _flag((core & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
                           | _flag(~t["ok"], F.NO_DATA))
-        summ = mixture_summary(A, M, Sg, lower=self.lower)
-        flux = {"mode": summ["flux_mode"], "mean": summ["flux_mean"],
-                "median": summ["flux_median"]}[self.estimator]
-        err = summ["flux_std"] if self.estimator == "mean" else summ["flux_sigma68"]
-        flux = np.where(good, flux, np.nan)
-        err = np.where(good, err, np.nan)
-        nan = np.full(n, np.nan)
-        bres = BackgroundResult(nan, nan, nan, np.zeros(n, np.int64), F.zeros(n))
-        extra: dict[str, np.ndarray] = {}
-        for i in range(k):
-            extra[f"a{i + 1}"] = A[:, i]
-            extra[f"f{i + 1}"] = M[:, i]
-            extra[f"s{i + 1}"] = Sg[:, i]
-        extra.update(summ)
-        extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
-        return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
-                        crowd_radius=8.0, neighbours=neighbours, extra=extra)
+        return {"a": A, "m": M, "s": Sg, "unit": unit, "good": good, "flags": flags,
+                "crowding": C}
 
 
 def _zp_table(catalog, x: np.ndarray, y: np.ndarray, mag: np.ndarray):
