@@ -112,11 +112,10 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
             phot.zeropoint = zp
             mix = phot._mixtures(image, np.asarray(full["x"], float),
                                  np.asarray(full["y"], float), np.asarray(full["mag"], float),
-                                 full, calibrate=False)
-            sl = slice(n0, None)
-            good = mix["good"][sl]
-            parts.append({k: np.asarray(mix[k])[sl][good] for k in ("a", "m", "s", "unit",
-                                                                    "crowding")}
+                                 full, calibrate=False, rows=np.arange(n0, len(full)))
+            good = mix["good"]
+            parts.append({k: np.asarray(mix[k])[good] for k in ("a", "m", "s", "unit",
+                                                               "crowding")}
                          | {"f": np.asarray(inj.truth["flux_true"], float)[good],
                             "half": np.full(int(good.sum()), r % 2)})
             n_done += int(good.sum())
@@ -124,9 +123,10 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     out: dict[str, Any] = {"calibration": None, "n_injections": int(n_done),
                            "n_realisations": int(r), "n_images": len(frames), "check": {},
                            "note": ""}
-    if n_done < min_injections:
+    need = min(int(min_injections), int(target))
+    if n_done < need:
         out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
-                       f"(need {min_injections}): the validation calibration is kept")
+                       f"(need {need}): the validation calibration is kept")
         return out
     d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     y = d["f"] / d["unit"]
@@ -139,7 +139,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
 
     even, odd = d["half"] == 0, d["half"] == 1
     check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
-    if even.sum() >= min_injections // 2 and odd.sum() >= 50:
+    if even.sum() >= need // 2 and odd.sum() >= 50:
         for name, cal in (("validation", phot.sigma_scale), ("injection", fit(even))):
             check[name] = _scores(d, odd, cal, phot.estimator, c)
     out["check"] = check

@@ -245,12 +245,15 @@ class LumosPhotometer:
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
 
     def _mixtures(self, img: Image, x: np.ndarray, y: np.ndarray, mag, catalog, *,
-                  calibrate: bool = True) -> dict:
+                  calibrate: bool = True, rows: np.ndarray | None = None) -> dict:
         """Every source's mixture in the network's normalised flux units (``a, m, s``; times
         ``unit`` for image units), with the card's calibration unless ``calibrate`` is False
         (the raw network output the calibrations are fitted to), ``good`` (usable stamp),
-        ``flags`` and ``crowding`` (NaN for networks without the feature)."""
+        ``flags`` and ``crowding`` (NaN for networks without the feature).  ``rows``: only
+        these sources are measured (every source still shows in the neighbour channel); the
+        arrays then hold those rows only."""
         n = len(x)
+        todo = np.arange(n) if rows is None else np.asarray(rows, int)
         cat_flux = None
         if self.noise_mags and mag is not None:  # the catalogue's flux in image units
             zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
@@ -258,23 +261,25 @@ class LumosPhotometer:
             self.zeropoints[img.name] = zp
             cat_flux = zp.flux(mag)
         k = self.net.arch.n_components
-        A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
-        flags = F.zeros(n)
-        good = np.zeros(n, bool)
-        unit, C = np.ones(n), np.full(n, np.nan)
+        nt = len(todo)
+        A, M, Sg = np.zeros((nt, k)), np.zeros((nt, k)), np.ones((nt, k))
+        flags = F.zeros(nt)
+        good = np.zeros(nt, bool)
+        unit, C = np.ones(nt), np.full(nt, np.nan)
         chunk = max(self.batch_size, 1024)
         nmap = models = None
         if self.net.arch.neighbours:  # render every model once: map and model channel
             models = self._models(x, y, catalog)
             nmap = self.neighbour_map(img, x, y, catalog, models=models)
-        for s0 in range(0, n, chunk):  # bounded memory; every source is measured
-            ii = np.arange(s0, min(s0 + chunk, n))
-            sub_cat = None if catalog is None else _rows(catalog, ii)
-            t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
-                            np.asarray(mag, float)[ii], nmap=nmap,
-                            models=None if models is None else models[ii])
+        for s0 in range(0, nt, chunk):  # bounded memory; every source is measured
+            ii = np.arange(s0, min(s0 + chunk, nt))
+            src = todo[ii]
+            sub_cat = None if catalog is None else _rows(catalog, src)
+            t = self.inputs(img, x[src], y[src], sub_cat, None if mag is None else
+                            np.asarray(mag, float)[src], nmap=nmap,
+                            models=None if models is None else models[src])
             if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
-                nm = noise_mag(cat_flux[ii], t["unit"])
+                nm = noise_mag(cat_flux[src], t["unit"])
                 t["mag"] = self._torch.from_numpy(np.nan_to_num(nm, nan=0.0).astype(np.float32))
                 t["has_mag"] = self._torch.from_numpy(np.isfinite(nm).astype(np.float32))
             a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
