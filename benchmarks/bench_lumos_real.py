@@ -226,6 +226,17 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
             t = vstack(parts, metadata_conflicts="silent")
             res.rows.extend(_rows(label, label_m, t,
                                   np.concatenate(pits) if label_m == "lumos" else None))
+    ic = card.get("injection_calibration") or {}
+    ch = ic.get("check", {})
+    res.notes.append(
+        f"PDF calibration (with the magnitude): {card['metrics'].get('calibration_source', '?')}"
+        + (f", {ic['n_injections']} galaxies injected into {ic.get('held_out')} of the "
+           f"training frames ({ic['n_realisations']} realisations)" if ic else "")
+        + (f"; on its held-out check half ({ch['n_check']}): pull width "
+           f"{ch['validation']['pull_sigma68']:.2f} -> {ch['injection']['pull_sigma68']:.2f}, "
+           f"PIT KS p {ch['validation']['pit_ks_pvalue']:.2g} -> "
+           f"{ch['injection']['pit_ks_pvalue']:.2g} (validation-stamp -> injection "
+           "calibration)" if "injection" in ch else ""))
     _goals(res)
     res.notes.append("bias/sigma68 of (flux - truth)/truth: truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos); pull68 = sigma68 of "
