@@ -230,13 +230,19 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
     ch = ic.get("check", {})
     res.notes.append(
         f"PDF calibration (with the magnitude): {card['metrics'].get('calibration_source', '?')}"
-        + (f", {ic['n_injections']} galaxies injected into {ic.get('held_out')} of the "
-           f"training frames ({ic['n_realisations']} realisations)" if ic else "")
+        + (f", {ic['n_injections']} galaxies injected into {ic.get('held_out')} "
+           f"({ic['n_realisations']} realisations)" if ic else "")
         + (f"; on its held-out check half ({ch['n_check']}): pull width "
            f"{ch['validation']['pull_sigma68']:.2f} -> {ch['injection']['pull_sigma68']:.2f}, "
            f"PIT KS p {ch['validation']['pit_ks_pvalue']:.2g} -> "
            f"{ch['injection']['pit_ks_pvalue']:.2g} (validation-stamp -> injection "
            "calibration)" if "injection" in ch else ""))
+    for key, pi in (ic.get("per_instrument") or {}).items():
+        v, i = pi["check"]["validation"], pi["check"]["injection"]
+        res.notes.append(f"  instrument {key}: {pi['n_injections']} injections"
+                         f"{' (own calibration)' if pi['own_calibration'] else ''}; check half: "
+                         f"pull width {v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
+                         f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g}")
     _goals(res)
     res.notes.append("bias/sigma68 of (flux - truth)/truth: truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos); pull68 = sigma68 of "

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import SNRCalibration, _calibrated, fit_snr_calibration
+from .calibration import _calibrated, fit_snr_calibration, instrument_key
 from .mixtures import mixture_summary
 
-#: injections asked for in all (6 calibration bins of 300); fewer when the frames have no room
-TARGET_INJECTIONS = 1800
+#: injections asked for per instrument (6 calibration bins of 200); fewer when the frames have
+#: no room
+TARGET_INJECTIONS = 1200
 #: below this many usable injections the validation calibration is kept
 MIN_INJECTIONS = 300
 
@@ -53,19 +54,23 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
     :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
-    with-magnitude :class:`SNRCalibration` (``bins`` bins) to the injected fluxes.
+    with-magnitude :class:`SNRCalibration` (``bins`` bins) to the injected fluxes: one for all
+    frames, and one per instrument (:func:`instrument_key`) when the frames come from several.
 
     The injections (``skysub inject`` conventions: Sérsic galaxies, SNR 5-500 log-uniform in
     an 8 px aperture, the model's PSF, catalogue shapes with a pipeline's errors, ``mag = zp -
-    2.5 log10(flux)``) use seeds no training stamp used.  Realisations alternate between two
-    halves: the calibration fitted on the even ones is checked on the odd ones (``check``:
-    pull width and PIT KS p there with the validation calibration and with the injection one),
-    and the calibration returned is fitted on all of them.  ``mag_scatter``: the injected
-    rows' catalogue magnitudes get this Gaussian error [mag] (0: exact, as ``skysub inject``).
+    2.5 log10(flux)``) use seeds no training stamp used; about ``target`` per instrument.
+    Realisations alternate between two halves: the calibration fitted on the even ones is
+    checked on the odd ones (``check``: pull width, PIT KS p and median relative error there
+    with the validation calibration and with the injection one), and the calibrations returned
+    are fitted on all of them.  ``mag_scatter``: the injected rows' catalogue magnitudes get
+    this Gaussian error [mag] (0: exact, as ``skysub inject``).
 
-    Returns ``{"calibration": SNRCalibration | None, "n_injections", "n_realisations",
-    "n_images", "check": {...}, "note"}``; ``calibration`` is None (and ``note`` says why) with
-    fewer than ``min_injections`` usable injections."""
+    Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
+    "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
+    "check"}}, "check": {...}, "note"}``; ``calibration`` is None (and ``note`` says why) with
+    fewer than ``min_injections`` usable injections, and an instrument with fewer gets none of
+    its own (the pooled one applies)."""
     from ...inject.core import InjectionSettings, merged_catalog, sky_sigma
     from ...simulate.galaxies import psf_for
     from .photometer import LumosPhotometer
@@ -90,11 +95,14 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
         except Exception:  # noqa: BLE001 -- a frame whose noise cannot be measured is skipped
             continue
         zp = None if not zero_points else float(zero_points[j])
-        frames.append((im, hold, cat, noise, zp))
+        frames.append((instrument_key(im), im, hold, cat, noise, zp))
     parts: list[dict] = []
-    n_done, r = 0, 0
-    while frames and n_done < target and r < max_realisations:
-        for im, hold, cat, noise, zp in frames:
+    done: dict[str, int] = {f[0]: 0 for f in frames}
+    r = 0
+    while frames and min(done.values()) < target and r < max_realisations:
+        for key, im, hold, cat, noise, zp in frames:
+            if done[key] >= target:
+                continue
             rng = np.random.default_rng([int(seed), r, 0x1A7EC7, len(parts)])
             image, icat, f = _inject(im, hold, cat, settings, psf, noise,
                                      25.0 if zp is None else zp, gs.oversample, rng)
@@ -110,14 +118,17 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                                  np.asarray(full["y"], float), np.asarray(full["mag"], float),
                                  full, calibrate=False, rows=np.arange(n0, len(full)))
             good = mix["good"]
+            ng = int(good.sum())
             parts.append({k: np.asarray(mix[k])[good] for k in ("a", "m", "s", "unit",
                                                                "crowding")}
-                         | {"f": f[good], "half": np.full(int(good.sum()), r % 2)})
-            n_done += int(good.sum())
+                         | {"f": f[good], "half": np.full(ng, r % 2),
+                            "group": np.full(ng, key, dtype=object)})
+            done[key] += ng
         r += 1
-    out: dict[str, Any] = {"calibration": None, "n_injections": int(n_done),
+    n_done = int(sum(done.values()))
+    out: dict[str, Any] = {"calibration": None, "instruments": {}, "n_injections": n_done,
                            "n_realisations": int(r), "n_images": len(frames), "check": {},
-                           "note": ""}
+                           "per_instrument": {}, "note": ""}
     need = min(int(min_injections), int(target))
     if n_done < need:
         out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
@@ -133,27 +144,48 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                                    c=None if c is None else c[sel])
 
     even, odd = d["half"] == 0, d["half"] == 1
+    groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
+    out["calibration"] = fit(np.ones(len(y), bool))
+    out["instruments"] = {g: fit(d["group"] == g) for g in groups}
+    # the check: calibrations fitted on the even realisations, scored on the odd ones (each
+    # instrument with its own where it has one, as the photometer applies them)
     check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
     if even.sum() >= need // 2 and odd.sum() >= 50:
-        for name, cal in (("validation", phot.sigma_scale), ("injection", fit(even))):
-            check[name] = _scores(d, odd, cal, phot.estimator, c)
+        pooled = fit(even)
+        own = {g: fit(even & (d["group"] == g)) for g in groups
+               if (even & (d["group"] == g)).sum() >= need // 2}
+        check["validation"] = _scores(d, odd, lambda g: phot.sigma_scale, phot.estimator, c)
+        check["injection"] = _scores(d, odd, lambda g: own.get(g, pooled), phot.estimator, c)
+        for g in done:
+            sel = odd & (d["group"] == g)
+            if sel.sum() >= 50:
+                out["per_instrument"][g] = {
+                    "n_injections": int(done[g]), "own_calibration": g in out["instruments"],
+                    "check": {"validation": _scores(d, sel, lambda g: phot.sigma_scale,
+                                                    phot.estimator, c),
+                              "injection": _scores(d, sel, lambda g: own.get(g, pooled),
+                                                   phot.estimator, c)}}
     out["check"] = check
-    out["calibration"] = fit(np.ones(len(y), bool))
     return out
 
 
-def _scores(d: dict, sel: np.ndarray, cal: float | SNRCalibration, estimator: str,
-            c) -> dict:
-    """Pull width (sigma68 of (estimate - truth) / sigma68) and PIT KS p of the rows ``sel``
-    of the injections ``d`` with the calibration ``cal`` (with the magnitude: truncated at 0)."""
+def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:
+    """Pull width (sigma68 of (estimate - truth) / sigma68), PIT KS p and median relative
+    error of the rows ``sel`` of the injections ``d``, each instrument's rows with the
+    calibration ``cal_for(instrument)`` (with the magnitude: truncated at 0)."""
     from ...metrics import pit_gaussian_mixture, pit_uniformity
     from ...stats import sigma68
 
-    a, m, s = _calibrated(d["a"][sel], d["m"][sel], d["s"][sel], cal, None,
-                          None if c is None else c[sel])
-    u = d["unit"][sel][:, None]
+    idx = np.flatnonzero(sel)
+    a, m, s = d["a"][idx].copy(), d["m"][idx].copy(), d["s"][idx].copy()
+    g = d["group"][idx]
+    for key in np.unique(g):
+        k = g == key
+        a[k], m[k], s[k] = _calibrated(a[k], m[k], s[k], cal_for(key), None,
+                                       None if c is None else c[idx][k])
+    u = d["unit"][idx][:, None]
     summ = mixture_summary(a, m * u, s * u, lower=0.0)
-    f = d["f"][sel]
+    f = d["f"][idx]
     est = summ[f"flux_{estimator}"]
     err = summ["flux_std"] if estimator == "mean" else summ["flux_sigma68"]
     pit = pit_gaussian_mixture(a, m * u, s * u, f, lower=0.0)

@@ -17,7 +17,7 @@ from ...errors import InputError
 from ...image import Image, as_image, image_method
 from ...stamps import cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
-from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding
+from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding, instrument_key
 from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
 from .magnitudes import NOISE_MAG, exposure_zeropoint, noise_mag
 from .mixtures import ESTIMATORS, SUMMARY_KEYS, mixture_summary, predict_mixtures
@@ -135,6 +135,12 @@ class LumosPhotometer:
         snr_cal = inputs.get("snr_calibration", {}).get(mode)
         if snr_cal:
             self.sigma_scale = SNRCalibration.from_dict(snr_cal)
+        #: per-instrument with-magnitude calibrations (:mod:`.injection`), by
+        #: :func:`.injection.instrument_key`; other frames get :attr:`sigma_scale`
+        self.instrument_calibration: dict[str, SNRCalibration] = {
+            k: SNRCalibration.from_dict(v)
+            for k, v in (inputs.get("snr_calibration_instruments") or {}).items()
+        } if self.use_mag else {}
         #: knee of the prior-free training density (normalised flux units): the data-only
         #: mode's posterior is divided by it (:func:`divide_training_prior`)
         self.prior_knee: float | None = None if self.use_mag else _prior_knee(self.settings)
@@ -254,6 +260,9 @@ class LumosPhotometer:
         arrays then hold those rows only."""
         n = len(x)
         todo = np.arange(n) if rows is None else np.asarray(rows, int)
+        cal = self.sigma_scale
+        if self.instrument_calibration:
+            cal = self.instrument_calibration.get(instrument_key(img), cal)
         cat_flux = None
         if self.noise_mags and mag is not None:  # the catalogue's flux in image units
             zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
@@ -287,7 +296,7 @@ class LumosPhotometer:
                                         device=self.device)
             crowd = crowding(t["feats"])
             if calibrate:
-                a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee, crowd)
+                a, m, sg = _calibrated(a, m, sg, cal, self.prior_knee, crowd)
             A[ii], M[ii], Sg[ii] = a, m, sg
             unit[ii] = t["unit"]
             if crowd is not None:

@@ -47,8 +47,8 @@ class LumosSettings:
     calibration_bins : the validation calibration's SNR bins (:class:`SNRCalibration`: a shift
         and a width factor per bin); 0 = one width factor for all (temperature scaling)
     calibration_injections : on user exposures, the with-magnitude calibration is refitted on
-        about this many galaxies injected into the held-out part of the exposures
-        (:mod:`.injection`); 0 = keep the validation stamps' calibration
+        about this many galaxies per instrument injected into the held-out part of the
+        exposures (:mod:`.injection`); 0 = keep the validation stamps' calibration
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -72,7 +72,7 @@ class LumosSettings:
     data_deblend: bool = False
     prior_free_weight_cap: float = 1.0
     calibration_bins: int = 6
-    calibration_injections: int = 1800
+    calibration_injections: int = 1200
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:

@@ -234,10 +234,11 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         metrics["bright"] = {"n": int(mb["n"]), "bias_mode": mb.get("bias_mode_all"),
                              "bias_mean": mb.get("bias_mean_all"),
                              "sigma68_mode": mb.get("sigma68_mode_all")}
-    injcal = None
+    injcal, by_instrument = None, {}
     if not simulated and ls.calibration_injections > 0:
         injcal = _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
                                  data, is_val, seed=seed, say=say)
+        by_instrument = injcal.pop("instruments", {})
         if injcal.get("calibration") is not None:
             snr_cal["mag"] = injcal.pop("calibration")
             metrics["calibration_source"] = "injections"
@@ -252,6 +253,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         "inputs": {"keys": keys, "simulation": gs.as_dict(), "estimator": ls.estimator,
                    "sigma_scale": {k: round(v, 5) for k, v in sigma_scale.items()},
                    "snr_calibration": {k: v.as_dict() for k, v in snr_cal.items()},
+                   "snr_calibration_instruments": {k: v.as_dict()
+                                                   for k, v in by_instrument.items()},
                    "normalisation": "cutout: median and 1.4826 MAD of valid pixels (2x2 grid), "
                                     "5 asinh(v/5), invalid = 0, validity channel; model: "
                                     "unit-total PSF-convolved Sersic / its peak; flux unit: "
@@ -315,7 +318,12 @@ def _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
                     f"{v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
                     f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g} (validation -> "
                     "injection calibration)")
-        say(msg)
+        for key, pi in out.get("per_instrument", {}).items():
+            v, i = pi["check"]["validation"], pi["check"]["injection"]
+            say(f"  {key}: {pi['n_injections']} injections"
+                f"{' (own calibration)' if pi['own_calibration'] else ''}; check half: pull "
+                f"width {v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
+                f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g}")
     else:
         say(f"note: {out['note']}")
     return out
@@ -490,6 +498,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
             [0.0] * len(data["ims"]), gs=gs, seed=seed, bins=ls.calibration_bins or 1,
             target=ls.calibration_injections, say=say)
         injcal["held_out"] = "the calibration exposures"
+        inputs["snr_calibration_instruments"] = {
+            k: v.as_dict() for k, v in injcal.pop("instruments", {}).items()}
         if injcal.get("calibration") is not None:
             snr_cal["mag"] = injcal.pop("calibration")
             say(f"with-magnitude calibration from {injcal['n_injections']} injected galaxies")
