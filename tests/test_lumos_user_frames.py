@@ -222,3 +222,41 @@ def test_pairs_auto_without_same_band_pairs_skips_fine_tuning(capsys, tmp_path):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("skysub train: error:")]
     assert rc == 2 and len(lines) == 1 and "no usable pairs" in lines[0], err
+
+
+def test_photometer_applies_each_instruments_own_calibration(frames, tmp_path):
+    """A card's per-instrument calibration applies to frames of that instrument (header
+    TELESCOP / INSTRUME and band) and only to them: the same calibration with every width
+    doubled doubles every component width there, exactly, and leaves other frames alone."""
+    import copy
+
+    from skysub.io import catalog_for_image, read_catalog, read_image
+    from skysub.nn.modelfile import load_model
+    from skysub.photometry.lumos import LumosPhotometer
+    from skysub.photometry.lumos.calibration import instrument_key
+
+    base, paths, catalog, cfg = frames
+    model = tmp_path / "m.pt"
+    rc = main(["train", "lumos", *map(str, paths), "--catalog", str(catalog), "--output",
+               str(model), "--config", str(cfg), "--seed", "2", "--allow-poor", "--quiet"])
+    assert rc == 0
+    net, card = load_model(model, kind="lumos")
+    img = read_image(paths[0])
+    other = read_image(paths[1])
+    other.header["INSTRUME"] = "ANOTHER"
+    assert instrument_key(img) != instrument_key(other)
+    cal = card["inputs"]["snr_calibration"]["mag"]
+    wide = dict(cal, log_scale=[v + np.log(2.0) for v in cal["log_scale"]])
+    card2 = copy.deepcopy(card)
+    card2["inputs"]["snr_calibration_instruments"] = {instrument_key(img): wide}
+    cat = catalog_for_image(read_catalog(catalog), img)
+    cat = cat[(cat["x"] > 40) & (cat["x"] < 216) & (cat["y"] > 40) & (cat["y"] < 152)][:30]
+    x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+    for im, ratio in ((img, 2.0), (other, 1.0)):
+        r1 = LumosPhotometer((copy.deepcopy(net), card), device="cpu").measure(
+            im, x, y, catalog=cat)
+        r2 = LumosPhotometer((copy.deepcopy(net), card2), device="cpu").measure(
+            im, x, y, catalog=cat)
+        ok = np.isfinite(r1.extra["s1"]) & (r1.extra["s1"] > 0)
+        assert ok.sum() >= 10
+        np.testing.assert_allclose(r2.extra["s1"][ok] / r1.extra["s1"][ok], ratio, rtol=1e-6)
