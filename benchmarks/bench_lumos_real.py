@@ -295,7 +295,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="another real frame (e.g. sep's data/image.fits)")
     p.add_argument("--n", type=int, default=None, help="galaxies per frame and realisation (40)")
     p.add_argument("--realisations", type=int, default=None, help="per frame (4; 2 --quick)")
-    p.add_argument("--epochs", type=int, default=None, help="Lumos epochs (8; 4 --quick)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="Lumos epochs (default: the user default, [lumos] epochs 30 with early "
+                        "stopping; 4 --quick)")
+    p.add_argument("--stamps-per-image", type=int, default=None,
+                   help="Lumos training stamps per frame (default: the user default, 8000 in "
+                        "all at least; 1200 --quick)")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
     p.add_argument("--reuse", action="store_true",
@@ -304,15 +309,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.n = args.n or 40
     args.realisations = args.realisations or (2 if args.quick else 4)
-    if args.epochs is None:  # CPU budget: fewer than the default 30 (docs/lumos.md)
-        args.epochs = 4 if args.quick else 8
+    if args.quick:  # a quick look: a short training
+        args.epochs = args.epochs or 4
+        args.stamps_per_image = args.stamps_per_image or 1200
     return args
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, n=args.n,
                realisations=args.realisations, seed=args.seed,
-               epochs=args.epochs, stamps_per_image=1200 if args.quick else 2000,
+               epochs=args.epochs, stamps_per_image=args.stamps_per_image,
                workdir=args.workdir, reuse=args.reuse)
 
 
