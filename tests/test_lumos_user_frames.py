@@ -104,6 +104,11 @@ def test_tiny_frame_and_single_exposure(frames, capsys, tmp_path):
     assert rc == 0, err
     card = json.loads((tmp_path / "s.json").read_text())
     assert "validated on the top" in card["quality"]["note"]
+    # no exposure to spare: the calibration galaxies go to new empty positions of the frame
+    ic = card["injection_calibration"]
+    assert ic["held_out"] == "new empty positions of the training frames"
+    assert ic["n_injections"] >= 200 and ic["n_images"] == 1
+    assert card["metrics"]["calibration_source"] == "injections"
 
 
 def test_zero_point_fit_failure_is_one_line(frames, capsys, tmp_path):
