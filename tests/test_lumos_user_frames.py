@@ -205,6 +205,17 @@ def test_injection_calibration_on_the_users_frames(frames, capsys, tmp_path):
     assert ch["injection"]["pit_ks_pvalue"] > max(100 * ch["validation"]["pit_ks_pvalue"],
                                                   1e-6), ch
     assert abs(ch["injection"]["bias"]) < abs(ch["validation"]["bias"]), ch
+    # --calibrate-only on the frames refits it (every frame a calibration frame)
+    before = card["inputs"]["snr_calibration"]["mag"]
+    rc = main(["train", "lumos", *map(str, paths[:2]), "--catalog", str(catalog), "--output",
+               str(tmp_path / "m.pt"), "--config", str(c2), "--seed", "9", "--calibrate-only",
+               "--quiet", "--stamps-per-image", "200"])
+    assert rc == 0
+    card = json.loads((tmp_path / "m.json").read_text())
+    rc_ic = card["calibration"]["injection_calibration"]
+    assert rc_ic["n_injections"] >= 1200 and rc_ic["held_out"] == "the calibration exposures"
+    after = card["inputs"]["snr_calibration"]["mag"]
+    assert after != before and len(after["shift"]) >= 2  # new galaxies, a new fit
 
 
 def test_pairs_auto_without_same_band_pairs_skips_fine_tuning(capsys, tmp_path):
