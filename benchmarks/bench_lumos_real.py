@@ -226,6 +226,23 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
             t = vstack(parts, metadata_conflicts="silent")
             res.rows.extend(_rows(label, label_m, t,
                                   np.concatenate(pits) if label_m == "lumos" else None))
+    ic = card.get("injection_calibration") or {}
+    ch = ic.get("check", {})
+    res.notes.append(
+        f"PDF calibration (with the magnitude): {card['metrics'].get('calibration_source', '?')}"
+        + (f", {ic['n_injections']} galaxies injected into {ic.get('held_out')} "
+           f"({ic['n_realisations']} realisations)" if ic else "")
+        + (f"; on its held-out check half ({ch['n_check']}): pull width "
+           f"{ch['validation']['pull_sigma68']:.2f} -> {ch['injection']['pull_sigma68']:.2f}, "
+           f"PIT KS p {ch['validation']['pit_ks_pvalue']:.2g} -> "
+           f"{ch['injection']['pit_ks_pvalue']:.2g} (validation-stamp -> injection "
+           "calibration)" if "injection" in ch else ""))
+    for key, pi in (ic.get("per_instrument") or {}).items():
+        v, i = pi["check"]["validation"], pi["check"]["injection"]
+        res.notes.append(f"  instrument {key}: {pi['n_injections']} injections"
+                         f"{' (own calibration)' if pi['own_calibration'] else ''}; check half: "
+                         f"pull width {v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
+                         f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g}")
     _goals(res)
     res.notes.append("bias/sigma68 of (flux - truth)/truth: truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos); pull68 = sigma68 of "
@@ -278,7 +295,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="another real frame (e.g. sep's data/image.fits)")
     p.add_argument("--n", type=int, default=None, help="galaxies per frame and realisation (40)")
     p.add_argument("--realisations", type=int, default=None, help="per frame (4; 2 --quick)")
-    p.add_argument("--epochs", type=int, default=None, help="Lumos epochs (8; 4 --quick)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="Lumos epochs (default: the user default, [lumos] epochs 30 with early "
+                        "stopping; 4 --quick)")
+    p.add_argument("--stamps-per-image", type=int, default=None,
+                   help="Lumos training stamps per frame (default: the user default, 8000 in "
+                        "all at least; 1200 --quick)")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
     p.add_argument("--reuse", action="store_true",
@@ -287,15 +309,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.n = args.n or 40
     args.realisations = args.realisations or (2 if args.quick else 4)
-    if args.epochs is None:  # CPU budget: fewer than the default 30 (docs/lumos.md)
-        args.epochs = 4 if args.quick else 8
+    if args.quick:  # a quick look: a short training
+        args.epochs = args.epochs or 4
+        args.stamps_per_image = args.stamps_per_image or 1200
     return args
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, n=args.n,
                realisations=args.realisations, seed=args.seed,
-               epochs=args.epochs, stamps_per_image=1200 if args.quick else 2000,
+               epochs=args.epochs, stamps_per_image=args.stamps_per_image,
                workdir=args.workdir, reuse=args.reuse)
 
 

@@ -27,7 +27,7 @@ def frames(tmp_path_factory):
             h[0].header["MAGZPT"] = ZP
     cfg = out / "tiny.toml"
     cfg.write_text('base = "generic"\n[lumos]\nstamps_per_image = 60\nepochs = 2\n'
-                   'batch_size = 32\n')
+                   'batch_size = 32\ncalibration_injections = 200\n')
     return out, paths, out / "sim" / "catalog.csv", cfg
 
 
@@ -104,6 +104,11 @@ def test_tiny_frame_and_single_exposure(frames, capsys, tmp_path):
     assert rc == 0, err
     card = json.loads((tmp_path / "s.json").read_text())
     assert "validated on the top" in card["quality"]["note"]
+    # no exposure to spare: the calibration galaxies go to new empty positions of the frame
+    ic = card["injection_calibration"]
+    assert ic["held_out"] == "new empty positions of the training frames"
+    assert ic["n_injections"] >= 200 and ic["n_images"] == 1
+    assert card["metrics"]["calibration_source"] == "injections"
 
 
 def test_zero_point_fit_failure_is_one_line(frames, capsys, tmp_path):
@@ -170,3 +175,106 @@ def test_training_model_images_carry_catalogue_shape_errors():
     diff = np.abs(out[0.0]["models"] - out[1.0]["models"]).sum(axis=(1, 2))
     assert (diff > 1e-3).mean() > 0.9
     np.testing.assert_allclose(out[1.0]["models"].sum(axis=(1, 2)), 1.0, atol=0.05)  # edges
+
+
+def test_injection_calibration_on_the_users_frames(frames, capsys, tmp_path):
+    """The default user path refits the with-magnitude calibration on galaxies injected into
+    the held-out exposures, records it (and the number of injections) in the card and prints
+    it; on the half of the injections it was not fitted to, its PDFs are calibrated."""
+    base, paths, catalog, cfg = frames
+    c2 = tmp_path / "inj.toml"
+    c2.write_text(cfg.read_text().replace("calibration_injections = 200",
+                                          "calibration_injections = 1200")
+                  .replace("stamps_per_image = 60", "stamps_per_image = 300")
+                  .replace("epochs = 2", "epochs = 4"))
+    rc = main(["train", "lumos", *map(str, paths), "--catalog", str(catalog), "--output",
+               str(tmp_path / "m.pt"), "--config", str(c2), "--seed", "1", "--allow-poor"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    card = json.loads((tmp_path / "m.json").read_text())
+    ic = card["injection_calibration"]
+    assert ic["n_injections"] >= 1200 and ic["held_out"] == "whole validation exposures"
+    assert card["metrics"]["calibration_source"] == "injections"
+    assert "PDF calibration" in out and str(ic["n_injections"]) in out
+    assert len(card["inputs"]["snr_calibration"]["mag"]["shift"]) >= 2
+    ch = ic["check"]
+    assert ch["n_check"] >= 400
+    # the half it was not fitted to: honest widths, and a PIT far closer to uniform than with
+    # the validation stamps' calibration (a 2-epoch model: not yet uniform)
+    assert 0.8 < ch["injection"]["pull_sigma68"] < 1.25, ch
+    assert ch["injection"]["pit_ks_pvalue"] > max(100 * ch["validation"]["pit_ks_pvalue"],
+                                                  1e-6), ch
+    assert abs(ch["injection"]["bias"]) < abs(ch["validation"]["bias"]), ch
+    # --calibrate-only on the frames refits it (every frame a calibration frame)
+    before = card["inputs"]["snr_calibration"]["mag"]
+    rc = main(["train", "lumos", *map(str, paths[:2]), "--catalog", str(catalog), "--output",
+               str(tmp_path / "m.pt"), "--config", str(c2), "--seed", "9", "--calibrate-only",
+               "--quiet", "--stamps-per-image", "200"])
+    assert rc == 0
+    card = json.loads((tmp_path / "m.json").read_text())
+    rc_ic = card["calibration"]["injection_calibration"]
+    assert rc_ic["n_injections"] >= 1200 and rc_ic["held_out"] == "the calibration exposures"
+    after = card["inputs"]["snr_calibration"]["mag"]
+    assert after != before and len(after["shift"]) >= 2  # new galaxies, a new fit
+
+
+def test_pairs_auto_without_same_band_pairs_skips_fine_tuning(capsys, tmp_path):
+    """--simulated --n-exposures 3 --pairs auto: three exposures of three bands hold no pair;
+    the fine-tuning is skipped with a note (an explicit pairs table without usable pairs is a
+    one-line error)."""
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text('base = "paus"\n[simulate]\nshape = [160, 160]\nn_galaxies = 40\n'
+                   'n_faint = 60\n[lumos]\nstamps_per_image = 80\nepochs = 1\n'
+                   'batch_size = 32\n')
+    args = ["train", "lumos", "--simulated", "--n-exposures", "3", "--config", str(cfg),
+            "--seed", "1", "--allow-poor", "--output"]
+    rc = main([*args, str(tmp_path / "m.pt"), "--pairs", "auto"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err, err
+    assert "no usable pairs" in err and "same band" in err.lower()
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["training"]["finetune"]["n_pairs"] == 0
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("id,image_1,image_2\n-5,x.fits,y.fits\n")
+    rc = main([*args, str(tmp_path / "m2.pt"), "--pairs", str(bad)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("skysub train: error:")]
+    assert rc == 2 and len(lines) == 1 and "no usable pairs" in lines[0], err
+
+
+def test_photometer_applies_each_instruments_own_calibration(frames, tmp_path):
+    """A card's per-instrument calibration applies to frames of that instrument (header
+    TELESCOP / INSTRUME and band) and only to them: the same calibration with every width
+    doubled doubles every component width there, exactly, and leaves other frames alone."""
+    import copy
+
+    from skysub.io import catalog_for_image, read_catalog, read_image
+    from skysub.nn.modelfile import load_model
+    from skysub.photometry.lumos import LumosPhotometer
+    from skysub.photometry.lumos.calibration import instrument_key
+
+    base, paths, catalog, cfg = frames
+    model = tmp_path / "m.pt"
+    rc = main(["train", "lumos", *map(str, paths), "--catalog", str(catalog), "--output",
+               str(model), "--config", str(cfg), "--seed", "2", "--allow-poor", "--quiet"])
+    assert rc == 0
+    net, card = load_model(model, kind="lumos")
+    img = read_image(paths[0])
+    other = read_image(paths[1])
+    other.header["INSTRUME"] = "ANOTHER"
+    assert instrument_key(img) != instrument_key(other)
+    cal = card["inputs"]["snr_calibration"]["mag"]
+    wide = dict(cal, log_scale=[v + np.log(2.0) for v in cal["log_scale"]])
+    card2 = copy.deepcopy(card)
+    card2["inputs"]["snr_calibration_instruments"] = {instrument_key(img): wide}
+    cat = catalog_for_image(read_catalog(catalog), img)
+    cat = cat[(cat["x"] > 40) & (cat["x"] < 216) & (cat["y"] > 40) & (cat["y"] < 152)][:30]
+    x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+    for im, ratio in ((img, 2.0), (other, 1.0)):
+        r1 = LumosPhotometer((copy.deepcopy(net), card), device="cpu").measure(
+            im, x, y, catalog=cat)
+        r2 = LumosPhotometer((copy.deepcopy(net), card2), device="cpu").measure(
+            im, x, y, catalog=cat)
+        ok = np.isfinite(r1.extra["s1"]) & (r1.extra["s1"] > 0)
+        assert ok.sum() >= 10
+        np.testing.assert_allclose(r2.extra["s1"][ok] / r1.extra["s1"][ok], ratio, rtol=1e-6)

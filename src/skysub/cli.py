@@ -533,6 +533,20 @@ def _cmd_train_lumos(args) -> int:
               f"sigma68 (mode) {m.get('sigma68_mode_all', float('nan')):.3f} "
               f"({nm.get('sigma68_mode_all', float('nan')):.3f} without the magnitude), "
               f"PIT KS p {m['pit_ks_pvalue']:.3g}, {m['train_seconds']:.0f} s")
+        ic = card.get("injection_calibration") or {}
+        if m.get("calibration_source") == "injections":
+            ch = ic.get("check", {})
+            extra = ""
+            if "injection" in ch:
+                extra = (f"; held-out check on {ch['n_check']}: pull width "
+                         f"{ch['validation']['pull_sigma68']:.2f} -> "
+                         f"{ch['injection']['pull_sigma68']:.2f}, PIT KS p "
+                         f"{ch['validation']['pit_ks_pvalue']:.2g} -> "
+                         f"{ch['injection']['pit_ks_pvalue']:.2g}")
+            print(f"PDF calibration (with the magnitude, per SNR): {ic['n_injections']} galaxies "
+                  f"injected into {ic.get('held_out', 'held-out positions')}{extra}")
+        elif ic:
+            print(f"PDF calibration: the validation stamps' ({ic.get('note', '')})")
     q = card.get("quality", {})
     if not q.get("ok", True):
         why = "; ".join(q.get("reasons", []))

@@ -219,3 +219,20 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     cz = cz + np.arange(len(cz)) * 1e-9  # strictly increasing for np.interp
     return SNRCalibration(tuple(cz), tuple(np.asarray(log_scale)[order]),
                           tuple(np.asarray(shift)[order]))
+
+
+def instrument_key(image) -> str:
+    """The instrument a frame comes from, for the per-instrument calibration: its header's
+    ``TELESCOP`` and ``INSTRUME`` and its band (``?`` where absent)."""
+    h = getattr(image, "header", None) or {}
+    meta = getattr(image, "meta", None)
+
+    def get(k):
+        try:
+            v = h.get(k)
+        except Exception:  # noqa: BLE001 -- a header that cannot say
+            v = None
+        return "?" if v is None or str(v).strip() == "" else str(v).strip()
+
+    band = getattr(meta, "band", None)
+    return f"{get('TELESCOP')}/{get('INSTRUME')}/{'?' if band is None else band}"

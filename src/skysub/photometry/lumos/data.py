@@ -263,7 +263,8 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         raise InputError("no usable training stamps: every cutout is masked, NaN or flat "
                          "(check the exposures' data and masks)")
     return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
-            "nbcats": nbcats, "summary": data_summary}
+            "nbcats": nbcats, "summary": data_summary,
+            "zero_points": [float(z.value) for z in zps] if zps else None}
 
 
 def _plain(d: dict) -> dict:

@@ -103,6 +103,28 @@ def pair_tensors(first: dict, second: dict) -> dict:
     return out
 
 
+def read_pairs(path):
+    """A pairs table (``id, image_1, image_2``; CSV, ECSV or FITS) for :func:`fine_tune_pairs`."""
+    from pathlib import Path
+
+    from astropy.table import Table
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--pairs {p}: no such file (give a table with id, image_1, image_2 "
+                         "or 'auto')")
+    try:
+        fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(p.suffix.lower())
+        t = Table.read(p, format=fmt) if fmt else Table.read(p)
+    except Exception as exc:  # noqa: BLE001 -- any reader failure is the user's file
+        raise InputError(f"--pairs {p}: cannot read it as a table ({exc})") from None
+    missing = [c for c in ("id", "image_1", "image_2") if c not in t.colnames]
+    if missing:
+        raise InputError(f"--pairs {p}: needs columns id, image_1, image_2 (missing "
+                         f"{', '.join(missing)}; has {', '.join(t.colnames)})")
+    return t
+
+
 def find_pairs(table, *, max_pairs: int = 20000, seed: int = 0):
     """Pairs of observations of the same object in the same band from a table with columns
     ``id``, ``image`` and ``band`` (e.g. simulator truth, or photometry tables with a band
@@ -137,6 +159,8 @@ def pairs_from_exposures(images: list[Image], catalogs: list, pairs, settings,
 
     from ...simulate.galaxies import model_images, neighbour_map
 
+    if len(pairs) == 0:
+        raise InputError("no pairs to fine-tune on (the pairs table is empty)")
     by_name = {im.name: (im, c) for im, c in zip(images, catalogs, strict=True)}
     nmaps: dict[str, np.ndarray] = {}
     if neighbour_catalogs is not None:

@@ -17,7 +17,7 @@ from ...errors import InputError
 from ...image import Image, as_image, image_method
 from ...stamps import cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
-from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding
+from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding, instrument_key
 from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
 from .magnitudes import NOISE_MAG, exposure_zeropoint, noise_mag
 from .mixtures import ESTIMATORS, SUMMARY_KEYS, mixture_summary, predict_mixtures
@@ -135,6 +135,12 @@ class LumosPhotometer:
         snr_cal = inputs.get("snr_calibration", {}).get(mode)
         if snr_cal:
             self.sigma_scale = SNRCalibration.from_dict(snr_cal)
+        #: per-instrument with-magnitude calibrations (:mod:`.injection`), by
+        #: :func:`.injection.instrument_key`; other frames get :attr:`sigma_scale`
+        self.instrument_calibration: dict[str, SNRCalibration] = {
+            k: SNRCalibration.from_dict(v)
+            for k, v in (inputs.get("snr_calibration_instruments") or {}).items()
+        } if self.use_mag else {}
         #: knee of the prior-free training density (normalised flux units): the data-only
         #: mode's posterior is divided by it (:func:`divide_training_prior`)
         self.prior_knee: float | None = None if self.use_mag else _prior_knee(self.settings)
@@ -222,47 +228,10 @@ class LumosPhotometer:
             mag = None
         elif mag is None and catalog is not None and "mag" in _colnames(catalog):
             mag = np.asarray(catalog["mag"], float)
-        cat_flux = None
-        if self.noise_mags and mag is not None:  # the catalogue's flux in image units
-            zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
-                                    header_keys=self.zeropoint_keys)
-            self.zeropoints[img.name] = zp
-            cat_flux = zp.flux(mag)
-        k = self.net.arch.n_components
-        A, M, Sg = np.zeros((n, k)), np.zeros((n, k)), np.ones((n, k))
-        flags = F.zeros(n)
-        good = np.zeros(n, bool)
-        chunk = max(self.batch_size, 1024)
-        nmap = models = None
-        if self.net.arch.neighbours:  # render every model once: map and model channel
-            models = self._models(x, y, catalog)
-            nmap = self.neighbour_map(img, x, y, catalog, models=models)
-        for s0 in range(0, n, chunk):  # bounded memory; every source is measured
-            ii = np.arange(s0, min(s0 + chunk, n))
-            sub_cat = None if catalog is None else _rows(catalog, ii)
-            t = self.inputs(img, x[ii], y[ii], sub_cat, None if mag is None else
-                            np.asarray(mag, float)[ii], nmap=nmap,
-                            models=None if models is None else models[ii])
-            if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
-                nm = noise_mag(cat_flux[ii], t["unit"])
-                t["mag"] = self._torch.from_numpy(np.nan_to_num(nm, nan=0.0).astype(np.float32))
-                t["has_mag"] = self._torch.from_numpy(np.isfinite(nm).astype(np.float32))
-            a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
-                                        t["has_mag"], t["key"], batch_size=self.batch_size,
-                                        device=self.device)
-            a, m, sg = _calibrated(a, m, sg, self.sigma_scale, self.prior_knee,
-                                   crowding(t["feats"]))
-            unit = t["unit"]
-            A[ii], M[ii], Sg[ii] = a, m * unit[:, None], sg * unit[:, None]
-            good[ii] = t["ok"]
-            st = t["stamps"]
-            inside = _inside(img.shape, st.x0, st.y0, st.size)
-            c = st.size // 2
-            core = np.zeros_like(inside)
-            core[:, c - 5:c + 6, c - 5:c + 6] = True
-            flags[ii] |= (_flag((~inside).any(axis=(1, 2)), F.EDGE)
-                          | _flag((core & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
-                          | _flag(~t["ok"], F.NO_DATA))
+        mix = self._mixtures(img, x, y, mag, catalog)
+        A, good, flags = mix["a"], mix["good"], mix["flags"]
+        M, Sg = mix["m"] * mix["unit"][:, None], mix["s"] * mix["unit"][:, None]
+        k = A.shape[1]
         summ = mixture_summary(A, M, Sg, lower=self.lower)
         flux = {"mode": summ["flux_mode"], "mean": summ["flux_mean"],
                 "median": summ["flux_median"]}[self.estimator]
@@ -280,6 +249,69 @@ class LumosPhotometer:
         extra["likelihood"] = np.full(n, not self.use_mag)  # coadds multiply likelihoods
         return assemble(img, x, y, flux, err, nan, nan, nan, bres, flags,
                         crowd_radius=8.0, neighbours=neighbours, extra=extra)
+
+    def _mixtures(self, img: Image, x: np.ndarray, y: np.ndarray, mag, catalog, *,
+                  calibrate: bool = True, rows: np.ndarray | None = None) -> dict:
+        """Every source's mixture in the network's normalised flux units (``a, m, s``; times
+        ``unit`` for image units), with the card's calibration unless ``calibrate`` is False
+        (the raw network output the calibrations are fitted to), ``good`` (usable stamp),
+        ``flags`` and ``crowding`` (NaN for networks without the feature).  ``rows``: only
+        these sources are measured (every source still shows in the neighbour channel); the
+        arrays then hold those rows only."""
+        n = len(x)
+        todo = np.arange(n) if rows is None else np.asarray(rows, int)
+        cal = self.sigma_scale
+        if self.instrument_calibration:
+            cal = self.instrument_calibration.get(instrument_key(img), cal)
+        cat_flux = None
+        if self.noise_mags and mag is not None:  # the catalogue's flux in image units
+            zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
+                                    header_keys=self.zeropoint_keys)
+            self.zeropoints[img.name] = zp
+            cat_flux = zp.flux(mag)
+        k = self.net.arch.n_components
+        nt = len(todo)
+        A, M, Sg = np.zeros((nt, k)), np.zeros((nt, k)), np.ones((nt, k))
+        flags = F.zeros(nt)
+        good = np.zeros(nt, bool)
+        unit, C = np.ones(nt), np.full(nt, np.nan)
+        chunk = max(self.batch_size, 1024)
+        nmap = models = None
+        if self.net.arch.neighbours:  # render every model once: map and model channel
+            models = self._models(x, y, catalog)
+            nmap = self.neighbour_map(img, x, y, catalog, models=models)
+        for s0 in range(0, nt, chunk):  # bounded memory; every source is measured
+            ii = np.arange(s0, min(s0 + chunk, nt))
+            src = todo[ii]
+            sub_cat = None if catalog is None else _rows(catalog, src)
+            t = self.inputs(img, x[src], y[src], sub_cat, None if mag is None else
+                            np.asarray(mag, float)[src], nmap=nmap,
+                            models=None if models is None else models[src])
+            if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
+                nm = noise_mag(cat_flux[src], t["unit"])
+                t["mag"] = self._torch.from_numpy(np.nan_to_num(nm, nan=0.0).astype(np.float32))
+                t["has_mag"] = self._torch.from_numpy(np.isfinite(nm).astype(np.float32))
+            a, m, sg = predict_mixtures(self.net, t["x"], t["feats"], t["coords"], t["mag"],
+                                        t["has_mag"], t["key"], batch_size=self.batch_size,
+                                        device=self.device)
+            crowd = crowding(t["feats"])
+            if calibrate:
+                a, m, sg = _calibrated(a, m, sg, cal, self.prior_knee, crowd)
+            A[ii], M[ii], Sg[ii] = a, m, sg
+            unit[ii] = t["unit"]
+            if crowd is not None:
+                C[ii] = crowd
+            good[ii] = t["ok"]
+            st = t["stamps"]
+            inside = _inside(img.shape, st.x0, st.y0, st.size)
+            c = st.size // 2
+            core = np.zeros_like(inside)
+            core[:, c - 5:c + 6, c - 5:c + 6] = True
+            flags[ii] |= (_flag((~inside).any(axis=(1, 2)), F.EDGE)
+                          | _flag((core & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
+                          | _flag(~t["ok"], F.NO_DATA))
+        return {"a": A, "m": M, "s": Sg, "unit": unit, "good": good, "flags": flags,
+                "crowding": C}
 
 
 def _zp_table(catalog, x: np.ndarray, y: np.ndarray, mag: np.ndarray):

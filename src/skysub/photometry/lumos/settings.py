@@ -46,6 +46,9 @@ class LumosSettings:
         neighbour amplitude (magnitude-free; :class:`skysub.nn.lumos.LumosArch`)
     calibration_bins : the validation calibration's SNR bins (:class:`SNRCalibration`: a shift
         and a width factor per bin); 0 = one width factor for all (temperature scaling)
+    calibration_injections : on user exposures, the with-magnitude calibration is refitted on
+        about this many galaxies per instrument injected into the held-out part of the
+        exposures (:mod:`.injection`); 0 = keep the validation stamps' calibration
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -69,6 +72,7 @@ class LumosSettings:
     data_deblend: bool = False
     prior_free_weight_cap: float = 1.0
     calibration_bins: int = 6
+    calibration_injections: int = 1200
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -85,6 +89,9 @@ class LumosSettings:
         if not isinstance(s.calibration_bins, int) or s.calibration_bins < 0:
             raise ConfigError(f"[lumos]: calibration_bins must be an integer >= 0, got "
                               f"{s.calibration_bins!r}")
+        if not isinstance(s.calibration_injections, int) or s.calibration_injections < 0:
+            raise ConfigError(f"[lumos]: calibration_injections must be an integer >= 0, got "
+                              f"{s.calibration_injections!r}")
         if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
             raise ConfigError("[lumos]: neighbour_ratio = true needs neighbours = true and "
                               "neighbour_fit = false")

@@ -18,7 +18,7 @@ from .calibration import _predict, _prior_knee, crowding, fit_snr_calibration, f
 from .data import _stamp_data, _subset, torch_where_mag
 from .evaluation import evaluate_mixtures
 from .magnitudes import NOISE_MAG, NOISE_MAG_DOC
-from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures
+from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures, read_pairs
 from .settings import LumosSettings
 
 #: training stamps drawn from the user's exposures at least (when --stamps-per-image is not set)
@@ -88,7 +88,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
 
     from ... import __version__
     from ...config import load_config
-    from ...io import check_output, read_catalog
+    from ...io import check_output
     from ...nn.device import seed_everything
     from ...nn.lumos import Lumos, LumosArch, flops_per_stamp
     from ...nn.modelfile import save_model
@@ -104,6 +104,9 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if catalog is not None and not hasattr(catalog, "colnames"):
         inputs.append(catalog)
     check_output(output, overwrite=overwrite or resume, inputs=inputs)
+    if pairs is not None and not (isinstance(pairs, str) and pairs == "auto") \
+            and not hasattr(pairs, "colnames"):
+        pairs = read_pairs(pairs)  # before the training: a bad table fails at once
     section = dict(getattr(cfg, "lumos", {}) or {})
     if (stamps_per_image is None and "stamps_per_image" not in section and not simulated
             and images):  # few exposures: more stamps from each (>= ~8000 in all)
@@ -171,7 +174,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
             ptab = find_pairs(vstack(rows), seed=seed, max_pairs=ls.max_pairs)
             # keep galaxies on the CCD in both exposures
         else:
-            ptab = pairs if hasattr(pairs, "colnames") else read_catalog(pairs)
+            ptab = pairs if hasattr(pairs, "colnames") else read_pairs(pairs)
         onccd = [c[np.asarray(c["on_image"], bool)] if "on_image" in c.colnames else
                  c[(np.asarray(c["x"]) > 0) & (np.asarray(c["x"]) < im.shape[1] - 1)
                    & (np.asarray(c["y"]) > 0) & (np.asarray(c["y"]) < im.shape[0] - 1)]
@@ -183,10 +186,26 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         keep = np.array([r["id"] in names.get(str(r["image_1"]), ()) and
                          r["id"] in names.get(str(r["image_2"]), ()) for r in ptab], bool)
         ptab = ptab[keep]
-        say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
-        pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
-                                  nbcats if ls.neighbours else None, joint=ls.neighbour_fit,
-                                  ratio=ls.neighbour_ratio, deblend=ls.data_deblend)
+        auto = isinstance(pairs, str) and pairs == "auto"
+        pt = None
+        if len(ptab):
+            say(f"fine-tuning the last layer on {len(ptab)} pairs (eq. 11-12)")
+            pt = pairs_from_exposures(ims, onccd, ptab, gs, keys, psf_for(gs),
+                                      nbcats if ls.neighbours else None,
+                                      joint=ls.neighbour_fit, ratio=ls.neighbour_ratio,
+                                      deblend=ls.data_deblend)
+        if pt is None or len(pt["ratio"]) == 0:
+            why = (f"no usable pairs among the {len(ims)} training exposures (--pairs auto pairs "
+                   "the same catalogued galaxy on the CCD in two exposures of the SAME band; "
+                   f"bands here: {', '.join(sorted({str(im.meta.band) for im in ims}))})"
+                   if auto else "no usable pairs in --pairs (their ids must be galaxies on the "
+                   "CCD of both named training exposures, with usable cutouts)")
+            if not auto:
+                raise InputError(why)
+            say(f"note: {why}; the fine-tuning step is skipped")
+            pairs = None
+            finetune = {"n_pairs": 0, "skipped": why}
+    if pairs is not None:
         if len(keys) > arch.n_keys:
             raise InputError(f"pairs come from band x epoch combinations unseen in training: "
                              f"{keys[arch.n_keys:]}")
@@ -215,6 +234,17 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         metrics["bright"] = {"n": int(mb["n"]), "bias_mode": mb.get("bias_mode_all"),
                              "bias_mean": mb.get("bias_mean_all"),
                              "sigma68_mode": mb.get("sigma68_mode_all")}
+    injcal, by_instrument = None, {}
+    if not simulated and ls.calibration_injections > 0:
+        injcal = _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
+                                 data, is_val, seed=seed, say=say)
+        by_instrument = injcal.pop("instruments", {})
+        if injcal.get("calibration") is not None:
+            snr_cal["mag"] = injcal.pop("calibration")
+            metrics["calibration_source"] = "injections"
+        else:
+            injcal.pop("calibration", None)
+    metrics.setdefault("calibration_source", "validation stamps")
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
@@ -223,6 +253,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         "inputs": {"keys": keys, "simulation": gs.as_dict(), "estimator": ls.estimator,
                    "sigma_scale": {k: round(v, 5) for k, v in sigma_scale.items()},
                    "snr_calibration": {k: v.as_dict() for k, v in snr_cal.items()},
+                   "snr_calibration_instruments": {k: v.as_dict()
+                                                   for k, v in by_instrument.items()},
                    "normalisation": "cutout: median and 1.4826 MAD of valid pixels (2x2 grid), "
                                     "5 asinh(v/5), invalid = 0, validity channel; model: "
                                     "unit-total PSF-convolved Sersic / its peak; flux unit: "
@@ -237,6 +269,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                                   for k, v in e.items()} for e in hist.epochs],
                      "finetune": finetune},
         "data": {**data_summary, "n_train": int(tr.sum()), "n_val": int(va.sum())},
+        "injection_calibration": injcal,
         "metrics": metrics,
         "quality": model_quality(metrics, note=val_note),
         "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
@@ -245,6 +278,55 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     save_model(output, model, card, overwrite=True)
     del torch
     return card
+
+
+def _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags, data,
+                    is_val, *, seed: int, say) -> dict:
+    """The with-magnitude calibration on galaxies injected into the held-out part of the
+    user's exposures (:func:`.injection.injection_calibration`); the card entry (with the
+    fitted ``calibration``, None when there was no room)."""
+    from .injection import held_out_regions, injection_calibration
+
+    card = {"arch": arch.as_dict(),
+            "inputs": {"keys": keys, "simulation": gs.as_dict(), "estimator": ls.estimator,
+                       "sigma_scale": dict(sigma_scale),
+                       "snr_calibration": {k: v.as_dict() for k, v in snr_cal.items()}}
+            | ({"mag_input": NOISE_MAG} if noise_mags else {})}
+    zps = data.get("zero_points")
+    regions = held_out_regions(data["sim"], is_val, len(data["ims"]))
+    whole = all(r in (None, 0.0) for r in regions)
+    if not whole:
+        # fewer than 4 exposures: no exposure to spare.  The validation strip is the frames'
+        # top edge, not the frame a user measures (its calibration left the optical frame's
+        # pull width at 1.26; docs/lumos.md), so the galaxies go everywhere on the frames at
+        # new empty positions: the pixels were seen in training, as the user's own sources'
+        # are; the galaxies, their positions and their noise were not
+        regions = [0.0] * len(data["ims"])
+    out = injection_calibration(model, card, data["ims"], data["nbcats"], zps, regions, gs=gs,
+                                seed=seed, bins=ls.calibration_bins or 1,
+                                target=ls.calibration_injections, say=say)
+    out["held_out"] = ("whole validation exposures" if whole
+                       else "new empty positions of the training frames")
+    ch = out.get("check", {})
+    if out.get("calibration") is not None:
+        msg = (f"calibration on {out['n_injections']} galaxies injected into "
+               f"{out['held_out']} ({out['n_realisations']} realisations, "
+               f"{len(out['calibration'].shift)} SNR bins)")
+        if "injection" in ch:
+            v, i = ch["validation"], ch["injection"]
+            msg += (f"; on the check half ({ch['n_check']}): pull width "
+                    f"{v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
+                    f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g} (validation -> "
+                    "injection calibration)")
+        for key, pi in out.get("per_instrument", {}).items():
+            v, i = pi["check"]["validation"], pi["check"]["injection"]
+            say(f"  {key}: {pi['n_injections']} injections"
+                f"{' (own calibration)' if pi['own_calibration'] else ''}; check half: pull "
+                f"width {v['pull_sigma68']:.2f} -> {i['pull_sigma68']:.2f}, PIT KS p "
+                f"{v['pit_ks_pvalue']:.2g} -> {i['pit_ks_pvalue']:.2g}")
+    else:
+        say(f"note: {out['note']}")
+    return out
 
 
 def split_stamps(sim: dict, val_fraction: float, seed: int, min_exposures: int = 4
@@ -407,12 +489,30 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
     say("width calibration (sigma_scale): "
         + ", ".join(f"{k} {inputs.get('sigma_scale', {}).get(k, float('nan')):.4f} -> {v:.4f}"
                     for k, v in scale.items()))
+    injcal = None
+    if not simulated and ls.calibration_injections > 0:  # every frame is a calibration frame
+        from .injection import injection_calibration
+
+        injcal = injection_calibration(
+            net, card, data["ims"], data["nbcats"], data.get("zero_points"),
+            [0.0] * len(data["ims"]), gs=gs, seed=seed, bins=ls.calibration_bins or 1,
+            target=ls.calibration_injections, say=say)
+        injcal["held_out"] = "the calibration exposures"
+        inputs["snr_calibration_instruments"] = {
+            k: v.as_dict() for k, v in injcal.pop("instruments", {}).items()}
+        if injcal.get("calibration") is not None:
+            snr_cal["mag"] = injcal.pop("calibration")
+            say(f"with-magnitude calibration from {injcal['n_injections']} injected galaxies")
+        else:
+            injcal.pop("calibration", None)
+            say(f"note: {injcal['note']}")
     inputs["sigma_scale"] = {k: round(v, 5) for k, v in scale.items()}
     inputs["snr_calibration"] = {k: v.as_dict() for k, v in snr_cal.items()}
     card["calibration"] = {
         "data": {**data["summary"], "stamps_per_image": int(ls.stamps_per_image),
                  "n_catalogue_like": int(cat_sel.sum()), "n_prior_free": int(free_sel.sum())},
         "sigma_scale": inputs["sigma_scale"], "snr_calibration": inputs["snr_calibration"],
+        "injection_calibration": injcal,
         "metrics": metrics,
         "command": command or "(API) skysub.photometry.lumos.recalibrate_lumos",
     }

@@ -1,0 +1,241 @@
+"""Lumos' calibration on the user's own frames: galaxies of known flux injected at empty
+positions of the held-out part of the training exposures (``skysub inject``'s machinery) and
+measured by the photometer exactly as a user measures them; the per-SNR shift and width
+(:class:`SNRCalibration`) of the with-magnitude mode are fitted to them
+(:func:`injection_calibration`, the default of ``skysub train lumos`` on user exposures).
+
+Why: the validation calibration is fitted on the training simulation's own stamps (its galaxy
+model, its catalogue-magnitude scatter ``colour_scatter``, its neighbours), and on real frames
+the photometer's inputs differ from them (the frame's own catalogue in the neighbour channel,
+whole-frame cutouts, the catalogue's magnitude accuracy); docs/lumos.md gives the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .calibration import _calibrated, fit_snr_calibration, instrument_key
+from .mixtures import mixture_summary
+
+#: injections asked for per instrument (6 calibration bins of 200); fewer when the frames have
+#: no room
+TARGET_INJECTIONS = 1200
+#: below this many usable injections the validation calibration is kept
+MIN_INJECTIONS = 300
+
+
+def held_out_regions(sim: dict, is_val: np.ndarray, n_images: int) -> list[float | None]:
+    """Per exposure, the lowest row ``y`` of its held-out part (0: the whole exposure
+    validates; None: none of it does), from the training split ``is_val`` of the stamps."""
+    exp = np.asarray(sim["exposure"])
+    y = np.asarray(sim["y"], float)
+    out: list[float | None] = []
+    for j in range(n_images):
+        sel = exp == j
+        if not sel.any() or not is_val[sel].any():
+            out.append(None)
+        elif is_val[sel].all():
+            out.append(0.0)
+        else:
+            out.append(float(np.min(y[sel & is_val])))
+    return out
+
+
+def injection_calibration(net, card: dict, images: list, catalogs: list,
+                          zero_points: list[float] | None, regions: list[float | None], *,
+                          gs, seed: int, bins: int = 6, target: int = TARGET_INJECTIONS,
+                          n_per_image: int = 40, max_realisations: int = 60,
+                          min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
+                          say=None) -> dict:
+    """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
+    (with their catalogue rows ``catalogs`` and zero points), measure them with a
+    :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
+    with-magnitude :class:`SNRCalibration` (``bins`` bins) to the injected fluxes: one for all
+    frames, and one per instrument (:func:`instrument_key`) when the frames come from several.
+
+    The injections (``skysub inject`` conventions: Sérsic galaxies, SNR 5-500 log-uniform in
+    an 8 px aperture, the model's PSF, catalogue shapes with a pipeline's errors, ``mag = zp -
+    2.5 log10(flux)``) use seeds no training stamp used; about ``target`` per instrument.
+    Realisations alternate between two halves: the calibration fitted on the even ones is
+    checked on the odd ones (``check``: pull width, PIT KS p and median relative error there
+    with the validation calibration and with the injection one), and the calibrations returned
+    are fitted on all of them.  ``mag_scatter``: the injected rows' catalogue magnitudes get
+    this Gaussian error [mag] (0: exact, as ``skysub inject``).
+
+    Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
+    "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
+    "check"}}, "check": {...}, "note"}``; ``calibration`` is None (and ``note`` says why) with
+    fewer than ``min_injections`` usable injections, and an instrument with fewer gets none of
+    its own (the pooled one applies)."""
+    from ...inject.core import InjectionSettings, merged_catalog, sky_sigma
+    from ...simulate.galaxies import psf_for
+    from .photometer import LumosPhotometer
+
+    say = say or (lambda *a: None)
+    phot = LumosPhotometer((copy.deepcopy(net), card), device="cpu")
+    psf = psf_for(gs)
+    settings = InjectionSettings(kind="galaxy", n_per_image=int(n_per_image), snr=(5.0, 500.0),
+                                 radius=8.0, psf_fwhm=float(gs.psf_fwhm), psf_kind="moffat",
+                                 min_separation=15.0, shape_scatter=True)
+    frames = []
+    for j, (im, cat) in enumerate(zip(images, catalogs, strict=True)):
+        y0 = regions[j]
+        if y0 is None:
+            continue
+        hold = im
+        if y0 > 0:  # only the held-out rows take injections
+            rows = np.arange(im.shape[0])[:, None] >= y0
+            hold = replace(im, mask=im.mask | ~np.broadcast_to(rows, im.shape))
+        try:
+            noise = sky_sigma(im)
+        except Exception:  # noqa: BLE001 -- a frame whose noise cannot be measured is skipped
+            continue
+        zp = None if not zero_points else float(zero_points[j])
+        frames.append((instrument_key(im), im, hold, cat, noise, zp))
+    parts: list[dict] = []
+    done: dict[str, int] = {f[0]: 0 for f in frames}
+    r = 0
+    while frames and min(done.values()) < target and r < max_realisations:
+        for key, im, hold, cat, noise, zp in frames:
+            if done[key] >= target:
+                continue
+            rng = np.random.default_rng([int(seed), r, 0x1A7EC7, len(parts)])
+            image, icat, f = _inject(im, hold, cat, settings, psf, noise,
+                                     25.0 if zp is None else zp, gs.oversample, rng)
+            m = len(f)
+            if m == 0:
+                continue
+            if mag_scatter > 0:
+                icat["mag"] = icat["mag"] + rng.normal(0.0, mag_scatter, m)
+            full = merged_catalog(cat, icat)
+            n0 = len(full) - m
+            phot.zeropoint = zp
+            mix = phot._mixtures(image, np.asarray(full["x"], float),
+                                 np.asarray(full["y"], float), np.asarray(full["mag"], float),
+                                 full, calibrate=False, rows=np.arange(n0, len(full)))
+            good = mix["good"]
+            ng = int(good.sum())
+            parts.append({k: np.asarray(mix[k])[good] for k in ("a", "m", "s", "unit",
+                                                               "crowding")}
+                         | {"f": f[good], "half": np.full(ng, r % 2),
+                            "group": np.full(ng, key, dtype=object)})
+            done[key] += ng
+        r += 1
+    n_done = int(sum(done.values()))
+    out: dict[str, Any] = {"calibration": None, "instruments": {}, "n_injections": n_done,
+                           "n_realisations": int(r), "n_images": len(frames), "check": {},
+                           "per_instrument": {}, "note": ""}
+    need = min(int(min_injections), int(target))
+    if n_done < need:
+        out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
+                       f"(need {need}): the validation calibration is kept")
+        return out
+    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    y = d["f"] / d["unit"]
+    c = d["crowding"] if np.isfinite(d["crowding"]).all() else None
+
+    def fit(sel):
+        return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
+                                   truncated=True, n_bins=bins, min_per_bin=150,
+                                   c=None if c is None else c[sel])
+
+    even, odd = d["half"] == 0, d["half"] == 1
+    groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
+    out["calibration"] = fit(np.ones(len(y), bool))
+    out["instruments"] = {g: fit(d["group"] == g) for g in groups}
+    # the check: calibrations fitted on the even realisations, scored on the odd ones (each
+    # instrument with its own where it has one, as the photometer applies them)
+    check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
+    if even.sum() >= need // 2 and odd.sum() >= 50:
+        pooled = fit(even)
+        own = {g: fit(even & (d["group"] == g)) for g in groups
+               if (even & (d["group"] == g)).sum() >= need // 2}
+        check["validation"] = _scores(d, odd, lambda g: phot.sigma_scale, phot.estimator, c)
+        check["injection"] = _scores(d, odd, lambda g: own.get(g, pooled), phot.estimator, c)
+        for g in done:
+            sel = odd & (d["group"] == g)
+            if sel.sum() >= 50:
+                out["per_instrument"][g] = {
+                    "n_injections": int(done[g]), "own_calibration": g in out["instruments"],
+                    "check": {"validation": _scores(d, sel, lambda g: phot.sigma_scale,
+                                                    phot.estimator, c),
+                              "injection": _scores(d, sel, lambda g: own.get(g, pooled),
+                                                   phot.estimator, c)}}
+    out["check"] = check
+    return out
+
+
+def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:
+    """Pull width (sigma68 of (estimate - truth) / sigma68), PIT KS p and median relative
+    error of the rows ``sel`` of the injections ``d``, each instrument's rows with the
+    calibration ``cal_for(instrument)`` (with the magnitude: truncated at 0)."""
+    from ...metrics import pit_gaussian_mixture, pit_uniformity
+    from ...stats import sigma68
+
+    idx = np.flatnonzero(sel)
+    a, m, s = d["a"][idx].copy(), d["m"][idx].copy(), d["s"][idx].copy()
+    g = d["group"][idx]
+    for key in np.unique(g):
+        k = g == key
+        a[k], m[k], s[k] = _calibrated(a[k], m[k], s[k], cal_for(key), None,
+                                       None if c is None else c[idx][k])
+    u = d["unit"][idx][:, None]
+    summ = mixture_summary(a, m * u, s * u, lower=0.0)
+    f = d["f"][idx]
+    est = summ[f"flux_{estimator}"]
+    err = summ["flux_std"] if estimator == "mean" else summ["flux_sigma68"]
+    pit = pit_gaussian_mixture(a, m * u, s * u, f, lower=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pull = (est - f) / err
+        rel = (est - f) / f
+    fin = np.isfinite(pull)
+    return {"pull_sigma68": round(float(sigma68(pull[fin])), 4),
+            "pit_ks_pvalue": round(float(pit_uniformity(pit).pvalue), 6),
+            "bias": round(float(np.median(rel[np.isfinite(rel)])), 5)}
+
+
+def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: int, rng):
+    """Galaxies of known flux added to a copy of ``im`` at empty positions of ``hold`` (``im``
+    with the rows not held out masked) by ``skysub inject``'s conventions
+    (:func:`skysub.inject.core.draw_positions`, SNR log-uniform in an 8 px aperture, Sérsic
+    shapes from ``settings``' ranges, the injected light's photon noise), rendered by the
+    training's renderer (Gauss-Legendre, ``oversample`` nodes per pixel side).  Returns the
+    image (the frame's own mask), the catalogue rows (``id, x, y, mag`` and shapes with a
+    pipeline's errors) and the true fluxes."""
+    from astropy.table import Table
+
+    from ...inject.core import SHAPE_SCATTER, add_stamps, draw_positions
+    from ...simulate.galaxies import render_galaxies
+
+    cat_xy = ((np.asarray(cat["x"], float), np.asarray(cat["y"], float))
+              if cat is not None and len(cat) else (np.zeros(0), np.zeros(0)))
+    x, y = draw_positions(hold, cat_xy, int(settings.n_per_image), settings, rng)
+    m = x.size
+    if m == 0:
+        return im, Table(), np.zeros(0)
+    snr = np.exp(rng.uniform(np.log(settings.snr[0]), np.log(settings.snr[1]), m))
+    flux = snr * noise * np.sqrt(np.pi * settings.radius ** 2)
+    r50 = np.exp(rng.uniform(np.log(settings.r50[0]), np.log(settings.r50[1]), m))
+    n_ = rng.uniform(*settings.sersic_n, m)
+    ba = rng.uniform(*settings.ba, m)
+    th = rng.uniform(0.0, 180.0, m)
+    xi, yi = np.rint(x).astype(int), np.rint(y).astype(int)
+    stamps = render_galaxies(flux, r50, n_, ba, th, x - xi, y - yi, psf, 59, int(oversample))
+    model = np.zeros(im.shape)
+    add_stamps(model, stamps, xi, yi)
+    gain = float(im.meta.gain or 1.0)
+    model = model + rng.normal(0.0, 1.0, model.shape) * np.sqrt(np.clip(model, 0, None) / gain)
+    image = replace(im, data=im.data + model, mask=im.mask.copy())
+    e = SHAPE_SCATTER
+    with np.errstate(divide="ignore"):
+        mag = zp - 2.5 * np.log10(flux)
+    icat = Table({"id": 2_000_000_000 + np.arange(m), "x": x, "y": y, "mag": mag,
+                  "r50": r50 * np.exp(rng.normal(0, e["r50"], m)),
+                  "sersic_n": np.clip(n_ + rng.normal(0, e["sersic_n"], m), 0.3, 8.0),
+                  "ba": np.clip(ba + rng.normal(0, e["ba"], m), 0.05, 1.0),
+                  "theta": (th + rng.normal(0, e["theta"], m)) % 180.0})
+    return image, icat, flux
