@@ -50,7 +50,7 @@ from ...simulate.trainingdata import (
 )
 from ...simulate.trainingdata import galaxy_pool as _galaxy_pool  # its name here before
 from .calibration import fit_error_calibration, predict_set, sigma_scale
-from .data import TrainingSet, build_training_set, label_triplets
+from .data import TrainingSet, build_training_set, label_stencils
 from .errormodel import calibrated_errors
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetBackground, BKGnetSettings
 from .evaluation import training_report, validation_metrics
@@ -59,6 +59,6 @@ from .training import command_line, train_bkgnet
 __all__ = ["DEFAULT_MODEL", "TRAIN_KEYS", "BKGnetBackground", "BKGnetSettings", "TrainingSet",
            "_galaxy_pool", "build_training_set", "calibrated_errors", "circle_offsets",
            "circle_values", "clipped_label", "command_line", "fit_error_calibration",
-           "key_name", "label_triplets", "predict_set", "sample_training_stamps",
+           "key_name", "label_stencils", "predict_set", "sample_training_stamps",
            "sigma_scale", "simulated_exposures", "split_by_exposure", "train_bkgnet",
            "training_report", "validation_metrics"]
