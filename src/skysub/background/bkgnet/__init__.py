@@ -12,7 +12,8 @@ Layout (as :mod:`skysub.removal`; every name below is importable from this packa
   stamp sampling, labels and injection it uses live in :mod:`skysub.simulate.trainingdata`,
   shared with Lumos
 - :mod:`.calibration` -- :func:`predict_set`, :func:`sigma_scale`, :func:`fit_error_calibration`
-  (per background level and edge/centre, with the label noise measured from label triplets)
+  (label noise measured from label stencils per band x epoch, sigma_net scaled on held-out
+  sky tiles)
 - :mod:`.errormodel` -- :func:`calibrated_errors` (the calibration applied at inference)
 - :mod:`.evaluation` -- :func:`validation_metrics`, :func:`training_report`
 - :mod:`.training` -- :func:`train_bkgnet` (fine-tunes the shipped model by default),

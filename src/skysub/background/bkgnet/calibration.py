@@ -116,7 +116,8 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
                           eq3: np.ndarray, edge_distance: np.ndarray, keys: np.ndarray,
                           stencils: dict | None, key_names: list[str], *,
                           edge_width: float = CAL_EDGE_WIDTH) -> dict:
-    """Calibrate BKGnet's errors on held-out exposures, against their pixel labels.
+    """Calibrate BKGnet's errors on held-out stamps (sky tiles no training label came from),
+    against their pixel labels.
 
     ``b - label`` scatters with the error of the prediction AND the label's noise.  The label
     noise is measured from the user's own exposures (:func:`label_noise`: eq. 3 times a factor

@@ -1,5 +1,5 @@
 """BKGnet's calibrated error model, applied at inference (:func:`calibrated_errors`); fitted on
-held-out exposures by :func:`skysub.background.bkgnet.calibration.fit_error_calibration`.
+held-out sky tiles by :func:`skysub.background.bkgnet.calibration.fit_error_calibration`.
 Plain numpy, importing nothing from the package (the estimator and the calibration both use
 it)."""
 

@@ -230,13 +230,13 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     overall = report["groups"].get("all", {})
     if not overall.get("ratio", 0.0) < 1.0:
         log.warning("the trained BKGnet does NOT beat the annulus (30-45 px clipped median) on "
-                    "the held-out exposures (sigma68 ratio %.2f): more exposures, more "
+                    "the held-out sky tiles (sigma68 ratio %.2f): more exposures, more "
                     "--stamps-per-image or --epochs, or keep the annulus",
                     overall.get("ratio", float("nan")))
     pw = overall.get("pull_sigma68")
     if pw is not None and not 0.8 <= pw <= 1.25:
-        log.warning("pull width %.2f on held-out exposures (errors calibrated on the other "
-                    "held-out exposures): the reported errors are not trustworthy", pw)
+        log.warning("pull width %.2f on held-out sky tiles (errors calibrated on the other "
+                    "held-out tiles): the reported errors are not trustworthy", pw)
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
