@@ -27,12 +27,12 @@ def validation_metrics(model, val: TrainingSet) -> dict:
 
 
 def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
-    """Total error of ``b - label`` on each validation stamp, ``sqrt(bkg_err^2 + sigma_L^2)``,
+    """Total error of ``b - label`` on each validation stamp, ``sqrt(bkg_err^2 + eq3^2)``,
     the calibration fitted on the OTHER held-out sky tiles (two folds of tiles; of exposures
     for sets without sky positions), so that the pull width reported is not the one the
     calibration was fitted to."""
     from ...simulate.trainingdata import sky_tiles
-    from .calibration import calibrated_errors, fit_error_calibration, label_noise_of
+    from .calibration import calibrated_errors, fit_error_calibration
 
     group = sky_tiles(val.sky) if val.sky is not None else val.exposure
     groups = np.unique(group)
@@ -48,8 +48,7 @@ def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
                                     val.edge_distance[fit], names[fit], st, keys)
         err, _ = calibrated_errors(b[test], sn[test], val.label_sigma[test],
                                    val.edge_distance[test], cal)
-        lab = label_noise_of(val.label_sigma[test], names[test], cal)
-        total[test] = np.sqrt(err**2 + lab**2)
+        total[test] = np.sqrt(err**2 + val.label_sigma[test] ** 2)  # as the fit
     return total
 
 
