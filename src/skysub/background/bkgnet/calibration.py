@@ -150,14 +150,15 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
     resid = bkg - label
 
     def fit(noise):
-        v = _scale(resid[ok], sigma_net[ok], noise[ok]) if ok.sum() >= 10 else float("nan")
-        return float(v) if np.isfinite(v) and v > 0 else float("nan")
+        return (float(_scale(resid[ok], sigma_net[ok], noise[ok])) if ok.sum() >= 10
+                else float("nan"))
 
     a = fit(eq3)
-    if not np.isfinite(a):
+    if not (np.isfinite(a) and a > 0):
         a = 1.0  # nothing measurable: the network's own sigma
+    lo = fit(sig_l)  # 0 when the measured label noise alone explains the scatter
     edge = edge_distance < edge_width
-    cal.update(a=[a, a], a_all=a, a_if_unseen=fit(sig_l),
+    cal.update(a=[a, a], a_all=a, a_if_unseen=lo if np.isfinite(lo) else None,
                n=[int((ok & ~edge).sum()), int((ok & edge).sum())])
     return cal
 
