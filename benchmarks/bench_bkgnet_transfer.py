@@ -10,7 +10,7 @@ FITS with a catalogue and the model is made exactly as a user makes it::
 
 (by default it fine-tunes the shipped ``bkgnet-paus``; new band x epoch keys start from the mean
 embedding).  The test exposures are of ANOTHER field, never seen in training or calibration,
-and are looked at once, for this table: against the simulator's noise-free background in the
+and are used for these tables only: against the simulator's noise-free background in the
 r = 8 px label circle (sky truth), with the tuned annulus (30-45 px, 3-sigma clipped median)
 and the shipped model used without fine-tuning (mean embedding, ``--unknown-key warn``) on the
 same sources.  Figures: sigma68 of the relative error (all, within 150 px of an edge), bias

@@ -32,7 +32,8 @@ Training data (BKGnet §3.2, with the fixes skysub makes)
 - a Sérsic galaxy with (mag, r50, n, b/a, theta) drawn jointly from the catalogue's rows is
   injected at the centre (with its photon noise) BEFORE the centre is hidden -- without it the
   net fails on bright sources (BKGnet §3.2);
-- training and validation stamps come from different exposures (split by exposure).
+- training and validation stamps come from different parts of the sky (held-out 128 px
+  tiles in every exposure, :func:`skysub.simulate.trainingdata.split_by_sky`).
 
 (:mod:`skysub.simulate.trainingdata` implements the sampling.)
 

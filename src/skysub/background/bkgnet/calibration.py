@@ -35,9 +35,9 @@ def predict_set(model, ts: TrainingSet, *, batch_size: int = 1024) -> tuple[np.n
 
 
 def sigma_scale(model, val: TrainingSet) -> float:
-    """Error calibration on the validation exposures: the factor ``k`` that makes the pull
+    """Error calibration on the validation stamps: the factor ``k`` that makes the pull
     width ``sigma68[(b - label) / (k sigma_net)]`` one (temperature scaling of sigma_net).  The
-    Gaussian likelihood fits sigma on the training stamps; held-out exposures scatter a little
+    Gaussian likelihood fits sigma on the training stamps; held-out stamps scatter a little
     more, and ``k`` (typically 1.0-1.2) carries that into the reported errors."""
     from ...metrics import pull_summary
 

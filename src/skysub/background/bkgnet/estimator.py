@@ -125,10 +125,10 @@ class BKGnetBackground:
     had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
     calibrated network sigma.  Models trained on pixel labels by this version carry an
     ``error_calibration`` instead (:func:`skysub.background.bkgnet.calibration.
-    fit_error_calibration`): the error of the prediction as ``a sigma_net``, ``a`` (centre /
-    edge) fitted on held-out sky tiles of the training exposures against their pixel labels,
-    with the labels' own noise (eq. 3 and what faint sources add) measured from label stencils
-    on those exposures.
+    fit_error_calibration`): the error of the prediction as ``a sigma_net``, ``a`` fitted on
+    held-out sky tiles of the training exposures against their pixel labels with eq. 3
+    removed; the label noise faint sources add, measured from label stencils, is recorded
+    there (``extra["sigma_net"]`` is then the network's own sigma).
 
     Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
     the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer
