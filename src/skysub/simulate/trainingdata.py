@@ -250,6 +250,45 @@ def split_by_exposure(exposure: np.ndarray, val_fraction: float, seed: int) -> n
     return np.isin(exposure, val_ids)
 
 
+#: side of the sky tiles of :func:`split_by_sky` [px of the reference exposure]
+SKY_TILE = 128.0
+#: training stamps closer than this to a validation tile are dropped [px]
+SKY_GUARD = 16.0
+
+
+def sky_tiles(sky_xy: np.ndarray, tile: float = SKY_TILE) -> np.ndarray:
+    """Tile index (one integer per row) of sky positions ``sky_xy`` (N, 2)."""
+    t = np.floor(np.asarray(sky_xy, float) / tile).astype(np.int64)
+    return t[:, 0] * 1_000_003 + t[:, 1]
+
+
+def split_by_sky(sky_xy: np.ndarray, val_fraction: float, seed: int, *,
+                 tile: float = SKY_TILE, guard: float = SKY_GUARD
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Training / validation split by position on the SKY: ``val_fraction`` of the
+    ``tile`` x ``tile`` tiles (>= 1 when there are at least two) are held out in every
+    exposure, and training stamps within ``guard`` of a held-out tile are dropped.
+
+    Repeated exposures of one field see the same faint sources at the same sky positions: a
+    split by exposure lets a model learn them and its validation errors come out smaller than
+    on another field.  ``sky_xy`` (N, 2) are the stamp centres in one common pixel frame (the
+    first exposure's, through the WCS).  Returns boolean ``(is_train, is_val)``.
+    """
+    sky_xy = np.asarray(sky_xy, float)
+    ids = sky_tiles(sky_xy, tile)
+    uniq = np.unique(ids)
+    n_val = int(round(val_fraction * len(uniq)))
+    n_val = min(max(n_val, 1), len(uniq) - 1) if len(uniq) >= 2 else 0
+    rng = np.random.default_rng(seed + 1)
+    val_ids = rng.choice(uniq, n_val, replace=False) if n_val else np.array([], np.int64)
+    is_val = np.isin(ids, val_ids)
+    near = np.zeros(len(ids), bool)
+    for dx in (-guard, 0.0, guard):
+        for dy in (-guard, 0.0, guard):
+            near |= np.isin(sky_tiles(sky_xy + [dx, dy], tile), val_ids)
+    return ~near, is_val
+
+
 def simulated_exposures(n_exposures: int, *, config: Any = None, seed: int = 0
                         ) -> tuple[list, Any]:
     """Exposures from the built-in simulator (in memory): a list of (image, cat_xy, truth
@@ -278,4 +317,4 @@ def simulated_exposures(n_exposures: int, *, config: Any = None, seed: int = 0
 
 __all__ = ["StampSampling", "circle_offsets", "circle_values", "clipped_label", "draw_positions",
            "galaxy_pool", "inject_galaxies", "key_name", "quiet_nan", "sample_training_stamps",
-           "simulated_exposures", "split_by_exposure"]
+           "simulated_exposures", "sky_tiles", "split_by_exposure", "split_by_sky"]

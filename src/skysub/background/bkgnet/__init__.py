@@ -12,7 +12,8 @@ Layout (as :mod:`skysub.removal`; every name below is importable from this packa
   stamp sampling, labels and injection it uses live in :mod:`skysub.simulate.trainingdata`,
   shared with Lumos
 - :mod:`.calibration` -- :func:`predict_set`, :func:`sigma_scale`, :func:`fit_error_calibration`
-  (per background level and edge/centre, with the label noise measured from label triplets)
+  (label noise measured from label stencils per band x epoch, sigma_net scaled on held-out
+  sky tiles)
 - :mod:`.errormodel` -- :func:`calibrated_errors` (the calibration applied at inference)
 - :mod:`.evaluation` -- :func:`validation_metrics`, :func:`training_report`
 - :mod:`.training` -- :func:`train_bkgnet` (fine-tunes the shipped model by default),
@@ -31,7 +32,8 @@ Training data (BKGnet §3.2, with the fixes skysub makes)
 - a Sérsic galaxy with (mag, r50, n, b/a, theta) drawn jointly from the catalogue's rows is
   injected at the centre (with its photon noise) BEFORE the centre is hidden -- without it the
   net fails on bright sources (BKGnet §3.2);
-- training and validation stamps come from different exposures (split by exposure).
+- training and validation stamps come from different parts of the sky (held-out 128 px
+  tiles in every exposure, :func:`skysub.simulate.trainingdata.split_by_sky`).
 
 (:mod:`skysub.simulate.trainingdata` implements the sampling.)
 
@@ -50,7 +52,7 @@ from ...simulate.trainingdata import (
 )
 from ...simulate.trainingdata import galaxy_pool as _galaxy_pool  # its name here before
 from .calibration import fit_error_calibration, predict_set, sigma_scale
-from .data import TrainingSet, build_training_set, label_triplets
+from .data import TrainingSet, build_training_set, label_stencils
 from .errormodel import calibrated_errors
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetBackground, BKGnetSettings
 from .evaluation import training_report, validation_metrics
@@ -59,6 +61,6 @@ from .training import command_line, train_bkgnet
 __all__ = ["DEFAULT_MODEL", "TRAIN_KEYS", "BKGnetBackground", "BKGnetSettings", "TrainingSet",
            "_galaxy_pool", "build_training_set", "calibrated_errors", "circle_offsets",
            "circle_values", "clipped_label", "command_line", "fit_error_calibration",
-           "key_name", "label_triplets", "predict_set", "sample_training_stamps",
+           "key_name", "label_stencils", "predict_set", "sample_training_stamps",
            "sigma_scale", "simulated_exposures", "split_by_exposure", "train_bkgnet",
            "training_report", "validation_metrics"]

@@ -22,8 +22,12 @@ log = logging.getLogger("skysub")
 
 #: the tuned classical annulus the training report compares with (PAUS, BKGnet §2.2) [px]
 ANNULUS_RADII = (30.0, 45.0)
-#: spacing of the three label circles of a label-noise triplet, in label radii
-TRIPLET_SPACING = 2.5
+#: spacing of the nine label circles of a label-noise stencil, in label radii
+LABEL_SPACING = 2.5
+#: the one-dimensional second difference; the stencil is its outer product with itself / 4
+STENCIL_1D = (1.0, -2.0, 1.0)
+#: sum of the squared stencil weights: ``var(D) = STENCIL_NORM sigma_L^2``
+STENCIL_NORM = 2.25
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -47,19 +51,23 @@ class TrainingSet:
     annulus: np.ndarray | None = None
     #: (N,) distance of each stamp centre to the nearest CCD edge [px]
     edge_distance: np.ndarray | None = None
-    #: label-noise triplets of every exposure (:func:`label_triplets`), concatenated
-    triplets: dict | None = None
+    #: label-noise stencils of every exposure (:func:`label_stencils`), concatenated, with
+    #: the ``exposure`` and band x epoch ``key`` index of each
+    stencils: dict | None = None
+    #: (N, 2) stamp centres on the sky, in the pixel frame of the first exposure (its WCS;
+    #: the stamp's own pixel position without one)
+    sky: np.ndarray | None = None
 
     def subset(self, sel: np.ndarray) -> TrainingSet:
         import torch
 
         t = torch.from_numpy(np.flatnonzero(sel))
         opt = {k: None if getattr(self, k) is None else getattr(self, k)[sel]
-               for k in ("annulus", "edge_distance")}
+               for k in ("annulus", "edge_distance", "sky")}
         return TrainingSet(self.x[t], self.coords[t], self.mag[t], self.has_mag[t], self.key[t],
                            self.y[t], self.label[sel], self.label_sigma[sel], self.loc[sel],
                            self.scale[sel], self.exposure[sel], self.pos[sel],
-                           triplets=self.triplets, **opt)
+                           stencils=self.stencils, **opt)
 
     def tensors(self) -> dict:
         return {"x": self.x, "coords": self.coords, "mag": self.mag, "has_mag": self.has_mag,
@@ -85,16 +93,23 @@ def annulus_on_stamps(stamps: np.ndarray, radii: tuple[float, float] = ANNULUS_R
     return np.asarray(clipped_stats(vals, sigma=3.0).median, float)
 
 
-def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
+def label_stencils(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
                    settings: BKGnetSettings, rng: np.random.Generator, n: int) -> dict:
-    """Labels at three empty positions in a row, ``TRIPLET_SPACING`` label radii apart and
-    parallel to the nearest CCD edge (scattered light varies across, not along, an edge).
+    """Label-noise samples: pixel labels at nine empty positions on a 3 x 3 grid,
+    ``LABEL_SPACING`` label radii apart along the CCD axes, combined with the weights
+    ``STENCIL = [1, -2, 1] x [1, -2, 1] / 4`` (the product of a second difference along x and
+    one along y).
 
-    The second difference ``D = l_a - 2 l_b + l_c`` cancels any linear sky gradient and has
-    variance ``6 sigma_L^2``, ``sigma_L`` being the TOTAL noise of one pixel label: pixel noise
-    (eq. 3) plus what faint uncatalogued sources and structure add.  Returns ``d2`` (D),
-    ``level`` (mean of the three labels), ``eq3`` (eq. 3 of the middle label),
-    ``edge_distance`` [px].
+    The combination ``D = sum w_ij l_ij`` vanishes for any sky of the form ``f(x) + g(y)`` --
+    constant, gradients, quadratics, edge bands and their sums at corners -- and for ``xy``,
+    so smooth illumination does not enter (a second difference along one direction only picks
+    up the curvature of rings, glows and vignetting across it).  With independent labels
+    ``var(D) = 2.25 sigma_L^2``, ``sigma_L`` being the TOTAL noise of one pixel label: pixel
+    noise (eq. 3) plus what faint uncatalogued sources and structure add.
+
+    Returns ``d`` (D), ``level`` (mean of the nine labels), ``eq3`` (eq. 3 of the nine labels,
+    combined with the same weights: ``sqrt(sum w^2 eq3^2 / sum w^2)``), ``edge_distance``
+    (of the centre) [px].
     """
     from scipy.spatial import cKDTree
 
@@ -103,15 +118,12 @@ def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
 
     s = settings
     ny, nx = image.shape
-    h = TRIPLET_SPACING * s.label_radius
-    x, y = draw_positions(image.shape, 4 * n, s, rng)
-    dist = np.column_stack([x, nx - 1 - x, y, ny - 1 - y])
-    near = dist.argmin(1)
-    along_y = near < 2  # nearest edge left/right: step along y
-    ux, uy = np.where(along_y, 0.0, 1.0), np.where(along_y, 1.0, 0.0)
-    pts = [(x + t * h * ux, y + t * h * uy) for t in (-1, 0, 1)]
+    h = LABEL_SPACING * s.label_radius
+    x, y = draw_positions(image.shape, 12 * n, s, rng)
+    pts = [(x + i * h, y + j * h, STENCIL_1D[i + 1] * STENCIL_1D[j + 1] / 4.0)
+           for i in (-1, 0, 1) for j in (-1, 0, 1)]
     ok = np.ones(len(x), bool)
-    for px, py in pts:
+    for px, py, _ in pts:
         ok &= (px >= s.label_radius) & (px <= nx - 1 - s.label_radius)
         ok &= (py >= s.label_radius) & (py <= ny - 1 - s.label_radius)
     if cat_xy is not None and len(cat_xy[0]):
@@ -119,25 +131,45 @@ def label_triplets(image: Image, cat_xy: tuple[np.ndarray, np.ndarray] | None,
         good = np.isfinite(cx) & np.isfinite(cy)
         if good.any():
             tree = cKDTree(np.column_stack([cx[good], cy[good]]))
-            for px, py in pts:
+            for px, py, _ in pts:
                 d, _ = tree.query(np.column_stack([px, py]), k=1)
                 ok &= d > s.empty_radius
     idx = rng.permutation(np.flatnonzero(ok))[:n]  # draw_positions puts edge ones first
-    labels = []
-    for px, py in pts:
+    d = np.zeros(len(idx))
+    level = np.zeros(len(idx))
+    var3 = np.zeros(len(idx))
+    for px, py, w in pts:
         vals, use = circle_values(image, px[idx], py[idx], s.label_radius)
         lab, n_lab = clipped_label(vals, use, s.label_clip)
         lab[n_lab < 0.9 * np.pi * s.label_radius**2] = np.nan
-        labels.append((lab, n_lab))
-    (la, _), (lb, nb), (lc, _) = labels
-    d2 = la - 2 * lb + lc
-    fin = np.isfinite(d2)
-    eq3 = label_sigma(lb, np.maximum(nb, 1), image.meta.gain, image.meta.rdnoise)
-    # level: the mean of the three labels, uncorrelated with D (binning on l_b alone would
-    # select on D's own noise)
-    level = (la + lb + lc) / 3.0
-    return {"d2": d2[fin], "level": level[fin], "eq3": np.asarray(eq3, float)[fin],
-            "edge_distance": dist.min(1)[idx][fin]}
+        d += w * lab
+        level += lab / len(pts)
+        var3 += w**2 * np.asarray(label_sigma(lab, np.maximum(n_lab, 1), image.meta.gain,
+                                              image.meta.rdnoise), float) ** 2
+    fin = np.isfinite(d) & np.isfinite(var3)
+    eq3 = np.sqrt(var3 / STENCIL_NORM)
+    return {"d": d[fin], "level": level[fin], "eq3": eq3[fin],
+            "edge_distance": np.minimum.reduce([x, nx - 1 - x, y, ny - 1 - y])[idx][fin]}
+
+
+def _celestial(image: Image):
+    """The image's celestial WCS, or None."""
+    w = getattr(image, "wcs", None)
+    return w if w is not None and getattr(w, "has_celestial", False) else None
+
+
+def _sky_positions(image: Image, x: np.ndarray, y: np.ndarray, ref_wcs) -> np.ndarray:
+    """Pixel positions ``(x, y)`` of ``image`` in the pixel frame of ``ref_wcs`` (the first
+    exposure's), through the sky; the positions themselves without a WCS."""
+    w = _celestial(image)
+    if w is None or ref_wcs is None or len(x) == 0:
+        return np.column_stack([x, y]).astype(float)
+    ra, dec = w.all_pix2world(x, y, 0)
+    rx, ry = ref_wcs.all_world2pix(ra, dec, 0)
+    out = np.column_stack([rx, ry]).astype(float)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    out[bad] = np.column_stack([x, y])[bad]
+    return out
 
 
 def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]],
@@ -155,9 +187,10 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
     galaxies = galaxy_pool(catalog, rng) if settings.inject else None
     parts: dict[str, list] = {k: [] for k in ("x", "coords", "mag", "has", "key", "y", "label",
                                               "lsig", "loc", "scale", "exp", "pos", "ann",
-                                              "edge")}
-    trip: dict[str, list] = {k: [] for k in ("d2", "level", "eq3", "edge_distance",
+                                              "edge", "sky")}
+    trip: dict[str, list] = {k: [] for k in ("d", "level", "eq3", "edge_distance",
                                              "exposure", "key")}
+    ref_wcs = None
     for j, (image, cat_xy, truth) in enumerate(progress(exposures, desc="sampling stamps",
                                                         quiet=quiet, total=total,
                                                         unit="image")):
@@ -167,12 +200,12 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
         d = sample_training_stamps(image, cat_xy, settings, rng, galaxies=galaxies,
                                    truth_background=truth)
         if truth is None:  # pixel labels: measure their total noise (label-noise calibration)
-            t3 = label_triplets(image, cat_xy, settings, rng, max(settings.stamps_per_image // 2,
-                                                                  50))
-            for kk, v in t3.items():
+            t9 = label_stencils(image, cat_xy, settings, rng,
+                                max(settings.stamps_per_image, 50))
+            for kk, v in t9.items():
                 trip[kk].append(v)
-            trip["exposure"].append(np.full(len(t3["d2"]), j))
-            trip["key"].append(np.full(len(t3["d2"]), keys.index(k)))
+            trip["exposure"].append(np.full(len(t9["d"]), j))
+            trip["key"].append(np.full(len(t9["d"]), keys.index(k)))
         m = len(d["label"])
         if m == 0:
             log.warning("%s: no usable empty position (crowded or saturated?)", image.name)
@@ -201,6 +234,9 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
         parts["ann"].append(annulus_on_stamps(d["stamps"])[ok])
         parts["edge"].append(np.minimum.reduce([d["x"], d["y"], nx - 1 - d["x"],
                                                 ny - 1 - d["y"]])[ok])
+        if ref_wcs is None:
+            ref_wcs = _celestial(image)
+        parts["sky"].append(_sky_positions(image, d["x"][ok], d["y"][ok], ref_wcs))
     if not parts["x"]:
         raise InputError("no training stamps could be drawn from the exposures (every position "
                          "crowded, saturated or masked?)")
@@ -212,5 +248,5 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
         key=torch.from_numpy(cat["key"].astype(np.int64)),
         y=torch.from_numpy(cat["y"].astype(np.float32)), label=cat["label"],
         label_sigma=cat["lsig"], loc=cat["loc"], scale=cat["scale"], exposure=cat["exp"],
-        pos=cat["pos"], annulus=cat["ann"], edge_distance=cat["edge"],
-        triplets={k: np.concatenate(v) for k, v in trip.items()} if trip["d2"] else None)
+        pos=cat["pos"], annulus=cat["ann"], edge_distance=cat["edge"], sky=cat["sky"],
+        stencils={k: np.concatenate(v) for k, v in trip.items()} if trip["d"] else None)

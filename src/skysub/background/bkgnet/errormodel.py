@@ -1,5 +1,5 @@
 """BKGnet's calibrated error model, applied at inference (:func:`calibrated_errors`); fitted on
-held-out exposures by :func:`skysub.background.bkgnet.calibration.fit_error_calibration`.
+held-out sky tiles by :func:`skysub.background.bkgnet.calibration.fit_error_calibration`.
 Plain numpy, importing nothing from the package (the estimator and the calibration both use
 it)."""
 
@@ -28,11 +28,20 @@ def label_noise_at(bkg: np.ndarray, eq3: np.ndarray, edge_distance: np.ndarray, 
 def calibrated_errors(bkg: np.ndarray, sigma_net: np.ndarray, eq3: np.ndarray,
                       edge_distance: np.ndarray, cal: dict, *,
                       level: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The error of the prediction, ``sqrt((k_j sigma_net)^2 - eq3^2 - (f_j b)^2)`` (BKGnet
-    eq. 5 with the label's extra noise ``f_j b`` measured from the data), floored at
-    ``0.3 k_j sigma_net``; and ``k_j sigma_net``.  ``j`` is the bin of the background level and
-    edge/centre (:func:`fit_error_calibration`); ``level`` (default ``bkg``) is the stamp's
-    median, on which the bins are defined."""
+    """The error of the prediction against the smooth sky, and the network sigma.
+
+    Calibrations of :func:`skysub.background.bkgnet.calibration.fit_error_calibration`
+    (``scheme`` "label-noise-stencils"): ``a_g sigma_net``, ``g`` = centre or edge (within
+    ``edge_width`` px); ``bkg``, ``eq3`` and ``level`` are not needed.
+
+    Earlier cards (per-level factors ``k``): ``sqrt((k_j sigma_net)^2 - eq3^2 - (f_j b)^2)``,
+    floored at ``0.3 k_j sigma_net``, ``j`` the bin of the stamp median ``level`` and
+    edge/centre."""
+    sigma_net = np.asarray(sigma_net, float)
+    if cal.get("scheme") == "label-noise-stencils":
+        edge = np.asarray(edge_distance, float) < float(cal["edge_width"])
+        a = np.asarray(cal["a"], float)[edge.astype(int)]
+        return a * sigma_net, sigma_net
     lev = bkg if level is None else level
     j = np.clip(_bins(lev, edge_distance, cal), 0, len(cal["k"]) - 1)
     s = sigma_net * np.asarray(cal["k"], float)[j]

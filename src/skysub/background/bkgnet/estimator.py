@@ -46,7 +46,7 @@ class BKGnetSettings:
     zero_point : magnitude of 1 count per second (sets injected fluxes from catalogue mags)
     psf_fwhm : Moffat PSF FWHM [px] of the injected galaxies
     psf_beta : Moffat beta
-    val_fraction : share of exposures kept for validation
+    val_fraction : share of the sky (tiles of 128 px, in every exposure) kept for validation
     min_valid : fewest valid pixels (2x2-subsampled grid, centre excluded) a stamp needs
     """
 
@@ -125,8 +125,10 @@ class BKGnetBackground:
     had on its validation exposures (:func:`sigma_scale`); ``extra["sigma_net"]`` holds that
     calibrated network sigma.  Models trained on pixel labels by this version carry an
     ``error_calibration`` instead (:func:`skysub.background.bkgnet.calibration.
-    fit_error_calibration`): a factor per background level and edge/centre, and the label noise
-    beyond eq. 3 measured from the training exposures, both removed as in eq. 5.
+    fit_error_calibration`): the error of the prediction as ``a sigma_net``, ``a`` fitted on
+    held-out sky tiles of the training exposures against their pixel labels with eq. 3
+    removed; the label noise faint sources add, measured from label stencils, is recorded
+    there (``extra["sigma_net"]`` is then the network's own sigma).
 
     Flags: OFF_IMAGE (values NaN) for centres off the image; EDGE when the stamp reaches beyond
     the image; MASKED when masked/NaN pixels fall in the stamp; NO_DATA (values NaN) with fewer

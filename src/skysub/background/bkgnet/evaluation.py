@@ -1,4 +1,4 @@
-"""BKGnet's validation metrics against the labels of held-out exposures
+"""BKGnet's validation metrics against the labels of the held-out sky tiles
 (:func:`validation_metrics`; they go into the model card).
 """
 
@@ -26,39 +26,38 @@ def validation_metrics(model, val: TrainingSet) -> dict:
             "median_label_sigma_rel": float(np.median(val.label_sigma / val.label))}
 
 
-def _fold_errors(b, sn, val: TrainingSet) -> np.ndarray:
-    """Total error of ``b - label`` on each validation stamp, the calibration fitted on the
-    OTHER held-out exposures (two folds by exposure), so that the pull width reported is not
-    the one the calibration was fitted to."""
-    from .calibration import calibrated_errors, fit_error_calibration, label_noise_at
+def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
+    """Total error of ``b - label`` on each validation stamp, ``sqrt(bkg_err^2 + eq3^2)``,
+    the calibration fitted on the OTHER held-out sky tiles (two folds of tiles; of exposures
+    for sets without sky positions), so that the pull width reported is not the one the
+    calibration was fitted to."""
+    from ...simulate.trainingdata import sky_tiles
+    from .calibration import calibrated_errors, fit_error_calibration
 
-    exps = np.unique(val.exposure)
+    group = sky_tiles(val.sky) if val.sky is not None else val.exposure
+    groups = np.unique(group)
     total = np.full(len(b), np.nan)
-    if len(exps) < 2:
+    if len(groups) < 2:
         return total
-    fold = np.isin(val.exposure, exps[::2])
+    names = np.asarray(keys)[val.key.numpy()]
+    fold = np.isin(group, groups[::2])
+    st = val.stencils  # the label noise: a property of the exposures, not of the model
     for test in (fold, ~fold):
         fit = ~test
-        trip = val.triplets
-        if trip is not None:
-            keep = ~np.isin(trip["exposure"], np.unique(val.exposure[test]))
-            trip = {k: np.asarray(v)[keep] for k, v in trip.items()}
-        cal = fit_error_calibration(b[fit], sn[fit], val.label[fit], val.edge_distance[fit],
-                                    trip, level=val.loc[fit])
-        err, s = calibrated_errors(b[test], sn[test], val.label_sigma[test],
-                                   val.edge_distance[test], cal, level=val.loc[test])
-        lab = label_noise_at(b[test], val.label_sigma[test], val.edge_distance[test], cal,
-                             level=val.loc[test])
-        total[test] = np.sqrt(err**2 + lab**2)
+        cal = fit_error_calibration(b[fit], sn[fit], val.label[fit], val.label_sigma[fit],
+                                    val.edge_distance[fit], names[fit], st, keys)
+        err, _ = calibrated_errors(b[test], sn[test], val.label_sigma[test],
+                                   val.edge_distance[test], cal)
+        total[test] = np.sqrt(err**2 + val.label_sigma[test] ** 2)  # as the fit
     return total
 
 
 def training_report(model, val: TrainingSet, keys: list[str], *,
                     edge_width: float = 150.0) -> dict:
-    """What a user needs to trust a trained model, on the held-out (validation) exposures:
+    """What a user needs to trust a trained model, on the held-out (validation) sky tiles:
     sigma68 of ``(b - label) / label`` for BKGnet and for the tuned annulus (30-45 px clipped
     median) on the same stamps, their ratio, BKGnet's bias and pull width (errors calibrated on
-    the other held-out exposures), overall, per band x epoch and edge/centre.
+    the other held-out sky tiles), overall, per band x epoch and edge/centre.
 
     Labels are pixel labels (photometric truth, with their own noise in both methods'
     scatter); models trained on simulator truth are scored against that truth.
@@ -66,7 +65,7 @@ def training_report(model, val: TrainingSet, keys: list[str], *,
     from ...metrics import bias, pull_summary, scatter
 
     b, sn = predict_set(model, val)
-    total = (_fold_errors(b, sn, val) if val.triplets is not None
+    total = (_fold_errors(b, sn, val, keys) if val.stencils is not None
              else np.full(len(b), np.nan))
     ann = val.annulus if val.annulus is not None else np.full(len(b), np.nan)
     edge = (val.edge_distance < edge_width if val.edge_distance is not None
@@ -89,13 +88,14 @@ def training_report(model, val: TrainingSet, keys: list[str], *,
             p = pull_summary(b[sel], val.label[sel], total[sel])
             row.update(pull_sigma68=float(p["sigma68"]), frac_pull_gt5=float(p["frac_gt_5"]))
         rows[g] = row
-    return {"truth": "pixel labels of held-out exposures", "groups": rows,
+    return {"truth": "pixel labels of held-out sky tiles", "groups": rows,
             "n_exposures": int(len(np.unique(val.exposure)))}
 
 
 def format_report(report: dict) -> str:
     """The training report as a small table (printed at the end of ``skysub train bkgnet``)."""
-    lines = [f"held-out exposures ({report['n_exposures']}), against {report['truth']}:",
+    lines = [f"held-out sky tiles of {report['n_exposures']} exposures, against "
+             f"{report['truth']}:",
              f"  {'group':<22} {'n':>6} {'s68 bkgnet':>10} {'s68 annulus':>11} {'ratio':>6} "
              f"{'bias':>8} {'pull s68':>8} {'|pull|>5':>8}"]
     for g, r in report["groups"].items():

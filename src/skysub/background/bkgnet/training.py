@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ...simulate.trainingdata import simulated_exposures, split_by_exposure
+from ...simulate.trainingdata import simulated_exposures, split_by_sky
 from .calibration import fit_error_calibration, predict_set, sigma_scale
 from .data import build_training_set
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetSettings
@@ -187,12 +187,15 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         total = len(paths)
     ts = build_training_set(triples, s, keys, seed=seed, catalog=cat_for_pool, quiet=quiet,
                             total=total)
-    is_val = split_by_exposure(ts.exposure, s.val_fraction, seed)
-    train, val = ts.subset(~is_val), ts.subset(is_val)
-    if len(val) == 0:
-        log.warning("only one exposure: validating on the training stamps (no held-out data)")
-        val = train
-    say(f"{len(train)} training and {len(val)} validation stamps from "
+    # held out: sky tiles in every exposure (a split by exposure would keep the field's faint
+    # sources on both sides: errors calibrated on it are too small for another field)
+    is_train, is_val = split_by_sky(ts.sky, s.val_fraction, seed)
+    train, val = ts.subset(is_train), ts.subset(is_val)
+    if len(val) == 0 or len(train) == 0:
+        log.warning("too small a sky area to hold part of it out: validating on the training "
+                    "stamps (no held-out data)")
+        train = val = ts
+    say(f"{len(train)} training and {len(val)} validation stamps (held-out sky tiles) from "
         f"{len(np.unique(ts.exposure))} exposures; keys: {', '.join(keys)}")
     if init_model is not None:
         arch = BKGnetArch(**{**init_model.arch.__dict__, "n_keys": len(keys)})
@@ -217,22 +220,23 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     metrics = validation_metrics(model, val)
     k = sigma_scale(model, val)
     err_cal = None
-    if labels == "pixels":  # honest errors: per level and edge/centre, label noise measured
+    if labels == "pixels":  # honest errors: label noise measured, sigma_net scaled
         b_val, s_val = predict_set(model, val)
-        err_cal = fit_error_calibration(b_val, s_val, val.label, val.edge_distance,
-                                        ts.triplets, level=val.loc)
+        err_cal = fit_error_calibration(b_val, s_val, val.label, val.label_sigma,
+                                        val.edge_distance, np.asarray(keys)[val.key.numpy()],
+                                        ts.stencils, keys)
     report = training_report(model, val, keys)
     say(format_report(report))
     overall = report["groups"].get("all", {})
     if not overall.get("ratio", 0.0) < 1.0:
         log.warning("the trained BKGnet does NOT beat the annulus (30-45 px clipped median) on "
-                    "the held-out exposures (sigma68 ratio %.2f): more exposures, more "
+                    "the held-out sky tiles (sigma68 ratio %.2f): more exposures, more "
                     "--stamps-per-image or --epochs, or keep the annulus",
                     overall.get("ratio", float("nan")))
     pw = overall.get("pull_sigma68")
     if pw is not None and not 0.8 <= pw <= 1.25:
-        log.warning("pull width %.2f on held-out exposures (errors calibrated on the other "
-                    "held-out exposures): the reported errors are not trustworthy", pw)
+        log.warning("pull width %.2f on held-out sky tiles (errors calibrated on the other "
+                    "held-out tiles): the reported errors are not trustworthy", pw)
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     card = {
