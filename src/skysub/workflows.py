@@ -194,13 +194,16 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
                     radius: float | None = None, psf_fwhm: float | None = None,
                     psf: str | Path | None = None, model: str | Path | None = None,
                     device: str = "auto", batch_size: int = 512, use_mag: bool = True,
-                    mag_offset: float = 0.0, zeropoint: float | None = None):
+                    mag_offset: float = 0.0, zeropoint: float | None = None,
+                    error_calibration: str = "empty"):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
     False gives its data-only PDFs; ``zeropoint``: the exposures' zero point for models trained
     on the user's exposures, default a header keyword or a fit; ``mag_offset`` is added to the
-    catalogue magnitudes of models trained on the built-in simulator)."""
+    catalogue magnitudes of models trained on the built-in simulator).  ``error_calibration``:
+    ``"empty"`` (empty-aperture calibrated flux errors, :mod:`skysub.photometry.emptyaper`) or
+    ``"none"``, for aperture and optimal."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -208,7 +211,8 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         raise InputError(f"unknown photometer {name!r}; expected one of {', '.join(PHOTOMETERS)}")
     if name == "aperture":
         r = radius if radius is not None else config.photometry.get("aperture_radius", 8.0)
-        return photometer_from_name("aperture", radius=float(r), background=background)
+        return photometer_from_name("aperture", radius=float(r), background=background,
+                                    error_calibration=error_calibration)
     from .simulate.psf import gaussian_psf, load_psf
 
     if name == "lumos":
@@ -225,7 +229,8 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         fwhm = psf_fwhm if psf_fwhm is not None else config.photometry.get(
             "psf_fwhm", config.simulate.get("psf_fwhm", 3.5))
         kernel = gaussian_psf(int(2 * np.ceil(3 * fwhm) + 1), float(fwhm))
-    return photometer_from_name("optimal", psf=kernel, background=background)
+    return photometer_from_name("optimal", psf=kernel, background=background,
+                                error_calibration=error_calibration)
 
 
 def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path | Table,

@@ -301,7 +301,8 @@ def aperture_sums(image: Image, x: np.ndarray, y: np.ndarray, radius: float
     photometer's weights, no background)."""
     from ..photometry.aperture import AperturePhotometer
 
-    phot = AperturePhotometer(radius, background=_ZeroBackground(), max_bad_fraction=0.999)
+    phot = AperturePhotometer(radius, background=_ZeroBackground(), max_bad_fraction=0.999,
+                              error_calibration="none")
     res = phot.measure(image, x, y)
     return np.asarray(res.flux, float), np.asarray(res.n_aper, float)
 
