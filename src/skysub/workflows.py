@@ -195,15 +195,15 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
                     psf: str | Path | None = None, model: str | Path | None = None,
                     device: str = "auto", batch_size: int = 512, use_mag: bool = True,
                     mag_offset: float = 0.0, zeropoint: float | None = None,
-                    error_calibration: str = "empty"):
+                    error_calibration: str = "auto"):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
     False gives its data-only PDFs; ``zeropoint``: the exposures' zero point for models trained
     on the user's exposures, default a header keyword or a fit; ``mag_offset`` is added to the
     catalogue magnitudes of models trained on the built-in simulator).  ``error_calibration``:
-    ``"empty"`` (empty-aperture calibrated flux errors, :mod:`skysub.photometry.emptyaper`) or
-    ``"none"``, for aperture and optimal."""
+    ``"auto"`` / ``"empty"`` (empty-aperture calibrated flux errors,
+    :mod:`skysub.photometry.emptyaper`) or ``"none"``, for aperture and optimal."""
     from .photometry import photometer_from_name
 
     config = config or load_config()

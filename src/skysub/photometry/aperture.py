@@ -256,10 +256,12 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
-    error_calibration : {"empty", "none"}
-        ``"empty"`` (default): calibrate the flux errors on the frame's empty positions,
-        measured with apertures of 0.5, 1 and 1.5 x ``radius``
+    error_calibration : {"auto", "empty", "none"}
+        ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
+        positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``
         (:mod:`skysub.photometry.emptyaper`); ``"none"``: the white-noise error model only.
+        A frame without room for 50 empty positions is left uncalibrated: quietly with
+        ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources processed together (bounds memory).
     name : str
@@ -280,7 +282,7 @@ class AperturePhotometer:
     def __init__(self, radius: float = 8.0, *, background, ba: float = 1.0, theta: float = 0.0,
                  method: str = "exact", error_model: str = "auto",
                  max_bad_fraction: float = 0.1, crowd_margin: float = 2.0,
-                 error_calibration: str = "empty", chunk_size: int = 2000,
+                 error_calibration: str = "auto", chunk_size: int = 2000,
                  name: str = "aperture") -> None:
         if not (np.isfinite(radius) and radius > 0):
             raise InputError(f"aperture radius must be positive, got radius={radius!r}")
@@ -352,11 +354,11 @@ class AperturePhotometer:
         """
         img = as_image(image, mask)
         x, y = check_positions(x, y)
+        cal = OFF  # calibrated first: the estimator's last call is then the sources'
+        if self.error_calibration != "none":
+            cal = calibrate_aperture(self, img, (x, y) if neighbours is None else neighbours)
         bres = run_background(self.background, img, x, y, mag, neighbours)
         S, area, n_noise, flags, noise_var = self._sums(img, x, y)
-        cal = OFF
-        if self.error_calibration == "empty":
-            cal = calibrate_aperture(self, img, (x, y) if neighbours is None else neighbours)
         return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
                       crowd_radius=self.radius + self.crowd_margin, neighbours=neighbours,
                       noise_var=noise_var, calibration=cal)
@@ -420,7 +422,8 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
         return white_parts(img, S, area, n_noise, bres, flags, phot.error_model, noise_var)
 
     return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
-                     name=f"{img.name}: {phot.name}")
+                     name=f"{img.name}: {phot.name}",
+                     required=phot.error_calibration == "empty")
 
 
 def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,
@@ -475,7 +478,9 @@ def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.nda
 
 def with_calibration(res: PhotometryResult, cal: NoiseCalibration) -> PhotometryResult:
     """Record the calibration in ``res`` (columns, ``meta``, UNCALIBRATED flag)."""
-    if cal.status == "off":
+    if cal.status in ("off", "skipped"):
+        if cal.status == "skipped":
+            res.meta["error_calibration"] = cal.as_dict()
         return res
     res.extra.update(cal.columns(len(res)))
     res.meta["error_calibration"] = cal.as_dict()

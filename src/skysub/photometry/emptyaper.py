@@ -45,8 +45,10 @@ from ..errors import InputError
 
 log = logging.getLogger("skysub")
 
-#: ``error_calibration`` values of the photometers: empty-aperture calibration or none
-CALIBRATIONS = ("empty", "none")
+#: ``error_calibration`` values of the photometers: ``"auto"`` empty-aperture calibration
+#: where the frame has room for it (else, quietly, none), ``"empty"`` the same but a frame
+#: without room is warned about and flagged UNCALIBRATED, ``"none"`` no calibration
+CALIBRATIONS = ("auto", "empty", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -65,9 +67,10 @@ class NoiseCalibration:
 
     Attributes
     ----------
-    status : {"calibrated", "uncalibrated", "off"}
-        ``"uncalibrated"``: calibration was asked for but the frame had too few empty positions
-        (then ``alpha = 1``, ``sigma_s = 0``); ``"off"``: ``error_calibration="none"``.
+    status : {"calibrated", "uncalibrated", "skipped", "off"}
+        ``"uncalibrated"``: calibration was asked for (``"empty"``) but the frame had too few
+        empty positions (then ``alpha = 1``, ``sigma_s = 0``); ``"skipped"``: the same with
+        ``"auto"``; ``"off"``: ``error_calibration="none"``.
     alpha : float
         Factor on the white-noise variance terms (1 = white noise).
     sigma_s : float
@@ -167,10 +170,10 @@ def robust_sigma(values: np.ndarray) -> float:
 
 
 def fit_factors(groups: list[dict]) -> tuple[float, float]:
-    """``(alpha, sigma_s)`` from per-size ``observed`` (robust spread of the fluxes), ``W`` (median
-    white-noise variance) and ``Q`` (median ``n_aper^2``): non-negative least squares of
-    ``observed^2 = alpha W + sigma_s^2 Q`` in relative units (each size weighted by
-    ``1 / observed^2``).  Sizes that cannot separate the two terms give ``sigma_s = 0``."""
+    """``(alpha, sigma_s)`` from per-size ``observed`` (robust spread of the fluxes), ``W``
+    (median white-noise variance) and ``Q`` (median ``n_aper^2``): non-negative least squares of
+    ``observed^2 = alpha W + sigma_s^2 Q`` relative to the prediction (each size divided by
+    its ``W``).  Sizes that cannot separate the two terms give ``sigma_s = 0``."""
     from scipy.optimize import nnls
 
     v = np.array([g["observed"] ** 2 for g in groups])
@@ -178,16 +181,16 @@ def fit_factors(groups: list[dict]) -> tuple[float, float]:
     q = np.array([g["Q"] for g in groups])
     ratio = q / w
     if len(groups) >= 2 and ratio.max() > 1.5 * ratio.min():
-        (alpha, s2), _ = nnls(np.c_[w / v, q / v], np.ones_like(v))
+        (alpha, s2), _ = nnls(np.c_[np.ones_like(v), q / w], v / w)
     else:
-        alpha, s2 = float(np.sum(v / w) / len(v)), 0.0  # one size: a factor only
+        alpha, s2 = float(np.mean(v / w)), 0.0  # one size: a factor only
     return float(alpha), float(np.sqrt(max(s2, 0.0)))
 
 
 def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int,
               shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, clear: float, *,
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
-              name: str = "photometer") -> NoiseCalibration:
+              name: str = "photometer", required: bool = True) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -202,10 +205,15 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     clear : float
         Probes keep this distance [px] from sources, masked pixels, the border and each other.
     n_probe, min_probe : int
-        Positions drawn; fewer usable than ``min_probe`` for a size drops that size, and no
-        size left gives ``status="uncalibrated"`` and a warning.
+        Positions drawn; fewer usable than ``min_probe`` for a size (or fluxes without
+        spread: a noise-free frame) drops that size, and no size left gives
+        ``status="uncalibrated"`` and a warning (``"skipped"`` when not ``required``).
     seed : int
         Random state of the positions (the same frame gives the same calibration).
+    required : bool
+        Too few empty positions: True gives a warning and ``status="uncalibrated"`` (the
+        photometers then flag UNCALIBRATED); False (``error_calibration="auto"``) a log line
+        and ``status="skipped"``.
     """
     rng = np.random.default_rng([int(seed), 0xE4A7])
     x, y = empty_positions(shape, np.asarray(mask, bool), avoid_xy, clear, int(n_probe), rng)
@@ -221,15 +229,21 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               & ((np.asarray(r["flags"]) & _BAD_PROBE) == 0))
         if ok.sum() < min_probe:
             continue
+        spread = robust_sigma(f[ok])
+        if not (np.isfinite(spread) and spread > 0):  # a noise-free or quantised frame
+            continue
         groups.append({"n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
-                       "observed": robust_sigma(f[ok]), "W": float(np.median(wv[ok])),
+                       "observed": spread, "W": float(np.median(wv[ok])),
                        "Q": float(np.median(na[ok] ** 2))})
     if not groups:
         msg = (f"{name}: only {x.size} empty positions at {clear:.1f} px from sources, masks "
                f"and edges (fewer than {min_probe} usable): flux errors are NOT empty-aperture "
-               "calibrated (flag UNCALIBRATED)")
-        log.warning(msg)
-        return NoiseCalibration("uncalibrated", n_probe=int(x.size), message=msg)
+               "calibrated" + (" (flag UNCALIBRATED)" if required else ""))
+        if required:
+            log.warning(msg)
+            return NoiseCalibration("uncalibrated", n_probe=int(x.size), message=msg)
+        log.info(msg)
+        return NoiseCalibration("skipped", n_probe=int(x.size), message=msg)
     alpha, s = fit_factors(groups)
     sizes = []
     for g in groups:

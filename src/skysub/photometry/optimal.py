@@ -73,11 +73,13 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
-    error_calibration : {"empty", "none"}
-        ``"empty"`` (default): calibrate the flux errors on the frame's empty positions,
-        measured with the weights of a point source and of round exponential profiles of
-        :data:`PROBE_R50` x the PSF sigma (:mod:`skysub.photometry.emptyaper`; not in oracle
-        mode); ``"none"``: the white-noise error model only.
+    error_calibration : {"auto", "empty", "none"}
+        ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
+        positions, measured with the weights of a point source and of round exponential
+        profiles of :data:`PROBE_R50` x the PSF sigma (:mod:`skysub.photometry.emptyaper`; not
+        in oracle mode); ``"none"``: the white-noise error model only.  A frame without room
+        for 50 empty positions is left uncalibrated: quietly with ``"auto"``, with a warning
+        and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources per batch.
     name : str
@@ -107,7 +109,7 @@ class OptimalPhotometer:
     def __init__(self, psf=None, *, background=None, n_iter: int = 3, size: int = 31,
                  oracle: bool = False, error_model: str = "auto", max_bad_fraction: float = 0.1,
                  footprint: float = 1e-3, crowd_margin: float = 2.0, oversample: int = 10,
-                 error_calibration: str = "empty", chunk_size: int = 1000,
+                 error_calibration: str = "auto", chunk_size: int = 1000,
                  name: str = "optimal") -> None:
         if int(n_iter) != n_iter or n_iter < 0:
             raise InputError(f"n_iter must be a non-negative integer, got n_iter={n_iter!r}")
@@ -206,11 +208,11 @@ class OptimalPhotometer:
         if self.oracle:
             return self._measure_oracle(img, x, y, model, bkg_true, neighbours)
         shapes = source_shapes(catalog, n)
+        cal = OFF  # calibrated first: the estimator's last call is then the sources'
+        if self.error_calibration != "none":
+            cal = calibrate_optimal(self, img, (x, y) if neighbours is None else neighbours)
         bres = run_background(self.background, img, x, y, mag, neighbours)
         core = self._core(img, x, y, shapes, bres)
-        cal = OFF
-        if self.error_calibration == "empty":
-            cal = calibrate_optimal(self, img, (x, y) if neighbours is None else neighbours)
         b_err = np.asarray(bres.bkg_err, float)
         var = cal.variance(core["var_src"], core["var_pix"], core["n_aper"], b_err)
         var_shape = shape_variance(self, img, x, y, catalog, shapes, bres, core["flux"])
@@ -370,7 +372,8 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
         return {"flux": c["flux"], "var_white": vw, "n_aper": c["n_aper"], "flags": c["flags"]}
 
     return calibrate(probe, len(radii), img.shape, img.mask, avoid_xy, clear,
-                     name=f"{img.name}: {phot.name}")
+                     name=f"{img.name}: {phot.name}",
+                     required=phot.error_calibration == "empty")
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
