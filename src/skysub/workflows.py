@@ -237,14 +237,28 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
                        photometer: Any, *, quiet: bool = False, **read_kwargs: Any) -> Table:
     """Flux of every catalogued source of every image.
 
-    Returns a Table with columns image, id, x, y, flux, flux_err, bkg, bkg_err, flags.
+    Returns a Table with columns image, id, x, y, flux, flux_err, bkg, bkg_err, flags (and,
+    where the photometer gives them, ``err_alpha``, ``err_sigma_s`` -- the empty-aperture
+    error calibration, also in ``meta["error_calibration"]`` per image -- and
+    ``flux_err_shape``).  A SExtractor catalogue without ``r50`` gives a model photometer
+    (one with a ``psf``) its shapes through :func:`skysub.catalogs.sextractor_shapes`.
     """
+    from .catalogs import has_sextractor_shapes, sextractor_shapes
+
     cat_all = _catalog(catalog)
+    psf = getattr(photometer, "psf", None)
+    if psf is not None and has_sextractor_shapes(cat_all):  # model photometry: SExtractor shapes
+        from .photometry.aperture import psf_sigma
+
+        cat_all = sextractor_shapes(cat_all, psf_sigma(np.asarray(psf, float)))
     tables = []
+    calibrations = {}
     for image in _image_iter(images, quiet=quiet, **read_kwargs):
         cat = catalog_for_image(cat_all, image)
         res = photometer.measure(image, cat["x"], cat["y"], mag=_mag(cat),
                                  neighbours=_neighbours(cat), catalog=cat)
+        if "error_calibration" in getattr(res, "meta", {}):
+            calibrations[image.name] = res.meta["error_calibration"]
         t = Table()
         t["image"] = np.full(len(cat), image.name, dtype=object).astype(str)
         t["id"] = _ids(cat)
@@ -252,6 +266,9 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
         t["y"] = np.asarray(cat["y"], float)
         for col in ("flux", "flux_err", "bkg", "bkg_err", "flags"):
             t[col] = getattr(res, col)
+        for col in ("err_alpha", "err_sigma_s", "flux_err_shape"):  # error calibration, shapes
+            if col in getattr(res, "extra", {}):
+                t[col] = res.extra[col]
         extra_cols = getattr(photometer, "extra_columns", ())  # e.g. Lumos mixtures
         if extra_cols:
             t["band"] = np.full(len(cat), str(image.meta.band))
@@ -262,6 +279,8 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
     for col in ("flux", "flux_err"):
         if col not in out.colnames:
             out[col] = np.zeros(0)
+    if calibrations:
+        out.meta["error_calibration"] = calibrations
     zps = getattr(photometer, "zeropoints", None)  # Lumos: each exposure's zero point
     if zps:
         out.meta["zero_points"] = {k: z.as_dict() for k, z in zps.items()}
