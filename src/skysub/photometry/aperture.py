@@ -423,7 +423,7 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
 
     return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
-                     required=phot.error_calibration == "empty")
+                     required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0))
 
 
 def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,

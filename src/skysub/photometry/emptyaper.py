@@ -20,7 +20,9 @@ squared) is fitted with
 
 ``alpha >= 0`` a correlated-noise factor on the white-noise terms and ``sigma_s >= 0`` (ADU per
 pixel) a background-structure error, fully correlated over the aperture like the background
-estimate's own.  Every source's error then becomes
+estimate's own; the fit is then scaled to match exactly at the photometer's own size (the
+aperture radius; the point-source weights), where most sources are measured.  Every source's
+error then becomes
 
 .. math::  \\sigma_F^2 = \\max(F, 0)/g + \\alpha N_{\\rm noise}\\sigma_{\\rm pix}^2
            + N_a^2\\,(\\alpha \\sigma_b^2 + \\sigma_s^2)
@@ -190,7 +192,8 @@ def fit_factors(groups: list[dict]) -> tuple[float, float]:
 def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int,
               shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, clear: float, *,
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
-              name: str = "photometer", required: bool = True) -> NoiseCalibration:
+              name: str = "photometer", required: bool = True,
+              anchor: int | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -210,6 +213,10 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         ``status="uncalibrated"`` and a warning (``"skipped"`` when not ``required``).
     seed : int
         Random state of the positions (the same frame gives the same calibration).
+    anchor : int, optional
+        The probe size of the photometer's own aperture / weights: the fitted model is scaled
+        (``alpha`` and ``sigma_s^2`` alike) to match that size's observed spread exactly, the
+        other sizes setting the split between the two terms and the trend with size.
     required : bool
         Too few empty positions: True gives a warning and ``status="uncalibrated"`` (the
         photometers then flag UNCALIBRATED); False (``error_calibration="auto"``) a log line
@@ -232,7 +239,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         spread = robust_sigma(f[ok])
         if not (np.isfinite(spread) and spread > 0):  # a noise-free or quantised frame
             continue
-        groups.append({"n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
+        groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
                        "observed": spread, "W": float(np.median(wv[ok])),
                        "Q": float(np.median(na[ok] ** 2))})
     if not groups:
@@ -245,10 +252,17 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         log.info(msg)
         return NoiseCalibration("skipped", n_probe=int(x.size), message=msg)
     alpha, s = fit_factors(groups)
+    anch = [g for g in groups if g["k"] == anchor]
+    if anch:  # exact where most sources are measured: at the photometer's own size
+        g = anch[0]
+        fit = alpha * g["W"] + s**2 * g["Q"]
+        if fit > 0:
+            scale = g["observed"] ** 2 / fit
+            alpha, s = alpha * scale, s * np.sqrt(scale)
     sizes = []
     for g in groups:
         fit = np.sqrt(alpha * g["W"] + s**2 * g["Q"])
-        sizes.append({"n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
+        sizes.append({"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
                       "predicted": float(np.sqrt(g["W"])), "fitted": float(fit)})
     return NoiseCalibration("calibrated", alpha, s, int(x.size), sizes,
                             f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px from "

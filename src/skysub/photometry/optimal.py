@@ -373,7 +373,7 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
 
     return calibrate(probe, len(radii), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
-                     required=phot.error_calibration == "empty")
+                     required=phot.error_calibration == "empty", anchor=0)
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
