@@ -148,18 +148,20 @@ def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, c
         d, _ = cKDTree(np.c_[ax[fin], ay[fin]]).query(np.c_[x, y])
         ok &= d >= m
     x, y = x[ok], y[ok]
-    keep: list[int] = []
-    tree_pts = np.zeros((0, 2))
-    for i in range(x.size):  # greedy in draw order: reproducible from rng
-        if tree_pts.shape[0] and np.min(np.hypot(tree_pts[:, 0] - x[i],
-                                                 tree_pts[:, 1] - y[i])) < m:
-            continue
-        keep.append(i)
-        tree_pts = np.vstack([tree_pts, [x[i], y[i]]])
-        if len(keep) == n:
-            break
-    k = np.asarray(keep, int)
-    return x[k], y[k]
+    if x.size == 0:
+        return x, y
+    # greedy in draw order (reproducible from rng): a candidate is kept when no kept one is
+    # within ``clear``
+    near = cKDTree(np.c_[x, y]).query_ball_point(np.c_[x, y], r=m)
+    kept = np.zeros(x.size, bool)
+    count = 0
+    for i in range(x.size):
+        if not kept[near[i]].any():
+            kept[i] = True
+            count += 1
+            if count == n:
+                break
+    return x[kept], y[kept]
 
 
 def robust_sigma(values: np.ndarray) -> float:
