@@ -100,9 +100,10 @@ class OptimalPhotometer:
     the estimate stays unbiased but loses precision).
 
     Shape uncertainty: when the catalogue gives 1-sigma errors of the shape parameters
-    (columns ``r50_err`` [px], ``ba_err``, ``theta_err`` [degrees], ``sersic_n_err``), the flux
-    is re-measured on the same pixels with each parameter moved by ``-err`` and ``+err`` (kept
-    in its valid range) and ``(dF/dp err)^2`` of every parameter is added to the variance;
+    (columns ``r50_err`` [px], ``ba_err``, ``theta_err`` [degrees], ``sersic_n_err``), the
+    weights are rebuilt with each parameter moved by ``-err`` and ``+err`` (kept in its valid
+    range), their response to the catalogued profile gives ``dF/dp`` (:func:`shape_variance`)
+    and ``(dF/dp err)^2`` of every parameter is added to the variance;
     ``extra["flux_err_shape"]`` is that part of the error (0 for rows without errors).
     """
 
@@ -174,7 +175,7 @@ class OptimalPhotometer:
             var_tot = (w * w * v).sum(ax)
             var_pix = (w * w * (v - np.maximum(flux[:, None, None] * p, 0.0) / gain)).sum(ax)
             n_aper = w.sum(ax)
-        return {"flux": flux, "var_tot": var_tot, "var_pix": var_pix, "n_aper": n_aper}
+        return {"flux": flux, "var_tot": var_tot, "var_pix": var_pix, "n_aper": n_aper, "w": w}
 
     @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
@@ -229,10 +230,11 @@ class OptimalPhotometer:
         return with_calibration(res, cal)
 
     def _core(self, img: Image, x: np.ndarray, y: np.ndarray, shapes, bres,
-              model: np.ndarray | None = None) -> dict:
+              model: np.ndarray | None = None, reference: np.ndarray | None = None) -> dict:
         """Eq. 6 fluxes and error parts of the sources (non-oracle); ``model``: one unit-total
         profile (size, size) for all of them instead of rendering ``shapes`` (the empty-aperture
-        probes, all at whole-pixel positions)."""
+        probes, all at whole-pixel positions); ``reference`` (n, size, size): profiles whose
+        response ``sum(w p_ref)`` to the weights is returned as ``"response"``."""
         n = len(x)
         size = self.size
         gain = img.meta.gain
@@ -261,7 +263,21 @@ class OptimalPhotometer:
             self._footprint(out, ii, p, st, inside, res)
             out["var_src"][ii] = res["var_tot"] - res["var_pix"]
             out["var_pix"][ii] = res["var_pix"]
+            if reference is not None:
+                out.setdefault("response", np.full(n, np.nan))
+                with np.errstate(invalid="ignore"):
+                    out["response"][ii] = (res["w"] * reference[ii]).sum(axis=(1, 2))
         return out
+
+    def _render(self, img: Image, x: np.ndarray, y: np.ndarray, shapes) -> np.ndarray:
+        """Unit-total models (n, size, size) of ``shapes`` at ``x, y`` (zero where unplaceable)."""
+        st = cutouts(img, x, y, self.size)
+        ok = np.isfinite(st.dx) & np.isfinite(st.dy)
+        p = np.zeros((len(x), self.size, self.size))
+        if ok.any():
+            p[ok] = render_models(shapes.take(ok), self.psf, self.size, st.dx[ok], st.dy[ok],
+                                  oversample=self.oversample)
+        return p
 
     def _footprint(self, out: dict, ii, p, st, inside, res) -> None:
         """Footprint flags, the masked-light limit and the fluxes of one batch into ``out``."""
@@ -380,7 +396,10 @@ def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.nda
                    shapes: SourceShapes, bres: BackgroundResult, flux: np.ndarray
                    ) -> np.ndarray | None:
     """Flux variance from the catalogue's shape errors (None when it gives none): per
-    parameter ``(dF/dp err)^2``, ``dF/dp`` from the fluxes at ``p -/+ err`` on the same data."""
+    parameter ``(dF/dp err)^2``.  ``dF/dp`` is the change of the estimate when the weights are
+    built for ``p -/+ err`` while the source has the catalogued shape: ``F (R+ - R-) / (p+ -
+    p-)`` with ``R = sum(w_p p_0)`` the response of those weights to the catalogued profile
+    ``p_0`` (noise-free, unlike a difference of two measurements of the noisy pixels)."""
     if catalog is None:
         return None
     names = list(catalog.colnames) if hasattr(catalog, "colnames") else list(catalog.keys())
@@ -401,19 +420,21 @@ def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.nda
         if rows.size == 0:
             continue
         sub = shapes.take(rows)
+        p0 = phot._render(img, x[rows], y[rows], sub)
         val = np.asarray(getattr(sub, _SHAPE_FIELD[key]), float)
         lo, hi = _SHAPE_RANGE[key]
-        fluxes = []
+        resp = []
         moved = []
         for sign in (-1.0, 1.0):
             v = np.clip(val + sign * err[rows], lo, hi)
             moved.append(v)
             fields = {f: getattr(sub, f) for f in ("r50", "n", "ba", "theta", "is_point")}
             fields[_SHAPE_FIELD[key]] = v
-            c = phot._core(img, x[rows], y[rows], SourceShapes(**fields), _take_bkg(bres, rows))
-            fluxes.append(c["flux"])
+            c = phot._core(img, x[rows], y[rows], SourceShapes(**fields), _take_bkg(bres, rows),
+                           reference=p0)
+            resp.append(c["response"])
         dp = moved[1] - moved[0]
         with np.errstate(invalid="ignore", divide="ignore"):
-            d = np.where(dp > 0, (fluxes[1] - fluxes[0]) / dp * err[rows], 0.0)
+            d = np.where(dp > 0, flux[rows] * (resp[1] - resp[0]) / dp * err[rows], 0.0)
         var[rows] += np.nan_to_num(d, nan=0.0) ** 2
     return var
