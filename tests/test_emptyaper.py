@@ -210,3 +210,26 @@ def test_shape_errors_enter_the_optimal_flux_error():
     without = float(sigma68(np.concatenate(pulls)))
     assert without > 1.3
     assert 0.75 < with_err < 1.15
+
+
+def test_cli_photometry_records_the_calibration(tmp_path):
+    from astropy.io import fits
+
+    from skysub.cli import main
+
+    img = _structured(shape=(300, 300), seed=5)
+    fits.PrimaryHDU(img.data.astype(np.float32)).writeto(tmp_path / "frame.fits")
+    Table({"id": [1, 2], "x": [100.0, 200.0], "y": [120.0, 180.0]}).write(
+        tmp_path / "cat.csv")
+    common = ["photometry", str(tmp_path / "frame.fits"), "--catalog", str(tmp_path / "cat.csv"),
+              "--radius", "5", "--r-in", "10", "--r-out", "20", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "cal.ecsv")]) == 0
+    assert main([*common, "--output", str(tmp_path / "raw.ecsv"),
+                 "--error-calibration", "none"]) == 0
+    cal, raw = Table.read(tmp_path / "cal.ecsv"), Table.read(tmp_path / "raw.ecsv")
+    assert "err_alpha" in cal.colnames and "err_alpha" not in raw.colnames
+    assert cal["err_alpha"][0] > 1.3  # correlated noise found
+    assert cal.meta["error_calibration"]["frame.fits"]["status"] == "calibrated"
+    np.testing.assert_array_equal(cal["flux"], raw["flux"])
+    assert np.all(cal["flux_err"] > 1.3 * raw["flux_err"])
+    assert np.all(cal["bkg_err"] > raw["bkg_err"])
