@@ -45,23 +45,30 @@ def _photometers(calibration: str):
                               error_calibration=calibration))
 
 
-def test_fit_recovers_known_factors():
-    # observed^2 = alpha W + s^2 Q exactly, for three sizes
+@pytest.mark.parametrize("gamma", [2.0, 1.5])
+def test_fit_recovers_known_factors(gamma):
+    # observed^2 = alpha W + s^2 N0^2 (N / N0)^gamma exactly, for four sizes (N0 = 20)
     alpha, s = 1.7, 0.3
-    groups = [{"W": w, "Q": q, "observed": np.sqrt(alpha * w + s * s * q)}
-              for w, q in ((300.0, 400.0), (1300.0, 6000.0), (3000.0, 31000.0))]
-    a, ss = fit_factors(groups)
+    sizes = ((20.0, 300.0), (80.0, 1300.0), (180.0, 3000.0), (320.0, 5200.0))
+    groups = [{"n_aper": n, "W": w, "n": 10**9,
+               "observed": np.sqrt(alpha * w + s * s * 400.0 * (n / 20.0) ** gamma)}
+              for n, w in sizes]
+    a, ss, g = fit_factors(groups)
+    assert g == pytest.approx(gamma)
     assert a == pytest.approx(alpha, rel=1e-6) and ss == pytest.approx(s, rel=1e-6)
     # one size: a factor only
-    a1, s1 = fit_factors(groups[:1])
+    a1, s1, _ = fit_factors(groups[:1])
     assert s1 == 0.0 and a1 == pytest.approx(groups[0]["observed"] ** 2 / 300.0)
 
 
 def test_calibration_applies_to_every_term():
-    cal = NoiseCalibration("calibrated", alpha=2.0, sigma_s=0.5)
+    cal = NoiseCalibration("calibrated", alpha=2.0, sigma_s=0.5)  # gamma 2: fully correlated
     var = cal.variance(10.0, 100.0, 20.0, 0.1)
     assert var == pytest.approx(10.0 + 2.0 * 100.0 + 400.0 * (2.0 * 0.01 + 0.25))
-    assert cal.bkg_err(0.1) == pytest.approx(np.sqrt(0.02 + 0.25))
+    assert cal.bkg_err(0.1, 20.0) == pytest.approx(np.sqrt(0.02 + 0.25))
+    # gamma 1: the structure variance grows like the area, its per-pixel error falls as 1/N
+    cal = NoiseCalibration("calibrated", alpha=2.0, sigma_s=0.5, gamma=1.0, n_ref=20.0)
+    assert cal.bkg_err(0.1, 80.0) == pytest.approx(np.sqrt(0.02 + 0.25 / 4))
 
 
 @pytest.mark.parametrize("which", [0, 1])

@@ -466,7 +466,7 @@ def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.nda
     var = calibration.variance(parts["var_src"], parts["var_pix"], area, parts["bkg_err"])
     bkg_err = parts["bkg_err"]
     if calibration.calibrated:
-        bkg_err = calibration.bkg_err(bkg_err)
+        bkg_err = calibration.bkg_err(bkg_err, area)
     sc = np.ones_like(flux_ap) if scale is None else np.asarray(scale, float)
     flux = flux_ap * sc
     with np.errstate(invalid="ignore"):

@@ -16,20 +16,25 @@ estimator, so the true flux is zero and what it finds is all noise.  Per probe s
 apertures / weight widths) the robust variance ``V_k`` (the biweight scale of the fluxes,
 squared) is fitted with
 
-.. math::  V_k = \\alpha\\, W_k + \\sigma_s^2\\, N_{a,k}^2 ,
+.. math::  V_k = \\alpha\\, W_k + \\sigma_s^2\\, N_0^2\\,(N_{a,k} / N_0)^{\\gamma} ,
 
-``alpha >= 0`` a correlated-noise factor on the white-noise terms and ``sigma_s >= 0`` (ADU per
-pixel) a background-structure error, fully correlated over the aperture like the background
-estimate's own; the fit is then scaled to match exactly at the photometer's own size (the
-aperture radius; the point-source weights), where most sources are measured.  Every source's
-error then becomes
+``alpha >= 0`` a correlated-noise factor on the white-noise terms, ``sigma_s >= 0`` (ADU per
+pixel) a background-structure error at the photometer's own size ``N_0`` (its aperture area;
+the point-source weights' ``sum(w)``) and ``gamma`` in [1, 2] how that error grows with the
+aperture: 2 for structure fully correlated over the aperture, like the background estimate's
+own error, less when the aperture reaches the scale of the structure -- the power law of the
+empty-aperture literature, ``sigma(N) ~ N^beta`` with ``beta = gamma / 2`` in [0.5, 1].  The
+fit is then scaled to match exactly at ``N_0``, where most sources are measured.  Every
+source's error becomes
 
 .. math::  \\sigma_F^2 = \\max(F, 0)/g + \\alpha N_{\\rm noise}\\sigma_{\\rm pix}^2
-           + N_a^2\\,(\\alpha \\sigma_b^2 + \\sigma_s^2)
+           + N_a^2\\,\\sigma_{b,\\rm cal}^2 , \\qquad
+           \\sigma_{b,\\rm cal}^2 = \\alpha \\sigma_b^2 + \\sigma_s^2 (N_a / N_0)^{\\gamma - 2}
 
-and ``bkg_err`` the honest ``sqrt(alpha sigma_b^2 + sigma_s^2)``.  On white noise and a flat sky
+and ``bkg_err`` the honest ``sigma_b,cal``.  On white noise and a flat sky
 ``alpha ~ 1`` and ``sigma_s ~ 0`` (tested).  With a single probe size (or sizes whose ``N_a^2 /
-W`` hardly differ) the two terms cannot be told apart and only ``alpha`` is fitted.  Too few
+W`` hardly differ) the two terms cannot be told apart and only ``alpha`` is fitted; where the
+sizes do not pin ``gamma`` down (two sizes fit exactly by any) it is 2.  Too few
 empty positions: a warning, no calibration (``alpha = 1``, ``sigma_s = 0``) and the
 :data:`skysub.flags.UNCALIBRATED` flag on every source.
 """
@@ -76,7 +81,12 @@ class NoiseCalibration:
     alpha : float
         Factor on the white-noise variance terms (1 = white noise).
     sigma_s : float
-        Background-structure error per pixel, ADU, added in quadrature to ``bkg_err``.
+        Background-structure error per pixel at ``n_ref``, ADU, added in quadrature to
+        ``bkg_err``.
+    gamma : float
+        Growth of the structure variance with the aperture, ``N_a^gamma`` (1 ... 2).
+    n_ref : float
+        The photometer's own ``n_aper`` (``N_0``).
     n_probe : int
         Empty positions used (per probe size).
     sizes : list of dict
@@ -90,6 +100,8 @@ class NoiseCalibration:
     alpha: float = 1.0
     sigma_s: float = 0.0
     n_probe: int = 0
+    gamma: float = 2.0
+    n_ref: float = 1.0
     sizes: list = field(default_factory=list)
     message: str = ""
 
@@ -102,16 +114,20 @@ class NoiseCalibration:
         noise ``var_pix`` (``N_noise sigma_pix^2``), ``n_aper`` and the estimator's ``bkg_err``."""
         with np.errstate(invalid="ignore"):
             return (np.asarray(var_src, float) + self.alpha * np.asarray(var_pix, float)
-                    + np.asarray(n_aper, float) ** 2 * self.bkg_err(bkg_err) ** 2)
+                    + np.asarray(n_aper, float) ** 2 * self.bkg_err(bkg_err, n_aper) ** 2)
 
-    def bkg_err(self, bkg_err) -> np.ndarray:
-        """The honest background error ``sqrt(alpha bkg_err^2 + sigma_s^2)``."""
-        with np.errstate(invalid="ignore"):
-            return np.sqrt(self.alpha * np.asarray(bkg_err, float) ** 2 + self.sigma_s**2)
+    def bkg_err(self, bkg_err, n_aper) -> np.ndarray:
+        """The honest background error for apertures of ``n_aper`` px:
+        ``sqrt(alpha bkg_err^2 + sigma_s^2 (n_aper / n_ref)^(gamma - 2))``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grow = (np.asarray(n_aper, float) / self.n_ref) ** (self.gamma - 2.0)
+            return np.sqrt(self.alpha * np.asarray(bkg_err, float) ** 2
+                           + self.sigma_s**2 * grow)
 
     def as_dict(self) -> dict:
         return {"status": self.status, "alpha": float(self.alpha),
-                "sigma_s": float(self.sigma_s), "n_probe": int(self.n_probe),
+                "sigma_s": float(self.sigma_s), "gamma": float(self.gamma),
+                "n_ref": float(self.n_ref), "n_probe": int(self.n_probe),
                 "sizes": [dict(s) for s in self.sizes], "message": self.message}
 
     def columns(self, n: int) -> dict[str, np.ndarray]:
@@ -173,22 +189,39 @@ def robust_sigma(values: np.ndarray) -> float:
     return float(biweight_scale(np.asarray(values, float), c=9.0))
 
 
-def fit_factors(groups: list[dict]) -> tuple[float, float]:
-    """``(alpha, sigma_s)`` from per-size ``observed`` (robust spread of the fluxes), ``W``
-    (median white-noise variance) and ``Q`` (median ``n_aper^2``): non-negative least squares of
-    ``observed^2 = alpha W + sigma_s^2 Q`` relative to the prediction (each size divided by
-    its ``W``).  Sizes that cannot separate the two terms give ``sigma_s = 0``."""
+#: exponents ``gamma`` tried by :func:`fit_factors`
+GAMMAS = np.linspace(1.0, 2.0, 21)
+
+
+def fit_factors(groups: list[dict], n_ref: float | None = None) -> tuple[float, float, float]:
+    """``(alpha, sigma_s, gamma)`` from per-size ``observed`` (robust spread of the fluxes),
+    ``W`` (median white-noise variance) and ``n_aper`` (median): non-negative least squares of
+    ``observed^2 = alpha W + sigma_s^2 n_ref^2 (n_aper / n_ref)^gamma`` in relative residuals
+    (each size divided by its ``observed^2``), for each ``gamma`` of :data:`GAMMAS`, keeping
+    the largest ``gamma`` whose fit is as good as the best one within the spreads' sampling
+    noise.  Sizes that cannot separate the terms give
+    ``sigma_s = 0``; ``n_ref`` defaults to the first size's ``n_aper``."""
     from scipy.optimize import nnls
 
     v = np.array([g["observed"] ** 2 for g in groups])
     w = np.array([g["W"] for g in groups])
-    q = np.array([g["Q"] for g in groups])
-    ratio = q / w
-    if len(groups) >= 2 and ratio.max() > 1.5 * ratio.min():
-        (alpha, s2), _ = nnls(np.c_[np.ones_like(v), q / w], v / w)
-    else:
-        alpha, s2 = float(np.mean(v / w)), 0.0  # one size: a factor only
-    return float(alpha), float(np.sqrt(max(s2, 0.0)))
+    na = np.array([g["n_aper"] for g in groups])
+    n0 = float(na[0] if n_ref is None else n_ref)
+    ratio = na**2 / w
+    if len(groups) < 2 or ratio.max() <= 1.5 * ratio.min():
+        return float(np.mean(v / w)), 0.0, 2.0  # one size: a factor only
+    fits = []
+    for gam in GAMMAS[::-1]:  # from 2 down
+        q = n0**2 * (na / n0) ** gam
+        (alpha, s2), res = nnls(np.c_[w / v, q / v], np.ones_like(v))  # relative residuals
+        fits.append((res**2, alpha, s2, gam))
+    # the largest gamma that fits within the noise of the spreads (the relative variance of a
+    # biweight variance from n Gaussian values is ~ 4 / (1.74 n)): gamma < 2 only when the
+    # data ask for it (on white noise every gamma fits and 2 is kept)
+    tol = sum(4.0 / (1.74 * max(int(g.get("n", 1000)), 1)) for g in groups)
+    best = min(f[0] for f in fits)
+    _, alpha, s2, gam = next(f for f in fits if f[0] <= best + tol)
+    return float(alpha), float(np.sqrt(max(s2, 0.0))), float(gam)
 
 
 def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int,
@@ -242,8 +275,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         if not (np.isfinite(spread) and spread > 0):  # a noise-free or quantised frame
             continue
         groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
-                       "observed": spread, "W": float(np.median(wv[ok])),
-                       "Q": float(np.median(na[ok] ** 2))})
+                       "observed": spread, "W": float(np.median(wv[ok]))})
     if not groups:
         msg = (f"{name}: only {x.size} empty positions at {clear:.1f} px from sources, masks "
                f"and edges (fewer than {min_probe} usable): flux errors are NOT empty-aperture "
@@ -253,19 +285,21 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
             return NoiseCalibration("uncalibrated", n_probe=int(x.size), message=msg)
         log.info(msg)
         return NoiseCalibration("skipped", n_probe=int(x.size), message=msg)
-    alpha, s = fit_factors(groups)
     anch = [g for g in groups if g["k"] == anchor]
-    if anch:  # exact where most sources are measured: at the photometer's own size
-        g = anch[0]
-        fit = alpha * g["W"] + s**2 * g["Q"]
-        if fit > 0:
-            scale = g["observed"] ** 2 / fit
-            alpha, s = alpha * scale, s * np.sqrt(scale)
-    sizes = []
-    for g in groups:
-        fit = np.sqrt(alpha * g["W"] + s**2 * g["Q"])
-        sizes.append({"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
-                      "predicted": float(np.sqrt(g["W"])), "fitted": float(fit)})
-    return NoiseCalibration("calibrated", alpha, s, int(x.size), sizes,
-                            f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px from "
-                            f"{x.size} empty positions, {len(groups)} sizes")
+    n0 = anch[0]["n_aper"] if anch else groups[0]["n_aper"]
+    alpha, s, gam = fit_factors(groups, n0)
+
+    def model(g: dict) -> float:
+        return alpha * g["W"] + s**2 * n0**2 * (g["n_aper"] / n0) ** gam
+
+    if anch and model(anch[0]) > 0:  # exact where most sources are measured: their own size
+        scale = anch[0]["observed"] ** 2 / model(anch[0])
+        alpha, s = alpha * scale, s * np.sqrt(scale)
+    sizes = [{"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
+              "predicted": float(np.sqrt(g["W"])), "fitted": float(np.sqrt(model(g)))}
+             for g in groups]
+    return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
+                            sizes=sizes,
+                            message=f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, "
+                                    f"gamma = {gam:.2f} from {x.size} empty positions, "
+                                    f"{len(groups)} sizes")

@@ -75,9 +75,9 @@ class OptimalPhotometer:
         Oversampling used to render Sérsic models.
     error_calibration : {"auto", "empty", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
-        positions, measured with the weights of a point source and of round exponential
-        profiles of :data:`PROBE_R50` x the PSF sigma (:mod:`skysub.photometry.emptyaper`; not
-        in oracle mode); ``"none"``: the white-noise error model only.  A frame without room
+        positions, measured with the weights of faint and bright point sources and round
+        exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
+        mode); ``"none"``: the white-noise error model only.  A frame without room
         for 50 empty positions is left uncalibrated: quietly with ``"auto"``, with a warning
         and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
@@ -173,7 +173,7 @@ class OptimalPhotometer:
                     w, v = weights(flux)
                     flux = (w * dz).sum(ax)
             var_tot = (w * w * v).sum(ax)
-            var_pix = (w * w * (v - np.maximum(flux[:, None, None] * p, 0.0) / gain)).sum(ax)
+            var_pix = (w * w * pv).sum(ax)  # the background's share of var_tot
             n_aper = w.sum(ax)
         return {"flux": flux, "var_tot": var_tot, "var_pix": var_pix, "n_aper": n_aper, "w": w}
 
@@ -225,16 +225,20 @@ class OptimalPhotometer:
             flux_err = np.sqrt(var)
         crowd_r = np.sqrt(core["fp_area"] / np.pi) + self.crowd_margin
         res = assemble(img, x, y, core["flux"], flux_err, np.asarray(bres.bkg, float),
-                       cal.bkg_err(b_err) if cal.calibrated else b_err, core["n_aper"], bres,
+                       cal.bkg_err(b_err, core["n_aper"]) if cal.calibrated else b_err,
+                       core["n_aper"], bres,
                        core["flags"], crowd_radius=crowd_r, neighbours=neighbours, extra=extra)
         return with_calibration(res, cal)
 
     def _core(self, img: Image, x: np.ndarray, y: np.ndarray, shapes, bres,
-              model: np.ndarray | None = None, reference: np.ndarray | None = None) -> dict:
+              model: np.ndarray | None = None, reference: np.ndarray | None = None,
+              contrast: float | None = None) -> dict:
         """Eq. 6 fluxes and error parts of the sources (non-oracle); ``model``: one unit-total
         profile (size, size) for all of them instead of rendering ``shapes`` (the empty-aperture
         probes, all at whole-pixel positions); ``reference`` (n, size, size): profiles whose
-        response ``sum(w p_ref)`` to the weights is returned as ``"response"``."""
+        response ``sum(w p_ref)`` to the weights is returned as ``"response"``; ``contrast``:
+        weights fixed at the flux whose peak pixel is ``contrast`` x the pixel noise variance
+        (the weights of a source that bright, for the probes) instead of iterated."""
         n = len(x)
         size = self.size
         gain = img.meta.gain
@@ -259,7 +263,10 @@ class OptimalPhotometer:
                                       oversample=self.oversample)
             d = st.data - np.asarray(bres.bkg, float)[ii][:, None, None]
             pv = pvar_all[ii][:, None, None] + np.zeros_like(p)
-            res = self._weighted(d, st.valid, p, pv, gain, None)
+            f0 = None
+            if contrast is not None:
+                f0 = contrast * gain * pvar_all[ii] / np.maximum(p.max(axis=(1, 2)), 1e-300)
+            res = self._weighted(d, st.valid, p, pv, gain, f0)
             self._footprint(out, ii, p, st, inside, res)
             out["var_src"][ii] = res["var_tot"] - res["var_pix"]
             out["var_pix"][ii] = res["var_pix"]
@@ -340,9 +347,11 @@ class OptimalPhotometer:
                         extra={"model_in_stamp": out["in_stamp"]})
 
 
-#: half-light radii, in units of the PSF's Gaussian sigma, of the round exponential profiles
-#: whose weights probe the empty positions (besides the point-source weights)
-PROBE_R50 = (1.0, 2.0)
+#: weights that probe the empty positions: (half-light radius of a round exponential in units
+#: of the PSF's Gaussian sigma, 0 = point source; the source's peak pixel over the pixel noise
+#: variance, 0 = the faint limit) -- faint and bright point sources, and galaxies
+PROBES = ((0.0, 0.0), (0.0, 3.0), (0.0, 30.0), (0.0, 300.0), (1.0, 0.0), (2.0, 0.0),
+          (2.0, 30.0))
 
 #: catalogue error column of each shape parameter (see :class:`OptimalPhotometer`)
 SHAPE_ERRORS = {"r50": "r50_err", "ba": "ba_err", "theta": "theta_err", "sersic_n": "sersic_n_err"}
@@ -357,11 +366,11 @@ def _take_bkg(bres: BackgroundResult, idx) -> BackgroundResult:
 
 
 def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCalibration:
-    """Empty-aperture calibration of an optimal photometer on ``img``: its point-source
-    weights and those of round exponentials of :data:`PROBE_R50` x the PSF sigma, its own
-    background estimator."""
+    """Empty-aperture calibration of an optimal photometer on ``img``: the weights of
+    :data:`PROBES` (point sources and round exponentials, faint and bright), its own background
+    estimator."""
     sig = psf_sigma(phot.psf)
-    radii = [0.0] + [f * sig for f in PROBE_R50]
+    radii = sorted({f * sig for f, _ in PROBES})
 
     def shapes(k: int, m: int) -> SourceShapes:
         r = radii[k]
@@ -382,12 +391,15 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
         if "bres" not in cache:
             cache["bres"] = run_background(phot.background, img, xp, yp, None, avoid_xy)
         bres = cache["bres"]
-        c = phot._core(img, xp, yp, shapes(k, len(xp)), bres, model=models[k])
+        f, t = PROBES[k]
+        j = radii.index(f * sig)
+        c = phot._core(img, xp, yp, shapes(j, len(xp)), bres, model=models[j],
+                       contrast=t if t > 0 else None)
         with np.errstate(invalid="ignore"):
             vw = c["var_pix"] + c["n_aper"] ** 2 * np.asarray(bres.bkg_err, float) ** 2
         return {"flux": c["flux"], "var_white": vw, "n_aper": c["n_aper"], "flags": c["flags"]}
 
-    return calibrate(probe, len(radii), img.shape, img.mask, avoid_xy, clear,
+    return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=0)
 
