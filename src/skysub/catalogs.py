@@ -52,9 +52,14 @@ _SEP_SIGNATURE = {"cxx", "cyy", "cxy", "npix", "tnpix", "cflux", "cpeak"}
 
 
 def _plain(col: Any) -> np.ndarray:
-    """Float64 values of a column (Quantity -> value; masked -> NaN)."""
+    """Float64 values of a column (Quantity -> value; masked -> NaN); text that is not a
+    number is a CatalogError naming the column."""
     val = getattr(col, "value", col)
-    arr = np.ma.filled(np.ma.asarray(val, dtype=np.float64), np.nan)
+    try:
+        arr = np.ma.filled(np.ma.asarray(val, dtype=np.float64), np.nan)
+    except (TypeError, ValueError) as exc:
+        name = getattr(col, "name", None) or "a position or shape column"
+        raise CatalogError(f"catalogue column {name!r} must be numeric: {exc}") from None
     return np.asarray(arr, dtype=np.float64)
 
 

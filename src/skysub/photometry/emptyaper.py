@@ -151,7 +151,10 @@ def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, c
     m = float(clear)
     if nx - 1 - 2 * m <= 0 or ny - 1 - 2 * m <= 0:
         return np.zeros(0), np.zeros(0)
-    n_cand = max(30 * n, 3000)
+    # candidates: plenty for n, but never many more than the frame can hold apart (each
+    # candidate's neighbour list below grows with the density)
+    room = (nx - 1 - 2 * m) * (ny - 1 - 2 * m) / (np.pi * max(m, 0.5) ** 2)
+    n_cand = int(min(max(30 * n, 3000), 40 * room + 50))
     x = rng.uniform(m, nx - 1 - m, n_cand)
     y = rng.uniform(m, ny - 1 - m, n_cand)
     ok = np.ones(n_cand, bool)
