@@ -151,10 +151,7 @@ def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, c
     m = float(clear)
     if nx - 1 - 2 * m <= 0 or ny - 1 - 2 * m <= 0:
         return np.zeros(0), np.zeros(0)
-    # candidates: plenty for n, but never many more than the frame can hold apart (each
-    # candidate's neighbour list below grows with the density)
-    room = (nx - 1 - 2 * m) * (ny - 1 - 2 * m) / (np.pi * max(m, 0.5) ** 2)
-    n_cand = int(min(max(30 * n, 3000), 40 * room + 50))
+    n_cand = max(30 * n, 3000)
     x = rng.uniform(m, nx - 1 - m, n_cand)
     y = rng.uniform(m, ny - 1 - m, n_cand)
     ok = np.ones(n_cand, bool)
@@ -170,17 +167,32 @@ def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, c
     if x.size == 0:
         return x, y
     # greedy in draw order (reproducible from rng): a candidate is kept when no kept one is
-    # within ``clear``
-    near = cKDTree(np.c_[x, y]).query_ball_point(np.c_[x, y], r=m)
-    kept = np.zeros(x.size, bool)
-    count = 0
+    # within ``clear``; kept points are binned in cells of side ``clear``, so each candidate
+    # looks at the 3 x 3 cells around it only
+    cell = max(m, 1e-9)
+    cells: dict[tuple[int, int], list[int]] = {}
+    kept: list[int] = []
     for i in range(x.size):
-        if not kept[near[i]].any():
-            kept[i] = True
-            count += 1
-            if count == n:
+        cx_, cy_ = int(x[i] // cell), int(y[i] // cell)
+        near = False
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for j in cells.get((cx_ + dx, cy_ + dy), ()):
+                    if (x[j] - x[i]) ** 2 + (y[j] - y[i]) ** 2 <= m * m:
+                        near = True
+                        break
+                if near:
+                    break
+            if near:
                 break
-    return x[kept], y[kept]
+        if near:
+            continue
+        kept.append(i)
+        cells.setdefault((cx_, cy_), []).append(i)
+        if len(kept) == n:
+            break
+    k = np.asarray(kept, int)
+    return x[k], y[k]
 
 
 def robust_sigma(values: np.ndarray) -> float:
