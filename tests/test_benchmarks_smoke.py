@@ -232,7 +232,11 @@ def test_inject_bench_tiny():
                              "aperture+annulus,optimal+annulus"])
     assert {r["frame"] for r in res.rows} == set(bench_inject.real_frames())
     allrows = [r for r in res.rows if r["snr"] == "all"]
-    assert len(allrows) == 2 * len(bench_inject.real_frames())
+    # two methods, each without and with the empty-aperture calibration (" cal")
+    assert len(allrows) == 4 * len(bench_inject.real_frames())
+    assert sum(r["method"].endswith(" cal") for r in allrows) == 2 * len(
+        bench_inject.real_frames())
+    assert any("empty-aperture" in g.name for g in res.goals)
     for r in allrows:
         assert r["n"] >= 5 and math.isfinite(_numeric(r, "sigma68"))
         assert abs(r["bias"]) < 0.2  # the injected light comes back (truth known exactly)

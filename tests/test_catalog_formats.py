@@ -167,3 +167,107 @@ def test_workflows_translate_tables_handed_over_in_python():
     np.testing.assert_allclose(out["x"], [20.0, 40.0])  # 1-based -> 0-based
     np.testing.assert_allclose(out["bkg"], 10.0)
     assert list(sx.colnames) == ["NUMBER", "X_IMAGE", "Y_IMAGE"]  # the input is not modified
+
+
+# -- shapes: SExtractor FLUX_RADIUS, A/B_IMAGE, THETA_IMAGE -> skysub r50, ba, theta ----------
+
+def _measured_like_sextractor(r50, ba, theta, n=1.0, fwhm=3.0, seed=0):
+    """One PSF-convolved Sersic galaxy of known shape, measured as SExtractor does (sep:
+    isophotal moments, angle, and the radius of the circle holding half the light)."""
+    from skysub.simulate.profiles import sersic_stamps
+    from skysub.simulate.psf import gaussian_psf
+
+    flux = 1e5
+    if r50 is None:  # a point source: the PSF itself
+        st = np.zeros((101, 101))
+        st[38:63, 38:63] = flux * gaussian_psf(25, fwhm)
+    else:
+        st = sersic_stamps(101, flux, r50, n, ba=ba, theta=theta % 180.0,
+                           psf=gaussian_psf(25, fwhm))[0]
+    img = np.ascontiguousarray(st + np.random.default_rng(seed).normal(0.0, 1.0, st.shape))
+    obj = sep.extract(img, 3.0, err=1.0, minarea=5)
+    o = obj[np.argmax(obj["flux"])]
+    fr, _ = sep.flux_radius(img, [o["x"]], [o["y"]], [45.0], 0.5, normflux=[flux], subpix=5)
+    # a SExtractor catalogue: 1-based positions, THETA_IMAGE in degrees (CCW from +x)
+    return {"NUMBER": 1, "X_IMAGE": o["x"] + 1, "Y_IMAGE": o["y"] + 1, "FLUX_RADIUS": fr[0],
+            "A_IMAGE": o["a"], "B_IMAGE": o["b"], "THETA_IMAGE": np.degrees(o["theta"])}
+
+
+TRUE_SHAPES = [(4.0, 0.5, 30.0), (2.5, 0.7, 120.0), (6.0, 0.4, -50.0), (3.0, 0.6, 75.0)]
+
+
+def test_sextractor_shapes_recover_known_galaxies(tmp_path):
+    from skysub.catalogs import has_sextractor_shapes, sextractor_shapes
+
+    rows = [_measured_like_sextractor(*s) for s in TRUE_SHAPES]
+    rows.append(_measured_like_sextractor(None, 1.0, 0.0))  # a point source (just the PSF)
+    t = Table(rows=rows)
+    path = tmp_path / "cat.fits"
+    t.write(path)
+    cat = read_catalog(path)  # SExtractor columns, lower-cased, 1-based positions translated
+    assert cat.meta["catalog_format"] == "sextractor" and has_sextractor_shapes(cat)
+    sh = sextractor_shapes(cat, psf_sigma=3.0 / 2.3548)
+    for i, (r50, ba, theta) in enumerate(TRUE_SHAPES):
+        assert sh["r50"][i] == pytest.approx(r50, rel=0.1)  # semi-major, PSF removed
+        assert sh["ba"][i] == pytest.approx(ba, abs=0.05)
+        # skysub: degrees CCW from +x in [0, 180): SExtractor's -50 is 130
+        assert abs((sh["theta"][i] - theta % 180.0 + 90) % 180 - 90) < 2.0
+        assert 0 <= sh["theta"][i] < 180 and sh["sersic_n"][i] == 1.0
+    assert sh["r50"][-1] == 0.0 and sh["ba"][-1] == 1.0  # the star stays a point source
+    # without the PSF the shapes are those of the convolved light: larger and rounder
+    raw = sextractor_shapes(cat)
+    assert np.all(raw["r50"][:4] > sh["r50"][:4]) and np.all(raw["ba"][:4] >= sh["ba"][:4])
+    # a catalogue's own r50 wins: nothing to convert
+    cat["r50"] = 1.0
+    assert not has_sextractor_shapes(cat)
+
+
+def test_sextractor_shapes_name_missing_columns():
+    from skysub.catalogs import sextractor_shapes
+
+    t = Table({"id": [1], "x": [1.0], "y": [2.0], "flux_radius": [2.0], "a_image": [2.0]})
+    with pytest.raises(CatalogError, match="B_IMAGE, THETA_IMAGE"):
+        sextractor_shapes(t)
+    t["b_image"] = [1.0]
+    t["theta_image"] = [0.0]
+    with pytest.raises(CatalogError, match="psf_sigma"):
+        sextractor_shapes(t, psf_sigma=-1.0)
+
+
+def test_circle_factor():
+    from skysub.catalogs import circle_factor
+
+    # q = 1: the circle is the half-light circle; narrower ellipses need a larger circle
+    assert circle_factor(1.0) == pytest.approx(1.0, abs=1e-4)
+    f = circle_factor([0.8, 0.5, 0.2])
+    assert np.all(np.diff(f) > 0) and f[0] > 1.0
+    # check one value by Monte Carlo: an elliptical Gaussian of axis ratio 0.5
+    rng = np.random.default_rng(0)
+    q = 0.5
+    xy = rng.normal(size=(400_000, 2)) * [q**-0.5, q**0.5]
+    r_half = np.median(np.hypot(*xy.T))
+    assert r_half / 1.1774100225154747 == pytest.approx(circle_factor(q), rel=5e-3)
+
+
+def test_optimal_photometry_reads_sextractor_shapes():
+    """A SExtractor catalogue without r50 gives the optimal photometer its galaxies' shapes:
+    the total flux of a known galaxy comes back (as a point source it would not)."""
+    from skysub.background.annulus import AnnulusBackground
+    from skysub.photometry import OptimalPhotometer
+    from skysub.simulate.profiles import sersic_stamps
+    from skysub.simulate.psf import gaussian_psf
+    from skysub.workflows import measure_photometry
+
+    psf = gaussian_psf(25, 3.0)
+    row = _measured_like_sextractor(4.0, 0.5, 30.0)
+    data = np.random.default_rng(1).normal(0.0, 1.0, (201, 201)) + 10.0
+    flux = 2e4
+    data[50:151, 50:151] += sersic_stamps(101, flux, 4.0, 1.0, ba=0.5, theta=30.0, psf=psf)[0]
+    row.update(X_IMAGE=101.0, Y_IMAGE=101.0)  # the galaxy is at 0-based (100, 100)
+    cat = read_catalog(Table(rows=[row]))
+    phot = OptimalPhotometer(psf, background=AnnulusBackground(30, 45), size=51,
+                             error_calibration="none")
+    out = measure_photometry([Image(data=data, mask=None)], cat, phot, quiet=True)
+    assert out["flux"][0] == pytest.approx(flux, rel=0.03)
+    as_point = phot.measure(Image(data=data, mask=None), [100.0], [100.0])
+    assert abs(as_point.flux[0] / flux - 1) > 0.1

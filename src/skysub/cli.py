@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, batch_cli
-from .cli_args import add_common, add_model_args, read_kwargs
+from .cli_args import add_common, add_error_calibration, add_model_args, read_kwargs
 from .errors import SkysubError
 from .pipeline import cli as timeseries_cli
 
@@ -30,6 +30,10 @@ EPILOG_PHOT = """examples:
   skysub photometry sim/images/*.fits --catalog sim/catalog.csv --photometer lumos \\
       --model lumos-paus --output phot_lumos.csv
 output columns: image, id, x, y, flux, flux_err, bkg, bkg_err, flags (image units);
+aperture and optimal add err_alpha, err_sigma_s (the empty-aperture error calibration of
+each image: --error-calibration) and optimal flux_err_shape (from r50_err, ba_err, theta_err,
+sersic_n_err when the catalogue has them; SExtractor FLUX_RADIUS, A/B_IMAGE, THETA_IMAGE are
+read as shapes when it has no r50);
 lumos adds band, the mixture a1..a5, f1..f5, s1..s5 and flux_mean, flux_std, flux_mode,
 flux_median, flux_sigma68, flux_sigma95, eta (flux = mode, flux_err = sigma68; bkg is NaN)"""
 
@@ -152,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: annulus)")
     p.add_argument("--templates", default=None, help="scattered-light templates (FITS)")
     add_model_args(p)
+    add_error_calibration(p)
     p.add_argument("--radius", type=float, default=None, help="aperture radius [px]")
     p.add_argument("--r-in", type=float, default=None,
                    help="annulus inner radius [px] (default: [annulus] r_in)")
@@ -395,7 +400,7 @@ def _cmd_photometry(args) -> int:
                            psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
                            device=args.device, batch_size=args.batch_size,
                            use_mag=not args.no_mag, mag_offset=args.mag_offset,
-                           zeropoint=args.zeropoint)
+                           zeropoint=args.zeropoint, error_calibration=args.error_calibration)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **read_kwargs(args, cfg))
     if not args.quiet:

@@ -381,6 +381,9 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods, context: Table | No
     from .photometry.profile_fit import ProfileFitPhotometer
 
     ann = AnnulusBackground(30.0, 45.0)
+    # white-noise simulations: the classical error model as the papers state it
+    # (no empty-aperture calibration)
+    nocal = {"error_calibration": "none"}
     x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
     out = {}
     n = len(cat)
@@ -397,7 +400,7 @@ def _run_methods(image, cat, model, bt, psf, lumos, methods, context: Table | No
         r = ModelAperturePhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
         out["aperture"] = (r.flux, r.flux_err, None)
     if "optimal" in methods:
-        r = OptimalPhotometer(psf, background=ann).measure(image, x, y, catalog=cat)
+        r = OptimalPhotometer(psf, background=ann, **nocal).measure(image, x, y, catalog=cat)
         out["optimal"] = (r.flux, r.flux_err, None)
     if "optimal_oracle" in methods:
         r = OptimalPhotometer(oracle=True, size=31).measure(image, x, y, model=model,

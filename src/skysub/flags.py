@@ -14,6 +14,7 @@ CROWDED = 4  #: another catalogued source lies inside the aperture or annulus
 NO_DATA = 8  #: too few valid pixels: values are NaN
 OFF_IMAGE = 16  #: the source centre lies outside the image
 CLIPPED = 32  #: sigma clipping rejected more than half of the annulus pixels
+UNCALIBRATED = 64  #: empty-aperture error calibration asked for, but too few empty positions
 
 NAMES = {
     EDGE: "edge",
@@ -22,6 +23,7 @@ NAMES = {
     NO_DATA: "no_data",
     OFF_IMAGE: "off_image",
     CLIPPED: "clipped",
+    UNCALIBRATED: "uncalibrated",
 }
 
 

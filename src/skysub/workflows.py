@@ -194,13 +194,16 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
                     radius: float | None = None, psf_fwhm: float | None = None,
                     psf: str | Path | None = None, model: str | Path | None = None,
                     device: str = "auto", batch_size: int = 512, use_mag: bool = True,
-                    mag_offset: float = 0.0, zeropoint: float | None = None):
+                    mag_offset: float = 0.0, zeropoint: float | None = None,
+                    error_calibration: str = "auto"):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
     False gives its data-only PDFs; ``zeropoint``: the exposures' zero point for models trained
     on the user's exposures, default a header keyword or a fit; ``mag_offset`` is added to the
-    catalogue magnitudes of models trained on the built-in simulator)."""
+    catalogue magnitudes of models trained on the built-in simulator).  ``error_calibration``:
+    ``"auto"`` / ``"empty"`` (empty-aperture calibrated flux errors,
+    :mod:`skysub.photometry.emptyaper`) or ``"none"``, for aperture and optimal."""
     from .photometry import photometer_from_name
 
     config = config or load_config()
@@ -208,7 +211,8 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         raise InputError(f"unknown photometer {name!r}; expected one of {', '.join(PHOTOMETERS)}")
     if name == "aperture":
         r = radius if radius is not None else config.photometry.get("aperture_radius", 8.0)
-        return photometer_from_name("aperture", radius=float(r), background=background)
+        return photometer_from_name("aperture", radius=float(r), background=background,
+                                    error_calibration=error_calibration)
     from .simulate.psf import gaussian_psf, load_psf
 
     if name == "lumos":
@@ -225,21 +229,36 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         fwhm = psf_fwhm if psf_fwhm is not None else config.photometry.get(
             "psf_fwhm", config.simulate.get("psf_fwhm", 3.5))
         kernel = gaussian_psf(int(2 * np.ceil(3 * fwhm) + 1), float(fwhm))
-    return photometer_from_name("optimal", psf=kernel, background=background)
+    return photometer_from_name("optimal", psf=kernel, background=background,
+                                error_calibration=error_calibration)
 
 
 def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path | Table,
                        photometer: Any, *, quiet: bool = False, **read_kwargs: Any) -> Table:
     """Flux of every catalogued source of every image.
 
-    Returns a Table with columns image, id, x, y, flux, flux_err, bkg, bkg_err, flags.
+    Returns a Table with columns image, id, x, y, flux, flux_err, bkg, bkg_err, flags (and,
+    where the photometer gives them, ``err_alpha``, ``err_sigma_s`` -- the empty-aperture
+    error calibration, also in ``meta["error_calibration"]`` per image -- and
+    ``flux_err_shape``).  A SExtractor catalogue without ``r50`` gives a model photometer
+    (one with a ``psf``) its shapes through :func:`skysub.catalogs.sextractor_shapes`.
     """
+    from .catalogs import has_sextractor_shapes, sextractor_shapes
+
     cat_all = _catalog(catalog)
+    psf = getattr(photometer, "psf", None)
+    if psf is not None and has_sextractor_shapes(cat_all):  # model photometry: SExtractor shapes
+        from .photometry.aperture import psf_sigma
+
+        cat_all = sextractor_shapes(cat_all, psf_sigma(np.asarray(psf, float)))
     tables = []
+    calibrations = {}
     for image in _image_iter(images, quiet=quiet, **read_kwargs):
         cat = catalog_for_image(cat_all, image)
         res = photometer.measure(image, cat["x"], cat["y"], mag=_mag(cat),
                                  neighbours=_neighbours(cat), catalog=cat)
+        if "error_calibration" in getattr(res, "meta", {}):
+            calibrations[image.name] = res.meta["error_calibration"]
         t = Table()
         t["image"] = np.full(len(cat), image.name, dtype=object).astype(str)
         t["id"] = _ids(cat)
@@ -247,6 +266,9 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
         t["y"] = np.asarray(cat["y"], float)
         for col in ("flux", "flux_err", "bkg", "bkg_err", "flags"):
             t[col] = getattr(res, col)
+        for col in ("err_alpha", "err_sigma_s", "flux_err_shape"):  # error calibration, shapes
+            if col in getattr(res, "extra", {}):
+                t[col] = res.extra[col]
         extra_cols = getattr(photometer, "extra_columns", ())  # e.g. Lumos mixtures
         if extra_cols:
             t["band"] = np.full(len(cat), str(image.meta.band))
@@ -257,6 +279,8 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
     for col in ("flux", "flux_err"):
         if col not in out.colnames:
             out[col] = np.zeros(0)
+    if calibrations:
+        out.meta["error_calibration"] = calibrations
     zps = getattr(photometer, "zeropoints", None)  # Lumos: each exposure's zero point
     if zps:
         out.meta["zero_points"] = {k: z.as_dict() for k, z in zps.items()}

@@ -36,7 +36,7 @@ def _pair(name: str):
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``inject`` to the ``skysub`` sub-parsers."""
-    from ..cli_args import add_common
+    from ..cli_args import add_common, add_error_calibration
     p = sub.add_parser("inject", help="injection-recovery test of any method on your frames",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="FITS frames (globs allowed)")
@@ -100,6 +100,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--r-in", type=float, default=None, help="annulus inner radius [px]")
     m.add_argument("--r-out", type=float, default=None, help="annulus outer radius [px]")
     m.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    add_error_calibration(m)
     m.add_argument("--snr-bins", default="0,10,30,100,inf",
                    help="SNR bin edges of the summary, comma-separated (default: 0,10,30,100,inf)")
     m.add_argument("--write-images", action="store_true",
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     psf = None if args.psf is None else load_psf(args.psf)
     methods = parse_methods(args.photometer, args.background)
     pk = {"radius": radius, "psf_fwhm": fwhm, "psf": args.psf, "model": args.model,
-          "device": args.device}
+          "device": args.device, "error_calibration": args.error_calibration}
     needs_model = {m.background for m in methods} & {"bkgnet"}
     bk = {"templates": args.templates, "r_in": args.r_in, "r_out": args.r_out,
           "model": args.model if needs_model else None, "device": args.device}

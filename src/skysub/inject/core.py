@@ -31,6 +31,8 @@ KINDS = ("star", "galaxy")
 #: catalogue shape-measurement scatter applied with ``shape_scatter=True``: 10 % in r50, 0.05
 #: in b/a, 10 degrees in the angle, 0.3 in the Sérsic index (a typical detection pipeline).
 SHAPE_SCATTER = {"r50": 0.10, "ba": 0.05, "theta": 10.0, "sersic_n": 0.3}
+#: the catalogue's shape-error columns (1 sigma; r50_err in px, theta_err in degrees)
+SHAPE_ERROR_COLUMNS = ("r50_err", "ba_err", "theta_err", "sersic_n_err")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ class InjectionSettings:
         keyword, else a fit to the catalogue's magnitudes), else 25.
     shape_scatter : bool
         Give the photometers catalogue shapes with measurement scatter (:data:`SHAPE_SCATTER`)
-        instead of the exact ones (the truth keeps the exact ones).
+        instead of the exact ones (the truth keeps the exact ones), with their 1-sigma errors
+        in the catalogue's :data:`SHAPE_ERROR_COLUMNS` (which the optimal photometer
+        propagates into its flux errors).
     """
 
     kind: str = "star"
@@ -301,7 +305,8 @@ def aperture_sums(image: Image, x: np.ndarray, y: np.ndarray, radius: float
     photometer's weights, no background)."""
     from ..photometry.aperture import AperturePhotometer
 
-    phot = AperturePhotometer(radius, background=_ZeroBackground(), max_bad_fraction=0.999)
+    phot = AperturePhotometer(radius, background=_ZeroBackground(), max_bad_fraction=0.999,
+                              error_calibration="none")
     res = phot.measure(image, x, y)
     return np.asarray(res.flux, float), np.asarray(res.n_aper, float)
 
@@ -456,6 +461,11 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
             cs["ba"] = np.clip(cs["ba"] + rng.normal(0, s["ba"], m), 0.05, 1.0)
             cs["theta"] = (cs["theta"] + rng.normal(0, s["theta"], m)) % 180.0
             cs["sersic_n"] = np.clip(cs["sersic_n"] + rng.normal(0, s["sersic_n"], m), 0.3, 8.0)
+            # the catalogue states its errors, as a detection pipeline's would
+            cs["r50_err"] = s["r50"] * cs["r50"]
+            cs["ba_err"] = np.full(m, s["ba"])
+            cs["theta_err"] = np.full(m, s["theta"])
+            cs["sersic_n_err"] = np.full(m, s["sersic_n"])
         for k, v in cs.items():
             cat[k] = v
     return Injection(image=new, truth=truth, catalog=cat)
@@ -463,9 +473,10 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
 
 def merged_catalog(original: Table | None, injected: Table) -> Table:
     """The catalogue the methods see: the frame's own rows (``id, x, y`` and any ``mag, r50,
-    sersic_n, ba, theta``) followed by the injected rows; a column only one side has is NaN
+    sersic_n, ba, theta`` and shape errors ``r50_err, ba_err, theta_err, sersic_n_err``)
+    followed by the injected rows; a column only one side has is NaN
     (point source / no magnitude) on the other."""
-    cols = ["id", "x", "y", "mag", "r50", "sersic_n", "ba", "theta"]
+    cols = ["id", "x", "y", "mag", "r50", "sersic_n", "ba", "theta", *SHAPE_ERROR_COLUMNS]
     n0 = 0 if original is None else len(original)
     out = Table()
     have = [c for c in cols if (original is not None and c in original.colnames)

@@ -12,6 +12,7 @@ reach photutils or numpy).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -25,7 +26,8 @@ from ..image import Image, as_image, image_method
 from ..simulate.render import SourceShapes, render_models, source_shapes
 from ..simulate.render import shift_psf as shift_psf  # importable from here, as before
 from ..stamps import _round_half_up, check_positions, cutouts, gather
-from .errors import ERROR_MODES, flux_variance, pixel_variance
+from .emptyaper import OFF, NoiseCalibration, calibrate, check_calibration
+from .errors import ERROR_MODES, pixel_variance
 
 APERTURE_METHODS = ("exact", "subpixel", "center")
 
@@ -45,6 +47,8 @@ class PhotometryResult:
     flags : int32 bit flags: OR of the background estimator's flags and the photometer's
         own (EDGE, MASKED, CROWDED, NO_DATA, OFF_IMAGE).
     extra : further per-source columns (e.g. ``bkg_flags``, aperture scale, enclosed fraction).
+    meta : per-call information, e.g. ``error_calibration`` (the empty-aperture factors,
+        :meth:`skysub.photometry.emptyaper.NoiseCalibration.as_dict`).
     """
 
     flux: np.ndarray
@@ -54,6 +58,7 @@ class PhotometryResult:
     n_aper: np.ndarray
     flags: np.ndarray
     extra: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
     #: Fields in image units: they become ``Quantity`` when the input image had a unit.
     UNIT_FIELDS: ClassVar[tuple[str, ...]] = ("flux", "flux_err", "bkg", "bkg_err")
@@ -69,6 +74,7 @@ class PhotometryResult:
                    "bkg_err": self.bkg_err, "n_aper": self.n_aper, "flags": self.flags})
         for k, v in self.extra.items():
             t[k] = v
+        t.meta.update(self.meta)
         return t
 
 
@@ -250,6 +256,12 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
+    error_calibration : {"auto", "empty", "none"}
+        ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
+        positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``
+        (:mod:`skysub.photometry.emptyaper`); ``"none"``: the white-noise error model only.
+        A frame without room for 50 empty positions is left uncalibrated: quietly with
+        ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources processed together (bounds memory).
     name : str
@@ -270,7 +282,8 @@ class AperturePhotometer:
     def __init__(self, radius: float = 8.0, *, background, ba: float = 1.0, theta: float = 0.0,
                  method: str = "exact", error_model: str = "auto",
                  max_bad_fraction: float = 0.1, crowd_margin: float = 2.0,
-                 chunk_size: int = 2000, name: str = "aperture") -> None:
+                 error_calibration: str = "auto", chunk_size: int = 2000,
+                 name: str = "aperture") -> None:
         if not (np.isfinite(radius) and radius > 0):
             raise InputError(f"aperture radius must be positive, got radius={radius!r}")
         if not (np.isfinite(ba) and 0 < ba <= 1):
@@ -290,6 +303,7 @@ class AperturePhotometer:
         self.error_model = check_error_model(error_model)
         self.max_bad_fraction = float(max_bad_fraction)
         self.crowd_margin = float(crowd_margin)
+        self.error_calibration = check_calibration(error_calibration)
         self.chunk_size = int(chunk_size)
         self.name = name
         self._half = int(np.ceil(self.radius + 1.0))
@@ -340,8 +354,19 @@ class AperturePhotometer:
         """
         img = as_image(image, mask)
         x, y = check_positions(x, y)
-        n = len(x)
+        cal = OFF  # calibrated first: the estimator's last call is then the sources'
+        if self.error_calibration != "none":
+            cal = calibrate_aperture(self, img, (x, y) if neighbours is None else neighbours)
         bres = run_background(self.background, img, x, y, mag, neighbours)
+        S, area, n_noise, flags, noise_var = self._sums(img, x, y)
+        return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
+                      crowd_radius=self.radius + self.crowd_margin, neighbours=neighbours,
+                      noise_var=noise_var, calibration=cal)
+
+    def _sums(self, img: Image, x: np.ndarray, y: np.ndarray):
+        """Aperture sums ``S``, areas, noise pixel counts, flags and (with a variance map)
+        the variance of ``S`` at ``x, y``."""
+        n = len(x)
         half = self._half
         off = np.arange(-half, half + 1)
         ody, odx = np.meshgrid(off, off, indexing="ij")
@@ -367,15 +392,65 @@ class AperturePhotometer:
             n_noise[sl] = r["n_noise"]
             flags[sl] |= (_flag(r["edge"], F.EDGE) | _flag(r["masked"], F.MASKED)
                           | _flag(r["nodata"], F.NO_DATA))
-        return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
-                      crowd_radius=self.radius + self.crowd_margin, neighbours=neighbours,
-                      noise_var=None if vimg is None else noise_var)
+        return S, area, n_noise, flags, None if vimg is None else noise_var
+
+    def with_radius(self, radius: float) -> AperturePhotometer:
+        """The same photometer with another aperture radius (no error calibration)."""
+        out = copy.copy(self)
+        out.radius = float(radius)
+        out._half = int(np.ceil(out.radius + 1.0))
+        out.error_calibration = "none"
+        return out
+
+
+#: aperture radii, in units of the photometer's, of the empty-aperture probes
+PROBE_RADII = (0.5, 1.0, 1.5)
+
+
+def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseCalibration:
+    """Empty-aperture calibration of an aperture photometer on ``img`` (apertures of
+    :data:`PROBE_RADII` x its radius, its own background estimator)."""
+    variants = [phot.with_radius(f * phot.radius) for f in PROBE_RADII]
+    clear = max(v.radius for v in variants) + phot.crowd_margin
+    cache: dict = {}
+
+    def probe(k: int, xp: np.ndarray, yp: np.ndarray) -> dict:
+        if "bres" not in cache:
+            cache["bres"] = run_background(phot.background, img, xp, yp, None, avoid_xy)
+        bres = cache["bres"]
+        S, area, n_noise, flags, noise_var = variants[k]._sums(img, xp, yp)
+        return white_parts(img, S, area, n_noise, bres, flags, phot.error_model, noise_var)
+
+    return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
+                     name=f"{img.name}: {phot.name}",
+                     required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0))
+
+
+def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,
+                noise_var=None) -> dict:
+    """Net flux and the parts of its variance: source Poisson ``var_src``, white pixel noise
+    ``var_pix``, background ``n_aper^2 bkg_err^2`` and their non-source sum ``var_white``."""
+    bkg = np.asarray(bres.bkg, float)
+    bkg_err = np.asarray(bres.bkg_err, float)
+    flux = S - area * bkg  # BKGnet eq. 8
+    with np.errstate(invalid="ignore"):
+        if noise_var is not None:  # the map holds source and pixel noise (see finish)
+            var_src, var_pix = np.zeros_like(flux), np.asarray(noise_var, float)
+        else:
+            pvar = pixel_variance(bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
+                                  error_model)
+            var_src = np.maximum(flux, 0.0) / img.meta.gain
+            var_pix = np.asarray(n_noise, float) * pvar
+        var_white = var_pix + area**2 * bkg_err**2
+    return {"flux": flux, "var_src": var_src, "var_pix": var_pix, "var_white": var_white,
+            "n_aper": area, "bkg_err": bkg_err, "flags": flags}
 
 
 def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.ndarray,
            n_noise: np.ndarray, bres: BackgroundResult, flags: np.ndarray, error_model: str, *,
            crowd_radius: float | np.ndarray, neighbours, scale: np.ndarray | None = None,
-           extra: dict | None = None, noise_var: np.ndarray | None = None) -> PhotometryResult:
+           extra: dict | None = None, noise_var: np.ndarray | None = None,
+           calibration: NoiseCalibration = OFF) -> PhotometryResult:
     """Subtract the background (BKGnet eq. 8), attach errors and flags.
 
     ``scale`` (e.g. 1 / enclosed fraction) multiplies the net aperture flux and its error.
@@ -383,23 +458,35 @@ def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.nda
     (an NDData uncertainty, :attr:`Image.variance`); it then replaces the source Poisson and
     pixel-noise terms of the error model (an uncertainty map holds both), as photutils'
     ``aperture_photometry(error=...)`` does; the background-error term stays.
+    ``calibration``: empty-aperture factors (:mod:`skysub.photometry.emptyaper`); the reported
+    ``bkg_err`` is then the calibrated one.
     """
-    bkg = np.asarray(bres.bkg, float)
-    bkg_err = np.asarray(bres.bkg_err, float)
-    flux_ap = S - area * bkg  # BKGnet eq. 8
-    if noise_var is not None:
-        with np.errstate(invalid="ignore"):
-            var = np.asarray(noise_var, float) + area**2 * bkg_err**2
-    else:
-        pvar = pixel_variance(bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
-                              error_model)
-        var = flux_variance(flux_ap, area, pvar, bkg_err, img.meta.gain, n_noise=n_noise)
+    parts = white_parts(img, S, area, n_noise, bres, flags, error_model, noise_var)
+    flux_ap = parts["flux"]
+    var = calibration.variance(parts["var_src"], parts["var_pix"], area, parts["bkg_err"])
+    bkg_err = parts["bkg_err"]
+    if calibration.calibrated:
+        bkg_err = calibration.bkg_err(bkg_err, area)
     sc = np.ones_like(flux_ap) if scale is None else np.asarray(scale, float)
     flux = flux_ap * sc
     with np.errstate(invalid="ignore"):
         flux_err = np.sqrt(var) * sc
-    return assemble(img, x, y, flux, flux_err, bkg, bkg_err, area, bres, flags,
-                    crowd_radius=crowd_radius, neighbours=neighbours, extra=extra)
+    res = assemble(img, x, y, flux, flux_err, np.asarray(bres.bkg, float), bkg_err, area, bres,
+                   flags, crowd_radius=crowd_radius, neighbours=neighbours, extra=extra)
+    return with_calibration(res, calibration)
+
+
+def with_calibration(res: PhotometryResult, cal: NoiseCalibration) -> PhotometryResult:
+    """Record the calibration in ``res`` (columns, ``meta``, UNCALIBRATED flag)."""
+    if cal.status in ("off", "skipped"):
+        if cal.status == "skipped":
+            res.meta["error_calibration"] = cal.as_dict()
+        return res
+    res.extra.update(cal.columns(len(res)))
+    res.meta["error_calibration"] = cal.as_dict()
+    if cal.status == "uncalibrated":
+        res.flags = np.asarray(res.flags, np.int32) | np.int32(F.UNCALIBRATED)
+    return res
 
 
 def assemble(img: Image, x, y, flux, flux_err, bkg, bkg_err, n_aper, bres: BackgroundResult,

@@ -22,6 +22,7 @@ from .. import flags as F
 from ..background.base import BackgroundResult
 from ..errors import InputError
 from ..image import Image, as_image, image_method
+from ..simulate.render import SourceShapes
 from ..stamps import cutouts
 from .aperture import (
     PhotometryResult,
@@ -31,10 +32,13 @@ from .aperture import (
     check_error_model,
     check_positions,
     check_psf,
+    psf_sigma,
     render_models,
     run_background,
     source_shapes,
+    with_calibration,
 )
+from .emptyaper import OFF, NoiseCalibration, calibrate, check_calibration
 from .errors import pixel_variance
 
 
@@ -69,6 +73,13 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
+    error_calibration : {"auto", "empty", "none"}
+        ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
+        positions, measured with the weights of faint and bright point sources and round
+        exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
+        mode); ``"none"``: the white-noise error model only.  A frame without room
+        for 50 empty positions is left uncalibrated: quietly with ``"auto"``, with a warning
+        and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources per batch.
     name : str
@@ -87,12 +98,20 @@ class OptimalPhotometer:
     estimate is of the model's in-stamp flux ``sum(model)``.  ``extra["model_in_stamp"]`` is the
     fraction of the model's total light inside the stamp (raise ``size`` if it is well below 1:
     the estimate stays unbiased but loses precision).
+
+    Shape uncertainty: when the catalogue gives 1-sigma errors of the shape parameters
+    (columns ``r50_err`` [px], ``ba_err``, ``theta_err`` [degrees], ``sersic_n_err``), the
+    weights are rebuilt with each parameter moved by ``-err`` and ``+err`` (kept in its valid
+    range), their response to the catalogued profile gives ``dF/dp`` (:func:`shape_variance`)
+    and ``(dF/dp err)^2`` of every parameter is added to the variance;
+    ``extra["flux_err_shape"]`` is that part of the error (0 for rows without errors).
     """
 
     def __init__(self, psf=None, *, background=None, n_iter: int = 3, size: int = 31,
                  oracle: bool = False, error_model: str = "auto", max_bad_fraction: float = 0.1,
                  footprint: float = 1e-3, crowd_margin: float = 2.0, oversample: int = 10,
-                 chunk_size: int = 1000, name: str = "optimal") -> None:
+                 error_calibration: str = "auto", chunk_size: int = 1000,
+                 name: str = "optimal") -> None:
         if int(n_iter) != n_iter or n_iter < 0:
             raise InputError(f"n_iter must be a non-negative integer, got n_iter={n_iter!r}")
         if int(size) != size or size < 3:
@@ -115,6 +134,7 @@ class OptimalPhotometer:
         self.footprint = float(footprint)
         self.crowd_margin = float(crowd_margin)
         self.oversample = int(oversample)
+        self.error_calibration = check_calibration(error_calibration)
         self.chunk_size = int(chunk_size)
         self.name = name
 
@@ -152,9 +172,10 @@ class OptimalPhotometer:
                 for _ in range(self.n_iter):
                     w, v = weights(flux)
                     flux = (w * dz).sum(ax)
-            var_pix = (w * w * v).sum(ax)
+            var_tot = (w * w * v).sum(ax)
+            var_pix = (w * w * pv).sum(ax)  # the background's share of var_tot
             n_aper = w.sum(ax)
-        return {"flux": flux, "var_pix": var_pix, "n_aper": n_aper}
+        return {"flux": flux, "var_tot": var_tot, "var_pix": var_pix, "n_aper": n_aper, "w": w}
 
     @image_method
     def measure(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
@@ -185,81 +206,247 @@ class OptimalPhotometer:
         img = as_image(image, mask)
         x, y = check_positions(x, y)
         n = len(x)
-        size = self.size
-        gain, rn = img.meta.gain, img.meta.rdnoise
         if self.oracle:
-            if model is None or bkg_true is None:
-                raise InputError("oracle=True: measure() needs model= (n, size, size) and "
-                                 "bkg_true= ((n,) or (n, size, size)), the true model and sky")
-            model = np.asarray(model, float)
-            if model.shape != (n, size, size):
-                raise InputError(f"model must have shape {(n, size, size)}, got {model.shape}")
-            bkg_true = np.asarray(bkg_true, float)
-            if bkg_true.shape not in ((n,), (n, size, size)):
-                raise InputError(f"bkg_true must have shape {(n,)} or {(n, size, size)}, got "
-                                 f"{bkg_true.shape}")
-            b_mean = bkg_true if bkg_true.ndim == 1 else bkg_true.mean(axis=(1, 2))
-            bres = BackgroundResult(b_mean, np.zeros(n), np.full(n, np.nan),
-                                    np.zeros(n, np.int64), F.zeros(n))
-        else:
-            shapes = source_shapes(catalog, n)
-            bres = run_background(self.background, img, x, y, mag, neighbours)
-            pvar_all = pixel_variance(bres.bkg, bres.pixel_std, gain, rn, self.error_model)
-        flux = np.full(n, np.nan)
-        var = np.full(n, np.nan)
-        n_aper = np.full(n, np.nan)
-        fp_area = np.zeros(n)
-        in_stamp = np.full(n, np.nan)
-        flags = F.zeros(n)
+            return self._measure_oracle(img, x, y, model, bkg_true, neighbours)
+        shapes = source_shapes(catalog, n)
+        cal = OFF  # calibrated first: the estimator's last call is then the sources'
+        if self.error_calibration != "none":
+            cal = calibrate_optimal(self, img, (x, y) if neighbours is None else neighbours)
+        bres = run_background(self.background, img, x, y, mag, neighbours)
+        core = self._core(img, x, y, shapes, bres)
+        b_err = np.asarray(bres.bkg_err, float)
+        var = cal.variance(core["var_src"], core["var_pix"], core["n_aper"], b_err)
+        var_shape = shape_variance(self, img, x, y, catalog, shapes, bres, core["flux"])
+        extra = {"model_in_stamp": core["in_stamp"]}
+        if var_shape is not None:
+            var = var + np.nan_to_num(var_shape, nan=0.0)
+            extra["flux_err_shape"] = np.sqrt(var_shape)
+        with np.errstate(invalid="ignore"):
+            flux_err = np.sqrt(var)
+        crowd_r = np.sqrt(core["fp_area"] / np.pi) + self.crowd_margin
+        res = assemble(img, x, y, core["flux"], flux_err, np.asarray(bres.bkg, float),
+                       cal.bkg_err(b_err, core["n_aper"]) if cal.calibrated else b_err,
+                       core["n_aper"], bres,
+                       core["flags"], crowd_radius=crowd_r, neighbours=neighbours, extra=extra)
+        return with_calibration(res, cal)
+
+    def _core(self, img: Image, x: np.ndarray, y: np.ndarray, shapes, bres,
+              model: np.ndarray | None = None, reference: np.ndarray | None = None,
+              contrast: float | None = None) -> dict:
+        """Eq. 6 fluxes and error parts of the sources (non-oracle); ``model``: one unit-total
+        profile (size, size) for all of them instead of rendering ``shapes`` (the empty-aperture
+        probes, all at whole-pixel positions); ``reference`` (n, size, size): profiles whose
+        response ``sum(w p_ref)`` to the weights is returned as ``"response"``; ``contrast``:
+        weights fixed at the flux whose peak pixel is ``contrast`` x the pixel noise variance
+        (the weights of a source that bright, for the probes) instead of iterated."""
+        n = len(x)
+        size = self.size
+        gain = img.meta.gain
+        pvar_all = pixel_variance(bres.bkg, bres.pixel_std, gain, img.meta.rdnoise,
+                                  self.error_model)
+        out = {k: np.full(n, np.nan) for k in ("flux", "var_src", "var_pix", "n_aper",
+                                               "in_stamp")}
+        out["fp_area"] = np.zeros(n)
+        out["flags"] = F.zeros(n)
         for start in range(0, n, self.chunk_size):
             ii = np.arange(start, min(start + self.chunk_size, n))
             st = cutouts(img, x[ii], y[ii], size)
             inside = _inside(img.shape, st.x0, st.y0, size)
-            if self.oracle:
-                mdl = model[ii]
-                tot = mdl.sum(axis=(1, 2))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    p = mdl / tot[:, None, None]
-                bt = bkg_true[ii] if bkg_true.ndim == 3 else bkg_true[ii][:, None, None]
-                d = st.data - bt
-                # Lumos eq. 6 in ADU^2: (m g + b g + RN^2) / g^2; the model term enters through
-                # flux0 = the true in-stamp flux, one weight evaluation, no iteration
-                pv = (np.maximum(bt, 0.0) * gain + rn**2) / gain**2 + 0.0 * p
-                res = self._weighted(d, st.valid, p, pv, gain, tot)
-                b_err = np.zeros(len(ii))
-            else:
-                sh = shapes.take(ii)
-                ok = np.isfinite(st.dx) & np.isfinite(st.dy)
-                p = np.zeros((len(ii), size, size))
-                if ok.any():
-                    sub = type(sh)(sh.r50[ok], sh.n[ok], sh.ba[ok], sh.theta[ok], sh.is_point[ok])
-                    p[ok] = render_models(sub, self.psf, size, st.dx[ok], st.dy[ok],
-                                          oversample=self.oversample)
-                d = st.data - np.asarray(bres.bkg, float)[ii][:, None, None]
-                pv = pvar_all[ii][:, None, None] + np.zeros_like(p)
-                res = self._weighted(d, st.valid, p, pv, gain, None)
-                b_err = np.asarray(bres.bkg_err, float)[ii]
-            # validity of the light: footprint flags and the masked-light limit
-            pmax = p.max(axis=(1, 2), initial=0.0)
-            foot = p >= self.footprint * pmax[:, None, None]
-            foot &= pmax[:, None, None] > 0
-            fp_area[ii] = foot.sum(axis=(1, 2))
-            in_stamp[ii] = p.sum(axis=(1, 2))
+            sh = shapes.take(ii)
+            ok = np.isfinite(st.dx) & np.isfinite(st.dy)
+            p = np.zeros((len(ii), size, size))
+            if model is not None:
+                p[ok] = model
+            elif ok.any():
+                sub = type(sh)(sh.r50[ok], sh.n[ok], sh.ba[ok], sh.theta[ok], sh.is_point[ok])
+                p[ok] = render_models(sub, self.psf, size, st.dx[ok], st.dy[ok],
+                                      oversample=self.oversample)
+            d = st.data - np.asarray(bres.bkg, float)[ii][:, None, None]
+            pv = pvar_all[ii][:, None, None] + np.zeros_like(p)
+            f0 = None
+            if contrast is not None:
+                f0 = contrast * gain * pvar_all[ii] / np.maximum(p.max(axis=(1, 2)), 1e-300)
+            res = self._weighted(d, st.valid, p, pv, gain, f0)
+            self._footprint(out, ii, p, st, inside, res)
+            out["var_src"][ii] = res["var_tot"] - res["var_pix"]
+            out["var_pix"][ii] = res["var_pix"]
+            if reference is not None:
+                out.setdefault("response", np.full(n, np.nan))
+                with np.errstate(invalid="ignore"):
+                    out["response"][ii] = (res["w"] * reference[ii]).sum(axis=(1, 2))
+        return out
+
+    def _render(self, img: Image, x: np.ndarray, y: np.ndarray, shapes) -> np.ndarray:
+        """Unit-total models (n, size, size) of ``shapes`` at ``x, y`` (zero where unplaceable)."""
+        st = cutouts(img, x, y, self.size)
+        ok = np.isfinite(st.dx) & np.isfinite(st.dy)
+        p = np.zeros((len(x), self.size, self.size))
+        if ok.any():
+            p[ok] = render_models(shapes.take(ok), self.psf, self.size, st.dx[ok], st.dy[ok],
+                                  oversample=self.oversample)
+        return p
+
+    def _footprint(self, out: dict, ii, p, st, inside, res) -> None:
+        """Footprint flags, the masked-light limit and the fluxes of one batch into ``out``."""
+        pmax = p.max(axis=(1, 2), initial=0.0)
+        foot = p >= self.footprint * pmax[:, None, None]
+        foot &= pmax[:, None, None] > 0
+        out["fp_area"][ii] = foot.sum(axis=(1, 2))
+        out["in_stamp"][ii] = p.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bad_light = (np.where(st.valid, 0.0, p).sum(axis=(1, 2)) / p.sum(axis=(1, 2)))
+        nodata = ~(bad_light <= self.max_bad_fraction + 1e-12)
+        out["flags"][ii] |= (_flag((foot & ~inside).any(axis=(1, 2)), F.EDGE)
+                             | _flag((foot & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
+                             | _flag(nodata, F.NO_DATA))
+        out["flux"][ii] = np.where(nodata, np.nan, res["flux"])
+        out["n_aper"][ii] = res["n_aper"]
+
+    def _measure_oracle(self, img: Image, x, y, model, bkg_true, neighbours) -> PhotometryResult:
+        """Oracle mode: the true model and sky in eq. 6 (no calibration)."""
+        n = len(x)
+        size = self.size
+        gain, rn = img.meta.gain, img.meta.rdnoise
+        if model is None or bkg_true is None:
+            raise InputError("oracle=True: measure() needs model= (n, size, size) and "
+                             "bkg_true= ((n,) or (n, size, size)), the true model and sky")
+        model = np.asarray(model, float)
+        if model.shape != (n, size, size):
+            raise InputError(f"model must have shape {(n, size, size)}, got {model.shape}")
+        bkg_true = np.asarray(bkg_true, float)
+        if bkg_true.shape not in ((n,), (n, size, size)):
+            raise InputError(f"bkg_true must have shape {(n,)} or {(n, size, size)}, got "
+                             f"{bkg_true.shape}")
+        b_mean = bkg_true if bkg_true.ndim == 1 else bkg_true.mean(axis=(1, 2))
+        bres = BackgroundResult(b_mean, np.zeros(n), np.full(n, np.nan),
+                                np.zeros(n, np.int64), F.zeros(n))
+        out = {k: np.full(n, np.nan) for k in ("flux", "n_aper", "in_stamp", "var")}
+        out["fp_area"] = np.zeros(n)
+        out["flags"] = F.zeros(n)
+        for start in range(0, n, self.chunk_size):
+            ii = np.arange(start, min(start + self.chunk_size, n))
+            st = cutouts(img, x[ii], y[ii], size)
+            inside = _inside(img.shape, st.x0, st.y0, size)
+            mdl = model[ii]
+            tot = mdl.sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
-                bad_light = (np.where(st.valid, 0.0, p).sum(axis=(1, 2))
-                             / p.sum(axis=(1, 2)))
-            nodata = ~(bad_light <= self.max_bad_fraction + 1e-12)
-            flags[ii] |= (_flag((foot & ~inside).any(axis=(1, 2)), F.EDGE)
-                          | _flag((foot & inside & ~st.valid).any(axis=(1, 2)), F.MASKED)
-                          | _flag(nodata, F.NO_DATA))
-            flux[ii] = np.where(nodata, np.nan, res["flux"])
-            with np.errstate(invalid="ignore"):
-                var[ii] = res["var_pix"] + res["n_aper"] ** 2 * b_err**2
-            n_aper[ii] = res["n_aper"]
+                p = mdl / tot[:, None, None]
+            bt = bkg_true[ii] if bkg_true.ndim == 3 else bkg_true[ii][:, None, None]
+            d = st.data - bt
+            # Lumos eq. 6 in ADU^2: (m g + b g + RN^2) / g^2; the model term enters through
+            # flux0 = the true in-stamp flux, one weight evaluation, no iteration
+            pv = (np.maximum(bt, 0.0) * gain + rn**2) / gain**2 + 0.0 * p
+            res = self._weighted(d, st.valid, p, pv, gain, tot)
+            self._footprint(out, ii, p, st, inside, res)
+            out["var"][ii] = res["var_tot"]
         with np.errstate(invalid="ignore"):
-            flux_err = np.sqrt(var)
-        crowd_r = np.sqrt(fp_area / np.pi) + self.crowd_margin
-        return assemble(img, x, y, flux, flux_err, np.asarray(bres.bkg, float),
-                        np.asarray(bres.bkg_err, float), n_aper, bres, flags,
-                        crowd_radius=crowd_r, neighbours=neighbours,
-                        extra={"model_in_stamp": in_stamp})
+            flux_err = np.sqrt(out["var"])
+        crowd_r = np.sqrt(out["fp_area"] / np.pi) + self.crowd_margin
+        return assemble(img, x, y, out["flux"], flux_err, b_mean, np.zeros(n), out["n_aper"],
+                        bres, out["flags"], crowd_radius=crowd_r, neighbours=neighbours,
+                        extra={"model_in_stamp": out["in_stamp"]})
+
+
+#: weights that probe the empty positions: (half-light radius of a round exponential in units
+#: of the PSF's Gaussian sigma, 0 = point source; the source's peak pixel over the pixel noise
+#: variance, 0 = the faint limit) -- faint and bright point sources, and galaxies
+PROBES = ((0.0, 0.0), (0.0, 3.0), (0.0, 30.0), (0.0, 300.0), (1.0, 0.0), (2.0, 0.0),
+          (2.0, 30.0))
+
+#: catalogue error column of each shape parameter (see :class:`OptimalPhotometer`)
+SHAPE_ERRORS = {"r50": "r50_err", "ba": "ba_err", "theta": "theta_err", "sersic_n": "sersic_n_err"}
+_SHAPE_FIELD = {"r50": "r50", "ba": "ba", "theta": "theta", "sersic_n": "n"}
+_SHAPE_RANGE = {"r50": (0.05, np.inf), "ba": (0.05, 1.0), "theta": (-np.inf, np.inf),
+                "sersic_n": (0.3, 8.0)}
+
+
+def _take_bkg(bres: BackgroundResult, idx) -> BackgroundResult:
+    return BackgroundResult(*(np.asarray(getattr(bres, f))[idx]
+                              for f in ("bkg", "bkg_err", "pixel_std", "n_pix", "flags")))
+
+
+def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCalibration:
+    """Empty-aperture calibration of an optimal photometer on ``img``: the weights of
+    :data:`PROBES` (point sources and round exponentials, faint and bright), its own background
+    estimator."""
+    sig = psf_sigma(phot.psf)
+    radii = sorted({f * sig for f, _ in PROBES})
+
+    def shapes(k: int, m: int) -> SourceShapes:
+        r = radii[k]
+        one = np.ones(m)
+        return SourceShapes(np.full(m, r), one, one.copy(), np.zeros(m), np.full(m, r <= 0))
+
+    # the probes sit at whole pixels: one profile per size, rendered once
+    models = [render_models(shapes(k, 1), phot.psf, phot.size, np.zeros(1), np.zeros(1),
+                            oversample=phot.oversample)[0] for k in range(len(radii))]
+    # probes keep clear of sources by the largest probe's 1 %-of-peak radius + crowd_margin
+    off = np.arange(phot.size) - phot.size // 2
+    rr = np.hypot(*np.meshgrid(off, off, indexing="ij"))
+    clear = float(rr[models[-1] >= 0.01 * models[-1].max()].max()) + phot.crowd_margin
+    cache: dict = {}
+
+    def probe(k: int, xp: np.ndarray, yp: np.ndarray) -> dict:
+        xp, yp = np.rint(xp), np.rint(yp)
+        if "bres" not in cache:
+            cache["bres"] = run_background(phot.background, img, xp, yp, None, avoid_xy)
+        bres = cache["bres"]
+        f, t = PROBES[k]
+        j = radii.index(f * sig)
+        c = phot._core(img, xp, yp, shapes(j, len(xp)), bres, model=models[j],
+                       contrast=t if t > 0 else None)
+        with np.errstate(invalid="ignore"):
+            vw = c["var_pix"] + c["n_aper"] ** 2 * np.asarray(bres.bkg_err, float) ** 2
+        return {"flux": c["flux"], "var_white": vw, "n_aper": c["n_aper"], "flags": c["flags"]}
+
+    return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
+                     name=f"{img.name}: {phot.name}",
+                     required=phot.error_calibration == "empty", anchor=0)
+
+
+def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
+                   shapes: SourceShapes, bres: BackgroundResult, flux: np.ndarray
+                   ) -> np.ndarray | None:
+    """Flux variance from the catalogue's shape errors (None when it gives none): per
+    parameter ``(dF/dp err)^2``.  ``dF/dp`` is the change of the estimate when the weights are
+    built for ``p -/+ err`` while the source has the catalogued shape: ``F (R+ - R-) / (p+ -
+    p-)`` with ``R = sum(w_p p_0)`` the response of those weights to the catalogued profile
+    ``p_0`` (noise-free, unlike a difference of two measurements of the noisy pixels)."""
+    if catalog is None:
+        return None
+    names = list(catalog.colnames) if hasattr(catalog, "colnames") else list(catalog.keys())
+    present = [k for k, c in SHAPE_ERRORS.items() if c in names]
+    if not present:
+        return None
+    n = len(x)
+    var = np.zeros(n)
+    for key in present:
+        err = np.ma.filled(np.ma.asarray(catalog[SHAPE_ERRORS[key]], dtype=float), np.nan)
+        err = np.atleast_1d(np.asarray(err, float))
+        if err.shape != (n,):
+            raise InputError(f"catalogue column {SHAPE_ERRORS[key]!r} has {err.size} rows, "
+                             f"expected {n} (one per source)")
+        with np.errstate(invalid="ignore"):
+            rows = np.flatnonzero(~shapes.is_point & np.isfinite(err) & (err > 0)
+                                  & np.isfinite(flux))
+        if rows.size == 0:
+            continue
+        sub = shapes.take(rows)
+        p0 = phot._render(img, x[rows], y[rows], sub)
+        val = np.asarray(getattr(sub, _SHAPE_FIELD[key]), float)
+        lo, hi = _SHAPE_RANGE[key]
+        resp = []
+        moved = []
+        for sign in (-1.0, 1.0):
+            v = np.clip(val + sign * err[rows], lo, hi)
+            moved.append(v)
+            fields = {f: getattr(sub, f) for f in ("r50", "n", "ba", "theta", "is_point")}
+            fields[_SHAPE_FIELD[key]] = v
+            c = phot._core(img, x[rows], y[rows], SourceShapes(**fields), _take_bkg(bres, rows),
+                           reference=p0)
+            resp.append(c["response"])
+        dp = moved[1] - moved[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.where(dp > 0, flux[rows] * (resp[1] - resp[0]) / dp * err[rows], 0.0)
+        var[rows] += np.nan_to_num(d, nan=0.0) ** 2
+    return var

@@ -198,7 +198,8 @@ class ApertureExtraction(_Recipe):
         a, b = psf["semimajor_sigma"], psf["semiminor_sigma"]
         phot = AperturePhotometer(self.aperture_scale * a, background=self.background(psf),
                                   ba=b / a, theta=psf["orientation"],
-                                  error_model=self.error_model, name=self.name)
+                                  error_model=self.error_model, name=self.name,
+                                  error_calibration="none")  # flux_err as docs/timeseries.md
         model = None
         if self.aperture_correction:
             model = elliptical_gaussian_psf(2 * int(np.ceil(6 * a)) + 1, a, b,
@@ -280,7 +281,8 @@ class OptimalExtraction(_Recipe):
         size = 2 * int(np.ceil(self.stamp_scale * a)) + 1
         model = elliptical_gaussian_psf(2 * int(np.ceil(7 * a)) + 1, a, b, psf["orientation"])
         return OptimalPhotometer(model, background=self.background(psf), n_iter=self.n_iter,
-                                 size=size, error_model=self.error_model, name=self.name)
+                                 size=size, error_model=self.error_model, name=self.name,
+                                 error_calibration="none")  # flux_err as docs/timeseries.md
 
 
 PIPELINE_PHOTOMETERS: dict[str, Callable[..., _Recipe]] = {
