@@ -132,7 +132,7 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
         realisations: int = 4, seed: int = 0,
         epochs: int | None = None, stamps_per_image: int | None = None,
         workdir: str | None = None, quiet: bool = True, reuse: bool = False,
-        init: str = "auto") -> BenchResult:
+        init: str = "auto", config: str | None = None) -> BenchResult:
     from astropy.table import vstack
 
     from skysub.config import load_config
@@ -159,7 +159,7 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
         paths.append(out)
     cat = vstack(cats)
     cat.write(tmp / "catalog.csv", overwrite=True, format="ascii.csv")
-    cfg = load_config()
+    cfg = load_config(config)
     model = tmp / "lumos.pt"
     if reuse and model.exists():  # development: measure an already trained model again
         from skysub.nn.modelfile import read_card
@@ -315,6 +315,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default="auto", metavar="MODEL",
                    help="train_lumos' init (default auto, the user default: fine-tune the "
                         "shipped lumos-paus when it fits); none trains from scratch")
+    p.add_argument("--config", default=None, metavar="TOML",
+                   help="skysub configuration of the training and the photometers (default: "
+                        "the user default, generic)")
     args = p.parse_args(argv)
     args.n = args.n or 40
     args.realisations = args.realisations or (2 if args.quick else 4)
@@ -328,7 +331,7 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, n=args.n,
                realisations=args.realisations, seed=args.seed,
                epochs=args.epochs, stamps_per_image=args.stamps_per_image,
-               workdir=args.workdir, reuse=args.reuse, init=args.init)
+               workdir=args.workdir, reuse=args.reuse, init=args.init, config=args.config)
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
