@@ -67,6 +67,8 @@ EPILOG_TRAIN_LUMOS = """examples:
   skysub train lumos --simulated --config paus --output lumos-sim.pt
   skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs auto
   skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs pairs.csv
+  skysub train lumos exp/*.fits --catalog cat.csv --output scratch.pt --init none
+on your exposures training fine-tunes the shipped lumos-paus by default (--init auto)
 then: skysub photometry exp/*.fits --catalog cat.csv --photometer lumos --model my_lumos.pt ..."""
 
 EPILOG_EVAL_PHOT = """example:
