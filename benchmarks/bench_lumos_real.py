@@ -131,7 +131,8 @@ def _rows(frame: str, method: str, t, pit=None) -> list[dict]:
 def run(*, extra: list[str] | None = None, development: bool = False, n: int = 40,
         realisations: int = 4, seed: int = 0,
         epochs: int | None = None, stamps_per_image: int | None = None,
-        workdir: str | None = None, quiet: bool = True, reuse: bool = False) -> BenchResult:
+        workdir: str | None = None, quiet: bool = True, reuse: bool = False,
+        init: str = "auto", config: str | None = None) -> BenchResult:
     from astropy.table import vstack
 
     from skysub.config import load_config
@@ -158,7 +159,7 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
         paths.append(out)
     cat = vstack(cats)
     cat.write(tmp / "catalog.csv", overwrite=True, format="ascii.csv")
-    cfg = load_config()
+    cfg = load_config(config)
     model = tmp / "lumos.pt"
     if reuse and model.exists():  # development: measure an already trained model again
         from skysub.nn.modelfile import read_card
@@ -166,7 +167,8 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
         card = read_card(model)
     else:
         card = train_lumos(paths, cat, model, config=cfg, seed=seed + 1, epochs=epochs,
-                           stamps_per_image=stamps_per_image, overwrite=True, quiet=quiet)
+                           stamps_per_image=stamps_per_image, overwrite=True, quiet=quiet,
+                           init=init)
     psf_path = _moffat_fits(3.5, 3.0, tmp / "psf.fits")
     settings = InjectionSettings(kind="galaxy", n_per_image=n, snr=(5.0, 500.0), radius=8.0,
                                  psf_fwhm=3.5, psf_kind="moffat", min_separation=15.0,
@@ -179,7 +181,11 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
                                                  radius=8.0)}
     q = card.get("quality", {})
     res = BenchResult(
-        title=(f"Lumos on {len(fr)} real frames by the default user path (trained in "
+        title=(f"Lumos on {len(fr)} real frames by the default user path ("
+               + (f"fine-tuned from {Path(card['init']).stem}" if card.get("init")
+                  else "from scratch" + (f": {card['init_note']}" if card.get("init_note")
+                                         else ""))
+               + f", trained in "
                f"{card['metrics']['train_seconds']:.0f} s; own validation "
                f"{'passed' if q.get('ok') else 'FAILED: ' + '; '.join(q.get('reasons', []))}); "
                f"injected Sérsic galaxies, SNR 5-500, {realisations} realisations x {n}"),
@@ -306,6 +312,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="with --workdir: measure the model trained there by an earlier run")
     p.add_argument("--workdir", default=None, help="keep the frames, catalogue and model here")
+    p.add_argument("--init", default="auto", metavar="MODEL",
+                   help="train_lumos' init (default auto, the user default: fine-tune the "
+                        "shipped lumos-paus when it fits); none trains from scratch")
+    p.add_argument("--config", default=None, metavar="TOML",
+                   help="skysub configuration of the training and the photometers (default: "
+                        "the user default, generic)")
     args = p.parse_args(argv)
     args.n = args.n or 40
     args.realisations = args.realisations or (2 if args.quick else 4)
@@ -319,7 +331,7 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, n=args.n,
                realisations=args.realisations, seed=args.seed,
                epochs=args.epochs, stamps_per_image=args.stamps_per_image,
-               workdir=args.workdir, reuse=args.reuse)
+               workdir=args.workdir, reuse=args.reuse, init=args.init, config=args.config)
 
 
 def main(argv: list[str] | None = None) -> BenchResult:

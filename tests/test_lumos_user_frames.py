@@ -127,12 +127,14 @@ def test_poor_model_gate_and_no_mag_with_a_default_model(frames, capsys, tmp_pat
     base, paths, catalog, cfg = frames
     bad = tmp_path / "bad.toml"
     bad.write_text(cfg.read_text().replace("epochs = 2", "epochs = 1\nlr = 1e-9"))
-    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad.pt")
+    # an untrained network (from scratch, no learning): it must fail its own validation
+    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad.pt", "--init", "none")
     assert rc == 3 and "failed its own validation" in err
     card = json.loads((tmp_path / "bad.json").read_text())
     assert card["quality"]["ok"] is False and card["quality"]["reasons"]
     assert (tmp_path / "bad.pt").exists()  # kept for inspection; the card says why
-    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad2.pt", "--allow-poor")
+    rc, err = _train(capsys, paths, catalog, bad, tmp_path / "bad2.pt", "--allow-poor",
+                     "--init", "none")
     assert rc == 0 and "WARNING" in err
     # data-only PDFs with a model trained by default; the zero point in the table's metadata
     out = tmp_path / "p.ecsv"

@@ -71,6 +71,8 @@ EPILOG_TRAIN_LUMOS = """examples:
   skysub train lumos --simulated --config paus --output lumos-sim.pt
   skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs auto
   skysub train lumos exp/*.fits --catalog cat.csv --output my_lumos.pt --pairs pairs.csv
+  skysub train lumos exp/*.fits --catalog cat.csv --output scratch.pt --init none
+on your exposures training fine-tunes the shipped lumos-paus by default (--init auto)
 then: skysub photometry exp/*.fits --catalog cat.csv --photometer lumos --model my_lumos.pt ..."""
 
 EPILOG_EVAL_PHOT = """example:
@@ -264,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "magnitude, one width factor without) of the trained model --output on "
                         "fresh stamps (--simulated --n-exposures N --seed S, or IMAGE... "
                         "--catalog) and rewrite its card; the weights are unchanged")
+    t.add_argument("--init", default="auto", metavar="MODEL",
+                   help="model to fine-tune (default auto: the shipped lumos-paus on your "
+                        "exposures when its architecture fits the [lumos] settings, else from "
+                        "scratch with a note; scratch with --simulated); a shipped name or .pt "
+                        "file; none trains from scratch")
     add_common(t)
     p = sub.add_parser("coadd", help="coadd photometry across exposures (PDF product, eq. 21)",
                        epilog=EPILOG_COADD, formatter_class=fmt)
@@ -518,7 +525,8 @@ def _cmd_train_lumos(args) -> int:
                            pairs=args.pairs, seed=args.seed, device=args.device,
                            threads=args.threads, resume=args.resume, overwrite=args.overwrite,
                            quiet=args.quiet, command=command_line(args.argv),
-                           zeropoint=args.zeropoint, **read_kwargs(args, cfg))
+                           zeropoint=args.zeropoint, init=args.init,
+                           **read_kwargs(args, cfg))
     except (SkysubError, KeyboardInterrupt):
         raise
     except Exception as exc:  # never a traceback for the user (--verbose shows it)

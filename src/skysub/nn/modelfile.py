@@ -217,7 +217,7 @@ def describe_card(card: dict) -> str:
     lines = [f"{Path(card.get('path', '?')).stem}  ({card.get('kind')} model, skysub "
              f"{card.get('skysub_version')}, format {card.get('format_version')})"]
     for key in ("description", "created", "n_parameters", "file_size_bytes", "training_command",
-                "preset"):
+                "preset", "init", "init_note"):
         if key in card:
             lines.append(f"  {key}: {card[key]}")
     for key in ("arch", "inputs", "data", "metrics", "training"):

@@ -19,10 +19,65 @@ from .data import _stamp_data, _subset, torch_where_mag
 from .evaluation import evaluate_mixtures
 from .magnitudes import NOISE_MAG, NOISE_MAG_DOC
 from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures, read_pairs
-from .settings import LumosSettings
+from .settings import DEFAULT_MODEL, LumosSettings
 
 #: training stamps drawn from the user's exposures at least (when --stamps-per-image is not set)
 MIN_STAMPS = 8000
+
+#: training defaults when fine-tuning a pre-trained model (``[lumos]`` and options override)
+FINETUNE_DEFAULTS = {"epochs": 12, "lr": 3e-4}
+#: early-stopping patience (epochs) when fine-tuning (from scratch: 6)
+FINETUNE_PATIENCE = 4
+#: settings that fix the architecture: a model to fine-tune brings its own unless the
+#: ``[lumos]`` section or an option sets them
+ARCH_SETTINGS = ("preset", "neighbours", "neighbour_fit", "neighbour_ratio", "data_deblend")
+
+
+def _initial_model(init, section: dict, preset: str | None, stamp_size: int, *,
+                   simulated: bool, say) -> tuple[Any, dict | None, str | None]:
+    """``(model, card, None)`` to fine-tune, or ``(None, None, note)`` to train from scratch
+    (``note``: why ``auto`` did not fine-tune; None when nothing was asked)."""
+    from ...nn.modelfile import load_model
+
+    if init is None or str(init).lower() == "none":
+        return None, None, None
+    auto = str(init) == "auto"
+    if auto and simulated:
+        return None, None, None
+    name = DEFAULT_MODEL if auto else init
+    model, card = load_model(name, kind="lumos")
+    a = card["arch"]
+    given = {k: section[k] for k in ARCH_SETTINGS if k in section}
+    if preset is not None:
+        given["preset"] = preset
+    clash = [f"{k} {a.get(k)} (settings: {v})" for k, v in
+             (("stamp_size", stamp_size), *given.items()) if a.get(k) != v]
+    if not a.get("compress_feats", False):
+        clash.append("compress_feats False (training uses True)")
+    if clash:
+        why = f"{name} does not fit the training settings: {'; '.join(clash)}"
+        if auto:
+            say(f"note: not fine-tuning {why}; training from scratch (--init none does so "
+                "without this check)")
+            return None, None, why
+        raise InputError(f"--init {init}: {why}; change them or use --init none")
+    return model.train(), card, None
+
+
+def _extend_keys(old, new, n_old: int):
+    """Copy ``old``'s weights into ``new`` (which may have more band x epoch keys); the new
+    keys' embeddings start at the mean of the known ones."""
+    import torch
+
+    state = old.state_dict()
+    w = state.pop("embed.weight")
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"embed.weight"}:
+        raise InputError(f"cannot fine-tune: weights do not match ({missing}, {unexpected})")
+    with torch.no_grad():
+        new.embed.weight[:n_old] = w[:n_old]
+        new.embed.weight[n_old:] = w[:n_old].mean(0)
+    return new
 
 
 def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
@@ -63,7 +118,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                 device: str = "auto", threads: int | None = None, resume: bool = False,
                 overwrite: bool = False, quiet: bool = False, command: str | None = None,
                 description: str = "", zeropoint: float | None = None,
-                zeropoint_keys: tuple[str, ...] | None = None, **read_kwargs: Any) -> dict:
+                zeropoint_keys: tuple[str, ...] | None = None,
+                init: str | Path | None = "auto", **read_kwargs: Any) -> dict:
     """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
 
     Parameters
@@ -80,6 +136,14 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     zeropoint, zeropoint_keys : user exposures: every exposure's zero point is ``zeropoint``,
         else the first header keyword of ``zeropoint_keys`` (default MAGZPT, MAGZERO, PHOTZP,
         ...), else a fit of the catalogue magnitudes (:mod:`.magnitudes`); recorded in the card
+    init : the model to fine-tune: "auto" (default: the shipped ``lumos-paus`` for user
+        exposures when its architecture fits the settings -- :data:`ARCH_SETTINGS` not set in
+        ``[lumos]`` or ``preset`` are taken from it --, from scratch for ``simulated`` or with
+        a one-line note when it does not fit), a model name or file (an error when it does not
+        fit), or None / "none" (from scratch).  Band x epoch keys the model has not seen get
+        the mean of its known embeddings and are trained; fine-tuning defaults to
+        ``FINETUNE_DEFAULTS`` (lower learning rate, fewer epochs) and a patience of
+        ``FINETUNE_PATIENCE``.  The card records it (``init``, ``init_note``)
 
     The card's ``quality`` says whether the model passed its own validation
     (:func:`model_quality`); the model is written either way.
@@ -115,13 +179,21 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         n_img = max(len(expand_paths(images)), 1)
         stamps_per_image = int(min(4000, max(LumosSettings.stamps_per_image,
                                               np.ceil(MIN_STAMPS / n_img))))
-    ls = LumosSettings.from_config(section, epochs=epochs, batch_size=batch_size, lr=lr,
+    gs = GalaxySimSettings.from_config(section)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    init_model, init_card, init_note = _initial_model(init, section, preset, gs.stamp_size,
+                                                      simulated=simulated, say=say)
+    base = section
+    if init_model is not None:  # the init's architecture; the fine-tuning schedule
+        base = {**FINETUNE_DEFAULTS,
+                **{k: init_card["arch"][k] for k in ARCH_SETTINGS}, **section}
+    ls = LumosSettings.from_config(base, epochs=epochs, batch_size=batch_size, lr=lr,
                                    preset=preset, stamps_per_image=stamps_per_image,
                                    n_exposures=n_exposures)
-    gs = GalaxySimSettings.from_config(section)
     seed_everything(seed)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    keys: list[str] = []
+    keys: list[str] = list(init_card["inputs"]["keys"]) if init_model is not None else []
+    if init_model is not None:
+        say(f"fine-tuning {init_card.get('path', init)} (--init none trains from scratch)")
     data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
                        quiet=quiet, say=say, zeropoint=zeropoint, zeropoint_keys=zeropoint_keys,
                        **read_kwargs)
@@ -138,14 +210,24 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                          "could be drawn (frames too small, crowded or masked?): give more or "
                          "larger exposures, or raise --stamps-per-image")
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
-    arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
-                                 neighbours=ls.neighbours, compress_feats=True,
-                                 neighbour_fit=ls.neighbour_fit,
-                                 neighbour_ratio=ls.neighbour_ratio,
-                                 data_deblend=ls.data_deblend)
-    model = Lumos(arch)
+    if init_model is not None:
+        n_old = len(init_card["inputs"]["keys"])
+        arch = replace(init_model.arch, n_keys=len(keys))
+        model = _extend_keys(init_model, Lumos(arch), n_old)
+        if keys[n_old:]:
+            say(f"new band x epoch keys (embeddings start at the mean of the known ones): "
+                f"{', '.join(keys[n_old:])}")
+    else:
+        arch = LumosArch.from_preset(ls.preset, stamp_size=gs.stamp_size, n_keys=len(keys),
+                                     neighbours=ls.neighbours, compress_feats=True,
+                                     neighbour_fit=ls.neighbour_fit,
+                                     neighbour_ratio=ls.neighbour_ratio,
+                                     data_deblend=ls.data_deblend)
+        model = Lumos(arch)
     tc = TrainConfig(epochs=int(ls.epochs), batch_size=int(ls.batch_size), lr=float(ls.lr),
-                     weight_decay=1e-4, patience=6, scheduler="plateau",
+                     weight_decay=1e-4,
+                     patience=FINETUNE_PATIENCE if init_model is not None else 6,
+                     scheduler="plateau",
                      scheduler_kwargs={"factor": 0.3, "patience": 2}, grad_clip=10.0,
                      seed=seed, device=device, threads=threads, quiet=quiet)
     from ...nn.lumos import FLUX_UNIT
@@ -272,6 +354,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         "injection_calibration": injcal,
         "metrics": metrics,
         "quality": model_quality(metrics, note=val_note),
+        "init": str(init_card.get("path", init)) if init_model is not None else None,
+        **({"init_note": init_note} if init_note else {}),
         "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
         "skysub_version": __version__,
     }
