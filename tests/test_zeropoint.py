@@ -75,3 +75,20 @@ def test_injected_magnitudes_follow_the_frames_own_zero_point():
                                inj.truth.meta["zeropoint"] - 2.5 * np.log10(inj.truth["flux_true"]))
     # without magnitudes in the catalogue there is nothing to tie to: 25
     assert inject_sources(img, own["id", "x", "y"], s, seed=1).truth.meta["zeropoint"] == 25.0
+
+
+def test_fit_selects_on_white_noise_errors(monkeypatch):
+    """The fit measures a few isolated catalogued stars; an empty-aperture error calibration
+    would take its 'empty' positions away from those stars only -- among the frame's other
+    sources on a real frame (where it inflated every error until no star passed the SNR cut:
+    astropy's comp.fits).  The fit selects on the white-noise errors and never calibrates."""
+    import skysub.photometry.aperture as aperture
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the zero-point fit must not calibrate its errors")
+
+    monkeypatch.setattr(aperture, "calibrate", no_calibration)
+    img, cat = _frame_with_stars(25.0, seed=3)
+    res = fit_zeropoint(img, cat)
+    assert res.source == "fit" and res.n >= 20
+    assert res.value == pytest.approx(25.0, abs=max(4 * res.error, 0.005))

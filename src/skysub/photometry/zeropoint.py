@@ -178,7 +178,9 @@ def _fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
     bkg = AnnulusBackground(r1 + 3.0, r1 + 3.0 + max(10.0, r0), statistic="median")
     res = {}
     for r in (r0, r1):
-        phot = AperturePhotometer(r, background=bkg)
+        # the white-noise errors select the bright sources; the empty-aperture calibration
+        # would take its empty positions away from these few isolated sources only
+        phot = AperturePhotometer(r, background=bkg, error_calibration="none")
         res[r] = phot.measure(img, x[idx], y[idx])
     f0, f1 = np.asarray(res[r0].flux, float), np.asarray(res[r1].flux, float)
     e1 = np.asarray(res[r1].flux_err, float)
