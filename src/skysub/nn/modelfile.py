@@ -81,6 +81,19 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in d.glob("*.pt"))
 
 
+def model_reference(path: str | Path) -> str:
+    """How a card names another model (e.g. its ``init``): a shipped model by its name --
+    ``"lumos-paus"``, the same on every machine, where the installed file's path names only
+    this one -- any other file by its path."""
+    p = Path(path)
+    try:
+        if p.resolve().parent == models_dir().resolve() and p.suffix == ".pt":
+            return p.stem
+    except OSError:  # pragma: no cover - an unreadable path: keep it as given
+        pass
+    return str(path)
+
+
 def resolve_model(name_or_path: str | Path) -> Path:
     """Path of a model given a shipped model's name or a file path.
 

@@ -239,6 +239,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                     "held-out tiles): the reported errors are not trustworthy", pw)
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
+    from ...nn.modelfile import model_reference
     card = {
         "kind": "bkgnet", "arch": arch.as_dict(), "preset": arch.preset,
         "description": description or "BKGnet background + error at each source",
@@ -259,7 +260,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         "data": {**data_summary, "n_train": len(train), "n_val": len(val)},
         "metrics": metrics,
         "report": report,
-        "init": (str(init_card.get("path", init)) if init_model is not None else None),
+        "init": (model_reference(init_card.get("path", init)) if init_model is not None else None),
         "training_command": command or "(API) skysub.background.bkgnet.train_bkgnet",
         "skysub_version": __version__,
     }

@@ -329,6 +329,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     metrics.setdefault("calibration_source", "validation stamps")
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
+    from ...nn.modelfile import model_reference
     card = {
         "kind": "lumos", "arch": arch.as_dict(), "preset": arch.preset,
         "description": description or "Lumos flux PDF (5-Gaussian mixture) per source",
@@ -354,7 +355,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         "injection_calibration": injcal,
         "metrics": metrics,
         "quality": model_quality(metrics, note=val_note),
-        "init": str(init_card.get("path", init)) if init_model is not None else None,
+        "init": model_reference(init_card.get("path", init)) if init_model is not None else None,
         **({"init_note": init_note} if init_note else {}),
         "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
         "skysub_version": __version__,
