@@ -16,11 +16,11 @@ from skysub.background.bkgnet.calibration import (
     label_noise,
 )
 from skysub.background.bkgnet.data import _sky_positions, label_stencils
-from skysub.background.bkgnet.training import _extend_keys
 from skysub.config import load_config
 from skysub.errors import InputError
 from skysub.image import Image, ImageMeta
 from skysub.nn.modelfile import load_model
+from skysub.nn.trainer import extend_key_embeddings
 from skysub.simulate.trainingdata import circle_values
 
 
@@ -49,8 +49,8 @@ def test_extend_keys_starts_new_embeddings_at_the_mean():
     n_old = len(card["inputs"]["keys"])
     from skysub.nn.bkgnet import BKGnet, BKGnetArch
 
-    new = _extend_keys(old, BKGnet(BKGnetArch(**{**old.arch.__dict__, "n_keys": n_old + 2})),
-                       n_old)
+    bigger = BKGnet(BKGnetArch(**{**old.arch.__dict__, "n_keys": n_old + 2}))
+    new = extend_key_embeddings(old, bigger, n_old)
     w_old, w_new = old.embed.weight.detach(), new.embed.weight.detach()
     torch.testing.assert_close(w_new[:n_old], w_old)
     for j in (n_old, n_old + 1):

@@ -33,10 +33,10 @@ def count_within(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray,
     if n == 0 or len(px) == 0:
         return np.zeros(n, np.int64)
     r = float(radius)
-    if "scipy.spatial" in sys.modules:
-        return _count_tree(x, y, px, py, max(r, 0.0)) if r >= 0 else np.zeros(n, np.int64)
-    if not r > 0:  # only coincident points (or none): rare, leave it to the tree
-        return _count_tree(x, y, px, py, r) if r == 0 else np.zeros(n, np.int64)
+    if not r >= 0:  # negative or NaN: nothing is that close
+        return np.zeros(n, np.int64)
+    if r == 0 or "scipy.spatial" in sys.modules:  # (r == 0: coincident points only, rare)
+        return _count_tree(x, y, px, py, r)
     return _count_grid(x, y, px, py, r)
 
 

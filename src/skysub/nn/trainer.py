@@ -416,3 +416,18 @@ class Trainer:
     def _restore_best(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+
+
+def extend_key_embeddings(old, new, n_old: int):
+    """Fine-tuning start of a network keyed by band x epoch (BKGnet, Lumos): copy ``old``'s
+    weights into ``new`` (same architecture, possibly more keys in its ``embed`` table); the
+    new keys' embeddings start at the mean of the ``n_old`` known ones."""
+    state = old.state_dict()
+    w = state.pop("embed.weight")
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"embed.weight"}:
+        raise InputError(f"cannot fine-tune: weights do not match ({missing}, {unexpected})")
+    with torch.no_grad():
+        new.embed.weight[:n_old] = w[:n_old]
+        new.embed.weight[n_old:] = w[:n_old].mean(0)
+    return new

@@ -56,22 +56,6 @@ def _initial_model(init, s: BKGnetSettings, *, simulated: bool, preset: str | No
     return model.train(), card
 
 
-def _extend_keys(old, new, n_old: int):
-    """Copy ``old``'s weights into ``new`` (which has more band x epoch keys); the new keys'
-    embeddings start at the mean of the known ones."""
-    import torch
-
-    state = old.state_dict()
-    w = state.pop("embed.weight")
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"embed.weight"}:
-        raise InputError(f"cannot fine-tune: weights do not match ({missing}, {unexpected})")
-    with torch.no_grad():
-        new.embed.weight[:n_old] = w[:n_old]
-        new.embed.weight[n_old:] = w[:n_old].mean(0)
-    return new
-
-
 def _loss(model, batch):
     from ...nn.bkgnet import gaussian_nll
 
@@ -199,7 +183,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         f"{len(np.unique(ts.exposure))} exposures; keys: {', '.join(keys)}")
     if init_model is not None:
         arch = BKGnetArch(**{**init_model.arch.__dict__, "n_keys": len(keys)})
-        model = _extend_keys(init_model, BKGnet(arch), len(init_card["inputs"]["keys"]))
+        from ...nn.trainer import extend_key_embeddings  # (torch: only when fine-tuning)
+        model = extend_key_embeddings(init_model, BKGnet(arch), len(init_card["inputs"]["keys"]))
         new = keys[len(init_card["inputs"]["keys"]):]
         if new:
             say(f"new band x epoch keys (embeddings start at the mean of the known ones): "

@@ -64,22 +64,6 @@ def _initial_model(init, section: dict, preset: str | None, stamp_size: int, *,
     return model.train(), card, None
 
 
-def _extend_keys(old, new, n_old: int):
-    """Copy ``old``'s weights into ``new`` (which may have more band x epoch keys); the new
-    keys' embeddings start at the mean of the known ones."""
-    import torch
-
-    state = old.state_dict()
-    w = state.pop("embed.weight")
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"embed.weight"}:
-        raise InputError(f"cannot fine-tune: weights do not match ({missing}, {unexpected})")
-    with torch.no_grad():
-        new.embed.weight[:n_old] = w[:n_old]
-        new.embed.weight[n_old:] = w[:n_old].mean(0)
-    return new
-
-
 def make_loss(faint_mag: float, knee: float = 0.0, weight_cap: float = 1.0):
     """``loss(model, batch)`` for the Trainer: eq. 8 (bright) / eq. 10 (faint).
 
@@ -213,7 +197,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if init_model is not None:
         n_old = len(init_card["inputs"]["keys"])
         arch = replace(init_model.arch, n_keys=len(keys))
-        model = _extend_keys(init_model, Lumos(arch), n_old)
+        from ...nn.trainer import extend_key_embeddings  # (torch: only when fine-tuning)
+        model = extend_key_embeddings(init_model, Lumos(arch), n_old)
         if keys[n_old:]:
             say(f"new band x epoch keys (embeddings start at the mean of the known ones): "
                 f"{', '.join(keys[n_old:])}")
