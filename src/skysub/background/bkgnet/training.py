@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...simulate.trainingdata import simulated_exposures, split_by_sky
-from .calibration import fit_error_calibration, predict_set, sigma_scale
+from .calibration import fit_error_calibration, followed_fraction, predict_set, sigma_scale
 from .data import build_training_set
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetSettings
 from .evaluation import format_report, training_report, validation_metrics
@@ -64,6 +64,59 @@ def _loss(model, batch):
     return gaussian_nll(mu, ls, batch["y"])
 
 
+#: model selection (best epoch, early stopping, learning-rate plateaus) on the held-out sky
+#: tiles: "residual" = sigma68 of (b - label) / label; "nll" = the training loss
+SELECT = ("residual", "nll")
+
+
+def _selecting_trainer(select: str):
+    """The Trainer class whose validation score is ``select`` (see ``SELECT``).
+
+    The Gaussian NLL of the held-out stamps also scores the network's sigma: fine-tuning
+    sharpens the prediction for a few epochs while the sigma it learned on the training
+    tiles stops fitting the held-out ones, and the NLL picked epoch 1 where the prediction
+    was still improving.  The label noise is the same in every epoch, so the scatter of
+    ``b - label`` ranks the predictions alone (their sigma is calibrated afterwards)."""
+    from ...nn.trainer import Trainer
+
+    if select == "nll":
+        return Trainer
+    if select not in SELECT:
+        raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
+
+    class ResidualTrainer(Trainer):
+        def evaluate(self, data):
+            import torch
+
+            from ...stats import sigma68
+
+            self.model.eval()
+            bs = self.config.eval_batch_size or 4 * self.config.batch_size
+            out = []
+            with torch.no_grad():
+                for batch in self._batches(dict(data), bs, None):
+                    mu, _ = self.model(batch["x"].float(), batch["coords"], batch["mag"],
+                                       batch["has_mag"], batch["key"])
+                    b = batch["loc"] + batch["scale"] * mu.double()
+                    out.append(((b - batch["label"]) / batch["label"]).cpu().numpy())
+            r = np.concatenate(out) if out else np.zeros(0)
+            r = r[np.isfinite(r)]
+            return float(sigma68(r)) if len(r) else float("inf")
+
+    return ResidualTrainer
+
+
+def _val_tensors(val, select: str) -> dict:
+    import torch
+
+    t = val.tensors()
+    if select == "residual":
+        t.update(loc=torch.from_numpy(np.asarray(val.loc, float)),
+                 scale=torch.from_numpy(np.asarray(val.scale, float)),
+                 label=torch.from_numpy(np.asarray(val.label, float)))
+    return t
+
+
 def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str | Path, *,
                  config: Any = None, epochs: int | None = None, seed: int = 0,
                  device: str = "auto", preset: str | None = None, simulated: bool = False,
@@ -72,7 +125,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                  quiet: bool = False, batch_size: int | None = None, lr: float | None = None,
                  stamps_per_image: int | None = None, threads: int | None = None,
                  command: str | None = None, description: str = "",
-                 init: str | Path | None = "auto", **read_kwargs: Any) -> dict:
+                 init: str | Path | None = "auto", select: str = "residual",
+                 **read_kwargs: Any) -> dict:
     """Train a BKGnet and write it (weights + card) to ``output``; return the card.
 
     Parameters
@@ -94,6 +148,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         a model name or file, or None / "none" (from scratch).  Band x epoch keys the model
         has not seen get the mean of its known embeddings and are trained; fine-tuning
         defaults to ``FINETUNE_DEFAULTS`` (lower learning rate, fewer epochs)
+    select : the held-out score that picks the best epoch and stops early: "residual"
+        (default: sigma68 of ``(b - label) / label``) or "nll" (the Gaussian NLL)
     """
     from ... import __version__
     from ...config import load_config
@@ -101,7 +157,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     from ...nn.bkgnet import BKGnet, BKGnetArch, flops_per_stamp
     from ...nn.device import seed_everything
     from ...nn.modelfile import save_model
-    from ...nn.trainer import TrainConfig, Trainer
+    from ...nn.trainer import TrainConfig
 
     t0 = time.perf_counter()
     cfg = config or load_config()
@@ -199,18 +255,29 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                      patience=hp["patience"], scheduler="plateau",
                      scheduler_kwargs={"factor": 0.3, "patience": 2}, grad_clip=10.0,
                      seed=seed, device=device, threads=threads, quiet=quiet)
-    trainer = Trainer(model, _loss, tc, checkpoint=output.with_suffix(".ckpt"))
-    hist = trainer.fit(train.tensors(), val.tensors(), resume=resume)
+    trainer = _selecting_trainer(select)(model, _loss, tc, checkpoint=output.with_suffix(".ckpt"))
+    hist = trainer.fit(train.tensors(), _val_tensors(val, select), resume=resume)
     model = trainer.model.cpu().eval()
     metrics = validation_metrics(model, val)
     k = sigma_scale(model, val)
-    err_cal = None
+    err_cal, followed = None, None
     if labels == "pixels":  # honest errors: label noise measured, sigma_net scaled
+        from ...simulate.trainingdata import galaxy_pool
+
+        # the share of the faint sources' label light the network follows: injection of
+        # faint galaxies (shapes of the catalogue's faint end) into the held-out stamps
+        fol = followed_fraction(model, val, galaxy_pool(cat_for_pool, np.random.default_rng(
+            seed)), s, seed=seed)
+        followed = fol["followed"]
         b_val, s_val = predict_set(model, val)
         err_cal = fit_error_calibration(b_val, s_val, val.label, val.label_sigma,
                                         val.edge_distance, np.asarray(keys)[val.key.numpy()],
-                                        ts.stencils, keys)
-    report = training_report(model, val, keys)
+                                        ts.stencils, keys, followed=followed)
+        err_cal["followed_injection"] = fol
+        say(f"faint-source light followed by the network: {followed:.2f} +- {fol['err']:.2f} "
+            f"({fol['n']} injections); label-noise factor on eq. 3: "
+            f"{err_cal['label_factor_all']:.2f}; error factor a = {err_cal['a_all']:.3f}")
+    report = training_report(model, val, keys, followed=followed)
     say(format_report(report))
     overall = report["groups"].get("all", {})
     if not overall.get("ratio", 0.0) < 1.0:
@@ -237,7 +304,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                    "coords": "x / (nx - 1) * 2 - 1, y / (ny - 1) * 2 - 1",
                    "image_shape": sorted(shapes)[0] if shapes else None,
                    "mag": "(mag - 21) / 2; learned default when absent"},
-        "training": {**hp, "seed": seed, "labels": labels, "inject": s.inject,
+        "training": {**hp, "select": select, "seed": seed, "labels": labels, "inject": s.inject,
                      "use_coords": use_coords, "settings": asdict(s),
                      "flops_per_stamp": flops_per_stamp(model),
                      "history": [{k: round(v, 6) if isinstance(v, float) else v
