@@ -94,13 +94,15 @@ def test_followed_fraction_of_a_network_that_sees_nothing_of_the_source():
 
 def _field(seed=4, n=8000, sky=200.0):
     """Labels at n positions: the smooth sky, pixel noise (eq. 3) and faint-source light G
-    (positive, skewed: a Poisson number of faint sources of exponential flux), all known."""
+    (positive, skewed: a Poisson number of faint sources of exponential flux), all known; G's
+    std is about half eq. 3 (label-noise factor ~1.1, as measured on the ``heldout``
+    instruments: 1.05-1.25)."""
     rng = np.random.default_rng(seed)
     n_lab = np.pi * LABEL_R**2
     eq3 = np.full(n, np.sqrt(sky / n_lab + 25.0 / n_lab))  # gain 1, read noise 5 e-
     truth = sky * (1 + 0.05 * rng.uniform(-1, 1, n))
     k = rng.poisson(1.5, n)
-    g = np.array([rng.exponential(0.8, m).sum() for m in k])
+    g = np.array([rng.exponential(0.3, m).sum() for m in k])
     g -= g.mean()
     label = truth + g + rng.normal(0, eq3)
     return truth, g, label, eq3
@@ -125,7 +127,7 @@ def test_calibration_removes_label_noise_in_proportion_to_what_is_not_followed(s
     from skysub.stats import sigma68
 
     truth, g, label, eq3 = _field()
-    assert g.std() > 0.8 * eq3[0]  # the extra label noise is comparable to eq. 3
+    assert g.std() > 0.45 * eq3[0]  # a real share of the label noise
     rng = np.random.default_rng(6)
     n = len(truth)
     sig_pred = 0.6 * eq3
@@ -144,13 +146,10 @@ def test_calibration_removes_label_noise_in_proportion_to_what_is_not_followed(s
         return float(sigma68(z)), float(np.std(z)), cal
 
     p, p_std, cal = pull(share)
-    assert cal["label_factor"]["k"] > 1.25 and cal["followed"] == share
-    # exact for the variance; the sigma68 a little smaller where much of the skewed G is
-    # followed (it is then part of the prediction's error)
-    assert 0.95 < p_std < 1.05
-    assert 0.88 < p < 1.05
+    assert cal["label_factor"]["k"] > 1.08 and cal["followed"] == share
+    assert 0.93 < p < 1.07 and 0.93 < p_std < 1.07
     p_half, _, _ = pull(None)
     if share < 0.4:
         assert p_half < 0.9  # removing eq. 3 alone: errors too large
     elif share > 0.6:
-        assert p_half > 1.1
+        assert p_half > 1.08
