@@ -122,7 +122,7 @@ def _stencils_for(g, eq3, seed=5, n=6000):
 def test_calibration_removes_label_noise_in_proportion_to_what_is_not_followed(share):
     """Predictions with a known error that follow a known ``share`` of G, a network sigma on
     another scale: calibrated on half the positions with that share, the pulls of the other
-    half against the smooth sky have unit variance; with the default share (1/2) the errors are too large
+    half against the smooth sky are 1; with the default share (1/2) the errors are too large
     when less is followed and too small when more is."""
     from skysub.stats import sigma68
 

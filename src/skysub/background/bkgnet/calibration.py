@@ -174,15 +174,13 @@ def label_noise(stencils: dict, key_names: list[str]) -> dict:
     """Total noise of a pixel label per band x epoch key, from label-noise stencils at empty
     positions of the user's exposures (:func:`skysub.background.bkgnet.data.label_stencils`):
     ``sigma_L^2 = mean(D^2) / 2.25`` (gross outliers, beyond ``TRIM`` sigma68, left out: a
-    variance, as :func:`fit_error_calibration` removes it), written as a factor on eq. 3, ``f = sigma_L /
-    sqrt(median(eq3^2))``; the extra label noise (faint uncatalogued sources, structure) is
-    ``eq3 sqrt(f^2 - 1)``.
+    variance, as :func:`fit_error_calibration` removes it), written as a factor on eq. 3,
+    ``f = sigma_L / sqrt(median(eq3^2))``; the extra label noise (faint uncatalogued sources,
+    structure) is ``eq3 sqrt(f^2 - 1)``.
 
     Keys with fewer than ``MIN_STENCILS`` stencils take the factor of all keys together.
     Returns ``{"factor": {key: f}, "factor_all": f, "n": {key: n}}``.
     """
-    from ...stats import sigma68
-
     d, eq3 = (np.asarray(stencils[k], float) for k in ("d", "eq3"))
     key = np.asarray(stencils["key"], int)
     ok = np.isfinite(d) & np.isfinite(eq3) & (eq3 > 0)
