@@ -153,3 +153,43 @@ def test_calibration_removes_label_noise_in_proportion_to_what_is_not_followed(s
         assert p_half < 0.9  # removing eq. 3 alone: errors too large
     elif share > 0.6:
         assert p_half > 1.08
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in network: mu = the stamp's first pixel, log sigma = a constant + the second."""
+
+    def __init__(self, shift: float):
+        super().__init__()
+        self.shift = shift
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, coords, mag, has_mag, key):
+        return x[:, 0, 0, 0], self.shift + 0.3 * x[:, 0, 0, 1]
+
+
+def test_scaled_nll_selection_ignores_the_overall_scale_of_sigma():
+    """The default model selection scores the prediction and the relative sigma, not the
+    sigma's overall scale (which fine-tuning shrinks and the calibration restores)."""
+    from skysub.background.bkgnet.training import _loss, _selecting_trainer
+    from skysub.nn.trainer import TrainConfig
+
+    rng = np.random.default_rng(7)
+    n = 400
+    x = torch.from_numpy(rng.normal(0, 1, (n, 2, 2, 2)).astype(np.float32))
+    y = x[:, 0, 0, 0] + torch.from_numpy(rng.normal(0, 0.5, n).astype(np.float32)) * torch.exp(
+        0.3 * x[:, 0, 0, 1])
+    data = {"x": x, "coords": torch.zeros(n, 2), "mag": torch.zeros(n),
+            "has_mag": torch.zeros(n), "key": torch.zeros(n, dtype=torch.long), "y": y}
+    cfg = TrainConfig(epochs=1, device="cpu", quiet=True)
+    scores = {}
+    for select in ("scaled-nll", "nll"):
+        for shift in (0.0, -1.0):
+            t = _selecting_trainer(select)(_Fixed(shift), _loss, cfg)
+            scores[select, shift] = t.evaluate(data)
+    assert scores["scaled-nll", 0.0] == pytest.approx(scores["scaled-nll", -1.0], abs=1e-6)
+    assert abs(scores["nll", 0.0] - scores["nll", -1.0]) > 0.3  # the plain NLL does not
+    # the formula: mean(2 log sigma) + log mean(((mu - y) / sigma)^2) + 1
+    ls = 0.3 * x[:, 0, 0, 1].double()
+    z2 = ((x[:, 0, 0, 0].double() - y.double()) * torch.exp(-ls)) ** 2
+    assert scores["scaled-nll", 0.0] == pytest.approx(float(2 * ls.mean() + torch.log(
+        z2.mean()) + 1), abs=1e-5)
