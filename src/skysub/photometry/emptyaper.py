@@ -194,10 +194,12 @@ class LocalFactor:
 
         z = self.z if z is None else z
         out = np.full(x.shape, np.nan)
-        fin = np.isfinite(x) & np.isfinite(y)
-        if fin.any():
-            _, idx = cKDTree(np.c_[self.x, self.y]).query(np.c_[x[fin], y[fin]], k=self.k)
-            out[fin] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
+        rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+        tree = cKDTree(np.c_[self.x, self.y])
+        for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
+            r = rows[start:start + 20000]
+            _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
+            out[r] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
         return out
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
