@@ -141,3 +141,27 @@ def test_crowded_frame_lowers_the_clearance():
     cal = calibrate_aperture(phot, img, src)
     assert cal.calibrated and cal.n_probe >= 100
     assert phot.radius + phot.crowd_margin <= cal.clearance < full_clear
+
+
+def test_cli_photometry_writes_the_local_factor(tmp_path):
+    """``skysub photometry`` writes err_local and the local model in the table's metadata;
+    ``--error-calibration global`` keeps one factor per frame (err_local = 1)."""
+    from astropy.io import fits
+
+    from skysub.cli import main
+
+    fits.PrimaryHDU(_varying("corr", seed=2).data.astype(np.float32)).writeto(
+        tmp_path / "frame.fits")
+    Table({"id": [1, 2], "x": [60.0, 360.0], "y": [200.0, 200.0]}).write(tmp_path / "cat.csv")
+    common = ["photometry", str(tmp_path / "frame.fits"), "--catalog", str(tmp_path / "cat.csv"),
+              "--radius", "5", "--r-in", "10", "--r-out", "20", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "loc.ecsv")]) == 0
+    assert main([*common, "--output", str(tmp_path / "glo.ecsv"),
+                 "--error-calibration", "global"]) == 0
+    loc, glo = Table.read(tmp_path / "loc.ecsv"), Table.read(tmp_path / "glo.ecsv")
+    model = loc.meta["error_calibration"]["frame.fits"]["local"]
+    assert model["k"] >= 25 and 0.5 < model["shrink"] <= 1.0
+    assert loc["err_local"][1] > 1.2 * loc["err_local"][0]  # the right side is noisier
+    assert np.all(glo["err_local"] == 1.0)
+    assert glo.meta["error_calibration"]["frame.fits"]["local"] is None
+    np.testing.assert_array_equal(loc["flux"], glo["flux"])
