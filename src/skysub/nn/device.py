@@ -89,6 +89,23 @@ def one_torch_thread():
         torch.set_num_threads(n)
 
 
+def worker_map(fn, items, enabled: bool = True):
+    """``map(fn, items)`` in order; with ``enabled`` and several torch threads, on that many
+    Python threads with one torch thread each (:func:`one_torch_thread`).  For independent
+    batches whose work releases the GIL (torch, numba ``nogil`` kernels): no barrier between
+    cores, so a core that the OS hands to another process delays only its own batch (on a
+    shared 2-core machine torch's own 2 threads ran slower than one)."""
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items)) if enabled else 1
+    if workers < 2:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with one_torch_thread(), ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(fn, items)
+
+
 def seed_everything(seed: int | None) -> None:
     """Seed Python, numpy's legacy global generator and torch (CPU and GPU)."""
     if seed is None:

@@ -285,9 +285,8 @@ class BKGnetBackground:
              todo: np.ndarray):
         """``(idx, *self._predict(...))`` for every batch of the sources ``todo``, in order.
         The fast CPU path with several torch threads runs its batches on that many Python
-        threads with one torch thread each (the compiled kernel and the forward pass release
-        the GIL): no barrier between cores, which kept 2 cores busy on a shared machine where
-        torch's own 2 threads ran slower than one."""
+        threads with one torch thread each (:func:`skysub.nn.device.worker_map`; the compiled
+        kernel and the forward pass release the GIL)."""
         import threading
 
         import torch
@@ -303,16 +302,9 @@ class BKGnetBackground:
         def one(idx):
             return (idx, *self._predict(cut, img, x, y, mag, key, idx, local))
 
-        workers = min(threads, len(chunks))
-        if self.fast_net is None or workers < 2:
-            yield from map(one, chunks)
-            return
-        from concurrent.futures import ThreadPoolExecutor
+        from ...nn.device import worker_map
 
-        from ...nn.device import one_torch_thread
-
-        with one_torch_thread(), ThreadPoolExecutor(workers) as pool:
-            yield from pool.map(one, chunks)
+        yield from worker_map(one, chunks, enabled=self.fast_net is not None)
 
     @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
