@@ -107,17 +107,17 @@ def _forward_rates(n_keys: int, seconds: float = 3.0) -> list[dict]:
 
 def end_to_end_rates(model, images: list, rounds: int = 3) -> dict[str, float]:
     """Median stamps/s of ``BKGnetBackground.estimate`` over ``images`` ((image, x, y, mag)),
-    the reference path (``fast=False``) and the fast one at this process's torch threads, and
-    the fast one at 1 thread, timed in alternation for ``rounds`` rounds (order flipped every
-    round)."""
+    the reference path (``fast=False``) and the fast one, at this process's torch threads and
+    at 1 thread, timed in alternation for ``rounds`` rounds (order flipped every round)."""
     import torch
 
     from skysub.background.bkgnet import BKGnetBackground
 
     threads = torch.get_num_threads()
-    cfgs = {"reference": (BKGnetBackground(model, device="cpu", fast=False), threads),
-            "fast": (BKGnetBackground(model, device="cpu"), threads),
-            "fast, 1 thread": (BKGnetBackground(model, device="cpu"), 1)}
+    ref = BKGnetBackground(model, device="cpu", fast=False)
+    fast = BKGnetBackground(model, device="cpu")
+    cfgs = {"reference": (ref, threads), "fast": (fast, threads),
+            "reference, 1 thread": (ref, 1), "fast, 1 thread": (fast, 1)}
     rates: dict[str, list] = {k: [] for k in cfgs}
     for r in range(rounds + 1):
         for k in (list(cfgs) if r % 2 else list(cfgs)[::-1]):

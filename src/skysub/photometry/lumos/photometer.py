@@ -15,7 +15,7 @@ from ... import flags as F
 from ...background.base import BackgroundResult
 from ...errors import InputError
 from ...image import Image, as_image, image_method
-from ...stamps import cutouts
+from ...stamps import Stamps, WindowCutter, cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
 from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding, instrument_key
 from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
@@ -204,17 +204,25 @@ class LumosPhotometer:
                              models=models)
 
     def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag,
-               nmap: np.ndarray | None = None, models: np.ndarray | None = None) -> dict:
+               nmap: np.ndarray | None = None, models: np.ndarray | None = None,
+               cutter: WindowCutter | None = None) -> dict:
         """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
         the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
         a neighbour channel); each target's own model is taken out of it here.  ``models``:
-        the sources' models from :meth:`_models` (else rendered here)."""
+        the sources' models from :meth:`_models` (else rendered here).  ``cutter``: a
+        :class:`skysub.stamps.WindowCutter` of ``img`` (float32, zero fill) to cut the stamps
+        from -- the same pixels as :func:`skysub.stamps.cutouts`, ~5x faster; invalid pixels
+        then hold 0 instead of NaN (the network input is the same)."""
         from ...simulate.galaxies import pad_center
 
         torch = self._torch
         n = len(x)
         S = self.settings.stamp_size
-        st = cutouts(img, x, y, S)
+        if cutter is None:
+            st = cutouts(img, x, y, S)
+        else:
+            d, v, x0, y0 = cutter(x, y)
+            st = Stamps(d, v, x0, y0, x - (x0 + S // 2), y - (y0 + S // 2))
         small = self._models(x, y, catalog) if models is None else models
         models = pad_center(np.asarray(small, np.float64), S)
         nb = None
@@ -303,12 +311,14 @@ class LumosPhotometer:
             models = self._models(x, y, catalog)
             nmap = self.neighbour_map(img, x, y, catalog, models=models)
 
+        cutter = WindowCutter(img, self.settings.stamp_size) if self.fast else None
+
         def one(s0):  # bounded memory; every source is measured; chunks write disjoint rows
             ii = np.arange(s0, min(s0 + chunk, nt))
             src = todo[ii]
             sub_cat = None if catalog is None else _rows(catalog, src)
             t = self.inputs(img, x[src], y[src], sub_cat, None if mag is None else
-                            np.asarray(mag, float)[src], nmap=nmap,
+                            np.asarray(mag, float)[src], nmap=nmap, cutter=cutter,
                             models=None if models is None else models[src])
             if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
                 nm = noise_mag(cat_flux[src], t["unit"])
