@@ -183,3 +183,23 @@ def test_lumos_fast_path_equals_reference(frame):
     assert good.sum() >= 150
     np.testing.assert_allclose(b.flux[good], a.flux[good], rtol=1e-5)
     np.testing.assert_allclose(b.flux_err[good], a.flux_err[good], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lower", [0.0, None])
+def test_bisection_cdf_is_mixture_cdf_bitwise(lower):
+    """mixture_summary's bisection CDF (checks and truncation masses done once) gives the
+    same bits as skysub.metrics.mixture_cdf at every step, NaN rows included."""
+    from skysub.metrics import mixture_cdf
+    from skysub.photometry.lumos.mixtures import _bisection_cdf
+
+    rng = np.random.default_rng(4)
+    n, k = 300, 5
+    a = rng.uniform(0.01, 1, (n, k))
+    a /= a.sum(1, keepdims=True)
+    m = rng.normal(20, 30, (n, k))
+    s = rng.uniform(0.5, 20, (n, k))
+    m[3] = np.nan
+    cdf = _bisection_cdf(a, m, s, lower)
+    for x in (rng.normal(20, 40, n), np.full(n, -5.0), np.where(rng.random(n) < 0.1, np.nan,
+                                                                  rng.normal(0, 50, n))):
+        assert np.array_equal(cdf(x), mixture_cdf(a, m, s, x, lower=lower), equal_nan=True)
