@@ -205,14 +205,16 @@ class LumosPhotometer:
 
     def inputs(self, img: Image, x: np.ndarray, y: np.ndarray, catalog, mag,
                nmap: np.ndarray | None = None, models: np.ndarray | None = None,
-               cutter: WindowCutter | None = None) -> dict:
+               cutter: WindowCutter | None = None,
+               ncutter: WindowCutter | None = None) -> dict:
         """Network inputs for sources at (x, y) of ``img`` (all rows; a chunk at a time is up to
         the caller).  ``nmap``: :meth:`neighbour_map` of ALL the image's sources (networks with
         a neighbour channel); each target's own model is taken out of it here.  ``models``:
         the sources' models from :meth:`_models` (else rendered here).  ``cutter``: a
         :class:`skysub.stamps.WindowCutter` of ``img`` (float32, zero fill) to cut the stamps
         from -- the same pixels as :func:`skysub.stamps.cutouts`, ~5x faster; invalid pixels
-        then hold 0 instead of NaN (the network input is the same)."""
+        then hold 0 instead of NaN (the network input is the same); ``ncutter`` likewise for
+        ``nmap`` (float64, zero fill)."""
         from ...simulate.galaxies import pad_center
 
         torch = self._torch
@@ -229,7 +231,8 @@ class LumosPhotometer:
         if self.net.arch.neighbours:
             if nmap is None:
                 nmap = self.neighbour_map(img, x, y, catalog, models=small)
-            nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models)
+            nb = _neighbour_channel(nmap, x, y, _catalog_mag(catalog, n), models,
+                                    cutter=ncutter)
         return _tensors(st.data, st.valid, models, x, y, img.shape, mag,
                         _key_index(self.keys, img.meta.band, img.meta.epoch), torch,
                         neighbours=nb, joint=self.net.arch.neighbour_fit,
@@ -311,7 +314,10 @@ class LumosPhotometer:
             models = self._models(x, y, catalog)
             nmap = self.neighbour_map(img, x, y, catalog, models=models)
 
-        cutter = WindowCutter(img, self.settings.stamp_size) if self.fast else None
+        S = self.settings.stamp_size
+        cutter = WindowCutter(img, S) if self.fast else None
+        ncutter = (WindowCutter(nmap, S, dtype=np.float64)
+                   if self.fast and nmap is not None else None)
 
         def one(s0):  # bounded memory; every source is measured; chunks write disjoint rows
             ii = np.arange(s0, min(s0 + chunk, nt))
@@ -319,6 +325,7 @@ class LumosPhotometer:
             sub_cat = None if catalog is None else _rows(catalog, src)
             t = self.inputs(img, x[src], y[src], sub_cat, None if mag is None else
                             np.asarray(mag, float)[src], nmap=nmap, cutter=cutter,
+                            ncutter=ncutter,
                             models=None if models is None else models[src])
             if cat_flux is not None:  # the noise-relative magnitude (magnitudes.py)
                 nm = noise_mag(cat_flux[src], t["unit"])
