@@ -232,10 +232,12 @@ def test_inject_bench_tiny():
                              "aperture+annulus,optimal+annulus"])
     assert {r["frame"] for r in res.rows} == set(bench_inject.real_frames())
     allrows = [r for r in res.rows if r["snr"] == "all"]
-    # two methods, each without and with the empty-aperture calibration (" cal")
-    assert len(allrows) == 4 * len(bench_inject.real_frames())
-    assert sum(r["method"].endswith(" cal") for r in allrows) == 2 * len(
-        bench_inject.real_frames())
+    # two methods, each without, with the frame's single empty-aperture fit (" gcal") and with
+    # the default local calibration (" cal")
+    assert len(allrows) == 6 * len(bench_inject.real_frames())
+    for suffix in (" cal", " gcal"):
+        assert sum(r["method"].endswith(suffix) for r in allrows) == 2 * len(
+            bench_inject.real_frames())
     assert any("empty-aperture" in g.name for g in res.goals)
     for r in allrows:
         assert r["n"] >= 5 and math.isfinite(_numeric(r, "sigma68"))

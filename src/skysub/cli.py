@@ -30,10 +30,10 @@ EPILOG_PHOT = """examples:
   skysub photometry sim/images/*.fits --catalog sim/catalog.csv --photometer lumos \\
       --model lumos-paus --output phot_lumos.csv
 output columns: image, id, x, y, flux, flux_err, bkg, bkg_err, flags (image units);
-aperture and optimal add err_alpha, err_sigma_s (the empty-aperture error calibration of
-each image: --error-calibration) and optimal flux_err_shape (from r50_err, ba_err, theta_err,
-sersic_n_err when the catalogue has them; SExtractor FLUX_RADIUS, A/B_IMAGE, THETA_IMAGE are
-read as shapes when it has no r50);
+aperture and optimal add err_alpha, err_sigma_s, err_local (the empty-aperture error
+calibration of each image and its local factor: --error-calibration) and optimal
+flux_err_shape (from r50_err, ba_err, theta_err, sersic_n_err when the catalogue has them;
+SExtractor FLUX_RADIUS, A/B_IMAGE, THETA_IMAGE are read as shapes when it has no r50);
 lumos adds band, the mixture a1..a5, f1..f5, s1..s5 and flux_mean, flux_std, flux_mode,
 flux_median, flux_sigma68, flux_sigma95, eta (flux = mode, flux_err = sigma68; bkg is NaN)"""
 

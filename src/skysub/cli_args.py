@@ -58,10 +58,12 @@ __all__ = ["add_common", "add_model_args", "read_kwargs"]
 
 def add_error_calibration(p: argparse.ArgumentParser) -> None:
     """``--error-calibration`` of the aperture and optimal photometers."""
-    p.add_argument("--error-calibration", choices=("auto", "empty", "none"), default="auto",
+    p.add_argument("--error-calibration", choices=("auto", "empty", "global", "none"),
+                   default="auto",
                    help="flux errors of the aperture and optimal photometers: auto (default) "
                         "calibrates them on the frame's empty positions (correlated noise and "
-                        "background structure, docs/photometry.md) where it has room for 50, "
-                        "else keeps the white-noise model; empty: the same, but a frame without "
-                        "room is warned about and flagged uncalibrated (64); none: white-noise "
-                        "model only")
+                        "background structure, and how they vary over the frame: "
+                        "docs/photometry.md) where it has room for 50, else keeps the "
+                        "white-noise model; empty: the same, but a frame without room is warned "
+                        "about and flagged uncalibrated (64); global: as auto with one factor "
+                        "for the whole frame; none: white-noise model only")

@@ -182,6 +182,7 @@ class WindowCutter:
         data[p:p + ny, p:p + nx] = np.where(good, img.data, fill)
         valid[p:p + ny, p:p + nx] = good
         win = np.lib.stride_tricks.sliding_window_view
+        self._padded = (data, valid)
         self._data = win(data, (self.size, self.size))
         self._valid = win(valid, (self.size, self.size))
 
@@ -195,9 +196,82 @@ class WindowCutter:
         half = self.size // 2
         x0 = _round_half_up(x) - half
         y0 = _round_half_up(y) - half
+        r, c = self._corners(x0, y0)
+        return self._data[r, c], self._valid[r, c], x0, y0
+
+    def _corners(self, x0: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Padded-array row and column of stamp pixel [0, 0], clipped into the padded frame
+        (a stamp entirely in the padding is entirely invalid)."""
         ny, nx = self.shape
         p = self.pad
-        # clip into the padded frame: a stamp entirely in the padding is entirely invalid
-        r = np.clip(y0 + p, 0, ny + p)
-        c = np.clip(x0 + p, 0, nx + p)
-        return self._data[r, c], self._valid[r, c], x0, y0
+        return np.clip(y0 + p, 0, ny + p), np.clip(x0 + p, 0, nx + p)
+
+    def folded_inputs(self, x: np.ndarray, y: np.ndarray, mask_size: int, *, min_valid: int,
+                      asinh_scale: float, mad_k: float, floor_rel: float, floor_abs: float,
+                      out: np.ndarray | None = None) -> dict | None:
+        """BKGnet's network input for stamps at (x, y) in one compiled pass (numba): the
+        normalisation of :func:`skysub.nn.bkgnet.normalise_stamps` (its constants passed in)
+        folded 2 x 2 into channels as :func:`skysub.nn.inference.space_to_depth` does, without
+        the intermediate stamps.  Returns ``x`` (n, S/2 + 1, S/2 + 1, 8) float32 (a view of
+        ``out`` when given), ``loc``, ``scale`` (float64), ``ok``, ``n_valid`` (valid stamp
+        pixels, hidden centre included), ``x0``, ``y0``; None when numba is unavailable (the
+        caller then takes the torch path).  Needs a float32 cutter with ``fill = 0``."""
+        kernel = _fold_kernel()
+        data, valid = self._padded
+        if kernel is None or data.dtype != np.float32 or self.size % 2:
+            return None
+        x = np.atleast_1d(np.asarray(x, float))
+        y = np.atleast_1d(np.asarray(y, float))
+        n = len(x)
+        half = self.size // 2
+        x0 = _round_half_up(x) - half
+        y0 = _round_half_up(y) - half
+        r, c = self._corners(x0, y0)
+        h2 = half + 1
+        if out is None or out.shape[0] < n or out.shape[1:] != (h2, h2, 8):
+            out = np.empty((n, h2, h2, 8), np.float32)
+        c0 = half - mask_size // 2
+        loc = np.empty(n, np.float32)
+        scale = np.empty(n, np.float32)
+        ok = np.empty(n, bool)
+        n_valid = np.empty(n, np.int64)
+        buf = np.empty(((self.size + 1) // 2) ** 2, np.float32)
+        kernel(data, valid, r.astype(np.int64), c.astype(np.int64), self.size, c0,
+               c0 + mask_size, int(min_valid), float(asinh_scale), float(mad_k),
+               float(floor_rel), float(floor_abs), out, loc, scale, ok, n_valid, buf)
+        return {"x": out[:n], "loc": loc.astype(np.float64), "scale": scale.astype(np.float64),
+                "ok": ok, "n_valid": n_valid, "x0": x0, "y0": y0}
+
+
+_FOLD: list = []  # [kernel or None], filled on first use
+
+
+def _fold_kernel():
+    """The compiled :func:`skysub._numba_stamps.fold_stamps`, or None (no numba, or it fails
+    to compile here: logged at debug level).  ``SKYSUB_KERNELS=numpy`` disables it."""
+    if not _FOLD:
+        import logging
+        import os
+
+        k = None
+        if os.environ.get("SKYSUB_KERNELS", "auto").strip().lower() != "numpy":
+            try:
+                from ._numba_stamps import fold_stamps
+
+                _fold_smoke(fold_stamps)
+                k = fold_stamps
+            except Exception as exc:  # no numba, or no compiler for this platform
+                logging.getLogger("skysub").debug("compiled stamp kernel unavailable (%s: %s)",
+                                                  type(exc).__name__, exc)
+        _FOLD.append(k)
+    return _FOLD[0]
+
+
+def _fold_smoke(kernel) -> None:
+    """Compile (or load from cache) the kernel on a tiny stamp."""
+    d = np.zeros((8, 8), np.float32)
+    v = np.ones((8, 8), bool)
+    out = np.empty((1, 3, 3, 8), np.float32)
+    kernel(d, v, np.zeros(1, np.int64), np.zeros(1, np.int64), 4, 1, 3, 1, 5.0, 1.4826,
+           1e-4, 1e-6, out, np.empty(1, np.float32), np.empty(1, np.float32),
+           np.empty(1, bool), np.empty(1, np.int64), np.empty(4, np.float32))

@@ -238,8 +238,8 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
     """Flux of every catalogued source of every image.
 
     Returns a Table with columns image, id, x, y, flux, flux_err, bkg, bkg_err, flags (and,
-    where the photometer gives them, ``err_alpha``, ``err_sigma_s`` -- the empty-aperture
-    error calibration, also in ``meta["error_calibration"]`` per image -- and
+    where the photometer gives them, ``err_alpha``, ``err_sigma_s``, ``err_local`` -- the
+    empty-aperture error calibration, also in ``meta["error_calibration"]`` per image -- and
     ``flux_err_shape``).  A SExtractor catalogue without ``r50`` gives a model photometer
     (one with a ``psf``) its shapes through :func:`skysub.catalogs.sextractor_shapes`.
     """
@@ -266,7 +266,8 @@ def measure_photometry(images: Sequence[str | Path | Image], catalog: str | Path
         t["y"] = np.asarray(cat["y"], float)
         for col in ("flux", "flux_err", "bkg", "bkg_err", "flags"):
             t[col] = getattr(res, col)
-        for col in ("err_alpha", "err_sigma_s", "flux_err_shape"):  # error calibration, shapes
+        for col in ("err_alpha", "err_sigma_s", "err_local",  # error calibration
+                    "flux_err_shape"):  # shapes
             if col in getattr(res, "extra", {}):
                 t[col] = res.extra[col]
         extra_cols = getattr(photometer, "extra_columns", ())  # e.g. Lumos mixtures

@@ -52,6 +52,9 @@ ASINH_SCALE = 5.0
 LOG_SIGMA_RANGE = (-9.0, 5.0)
 #: magnitude input: (mag - MAG_ZERO) / MAG_SCALE
 MAG_ZERO, MAG_SCALE = 21.0, 2.0
+#: stamp scale = MAD_SIGMA x the MAD of the valid pixels, at least SCALE_FLOOR_REL x |location|
+#: and SCALE_FLOOR_ABS (:func:`normalise_stamps`)
+MAD_SIGMA, SCALE_FLOOR_REL, SCALE_FLOOR_ABS = 1.4826, 1e-4, 1e-6
 
 PRESETS = {
     "lean": {"block": "strided", "channels": [16, 32, 48, 64], "kernels": [4, 3, 3, 3],
@@ -165,8 +168,8 @@ def normalise_stamps(stamps: torch.Tensor, valid: torch.Tensor, mask_size: int, 
     ok = (~torch.isnan(sub)).sum(1) >= min_valid
     loc = torch.nanmedian(sub, dim=1).values
     mad = torch.nanmedian((sub - loc[:, None]).abs(), dim=1).values
-    scale = 1.4826 * mad
-    floor = torch.clamp(1e-4 * loc.abs(), min=1e-6)
+    scale = MAD_SIGMA * mad
+    floor = torch.clamp(SCALE_FLOOR_REL * loc.abs(), min=SCALE_FLOOR_ABS)
     scale = torch.where(torch.isfinite(scale) & (scale > floor), scale, torch.maximum(floor, scale
                         .nan_to_num(0.0)))
     loc = loc.nan_to_num(0.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -74,6 +75,35 @@ def configure_threads(n: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch intra-op threads set to 1 inside the block (restored after): for callers that run
+    independent batches on their own Python threads, one core each."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def worker_map(fn, items, enabled: bool = True):
+    """``map(fn, items)`` in order; with ``enabled`` and several torch threads, on that many
+    Python threads with one torch thread each (:func:`one_torch_thread`).  For independent
+    batches whose work releases the GIL (torch, numba ``nogil`` kernels): no barrier between
+    cores, so a core that the OS hands to another process delays only its own batch (on a
+    shared 2-core machine torch's own 2 threads ran slower than one)."""
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items)) if enabled else 1
+    if workers < 2:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with one_torch_thread(), ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(fn, items)
 
 
 def seed_everything(seed: int | None) -> None:

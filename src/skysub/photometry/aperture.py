@@ -256,10 +256,12 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
-    error_calibration : {"auto", "empty", "none"}
+    error_calibration : {"auto", "empty", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
-        positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``
-        (:mod:`skysub.photometry.emptyaper`); ``"none"``: the white-noise error model only.
+        positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``, with a local
+        factor that follows the noise over the frame (:mod:`skysub.photometry.emptyaper`);
+        ``"global"``: the same without the local factor; ``"none"``: the white-noise error
+        model only.
         A frame without room for 50 empty positions is left uncalibrated: quietly with
         ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
@@ -423,7 +425,9 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
 
     return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
-                     required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0))
+                     required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0),
+                     local=phot.error_calibration != "global",
+                     min_clear=phot.radius + phot.crowd_margin)
 
 
 def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,
@@ -463,26 +467,29 @@ def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.nda
     """
     parts = white_parts(img, S, area, n_noise, bres, flags, error_model, noise_var)
     flux_ap = parts["flux"]
-    var = calibration.variance(parts["var_src"], parts["var_pix"], area, parts["bkg_err"])
+    q = calibration.factor(x, y)  # the local factor (1 without one)
+    var = calibration.variance(parts["var_src"], parts["var_pix"], area, parts["bkg_err"], q)
     bkg_err = parts["bkg_err"]
     if calibration.calibrated:
-        bkg_err = calibration.bkg_err(bkg_err, area)
+        bkg_err = calibration.bkg_err(bkg_err, area, q)
     sc = np.ones_like(flux_ap) if scale is None else np.asarray(scale, float)
     flux = flux_ap * sc
     with np.errstate(invalid="ignore"):
         flux_err = np.sqrt(var) * sc
     res = assemble(img, x, y, flux, flux_err, np.asarray(bres.bkg, float), bkg_err, area, bres,
                    flags, crowd_radius=crowd_radius, neighbours=neighbours, extra=extra)
-    return with_calibration(res, calibration)
+    return with_calibration(res, calibration, q)
 
 
-def with_calibration(res: PhotometryResult, cal: NoiseCalibration) -> PhotometryResult:
-    """Record the calibration in ``res`` (columns, ``meta``, UNCALIBRATED flag)."""
+def with_calibration(res: PhotometryResult, cal: NoiseCalibration,
+                     q: np.ndarray | None = None) -> PhotometryResult:
+    """Record the calibration in ``res`` (columns, ``meta``, UNCALIBRATED flag); ``q``: the
+    local factor of each source."""
     if cal.status in ("off", "skipped"):
         if cal.status == "skipped":
             res.meta["error_calibration"] = cal.as_dict()
         return res
-    res.extra.update(cal.columns(len(res)))
+    res.extra.update(cal.columns(len(res), q))
     res.meta["error_calibration"] = cal.as_dict()
     if cal.status == "uncalibrated":
         res.flags = np.asarray(res.flags, np.int32) | np.int32(F.UNCALIBRATED)

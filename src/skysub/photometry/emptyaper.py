@@ -53,9 +53,11 @@ from ..errors import InputError
 log = logging.getLogger("skysub")
 
 #: ``error_calibration`` values of the photometers: ``"auto"`` empty-aperture calibration
-#: where the frame has room for it (else, quietly, none), ``"empty"`` the same but a frame
-#: without room is warned about and flagged UNCALIBRATED, ``"none"`` no calibration
-CALIBRATIONS = ("auto", "empty", "none")
+#: (with its local factor) where the frame has room for it (else, quietly, none), ``"empty"``
+#: the same but a frame without room is warned about and flagged UNCALIBRATED, ``"global"``
+#: as ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no
+#: calibration
+CALIBRATIONS = ("auto", "empty", "global", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -104,39 +106,145 @@ class NoiseCalibration:
     n_ref: float = 1.0
     sizes: list = field(default_factory=list)
     message: str = ""
+    local: LocalFactor | None = None
+    clearance: float = float("nan")
 
     @property
     def calibrated(self) -> bool:
         return self.status == "calibrated"
 
-    def variance(self, var_src, var_pix, n_aper, bkg_err) -> np.ndarray:
-        """Calibrated flux variance from its parts: source Poisson ``var_src``, white pixel
-        noise ``var_pix`` (``N_noise sigma_pix^2``), ``n_aper`` and the estimator's ``bkg_err``."""
-        with np.errstate(invalid="ignore"):
-            return (np.asarray(var_src, float) + self.alpha * np.asarray(var_pix, float)
-                    + np.asarray(n_aper, float) ** 2 * self.bkg_err(bkg_err, n_aper) ** 2)
+    def factor(self, x, y) -> np.ndarray:
+        """The local variance factor ``q`` at ``x, y`` (:class:`LocalFactor`; 1 without
+        one)."""
+        x = np.atleast_1d(np.asarray(x, float))
+        if self.local is None or not self.calibrated:
+            return np.ones(x.shape)
+        return self.local(x, np.atleast_1d(np.asarray(y, float)))
 
-    def bkg_err(self, bkg_err, n_aper) -> np.ndarray:
+    def variance(self, var_src, var_pix, n_aper, bkg_err, q=None) -> np.ndarray:
+        """Calibrated flux variance from its parts: source Poisson ``var_src``, white pixel
+        noise ``var_pix`` (``N_noise sigma_pix^2``), ``n_aper`` and the estimator's
+        ``bkg_err``; ``q``: the local factor (:meth:`factor`) on everything but ``var_src``."""
+        q = 1.0 if q is None else np.asarray(q, float)
+        with np.errstate(invalid="ignore"):
+            return (np.asarray(var_src, float) + q * self.alpha * np.asarray(var_pix, float)
+                    + np.asarray(n_aper, float) ** 2 * self.bkg_err(bkg_err, n_aper, q) ** 2)
+
+    def bkg_err(self, bkg_err, n_aper, q=None) -> np.ndarray:
         """The honest background error for apertures of ``n_aper`` px:
-        ``sqrt(alpha bkg_err^2 + sigma_s^2 (n_aper / n_ref)^(gamma - 2))``."""
+        ``sqrt(q (alpha bkg_err^2 + sigma_s^2 (n_aper / n_ref)^(gamma - 2)))``."""
+        q = 1.0 if q is None else np.asarray(q, float)
         with np.errstate(invalid="ignore", divide="ignore"):
             grow = (np.asarray(n_aper, float) / self.n_ref) ** (self.gamma - 2.0)
-            return np.sqrt(self.alpha * np.asarray(bkg_err, float) ** 2
-                           + self.sigma_s**2 * grow)
+            return np.sqrt(q * (self.alpha * np.asarray(bkg_err, float) ** 2
+                                + self.sigma_s**2 * grow))
 
     def as_dict(self) -> dict:
         return {"status": self.status, "alpha": float(self.alpha),
                 "sigma_s": float(self.sigma_s), "gamma": float(self.gamma),
                 "n_ref": float(self.n_ref), "n_probe": int(self.n_probe),
-                "sizes": [dict(s) for s in self.sizes], "message": self.message}
+                "clearance": float(self.clearance),
+                "sizes": [dict(s) for s in self.sizes], "message": self.message,
+                "local": None if self.local is None else self.local.as_dict()}
 
-    def columns(self, n: int) -> dict[str, np.ndarray]:
-        """Per-source columns recording the factors (constant over a frame)."""
+    def columns(self, n: int, q=None) -> dict[str, np.ndarray]:
+        """Per-source columns recording the factors: ``err_alpha``, ``err_sigma_s`` (one per
+        frame) and ``err_local`` (``sqrt(q)``, the local factor on the error)."""
+        q = np.ones(n) if q is None else np.broadcast_to(np.asarray(q, float), (n,))
         return {"err_alpha": np.full(n, float(self.alpha)),
-                "err_sigma_s": np.full(n, float(self.sigma_s))}
+                "err_sigma_s": np.full(n, float(self.sigma_s)),
+                "err_local": np.sqrt(q)}
+
+
+@dataclass
+class LocalFactor:
+    """How the empty-position noise varies over the frame: ``q(x, y)``, the factor on the
+    calibrated (non-source) variance at a position.
+
+    At each empty position ``i`` the flux at the photometer's own size, in units of the
+    frame's calibrated error there, is ``z_i``.  At a point, ``q_knn`` is the squared biweight
+    scale of the ``z`` of the ``k`` nearest empty positions; it is shrunk towards ``q_frame``
+    (the same over all positions: 1 but for the spread of the per-position white-noise terms
+    about their median) on the log scale,
+
+    .. math::  \\log (q / q_{\\rm frame}) = \\lambda \\log (q_{\\rm knn} / q_{\\rm frame}),
+               \\qquad
+               \\lambda = \\max\\left(0, 1 - {\\rm Var}_{\\rm null} / {\\rm Var}_{\\rm obs}\\right),
+
+    where ``Var_obs`` is the variance of ``log q_knn`` over the empty positions and
+    ``Var_null`` the same with the ``z`` shuffled among the positions (pure sampling noise:
+    what a frame whose noise does not vary would show).  A frame whose noise does not vary
+    thus keeps its single factor (``lambda ~ 0``); one where it does follows it, as far as
+    ``k`` positions resolve it.  Where no empty position fits (a crowded region) the nearest
+    ones set the factor.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    k: int
+    shrink: float = 0.0
+    q_frame: float = 1.0
+
+    def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones) at ``x, y`` (NaN at
+        non-finite positions)."""
+        from astropy.stats import biweight_scale
+        from scipy.spatial import cKDTree
+
+        z = self.z if z is None else z
+        out = np.full(x.shape, np.nan)
+        rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+        tree = cKDTree(np.c_[self.x, self.y])
+        for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
+            r = rows[start:start + 20000]
+            _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
+            out[r] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
+        return out
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = self.q_frame * np.exp(self.shrink * np.log(self.knn(x, y) / self.q_frame))
+        return np.where(np.isfinite(q) & (q > 0), q, self.q_frame)
+
+    def as_dict(self) -> dict:
+        q = self(self.x, self.y)
+        return {"method": "k nearest empty positions", "k": int(self.k),
+                "shrink": float(self.shrink), "q_frame": float(self.q_frame),
+                "n": int(self.z.size),
+                "q_percentiles": [float(v) for v in np.percentile(q, [5, 50, 95])]}
+
+
+#: smallest number of empty positions for a local factor, and the share of them each local
+#: estimate uses (``k = clip(n / LOCAL_SHARE, LOCAL_K_MIN, LOCAL_K_MAX)``)
+LOCAL_MIN, LOCAL_SHARE, LOCAL_K_MIN, LOCAL_K_MAX = 100, 8, 25, 150
+
+
+def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
+                 rng: np.random.Generator) -> LocalFactor | None:
+    """:class:`LocalFactor` from normalised empty-position fluxes ``z`` at ``x, y``; None with
+    fewer than :data:`LOCAL_MIN` positions."""
+    from astropy.stats import biweight_scale
+
+    ok = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
+    x, y, z = x[ok], y[ok], z[ok]
+    if z.size < LOCAL_MIN:
+        return None
+    k = int(np.clip(round(z.size / LOCAL_SHARE), LOCAL_K_MIN, LOCAL_K_MAX))
+    lf = LocalFactor(x, y, z, k, q_frame=float(biweight_scale(z, c=9.0)) ** 2)
+    with np.errstate(divide="ignore"):
+        obs = np.log(lf.knn(x, y))
+        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(2)]
+    v_obs = float(np.var(obs[np.isfinite(obs)]))
+    v_null = float(np.mean([np.var(v[np.isfinite(v)]) for v in null]))
+    lf.shrink = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
+    return lf
 
 
 OFF = NoiseCalibration("off")
+
+#: factors on the probes' clearance tried in turn on a crowded frame (see :func:`calibrate`)
+CLEAR_STEPS = (1.0, 0.8, 0.65, 0.5)
 
 
 def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, clear: float,
@@ -243,7 +351,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, clear: float, *,
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
               name: str = "photometer", required: bool = True,
-              anchor: int | None = None) -> NoiseCalibration:
+              anchor: int | None = None, local: bool = True,
+              min_clear: float | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -257,6 +366,11 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     avoid_xy : (x, y) of every catalogued source
     clear : float
         Probes keep this distance [px] from sources, masked pixels, the border and each other.
+    min_clear : float, optional
+        Where fewer than ``max(2 min_probe, LOCAL_MIN)`` positions fit at ``clear`` (a
+        crowded or small frame), ``clear`` is lowered by the factors :data:`CLEAR_STEPS`, but
+        not below ``min_clear`` (the footprint of the photometer's own size); default
+        ``clear`` (never lowered).
     n_probe, min_probe : int
         Positions drawn; fewer usable than ``min_probe`` for a size (or fluxes without
         spread: a noise-free frame) drops that size, and no size left gives
@@ -271,9 +385,18 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         Too few empty positions: True gives a warning and ``status="uncalibrated"`` (the
         photometers then flag UNCALIBRATED); False (``error_calibration="auto"``) a log line
         and ``status="skipped"``.
+    local : bool
+        Also fit how the noise varies over the frame (:class:`LocalFactor`, from the anchor
+        size's positions; at least :data:`LOCAL_MIN` of them).
     """
     rng = np.random.default_rng([int(seed), 0xE4A7])
-    x, y = empty_positions(shape, np.asarray(mask, bool), avoid_xy, clear, int(n_probe), rng)
+    floor = float(clear if min_clear is None else min(min_clear, clear))
+    for f in CLEAR_STEPS:  # a crowded frame: closer to the sources, as its sources are
+        c = max(float(clear) * f, floor)
+        x, y = empty_positions(shape, np.asarray(mask, bool), avoid_xy, c, int(n_probe), rng)
+        if x.size >= max(2 * min_probe, LOCAL_MIN) or c <= floor:
+            break
+    clear = c
     groups = []
     for k in range(int(n_sizes)):
         r = probe(k, x, y) if x.size else {"flux": np.zeros(0), "var_white": np.zeros(0),
@@ -290,7 +413,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         if not (np.isfinite(spread) and spread > 0):  # a noise-free or quantised frame
             continue
         groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
-                       "observed": spread, "W": float(np.median(wv[ok]))})
+                       "observed": spread, "W": float(np.median(wv[ok])),
+                       "each": (x[ok], y[ok], f[ok], wv[ok], na[ok])})
     if not groups:
         msg = (f"{name}: only {x.size} empty positions at {clear:.1f} px from sources, masks "
                f"and edges (fewer than {min_probe} usable): flux errors are NOT empty-aperture "
@@ -313,8 +437,17 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     sizes = [{"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
               "predicted": float(np.sqrt(g["W"])), "fitted": float(np.sqrt(model(g)))}
              for g in groups]
+    lf = None
+    if local:  # each anchor position's flux in units of its own calibrated error
+        px, py, pf, pw, pn = (anch[0] if anch else groups[0])["each"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
+        lf = local_factor(px, py, z, rng)
+    msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
+           f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
+    if lf is not None:
+        d = lf.as_dict()
+        msg += (f"; local factor (k = {lf.k}, shrink {lf.shrink:.2f}): 5-95 % "
+                f"{d['q_percentiles'][0]:.2f}-{d['q_percentiles'][2]:.2f}")
     return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
-                            sizes=sizes,
-                            message=f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, "
-                                    f"gamma = {gam:.2f} from {x.size} empty positions, "
-                                    f"{len(groups)} sizes")
+                            sizes=sizes, message=msg, local=lf, clearance=float(clear))

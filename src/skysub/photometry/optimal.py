@@ -73,13 +73,14 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
-    error_calibration : {"auto", "empty", "none"}
+    error_calibration : {"auto", "empty", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with the weights of faint and bright point sources and round
         exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
-        mode); ``"none"``: the white-noise error model only.  A frame without room
-        for 50 empty positions is left uncalibrated: quietly with ``"auto"``, with a warning
-        and the UNCALIBRATED flag with ``"empty"``.
+        mode), with a local factor that follows the noise over the frame; ``"global"``: the
+        same without the local factor; ``"none"``: the white-noise error model only.  A
+        frame without room for 50 empty positions is left uncalibrated: quietly with
+        ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources per batch.
     name : str
@@ -215,7 +216,8 @@ class OptimalPhotometer:
         bres = run_background(self.background, img, x, y, mag, neighbours)
         core = self._core(img, x, y, shapes, bres)
         b_err = np.asarray(bres.bkg_err, float)
-        var = cal.variance(core["var_src"], core["var_pix"], core["n_aper"], b_err)
+        q = cal.factor(x, y)  # the local factor (1 without one)
+        var = cal.variance(core["var_src"], core["var_pix"], core["n_aper"], b_err, q)
         var_shape = shape_variance(self, img, x, y, catalog, shapes, bres, core["flux"])
         extra = {"model_in_stamp": core["in_stamp"]}
         if var_shape is not None:
@@ -225,10 +227,10 @@ class OptimalPhotometer:
             flux_err = np.sqrt(var)
         crowd_r = np.sqrt(core["fp_area"] / np.pi) + self.crowd_margin
         res = assemble(img, x, y, core["flux"], flux_err, np.asarray(bres.bkg, float),
-                       cal.bkg_err(b_err, core["n_aper"]) if cal.calibrated else b_err,
+                       cal.bkg_err(b_err, core["n_aper"], q) if cal.calibrated else b_err,
                        core["n_aper"], bres,
                        core["flags"], crowd_radius=crowd_r, neighbours=neighbours, extra=extra)
-        return with_calibration(res, cal)
+        return with_calibration(res, cal, q)
 
     def _core(self, img: Image, x: np.ndarray, y: np.ndarray, shapes, bres,
               model: np.ndarray | None = None, reference: np.ndarray | None = None,
@@ -384,6 +386,8 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
     off = np.arange(phot.size) - phot.size // 2
     rr = np.hypot(*np.meshgrid(off, off, indexing="ij"))
     clear = float(rr[models[-1] >= 0.01 * models[-1].max()].max()) + phot.crowd_margin
+    # on a crowded frame no closer than the point-source weights' own 1 %-of-peak radius
+    min_clear = float(rr[models[0] >= 0.01 * models[0].max()].max()) + phot.crowd_margin
     cache: dict = {}
 
     def probe(k: int, xp: np.ndarray, yp: np.ndarray) -> dict:
@@ -401,7 +405,8 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
 
     return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
-                     required=phot.error_calibration == "empty", anchor=0)
+                     required=phot.error_calibration == "empty", anchor=0,
+                     local=phot.error_calibration != "global", min_clear=min_clear)
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,

@@ -140,14 +140,15 @@ def pad_center(stamps: np.ndarray, size: int) -> np.ndarray:
 
 
 def model_images(shapes: Any, psf: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                 settings: GalaxySimSettings) -> np.ndarray:
+                 settings: GalaxySimSettings, *, fast: bool = False) -> np.ndarray:
     """Unit-total PSF-convolved catalogue models (m, stamp_size, stamp_size), source at
     ``stamp_size // 2 + (dx, dy)``: the second Lumos input, in training and inference alike.
-    ``shapes`` is a :class:`skysub.photometry.aperture.SourceShapes`."""
+    ``shapes`` is a :class:`skysub.photometry.aperture.SourceShapes`; ``fast``: the compiled
+    Sérsic kernel (:func:`skysub.simulate.profiles.sersic_stamps`, ~1e-7 relative)."""
     from .render import render_models
 
     m = render_models(shapes, psf, settings.model_size, np.asarray(dx, float),
-                      np.asarray(dy, float), oversample=settings.model_oversample)
+                      np.asarray(dy, float), oversample=settings.model_oversample, fast=fast)
     return pad_center(m, settings.stamp_size)
 
 

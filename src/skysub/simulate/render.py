@@ -111,12 +111,14 @@ def shift_psf(psf: np.ndarray, size: int, dx: np.ndarray, dy: np.ndarray) -> np.
 
 
 def render_models(shapes: SourceShapes, psf: np.ndarray, size: int, dx: np.ndarray,
-                  dy: np.ndarray, *, oversample: int = 10) -> np.ndarray:
+                  dy: np.ndarray, *, oversample: int = 10, fast: bool = False) -> np.ndarray:
     """Unit-total PSF-convolved models in the :mod:`skysub.stamps` layout.
 
     Galaxies (Sérsic, :func:`skysub.simulate.profiles.sersic_stamps`, batched) and point
     sources (the PSF, Fourier-shifted) are centred at ``size // 2 + (dx, dy)`` of each stamp,
     which is where :func:`skysub.stamps.cutouts` puts the source.
+
+    ``fast``: galaxies through the compiled Sérsic kernel (``sersic_stamps(fast=True)``).
 
     Returns
     -------
@@ -133,7 +135,7 @@ def render_models(shapes: SourceShapes, psf: np.ndarray, size: int, dx: np.ndarr
 
         out[gal] = sersic_stamps(size, np.ones(gal.sum()), shapes.r50[gal], shapes.n[gal],
                                  ba=shapes.ba[gal], theta=shapes.theta[gal], dx=dx[gal],
-                                 dy=dy[gal], oversample=oversample, psf=psf)
+                                 dy=dy[gal], oversample=oversample, psf=psf, fast=fast)
     return out
 
 

@@ -97,6 +97,12 @@ def _n_inside(x0: np.ndarray, y0: np.ndarray, S: int, nx: int, ny: int) -> np.nd
     return wx * wy
 
 
+#: stamps per forward pass of the fast CPU path (one worker; half that with several, for
+#: balance): the feature maps of larger batches leave the cache (and are fresh allocations
+#: every pass), which made batches of 512 ~2x slower per stamp than 64-128 on the project's CPU
+FAST_BATCH = 128
+
+
 class BKGnetBackground:
     """Background under each source predicted by a trained BKGnet.
 
@@ -112,6 +118,11 @@ class BKGnetBackground:
         the model never saw.  With "warn" the estimate is made with the MEAN of the known
         band x epoch embeddings and a warning says so -- usable, but fine-tune on a few
         exposures of that band (``skysub train bkgnet ... --init MODEL``) before trusting it.
+    fast : on CPU, the compiled path (default True): stamps cut, normalised and folded for the
+        network in one numba pass (:meth:`skysub.stamps.WindowCutter.folded_inputs`) and the
+        trunk of :func:`skysub.nn.inference.fast_trunk`, at most :data:`FAST_BATCH` stamps per
+        pass.  Same numbers as ``fast=False`` (the torch reference path) to float32 rounding;
+        it falls back to the reference path where numba or the fused kernels are missing.
 
     Notes
     -----
@@ -137,7 +148,7 @@ class BKGnetBackground:
 
     def __init__(self, model: Any = DEFAULT_MODEL, *, batch_size: int = 512,
                  device: str = "auto", threads: int | None = None, name: str = "bkgnet",
-                 unknown_key: str = "error") -> None:
+                 unknown_key: str = "error", fast: bool = True) -> None:
         import torch
 
         from ...nn.bkgnet import fuse_for_inference
@@ -161,6 +172,13 @@ class BKGnetBackground:
         if self.device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
         self.net = net
+        #: the fast CPU network (:func:`skysub.nn.inference.fast_trunk`), or None
+        self.fast_net = None
+        if fast and self.device.type == "cpu":
+            from ...nn.inference import fast_trunk
+
+            fnet = fast_trunk(net, 2)
+            self.fast_net = fnet if getattr(fnet, "fast_inference", False) else None
         self.card = card
         self.inputs = card.get("inputs", {})
         self.keys: list[str] = list(self.inputs.get("keys", []))
@@ -212,16 +230,88 @@ class BKGnetBackground:
                 new.weight[:n] = w
                 new.weight[n] = w.mean(0)
             self.net.embed = new
+            if self.fast_net is not None:
+                self.fast_net.embed = new
         return n
+
+    def _predict(self, cut: WindowCutter, img: Image, x: np.ndarray, y: np.ndarray,
+                 mag: np.ndarray | None, key: int, idx: np.ndarray, local) -> tuple:
+        """One batch ``idx``: the network's background and sigma per pixel (float64 numpy),
+        ``ok``, the stamp median ``loc``, the valid-pixel count and the stamp corners."""
+        import torch
+
+        from ...nn import bkgnet as nb
+
+        mask_size = int(self.card["arch"]["mask_size"])
+        min_valid = int(self.inputs.get("min_valid", 64))
+        fnet = self.fast_net
+        f = None
+        if fnet is not None and fnet.trunk.s2d and fnet.trunk.cin == 2:
+            f = cut.folded_inputs(x[idx], y[idx], mask_size, min_valid=min_valid,
+                                  asinh_scale=nb.ASINH_SCALE, mad_k=nb.MAD_SIGMA,
+                                  floor_rel=nb.SCALE_FLOOR_REL, floor_abs=nb.SCALE_FLOOR_ABS,
+                                  out=getattr(local, "buf", None))
+        with torch.inference_mode():
+            if f is not None:  # folded, channels-last: the fast trunk takes it as it is
+                local.buf = f["x"].base if f["x"].base is not None else f["x"]
+                xin = torch.from_numpy(f["x"]).permute(0, 3, 1, 2)
+                loc, scale = torch.from_numpy(f["loc"]), torch.from_numpy(f["scale"])
+                ok, n_valid, x0, y0 = f["ok"], f["n_valid"], f["x0"], f["y0"]
+            else:
+                data, valid, x0, y0 = cut(x[idx], y[idx])
+                xin, loc, scale, ok = nb.normalise_stamps(torch.from_numpy(data),
+                                                          torch.from_numpy(valid), mask_size,
+                                                          min_valid=min_valid)
+                ok, n_valid = ok.numpy(), valid.reshape(len(idx), -1).sum(1)
+                xin = xin.to(self.device)
+                if self.device.type == "cpu":
+                    xin = xin.contiguous(memory_format=torch.channels_last)
+            ny, nx = img.shape
+            cx = x[idx] / max(nx - 1, 1) * 2 - 1
+            cy = y[idx] / max(ny - 1, 1) * 2 - 1
+            coords = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
+            m = mag[idx] if mag is not None else np.full(len(idx), np.nan)
+            has = np.isfinite(m)
+            dev = self.device
+            mu, ls = (self.net if fnet is None else fnet)(
+                xin, coords.to(dev), torch.from_numpy(np.where(has, m, 0).astype(np.float32)
+                                                      ).to(dev),
+                torch.from_numpy(has.astype(np.float32)).to(dev),
+                torch.full((len(idx),), key, dtype=torch.long, device=dev))
+            b, s = nb.denormalise(mu.cpu(), ls.cpu(), loc, scale)
+        return b.numpy(), s.numpy(), ok, loc.numpy(), n_valid, x0, y0
+
+    def _run(self, img: Image, x: np.ndarray, y: np.ndarray, mag, key: int,
+             todo: np.ndarray):
+        """``(idx, *self._predict(...))`` for every batch of the sources ``todo``, in order.
+        The fast CPU path with several torch threads runs its batches on that many Python
+        threads with one torch thread each (:func:`skysub.nn.device.worker_map`; the compiled
+        kernel and the forward pass release the GIL)."""
+        import threading
+
+        import torch
+
+        cut = WindowCutter(img, self.stamp_size)  # one padded copy per image
+        threads = torch.get_num_threads() if self.fast_net is not None else 1
+        bs = self.batch_size
+        if self.fast_net is not None:
+            bs = min(bs, FAST_BATCH if threads == 1 else FAST_BATCH // 2)
+        chunks = [todo[s:s + bs] for s in range(0, len(todo), bs)]
+        local = threading.local()
+
+        def one(idx):
+            return (idx, *self._predict(cut, img, x, y, mag, key, idx, local))
+
+        from ...nn.device import worker_map
+
+        yield from worker_map(one, chunks, enabled=self.fast_net is not None)
 
     @image_method
     def estimate(self, image: Image | np.ndarray, x, y, *, mask: np.ndarray | None = None,
                  mag: np.ndarray | None = None,
                  neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> BackgroundResult:
         """Background per pixel and its 1-sigma error under each (x, y); see the class notes."""
-        import torch
-
-        from ...nn.bkgnet import denormalise, label_sigma, normalise_stamps, predicted_sigma
+        from ...nn.bkgnet import label_sigma, predicted_sigma
 
         img = as_image(image, mask)
         x, y = check_positions(x, y)
@@ -238,44 +328,18 @@ class BKGnetBackground:
         key = self.key_index(img)
         ny, nx = img.shape
         S = self.stamp_size
-        mask_size = int(self.card["arch"]["mask_size"])
-        min_valid = int(self.inputs.get("min_valid", 64))
         with np.errstate(invalid="ignore"):
             off = ~((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))
         flags[off] |= F.OFF_IMAGE
         todo = np.flatnonzero(~off)
-        cut = WindowCutter(img, S) if len(todo) else None  # one padded copy per image
-        for s0 in range(0, len(todo), self.batch_size):
-            idx = todo[s0:s0 + self.batch_size]
-            data, valid, x0, y0 = cut(x[idx], y[idx])
+        for idx, b, s, ok, loc, n_valid, x0, y0 in self._run(img, x, y, mag, key, todo):
             inside = (x0 >= 0) & (y0 >= 0) & (x0 + S <= nx) & (y0 + S <= ny)
             flags[idx[~inside]] |= F.EDGE
-            n_valid = valid.reshape(len(idx), -1).sum(1)
             n_in = _n_inside(x0, y0, S, nx, ny)
             flags[idx[n_valid < n_in]] |= F.MASKED
-            with torch.inference_mode():
-                xin, loc, scale, ok = normalise_stamps(torch.from_numpy(data),
-                                                       torch.from_numpy(valid), mask_size,
-                                                       min_valid=min_valid)
-                xin = xin.to(self.device)
-                if self.device.type == "cpu":
-                    xin = xin.contiguous(memory_format=torch.channels_last)
-                cx = x[idx] / max(nx - 1, 1) * 2 - 1
-                cy = y[idx] / max(ny - 1, 1) * 2 - 1
-                coords = torch.from_numpy(np.column_stack([cx, cy]).astype(np.float32))
-                m = mag[idx] if mag is not None else np.full(len(idx), np.nan)
-                has = np.isfinite(m)
-                mu, ls = self.net(xin, coords.to(self.device),
-                                  torch.from_numpy(np.where(has, m, 0).astype(np.float32)).to(
-                                      self.device),
-                                  torch.from_numpy(has.astype(np.float32)).to(self.device),
-                                  torch.full((len(idx),), key, dtype=torch.long,
-                                             device=self.device))
-                b, s = denormalise(mu.cpu(), ls.cpu(), loc, scale)
-            b, s, ok = b.numpy(), s.numpy(), ok.numpy()
             bkg[idx] = np.where(ok, b, np.nan)
             sig_net[idx] = np.where(ok, s, np.nan)
-            level[idx] = loc.numpy()
+            level[idx] = loc
             n_pix[idx] = n_valid
             flags[idx[~ok]] |= F.NO_DATA
         cal = self.inputs.get("error_calibration")
