@@ -231,18 +231,39 @@ def _goals(ft: dict, what: str) -> list:
               f"{ft['dup']:.2f} vs {ft['dup_truth']:.2f}")]
 
 
+def _card_note(model: Path, what: str) -> str:
+    """The training's model selection and error calibration, from the card."""
+    from skysub.nn.modelfile import read_card
+
+    card = read_card(model)
+    m, cal = card["metrics"], card["inputs"].get("error_calibration", {})
+    fol = cal.get("followed_injection", {})
+    return (f"{what}: best epoch {m.get('best_epoch')} of {m.get('epochs_run')} (selection "
+            f"{card['training'].get('select', 'nll')}); faint-source light followed "
+            f"{cal.get('followed', float('nan')):.2f} +- {fol.get('err', float('nan')):.2f}, "
+            f"label-noise factor {cal.get('label_factor_all', float('nan')):.2f}, error factor "
+            f"a {cal.get('a_all', float('nan')):.3f} (eq. 3 alone removed "
+            f"{cal.get('a_half') or float('nan'):.3f}, all label noise removed "
+            f"{cal.get('a_if_unseen') or float('nan'):.3f})")
+
+
 def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 1024),
         instrument_seed: int = 17, seed: int = 1, stamps_per_image: int | None = None,
         epochs: int | None = None, threads: int | None = None, realisations: int = 3,
-        n_band: int = 4) -> BenchResult:
+        n_band: int = 4, test_field: int = 2, injection: bool = True) -> BenchResult:
     import dataclasses
 
     from skysub.simulate.randomised import HELDOUT, instrument_exposures, random_instrument
 
+    if test_field in (1, 4):
+        raise ValueError(f"test_field {test_field} is a training field (1: all bands, 4: the "
+                         "band's); use 2 (documented figures) or 3 (development)")
     inst = random_instrument(HELDOUT, seed=instrument_seed, shape=shape)
     cfg = inst["config"]
     train, train_cat = instrument_exposures(inst, n_train, seed=(instrument_seed, 1))
-    test, _ = instrument_exposures(inst, n_test, seed=(instrument_seed, 2))
+    # the test field: (instrument_seed, 2) for the documented figures; (instrument_seed, 3)
+    # is the development field (another field of the same instrument)
+    test, _ = instrument_exposures(inst, n_test, seed=(instrument_seed, test_field))
     tmp = Path(tempfile.mkdtemp(prefix="bench_bkgnet_transfer_"))
     kw = {"seed": seed, "stamps_per_image": stamps_per_image, "epochs": epochs,
           "threads": threads}
@@ -277,7 +298,7 @@ def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 10
         one = {**inst, "config": dataclasses.replace(cfg, bands=[band],
                                                      sky={band: cfg.sky[band]})}
         btrain, bcat = instrument_exposures(one, n_band, seed=(instrument_seed, 4))
-        btest, _ = instrument_exposures(one, n_test, seed=(instrument_seed, 2))
+        btest, _ = instrument_exposures(one, n_test, seed=(instrument_seed, test_field))
         bmodel, t_band, _ = _train(tmp / "band", btrain, bcat, **kw)
         brows, _, _ = _score_test(btest, bmodel, f"BKGnet fine-tuned on {n_band} exposures")
         res.extra_tables.append((f"One unseen band ({band}, sky {cfg.sky[band]:.0f} ADU): the "
@@ -285,13 +306,16 @@ def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 10
                                  f"({t_band / 60:.1f} min), {n_test} test exposures of the "
                                  "other field", COLUMNS, brows))
         res.goals += _goals(brows[1], f"{n_band}-exposure band")
-    inj = injection_rows(model, realisations=realisations)
+        res.notes.append(_card_note(bmodel, f"{n_band}-exposure band"))
+    inj = injection_rows(model, realisations=realisations) if injection else []
     if inj:
         res.extra_tables.append((f"Injection-recovery on {len({r['frame'] for r in inj})} real "
                                  "frames (PSF stars, aperture r = 5 px): annulus, mesh and the "
                                  "model above with the mean embedding (no fine-tuning on them)",
                                  INJ_COLUMNS, inj))
-    res.notes += [f"training command: skysub {' '.join(argv[:2])} TRAIN/*.fits --catalog "
+    res.notes[:0] = [_card_note(model, f"{n_train} exposures"),
+                  f"test field: seed ({instrument_seed}, {test_field})",
+                  f"training command: skysub {' '.join(argv[:2])} TRAIN/*.fits --catalog "
                   f"cat.csv --output m.pt {' '.join(argv[argv.index('--seed'):])} "
                   f"({t_train:.0f} s)",
                   "truth: the simulator's noise-free background in r = 8 px (sky truth); the "
@@ -305,7 +329,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="6 training / 3 test exposures, 150 stamps each, 3 epochs")
     p.add_argument("--seed", type=int, default=1, help="training seed (1)")
-    p.add_argument("--instrument-seed", type=int, default=17)
+    p.add_argument("--instrument-seed", type=int, default=17,
+                   help="seed of the instrument drawn from the heldout family (17)")
+    p.add_argument("--test-field", type=int, default=2,
+                   help="the test field is seed (instrument seed, TEST_FIELD): 2 (default) for "
+                        "the documented figures, 3 the development field; 1 is the training "
+                        "field and 4 the band's training field")
+    p.add_argument("--no-injection", action="store_true",
+                   help="skip the injection-recovery table on real frames (default: run it)")
     p.add_argument("--n-train", type=int, default=None, help="training exposures (16)")
     p.add_argument("--n-test", type=int, default=None, help="test exposures (8)")
     p.add_argument("--stamps-per-image", type=int, default=None)
@@ -327,7 +358,8 @@ def parse(argv=None) -> argparse.Namespace:
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(n_train=args.n_train, n_test=args.n_test, instrument_seed=args.instrument_seed,
                seed=args.seed, stamps_per_image=args.stamps_per_image, epochs=args.epochs,
-               threads=args.threads, realisations=1 if args.quick else 3, n_band=args.n_band)
+               threads=args.threads, realisations=1 if args.quick else 3, n_band=args.n_band,
+               test_field=args.test_field, injection=not args.no_injection)
 
 
 def main(argv=None) -> BenchResult:

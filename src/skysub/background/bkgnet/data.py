@@ -57,13 +57,16 @@ class TrainingSet:
     #: (N, 2) stamp centres on the sky, in the pixel frame of the first exposure (its WCS;
     #: the stamp's own pixel position without one)
     sky: np.ndarray | None = None
+    #: (N,) image units (ADU) per unit of ``10^(-0.4 (mag - zero_point))``: exposure time /
+    #: gain of each stamp's exposure (fluxes of sources injected after sampling)
+    flux_unit: np.ndarray | None = None
 
     def subset(self, sel: np.ndarray) -> TrainingSet:
         import torch
 
         t = torch.from_numpy(np.flatnonzero(sel))
         opt = {k: None if getattr(self, k) is None else getattr(self, k)[sel]
-               for k in ("annulus", "edge_distance", "sky")}
+               for k in ("annulus", "edge_distance", "sky", "flux_unit")}
         return TrainingSet(self.x[t], self.coords[t], self.mag[t], self.has_mag[t], self.key[t],
                            self.y[t], self.label[sel], self.label_sigma[sel], self.loc[sel],
                            self.scale[sel], self.exposure[sel], self.pos[sel],
@@ -187,7 +190,7 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
     galaxies = galaxy_pool(catalog, rng) if settings.inject else None
     parts: dict[str, list] = {k: [] for k in ("x", "coords", "mag", "has", "key", "y", "label",
                                               "lsig", "loc", "scale", "exp", "pos", "ann",
-                                              "edge", "sky")}
+                                              "edge", "sky", "fu")}
     trip: dict[str, list] = {k: [] for k in ("d", "level", "eq3", "edge_distance",
                                              "exposure", "key")}
     ref_wcs = None
@@ -237,6 +240,7 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
         if ref_wcs is None:
             ref_wcs = _celestial(image)
         parts["sky"].append(_sky_positions(image, d["x"][ok], d["y"][ok], ref_wcs))
+        parts["fu"].append(np.full(ok.sum(), (image.meta.exptime or 1.0) / image.meta.gain))
     if not parts["x"]:
         raise InputError("no training stamps could be drawn from the exposures (every position "
                          "crowded, saturated or masked?)")
@@ -249,4 +253,5 @@ def build_training_set(exposures: Iterable[tuple[Image, Any, np.ndarray | None]]
         y=torch.from_numpy(cat["y"].astype(np.float32)), label=cat["label"],
         label_sigma=cat["lsig"], loc=cat["loc"], scale=cat["scale"], exposure=cat["exp"],
         pos=cat["pos"], annulus=cat["ann"], edge_distance=cat["edge"], sky=cat["sky"],
+        flux_unit=cat["fu"],
         stencils={k: np.concatenate(v) for k, v in trip.items()} if trip["d"] else None)

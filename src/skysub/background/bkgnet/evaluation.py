@@ -26,7 +26,8 @@ def validation_metrics(model, val: TrainingSet) -> dict:
             "median_label_sigma_rel": float(np.median(val.label_sigma / val.label))}
 
 
-def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
+def _fold_errors(b, sn, val: TrainingSet, keys: list[str], followed: float | None = None
+                 ) -> np.ndarray:
     """Total error of ``b - label`` on each validation stamp, ``sqrt(bkg_err^2 + eq3^2)``,
     the calibration fitted on the OTHER held-out sky tiles (two folds of tiles; of exposures
     for sets without sky positions), so that the pull width reported is not the one the
@@ -45,7 +46,8 @@ def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
     for test in (fold, ~fold):
         fit = ~test
         cal = fit_error_calibration(b[fit], sn[fit], val.label[fit], val.label_sigma[fit],
-                                    val.edge_distance[fit], names[fit], st, keys)
+                                    val.edge_distance[fit], names[fit], st, keys,
+                                    followed=followed)
         err, _ = calibrated_errors(b[test], sn[test], val.label_sigma[test],
                                    val.edge_distance[test], cal)
         total[test] = np.sqrt(err**2 + val.label_sigma[test] ** 2)  # as the fit
@@ -53,11 +55,13 @@ def _fold_errors(b, sn, val: TrainingSet, keys: list[str]) -> np.ndarray:
 
 
 def training_report(model, val: TrainingSet, keys: list[str], *,
-                    edge_width: float = 150.0) -> dict:
+                    edge_width: float = 150.0, followed: float | None = None) -> dict:
     """What a user needs to trust a trained model, on the held-out (validation) sky tiles:
     sigma68 of ``(b - label) / label`` for BKGnet and for the tuned annulus (30-45 px clipped
     median) on the same stamps, their ratio, BKGnet's bias and pull width (errors calibrated on
-    the other held-out sky tiles), overall, per band x epoch and edge/centre.
+    the other held-out sky tiles, with the ``followed`` share of faint-source light of
+    :func:`~skysub.background.bkgnet.calibration.fit_error_calibration`), overall, per
+    band x epoch and edge/centre.
 
     Labels are pixel labels (photometric truth, with their own noise in both methods'
     scatter); models trained on simulator truth are scored against that truth.
@@ -65,7 +69,7 @@ def training_report(model, val: TrainingSet, keys: list[str], *,
     from ...metrics import bias, pull_summary, scatter
 
     b, sn = predict_set(model, val)
-    total = (_fold_errors(b, sn, val, keys) if val.stencils is not None
+    total = (_fold_errors(b, sn, val, keys, followed) if val.stencils is not None
              else np.full(len(b), np.nan))
     ann = val.annulus if val.annulus is not None else np.full(len(b), np.nan)
     edge = (val.edge_distance < edge_width if val.edge_distance is not None
