@@ -154,19 +154,26 @@ def shells(shape: tuple[int, int], n: int, rng: np.random.Generator, *,
     """``n`` shells / bubbles: rings of radius 6-120 px with a Gaussian cross-section of
     1-6 px, a third of them partial arcs, each interior filled to 0-30 % of its rim."""
     ny, nx = shape
-    yy, xx = np.indices(shape, dtype=float)
     out = np.zeros(shape)
     for _ in range(int(n)):
         cx, cy = rng.uniform(0, nx), rng.uniform(0, ny)
         r0 = rng.uniform(6.0, min(120.0, 0.4 * min(nx, ny)))
-        w = rng.uniform(1.0, 6.0)
-        r = np.hypot(xx - cx, yy - cy)
-        ring = np.exp(-0.5 * ((r - r0) / w) ** 2) + rng.uniform(0, 0.3) * (r < r0)
+        ring = shell(shape, cx, cy, r0, rng.uniform(1.0, 6.0), rng.uniform(0, 0.3))
         if rng.uniform() < 1 / 3:  # a partial arc: a smooth angular window
+            yy, xx = np.indices(shape, dtype=float)
             t = np.arctan2(yy - cy, xx - cx) - rng.uniform(-np.pi, np.pi)
             ring *= 0.5 * (1 + np.cos(np.angle(np.exp(1j * t)) * rng.uniform(0.5, 1.0)))
         out += ring * amplitude * rng.uniform(0.3, 1.0)
     return out
+
+
+def shell(shape: tuple[int, int], cx: float, cy: float, radius: float, width: float,
+          fill: float = 0.0) -> np.ndarray:
+    """One shell: a ring of unit peak at ``radius`` around ``(cx, cy)`` with a Gaussian
+    cross-section of sigma ``width`` [px], its interior raised by ``fill``."""
+    yy, xx = np.indices(shape, dtype=float)
+    r = np.hypot(xx - cx, yy - cy)
+    return np.exp(-0.5 * ((r - radius) / width) ** 2) + fill * (r < radius)
 
 
 def knots(shape: tuple[int, int], n: int, rng: np.random.Generator, *, beam_fwhm: float,
@@ -185,7 +192,7 @@ def knots(shape: tuple[int, int], n: int, rng: np.random.Generator, *, beam_fwhm
         y[:half] = (y0 + t * np.sin(ang) + rng.normal(0, 4, half)) % ny
     s0 = beam_fwhm / FWHM_PER_SIGMA
     out = np.zeros(shape)
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         s = s0 * rng.uniform(0.6, 2.0)
         h = int(np.ceil(4 * s)) + 1
         x1, x2 = max(0, int(xi) - h), min(nx, int(xi) + h + 1)
