@@ -37,11 +37,7 @@ models: $(STAMP)
 	    --stamps-per-image 700 --seed 777 --output src/skysub/models/lumos-paus.pt
 	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \
 	    --output src/skysub/models/inpaint-default.pt --overwrite
-	# fine-tuned on the generator families (presets/inpaint-families.toml: --init inpaint-default,
-	# the model the line above wrote), then calibrated with the removal table on their test fields
-	$(VENV)/bin/skysub train inpaint --config inpaint-families --threads 1 \
-	    --output src/skysub/models/inpaint-default.pt --overwrite
-	$(VENV)/bin/skysub train inpaint --config inpaint-families --threads 1 \
+	$(VENV)/bin/skysub train inpaint --config inpaint-generic --threads 1 \
 	    --output src/skysub/models/inpaint-default.pt --calibrate-only
 
 lint: $(STAMP)
