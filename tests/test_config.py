@@ -10,8 +10,8 @@ from skysub.errors import ConfigError
 
 
 def test_presets_listed_and_default_is_generic():
-    assert list_presets() == ["generic", "inpaint-generic", "inpaint-parallel", "inpaint-scanmap",
-                              "paus"]
+    assert list_presets() == ["generic", "inpaint-families", "inpaint-generic", "inpaint-parallel",
+                              "inpaint-scanmap", "paus"]
     cfg = load_config()
     assert isinstance(cfg, SurveyConfig) and cfg.name == "generic"
     assert cfg.source == "preset:generic"
@@ -115,7 +115,8 @@ def test_unknown_section_names_it_and_the_file(tmp_path):
 
 
 def test_unknown_preset_or_missing_file_lists_presets(tmp_path):
-    with pytest.raises(ConfigError, match=r"'pause'.*presets: generic, inpaint-generic, .*paus"):
+    with pytest.raises(ConfigError, match=r"'pause'.*presets: generic, inpaint-families, "
+                                          r"inpaint-generic, .*paus"):
         load_config("pause")
     with pytest.raises(ConfigError, match=r"nothere.toml.*presets: generic, inpaint-.*paus"):
         load_config(tmp_path / "nothere.toml")

@@ -102,7 +102,10 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
     for k, sim in enumerate(progress(sims, desc="calibrating", quiet=quiet, unit="field")):
         x, y = np.asarray(sim.catalog["x"], float), np.asarray(sim.catalog["y"], float)
         # a bare network: no calibration of its own is applied
-        res = remove_sources(sim.image, x, y, model=net, masks=masks, psf=sim.psf,
+        # a field of a wider or narrower beam (``extra["mask_scale"]``): holes scaled with it
+        tab = masks.scaled(sim.extra.get("mask_scale", 1.0)) if hasattr(masks, "scaled") \
+            else masks
+        res = remove_sources(sim.image, x, y, model=net, masks=tab, psf=sim.psf,
                              radii=(float(flux_radius),), keep_cutouts=True,
                              **prediction_options(options))
         settings = res.extra.get("settings", settings)
@@ -123,7 +126,7 @@ def measure_fields(net: Any, sims: list, masks: Any, *,
         parts["err"].append(err[ok])
         parts["hole"].append(np.asarray(res.sources["mask_radius"], float)[ok])
         parts["snr"].append(np.asarray(res.sources["snr"], float)[ok])
-        parts["sigma_bg"].append(peak_snr(sim.image, x, y, masks)["sigma_bg"][ok])
+        parts["sigma_bg"].append(peak_snr(sim.image, x, y, tab)["sigma_bg"][ok])
         parts["noise"].append(cutout_noise(tru, st.valid)[ok])
         parts["sim"].append(np.full(int(ok.sum()), k))
         # one row per source (a single aperture radius): the removed and the injected flux

@@ -25,6 +25,7 @@ from astropy.table import Table, vstack
 
 from ..errors import InputError
 from ..metrics import median_standard_error, pixel_stats, power_spectrum
+from ..simulate.extended import make_psf
 from .core import DEFAULT_MODEL, removal_options, remove_sources
 from .masks import MaskTable
 
@@ -48,27 +49,53 @@ EVAL_LEVELS = (20.0, 60.0, 150.0, 400.0, 1000.0, 2500.0, 6000.0, 15000.0, 40000.
 
 def simulate_test_fields(n_fields: int = 4, field_size: int = 384, seed: int = 12345,
                          n_sources: int | None = None, psf_fwhm: float = 3.5,
-                         levels: tuple[float, ...] = EVAL_LEVELS) -> list:
+                         levels: tuple[float, ...] = EVAL_LEVELS, family: str = "classic"
+                         ) -> list:
     """Held-out simulations: ``n_fields`` fields x one simulation per flux level.
 
     The fields come from ``seed`` (default 12345), disjoint from the training, validation and
-    test seeds of ``skysub train inpaint`` (``seed * 1000 + 1..3`` with small seeds).  PSFs cycle
-    Gaussian / Airy-like / Herschel-like by field.
+    test seeds of ``skysub train inpaint`` (``seed * 1000 + 1..3`` with small seeds).
+    ``family``: ``"classic"`` (:func:`skysub.simulate.extended.random_field_config`; PSFs
+    cycle Gaussian / Airy-like / Herschel-like by field, FWHM ``psf_fwhm``) or a generator
+    family of :mod:`skysub.simulate.families` -- ``"cascade"`` is the held-out family that
+    training never draws -- with a beam per field of any of its shapes and FWHM 1.5-8 px
+    (``extra["mask_scale"]`` = FWHM / ``psf_fwhm`` scales the holes, see
+    :func:`evaluate_fields`).
     """
     from ..simulate.extended import extended_field, random_field_config, simulate_extended
+    from ..simulate.families import (
+        FAMILIES,
+        family_field,
+        family_psf,
+        random_beam,
+        random_family_config,
+    )
 
+    if family != "classic" and family not in FAMILIES:
+        raise InputError(f"unknown field family {family!r}; expected classic or one of "
+                         f"{', '.join(FAMILIES)}")
     rng = np.random.default_rng(seed)
     sims = []
     for i in range(int(n_fields)):
         fseed = int(rng.integers(2**31))
         frng = np.random.default_rng(fseed)
-        cfg = random_field_config(frng, (field_size, field_size))
-        truth = extended_field(cfg, frng)
+        extra: dict[str, Any] = {"field_index": i}
+        if family == "classic":
+            cfg = random_field_config(frng, (field_size, field_size))
+            truth = extended_field(cfg, frng)
+            psf = make_psf(PSFS[i % len(PSFS)], psf_fwhm)
+        else:
+            kind, fwhm = random_beam(frng)
+            psf = family_psf(kind, fwhm, frng)
+            cfg = random_family_config(frng, (field_size, field_size), families=(family,),
+                                       beam_fwhm=fwhm)
+            truth = family_field(cfg, frng)
+            extra.update(family=family, psf_kind=kind, psf_fwhm=fwhm,
+                         mask_scale=fwhm / psf_fwhm)
         for j, level in enumerate(levels):
-            sim = simulate_extended(cfg, psf=PSFS[i % len(PSFS)], psf_fwhm=psf_fwhm,
-                                    n_sources=n_sources, flux=level, seed=fseed + 1 + j,
-                                    truth=truth)
-            sim.extra["field_index"] = i
+            sim = simulate_extended(cfg, psf=psf, n_sources=n_sources, flux=level,
+                                    seed=fseed + 1 + j, truth=truth)
+            sim.extra.update(extra)
             sims.append(sim)
     return sims
 
@@ -115,9 +142,19 @@ def evaluate_fields(sims: list, *, model: Any = DEFAULT_MODEL, masks: MaskTable 
     :func:`remove_sources` settings (:func:`skysub.removal.core.removal_options`)."""
     from ..progress import progress
 
+    base = masks
+    if base is None and any("mask_scale" in s.extra for s in sims):
+        # fields of other beams: the model's removal table, scaled by each field's FWHM
+        from .core import load_inpaint_model
+
+        inputs = load_inpaint_model(model)[1].get("inputs", {})
+        base = MaskTable.from_config(inputs.get("inference_masks", inputs.get("masks")),
+                                     psf_fwhm=float(inputs.get("psf_fwhm", 3.5)))
     rows, spectra, stats = [], [], []
     for i, sim in enumerate(progress(sims, desc="evaluating", quiet=quiet, unit="field")):
         cat, psf = perturbed_inputs(sim, position_error, psf_blur, seed=2000 + i)
+        if "mask_scale" in sim.extra and base is not None:
+            masks = base.scaled(sim.extra["mask_scale"])
         res = remove_sources(sim.image, catalog=cat, model=model, masks=masks,
                              radii=radii, psf=psf, device=device, tta=tta, **(options or {}))
         t = res.table

@@ -112,6 +112,20 @@ class MaskTable:
                 **({"wing_sigma": self.wing_sigma, "max_radius_px": self.max_radius_px}
                    if self.wing_sigma is not None else {})}
 
+    def scaled(self, factor: float) -> MaskTable:
+        """This table for a beam ``factor`` times wider: every radius and the SNR geometry
+        multiplied by ``factor`` (``max_radius_px`` stays a pixel cap, as at inference)."""
+        from dataclasses import replace
+
+        f = float(factor)
+        if not f > 0:
+            raise ConfigError(f"mask table scale factor must be positive, got {factor}")
+        if f == 1.0:
+            return self
+        return replace(self, radii=tuple(r * f for r in self.radii),
+                       source_radius=self.source_radius * f, annulus_in=self.annulus_in * f,
+                       annulus_out=self.annulus_out * f)
+
     @classmethod
     def for_training(cls, removal: dict[str, Any] | None, *,
                      psf_fwhm: float | None = None) -> MaskTable | None:

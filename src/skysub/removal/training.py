@@ -65,6 +65,13 @@ class InpaintTrainConfig:
     catalogs : the ``maps``' own compact sources (catalogue files: one per map, or one for
         all of them with ra/dec); none: :func:`skysub.removal.realmaps.find_compact_sources`
     map_sources : beams injected per map and realisation when the calibration uses ``maps``
+    fields : simulated fields: ``"classic"`` (:func:`skysub.simulate.extended.random_field_config`)
+        or ``"families"`` (:mod:`skysub.simulate.families`, one of ``families`` per field;
+        the held-out ``cascade`` family is refused)
+    psf_fwhm_range : ``[lo, hi]``: each simulated field's beam FWHM [px] drawn log-uniformly
+        in it (its holes scaled by FWHM / ``psf_fwhm``); empty: every beam ``psf_fwhm``
+    calibrate : measure the error calibration on the test fields after training (False: leave
+        it to ``--calibrate-only``, which measures it with the removal's mask table)
     """
 
     preset: str = "default"
@@ -94,6 +101,10 @@ class InpaintTrainConfig:
     init: str | None = None
     catalogs: list[str] = field(default_factory=list)
     map_sources: int = 40
+    fields: str = "classic"
+    families: list[str] = field(default_factory=lambda: ["clouds", "bubbles", "knots"])
+    psf_fwhm_range: list[float] = field(default_factory=list)
+    calibrate: bool = True
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
@@ -102,9 +113,30 @@ class InpaintTrainConfig:
         d = dict(d or {})
         check_keys(d, asdict(cls()), "[removal.train]")
         try:
-            return cls(**d)
+            out = cls(**d)
         except TypeError as exc:
             raise ConfigError(f"[removal.train]: {exc}") from None
+        out.check_fields()
+        return out
+
+    def check_fields(self) -> None:
+        """Refuse unknown field generators, the held-out family and bad FWHM ranges."""
+        from ..simulate.families import HELD_OUT_FAMILY, TRAINING_FAMILIES
+
+        if self.fields not in ("classic", "families"):
+            raise ConfigError(f"[removal.train] fields must be 'classic' or 'families', got "
+                              f"{self.fields!r}")
+        if HELD_OUT_FAMILY in self.families:
+            raise ConfigError(f"[removal.train] families: {HELD_OUT_FAMILY!r} is the held-out "
+                              "generator family of the benchmark; training never draws it")
+        bad = [f for f in self.families if f not in TRAINING_FAMILIES]
+        if bad or not self.families:
+            raise ConfigError(f"[removal.train] families: unknown {bad or self.families}; "
+                              f"expected some of {', '.join(TRAINING_FAMILIES)}")
+        r = [float(v) for v in self.psf_fwhm_range]
+        if r and (len(r) != 2 or not 0 < r[0] <= r[1]):
+            raise ConfigError(f"[removal.train] psf_fwhm_range must be [lo, hi] with "
+                              f"0 < lo <= hi [px], got {self.psf_fwhm_range}")
 
 
 def _field_cutouts(image: np.ndarray, truth: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -139,6 +171,9 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
         fseed = int(rng.integers(2**31))
         frng = np.random.default_rng(fseed)
         psf = cfg.psf[i % len(cfg.psf)]
+        if not maps and (cfg.fields == "families" or cfg.psf_fwhm_range):
+            yield from _family_simulations(cfg, i, fseed, frng, psf)
+            continue
         if maps:
             truth = maps[i % len(maps)]
             from .domain import pixel_noise
@@ -163,6 +198,40 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
             base = sim.truth  # same field, new sources
             config = sim.field
             yield i, sim
+
+
+def _family_simulations(cfg: InpaintTrainConfig, i: int, fseed: int,
+                        frng: np.random.Generator, psf: str):
+    """:func:`field_simulations` for ``cfg.fields = "families"`` or a ``psf_fwhm_range``: the
+    field's beam FWHM drawn in the range, its field from :mod:`skysub.simulate.families`
+    (or the classic generator); ``extra["mask_scale"]`` = FWHM / ``psf_fwhm`` scales the
+    holes of the mask table."""
+    from ..simulate.extended import extended_field, random_field_config, simulate_extended
+    from ..simulate.families import family_field, family_psf, random_beam, random_family_config
+
+    fwhm = cfg.psf_fwhm
+    if cfg.psf_fwhm_range:
+        _, fwhm = random_beam(frng, (psf,), tuple(cfg.psf_fwhm_range))
+    try:
+        kernel = family_psf(psf, fwhm, frng)
+    except InputError:  # a FITS PSF: its own FWHM
+        from ..simulate.extended import make_psf
+        from .domain import psf_fwhm_of
+
+        kernel = make_psf(psf, fwhm)
+        fwhm = psf_fwhm_of(kernel)
+    shape = (cfg.field_size, cfg.field_size)
+    if cfg.fields == "families":
+        config = random_family_config(frng, shape, families=tuple(cfg.families), beam_fwhm=fwhm)
+        truth = family_field(config, frng)
+    else:
+        config = random_field_config(frng, shape)
+        truth = extended_field(config, frng)
+    for j in range(cfg.realisations):
+        sim = simulate_extended(config, psf=kernel, seed=fseed * 31 + j, truth=truth)
+        sim.extra.update(psf_fwhm=float(fwhm), mask_scale=float(fwhm / cfg.psf_fwhm),
+                         family=getattr(config, "family", "classic"))
+        yield i, sim
 
 
 def _estimated_wings(sim, rng: np.random.Generator) -> np.ndarray:
@@ -191,7 +260,8 @@ def make_fields(cfg: InpaintTrainConfig, n: int, seed: int, table: MaskTable, *,
         wings = None
         if cfg.wing_subtraction:
             wings = _estimated_wings(sim, rng)
-        c = _field_cutouts(sim.image, sim.truth, x, y, table, big, psf=sim.psf, wings=wings)
+        c = _field_cutouts(sim.image, sim.truth, x, y, table.scaled(sim.extra.get(
+            "mask_scale", 1.0)), big, psf=sim.psf, wings=wings)
         c["field"] = np.full(len(c["image"]), i, np.int32)
         parts.append(c)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -432,7 +502,8 @@ def train_inpaint(output: str | Path, *, config: InpaintTrainConfig | dict | Non
     }
     card["error_calibration"] = calibrate_model(trainer.model.cpu().eval(), cfg, masks,
                                                 maps=parts["test"] if parts else None,
-                                                quiet=quiet, options=options)
+                                                quiet=quiet, options=options) \
+        if cfg.calibrate else None
     if card["error_calibration"] and "domain" in card["error_calibration"]:
         card["domain"] = card["error_calibration"].pop("domain")
     save_model(output, trainer.model.cpu(), card, overwrite=overwrite)
