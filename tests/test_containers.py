@@ -260,7 +260,10 @@ def test_uncertainty_is_the_pixel_variance_of_the_flux_errors():
     rng = np.random.default_rng(8)
     sigma = rng.uniform(1.0, 4.0, SHAPE)
     ccd = CCDData(IMG, unit="adu", uncertainty=StdDevUncertainty(sigma))
-    phot = AperturePhotometer(4.0, background=_ZeroBackground(), method="center")
+    # the propagation alone: no empty-aperture calibration (the default, "auto", rescales the
+    # errors to the spread of empty apertures wherever the frame has enough of them)
+    phot = AperturePhotometer(4.0, background=_ZeroBackground(), method="center",
+                              error_calibration="none")
     res = phot.measure(ccd, X, Y)
     ref = aperture_photometry(IMG, CircularAperture(np.c_[X, Y], r=4.0), error=sigma,
                               method="center")
@@ -272,8 +275,16 @@ def test_uncertainty_is_the_pixel_variance_of_the_flux_errors():
 
     res_v = phot.measure(NDData(IMG, uncertainty=VarianceUncertainty(sigma**2)), X, Y)
     assert_allclose(res_v.flux_err, res.flux_err.value, rtol=1e-12)
-    plain = AperturePhotometer(4.0, background=_bg(), method="center").measure(IMG, X, Y)
+    plain = AperturePhotometer(4.0, background=_bg(), method="center",
+                               error_calibration="none").measure(IMG, X, Y)
     assert not np.allclose(plain.flux_err, res.flux_err.value)
+    # by default the uncertainty map's errors are calibrated on the frame's empty apertures
+    # too: here the zero background leaves the sky's structure in every empty aperture
+    cal = AperturePhotometer(4.0, background=_ZeroBackground(), method="center").measure(
+        ccd, X, Y)
+    assert cal.meta["error_calibration"]["status"] == "calibrated"
+    assert np.all(cal.flux_err.value > 3 * res.flux_err.value)
+    assert_allclose(cal.flux.value, res.flux.value, rtol=1e-12)
     # the model-scaled aperture uses it too: its error scales like sqrt(sum w^2 sigma^2)
     m1 = ModelAperturePhotometer(PSF, background=_ZeroBackground()).measure(
         NDData(IMG, uncertainty=StdDevUncertainty(np.full(SHAPE, 2.0))), X, Y)
