@@ -129,6 +129,29 @@ def compiled(work: int | None = None) -> dict | None:
     return _compiled
 
 
+_optional: dict = {}  # name -> compiled kernel, or None where it is unavailable
+
+
+def optional_kernel(name: str, load) -> object | None:
+    """A compiled kernel outside the clipping set (BKGnet's stamp folding, Lumos' Sérsic
+    pixels), or None for the caller's numpy/torch path: with the ``"numpy"`` engine, or where
+    ``load()`` -- which imports the kernel and runs it once on a tiny input -- fails (no numba,
+    or it cannot compile here; logged at debug level, once per process)."""
+    _check_env_engine()
+    if _engine == "numpy":
+        return None
+    if name not in _optional:
+        with _lock:
+            if name not in _optional:
+                try:
+                    _optional[name] = load()
+                except Exception as exc:  # no numba, or no compiler for this platform
+                    _optional[name] = None
+                    log.debug("compiled kernel %s unavailable (%s: %s)", name,
+                              type(exc).__name__, exc)
+    return _optional[name]
+
+
 def active_engine(work: int | None = None) -> str:
     """``"numba"`` or ``"numpy"``: what a clipping call of ``work`` values will use."""
     return "numba" if compiled(work) is not None else "numpy"

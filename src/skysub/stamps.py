@@ -243,28 +243,19 @@ class WindowCutter:
                 "ok": ok, "n_valid": n_valid, "x0": x0, "y0": y0}
 
 
-_FOLD: list = []  # [kernel or None], filled on first use
-
-
 def _fold_kernel():
-    """The compiled :func:`skysub._numba_stamps.fold_stamps`, or None (no numba, or it fails
-    to compile here: logged at debug level).  ``SKYSUB_KERNELS=numpy`` disables it."""
-    if not _FOLD:
-        import logging
-        import os
+    """The compiled :func:`skysub._numba_stamps.fold_stamps`, or None
+    (:func:`skysub.kernels.optional_kernel`: no numba, or ``SKYSUB_KERNELS=numpy``)."""
+    from .kernels import optional_kernel
 
-        k = None
-        if os.environ.get("SKYSUB_KERNELS", "auto").strip().lower() != "numpy":
-            try:
-                from ._numba_stamps import fold_stamps
+    return optional_kernel("fold_stamps", _load_fold)
 
-                _fold_smoke(fold_stamps)
-                k = fold_stamps
-            except Exception as exc:  # no numba, or no compiler for this platform
-                logging.getLogger("skysub").debug("compiled stamp kernel unavailable (%s: %s)",
-                                                  type(exc).__name__, exc)
-        _FOLD.append(k)
-    return _FOLD[0]
+
+def _load_fold():
+    from ._numba_stamps import fold_stamps
+
+    _fold_smoke(fold_stamps)
+    return fold_stamps
 
 
 def _fold_smoke(kernel) -> None:

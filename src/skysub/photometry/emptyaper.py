@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -190,17 +191,23 @@ class LocalFactor:
         """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones) at ``x, y`` (NaN at
         non-finite positions)."""
         from astropy.stats import biweight_scale
-        from scipy.spatial import cKDTree
 
         z = self.z if z is None else z
         out = np.full(x.shape, np.nan)
         rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-        tree = cKDTree(np.c_[self.x, self.y])
+        tree = self._tree
         for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
             r = rows[start:start + 20000]
             _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
             out[r] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
         return out
+
+    @cached_property
+    def _tree(self):
+        """The empty positions' k-d tree (built once; every :meth:`knn` queries it)."""
+        from scipy.spatial import cKDTree
+
+        return cKDTree(np.c_[self.x, self.y])
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):

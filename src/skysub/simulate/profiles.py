@@ -75,30 +75,21 @@ def convolve_batch(stamps: np.ndarray, psf: np.ndarray) -> np.ndarray:
     return full[..., p0 // 2:p0 // 2 + s0, p1 // 2:p1 // 2 + s1]
 
 
-_KERNEL: list = []  # [compiled sersic_pixels or None], filled on first use
-
-
 def _compiled():
-    """The numba kernel :func:`skysub._numba_profiles.sersic_pixels`, or None (no numba, it
-    fails to compile, or ``SKYSUB_KERNELS=numpy``)."""
-    if not _KERNEL:
-        import logging
-        import os
+    """The numba kernel :func:`skysub._numba_profiles.sersic_pixels`, or None
+    (:func:`skysub.kernels.optional_kernel`: no numba, or ``SKYSUB_KERNELS=numpy``)."""
+    from ..kernels import optional_kernel
 
-        k = None
-        if os.environ.get("SKYSUB_KERNELS", "auto").strip().lower() != "numpy":
-            try:
-                from .._numba_profiles import sersic_pixels
+    return optional_kernel("sersic_pixels", _load_sersic)
 
-                one = np.ones(1)
-                sersic_pixels(np.zeros(1), np.zeros(1), one, 1, 1, one, one, one, one, one,
-                              np.zeros(1), one, np.empty((1, 1, 1)))
-                k = sersic_pixels
-            except Exception as exc:
-                logging.getLogger("skysub").debug("compiled Sérsic kernel unavailable (%s: %s)",
-                                                  type(exc).__name__, exc)
-        _KERNEL.append(k)
-    return _KERNEL[0]
+
+def _load_sersic():
+    from .._numba_profiles import sersic_pixels
+
+    one = np.ones(1)
+    sersic_pixels(np.zeros(1), np.zeros(1), one, 1, 1, one, one, one, one, one,
+                  np.zeros(1), one, np.empty((1, 1, 1)))
+    return sersic_pixels
 
 
 def _pixels(fast: bool, g, wg, os, npix, cx, cy, r50, n, ba, theta, b) -> np.ndarray:
