@@ -38,15 +38,16 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
            ("pull_sigma68", "pull68", ".2f"), ("pit_p", "PIT KS p", ".3g")]
 
-HELD_OUT = ("m13-300x300",)
+HELD_OUT = ("m13-300x300", "saao-512x520")
 SNR_BINS = ((5.0, 30.0), (30.0, 50.0), (50.0, 1e9))
 
 
-def frames(extra: list[str] | None = None) -> dict[str, tuple[Path, int]]:
+def frames(extra: list[str] | None = None,
+           held_out: bool = False) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU): astropy's real test frames plus ``extra`` NAME=PATH[:HDU]."""
     from .bench_inject import real_frames
 
-    out = dict(real_frames())
+    out = dict(real_frames(held_out))
     for spec in extra or []:
         name, _, rest = spec.partition("=")
         path, _, hdu = rest.partition(":")
@@ -128,7 +129,8 @@ def _rows(frame: str, method: str, t, pit=None) -> list[dict]:
     return rows
 
 
-def run(*, extra: list[str] | None = None, development: bool = False, n: int = 40,
+def run(*, extra: list[str] | None = None, development: bool = False, held_out: bool = False,
+        n: int = 40,
         realisations: int = 4, seed: int = 0,
         epochs: int | None = None, stamps_per_image: int | None = None,
         workdir: str | None = None, quiet: bool = True, reuse: bool = False,
@@ -144,7 +146,7 @@ def run(*, extra: list[str] | None = None, development: bool = False, n: int = 4
     from skysub.photometry.lumos import LumosPhotometer, train_lumos
     from skysub.workflows import make_background, make_photometer
 
-    fr = frames(extra)
+    fr = frames(extra, held_out)
     if development:  # the held-out frames stay unseen
         fr = {k: v for k, v in fr.items() if k not in HELD_OUT}
     tmp = Path(workdir or tempfile.mkdtemp(prefix="bench_lumos_real_"))
@@ -307,6 +309,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stamps-per-image", type=int, default=None,
                    help="Lumos training stamps per frame (default: the user default, 8000 in "
                         "all at least; 1200 --quick)")
+    p.add_argument("--held-out", action="store_true",
+                   help="also the fresh held-out frame (saao-512x520, from ccdproc's test "
+                        "data; needs ccdproc); default off")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
     p.add_argument("--reuse", action="store_true",
@@ -328,7 +333,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
-    return run(extra=args.frame, development=args.development, n=args.n,
+    return run(extra=args.frame, development=args.development, held_out=args.held_out,
+               n=args.n,
                realisations=args.realisations, seed=args.seed,
                epochs=args.epochs, stamps_per_image=args.stamps_per_image,
                workdir=args.workdir, reuse=args.reuse, init=args.init, config=args.config)
