@@ -109,18 +109,26 @@ class NoiseCalibration:
     message: str = ""
     local: LocalFactor | None = None
     clearance: float = float("nan")
+    neighbour: NeighbourFactor | None = None
 
     @property
     def calibrated(self) -> bool:
         return self.status == "calibrated"
 
     def factor(self, x, y) -> np.ndarray:
-        """The local variance factor ``q`` at ``x, y`` (:class:`LocalFactor`; 1 without
-        one)."""
+        """The local variance factor ``q`` at ``x, y``: the neighbour factor
+        (:class:`NeighbourFactor`, by the distance to the nearest catalogued source) times the
+        position factor (:class:`LocalFactor`); 1 without them."""
         x = np.atleast_1d(np.asarray(x, float))
-        if self.local is None or not self.calibrated:
-            return np.ones(x.shape)
-        return self.local(x, np.atleast_1d(np.asarray(y, float)))
+        y = np.atleast_1d(np.asarray(y, float))
+        q = np.ones(x.shape)
+        if not self.calibrated:
+            return q
+        if self.local is not None:
+            q = q * self.local(x, y)
+        if self.neighbour is not None:
+            q = q * self.neighbour(x, y)
+        return q
 
     def variance(self, var_src, var_pix, n_aper, bkg_err, q=None) -> np.ndarray:
         """Calibrated flux variance from its parts: source Poisson ``var_src``, white pixel
@@ -146,7 +154,8 @@ class NoiseCalibration:
                 "n_ref": float(self.n_ref), "n_probe": int(self.n_probe),
                 "clearance": float(self.clearance),
                 "sizes": [dict(s) for s in self.sizes], "message": self.message,
-                "local": None if self.local is None else self.local.as_dict()}
+                "local": None if self.local is None else self.local.as_dict(),
+                "neighbour": None if self.neighbour is None else self.neighbour.as_dict()}
 
     def columns(self, n: int, q=None) -> dict[str, np.ndarray]:
         """Per-source columns recording the factors: ``err_alpha``, ``err_sigma_s`` (one per
@@ -187,19 +196,24 @@ class LocalFactor:
     shrink: float = 0.0
     q_frame: float = 1.0
 
-    def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+    def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None,
+            stat: Callable | None = None) -> np.ndarray:
         """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones) at ``x, y`` (NaN at
-        non-finite positions)."""
+        non-finite positions); ``stat`` (rows of ``k`` values -> one per row) in place of the
+        squared biweight scale."""
         from astropy.stats import biweight_scale
 
         z = self.z if z is None else z
+        if stat is None:
+            def stat(v):
+                return biweight_scale(v, c=9.0, axis=1) ** 2
         out = np.full(x.shape, np.nan)
         rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
         tree = self._tree
         for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
             r = rows[start:start + 20000]
             _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
-            out[r] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
+            out[r] = stat(z[np.atleast_2d(idx)])
         return out
 
     @cached_property
@@ -246,6 +260,151 @@ def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
     v_null = float(np.mean([np.var(v[np.isfinite(v)]) for v in null]))
     lf.shrink = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
     return lf
+
+
+def nearest_distance(x: np.ndarray, y: np.ndarray, tree) -> np.ndarray:
+    """Distance [px] from each ``x, y`` to the nearest point of ``tree`` farther than 0.5 px
+    (a catalogued position closer than that is the source itself, as in
+    :func:`skysub.background.annulus.crowding`); inf where there is none, NaN at non-finite
+    positions."""
+    out = np.full(x.shape, np.nan)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return out
+    k = min(2, tree.n)
+    d, _ = tree.query(np.c_[x[ok], y[ok]], k=k)
+    d = d.reshape(-1, k)
+    first = d[:, 0]
+    nxt = d[:, 1] if k > 1 else np.full(first.shape, np.inf)
+    out[ok] = np.where(first > 0.5, first, nxt)
+    return out
+
+
+@dataclass
+class NeighbourFactor:
+    """How the empty-position noise varies with the distance ``d`` to the nearest catalogued
+    source: ``q_nb(d)``, a factor on the calibrated (non-source) variance.
+
+    The annulus (or mesh) background of a position near a catalogued source holds some of
+    that source's light (the wings below the clipping threshold), a contamination that varies
+    from position to position and is a real error -- largest next to sources, nil far from
+    them.  One factor per frame gives every source the average over the empty positions, too
+    large for a source more isolated than they are, too small for one closer.  ``curve`` is a
+    :class:`LocalFactor` whose coordinate is ``d`` (``y = 0``): at a distance, the squared
+    biweight scale of the ``z`` of the ``k`` empty positions nearest in ``d``, shrunk towards
+    the frame's value by the same shuffle test, so a frame whose neighbours do not matter
+    keeps one factor.  Sources and empty positions take ``d`` the same way
+    (:func:`nearest_distance`, from the same catalogue); beyond the farthest empty position
+    the farthest ones speak.
+    """
+
+    curve: LocalFactor
+    ax: np.ndarray
+    ay: np.ndarray
+    bias_shrink: float = 0.0
+    z_raw: np.ndarray | None = None
+
+    def bias(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The empty positions' median ``z`` at the distance of ``x, y`` (the neighbours'
+        light biases a flux low: negative next to sources), shrunk towards 0 by
+        ``bias_shrink``; recorded, not applied to any flux."""
+        d = np.minimum(self.distance(x, y), float(self.curve.x.max()))
+        return self._bias_at(d)
+
+    def _bias_at(self, d: np.ndarray) -> np.ndarray:
+        if self.z_raw is None or self.bias_shrink == 0:
+            return np.zeros(d.shape)
+        return self.bias_shrink * self.curve.knn(d, np.zeros_like(d), self.z_raw,
+                                                 stat=_median_rows)
+
+    @cached_property
+    def _tree(self):
+        from scipy.spatial import cKDTree
+
+        return cKDTree(np.c_[self.ax, self.ay])
+
+    def distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Distance [px] to the nearest catalogued source (other than one within 0.5 px)."""
+        return nearest_distance(np.asarray(x, float), np.asarray(y, float), self._tree)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d = np.minimum(self.distance(x, y), float(self.curve.x.max()))
+        return self.curve(d, np.zeros_like(d))
+
+    def as_dict(self) -> dict:
+        c = self.curve
+        d = np.percentile(c.x, [5, 25, 50, 75, 95])
+        zero = np.zeros_like(d)
+        bias = self._bias_at(d)
+        return {"method": "k nearest empty positions in distance to the nearest source",
+                "k": int(c.k), "shrink": float(c.shrink), "q_frame": float(c.q_frame),
+                "bias_shrink": float(self.bias_shrink),
+                "n": int(c.z.size), "distance_percentiles": [float(v) for v in d],
+                "q_at_distance_percentiles": [float(v) for v in c(d, zero)],
+                "bias_at_distance_percentiles": [float(v) for v in bias]}
+
+
+def _median_rows(v: np.ndarray) -> np.ndarray:
+    return np.median(v, axis=1)
+
+
+def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
+                     rng: np.random.Generator) -> NeighbourFactor | None:
+    """:class:`NeighbourFactor` of the normalised empty-position fluxes ``z`` at ``x, y``
+    against the catalogue ``avoid_xy``; None without catalogued sources or with fewer than
+    :data:`LOCAL_MIN` usable positions."""
+    from scipy.spatial import cKDTree
+
+    ax, ay = (np.asarray(v, float).ravel() for v in avoid_xy)
+    fin = np.isfinite(ax) & np.isfinite(ay)
+    ax, ay = ax[fin], ay[fin]
+    if ax.size == 0:
+        return None
+    d = nearest_distance(np.asarray(x, float), np.asarray(y, float), cKDTree(np.c_[ax, ay]))
+    z = np.asarray(z, float)
+    ok = np.isfinite(d) & np.isfinite(z)
+    d, z = d[ok], z[ok]
+    if z.size < LOCAL_MIN:
+        return None
+    # the bias with distance first (the shuffle test of LocalFactor on the running median),
+    # then the spread of what is left about it
+    probe = LocalFactor(d, np.zeros_like(d), z, int(np.clip(round(z.size / LOCAL_SHARE),
+                                                                LOCAL_K_MIN, LOCAL_K_MAX)))
+    zero = np.zeros_like(d)
+    obs = probe.knn(d, zero, stat=_median_rows)
+    null = [probe.knn(d, zero, rng.permutation(z), stat=_median_rows) for _ in range(2)]
+    v_obs, v_null = float(np.var(obs)), float(np.mean([np.var(v) for v in null]))
+    lam_b = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
+    curve = local_factor(d, zero, z - lam_b * obs, rng)
+    if curve is None:
+        return None
+    return NeighbourFactor(curve, ax, ay, lam_b, z)
+
+
+#: back-fitting rounds of the position and neighbour factors (:func:`position_and_neighbour`)
+BACKFIT_ROUNDS = 2
+
+
+def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
+                           rng: np.random.Generator, neighbours: bool = True
+                           ) -> tuple[LocalFactor | None, NeighbourFactor | None]:
+    """The position factor and (with ``neighbours``) the neighbour factor of the normalised
+    empty-position fluxes ``z``, fitted in turn (back-fitting, :data:`BACKFIT_ROUNDS`): each
+    on ``z`` divided by the square root of the other, so that the variance they share is
+    counted once and ``q = q_pos q_nb`` at the empty positions has the spread of ``z``."""
+    if not neighbours:
+        return local_factor(x, y, z, rng), None
+    q_pos = np.ones(z.shape)
+    lf = nb = None
+    for _ in range(BACKFIT_ROUNDS):
+        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng)
+        if nb is None:
+            return local_factor(x, y, z, rng), None
+        # the position factor sees z less the bias with distance, over the spread with it
+        r = (z / np.sqrt(q_pos) - nb.bias(x, y)) * np.sqrt(q_pos) / np.sqrt(nb(x, y))
+        lf = local_factor(x, y, r, rng)
+        q_pos = np.ones(z.shape) if lf is None else lf(x, y)
+    return lf, nb
 
 
 OFF = NoiseCalibration("off")
@@ -359,7 +518,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
               name: str = "photometer", required: bool = True,
               anchor: int | None = None, local: bool = True,
-              min_clear: float | None = None) -> NoiseCalibration:
+              min_clear: float | None = None, neighbours: bool = True) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -395,6 +554,9 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     local : bool
         Also fit how the noise varies over the frame (:class:`LocalFactor`, from the anchor
         size's positions; at least :data:`LOCAL_MIN` of them).
+    neighbours : bool
+        With ``local``, also fit how the noise varies with the distance to the nearest
+        catalogued source (:class:`NeighbourFactor`); see :func:`position_and_neighbour`.
     """
     rng = np.random.default_rng([int(seed), 0xE4A7])
     floor = float(clear if min_clear is None else min(min_clear, clear))
@@ -444,17 +606,24 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     sizes = [{"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
               "predicted": float(np.sqrt(g["W"])), "fitted": float(np.sqrt(model(g)))}
              for g in groups]
-    lf = None
+    lf = nb = None
     if local:  # each anchor position's flux in units of its own calibrated error
         px, py, pf, pw, pn = (anch[0] if anch else groups[0])["each"]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
-        lf = local_factor(px, py, z, rng)
+        lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours)
     msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
            f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
     if lf is not None:
         d = lf.as_dict()
         msg += (f"; local factor (k = {lf.k}, shrink {lf.shrink:.2f}): 5-95 % "
                 f"{d['q_percentiles'][0]:.2f}-{d['q_percentiles'][2]:.2f}")
+    if nb is not None:
+        d = nb.as_dict()
+        msg += (f"; neighbour factor (shrink {nb.curve.shrink:.2f}): "
+                f"{d['q_at_distance_percentiles'][0]:.2f} at {d['distance_percentiles'][0]:.1f} px"
+                f" to {d['q_at_distance_percentiles'][4]:.2f} at "
+                f"{d['distance_percentiles'][4]:.1f} px")
     return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
-                            sizes=sizes, message=msg, local=lf, clearance=float(clear))
+                            sizes=sizes, message=msg, local=lf, clearance=float(clear),
+                            neighbour=nb)
