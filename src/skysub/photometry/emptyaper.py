@@ -242,9 +242,9 @@ LOCAL_MIN, LOCAL_SHARE, LOCAL_K_MIN, LOCAL_K_MAX = 100, 8, 25, 150
 
 
 def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                 rng: np.random.Generator) -> LocalFactor | None:
+                 rng: np.random.Generator, n_null: int = 2) -> LocalFactor | None:
     """:class:`LocalFactor` from normalised empty-position fluxes ``z`` at ``x, y``; None with
-    fewer than :data:`LOCAL_MIN` positions."""
+    fewer than :data:`LOCAL_MIN` positions.  ``n_null`` shuffles estimate ``Var_null``."""
     from astropy.stats import biweight_scale
 
     ok = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
@@ -255,7 +255,7 @@ def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
     lf = LocalFactor(x, y, z, k, q_frame=float(biweight_scale(z, c=9.0)) ** 2)
     with np.errstate(divide="ignore"):
         obs = np.log(lf.knn(x, y))
-        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(2)]
+        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(int(n_null))]
     v_obs = float(np.var(obs[np.isfinite(obs)]))
     v_null = float(np.mean([np.var(v[np.isfinite(v)]) for v in null]))
     lf.shrink = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
@@ -372,37 +372,46 @@ def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tupl
                                                                 LOCAL_K_MIN, LOCAL_K_MAX)))
     zero = np.zeros_like(d)
     obs = probe.knn(d, zero, stat=_median_rows)
-    null = [probe.knn(d, zero, rng.permutation(z), stat=_median_rows) for _ in range(2)]
+    null = [probe.knn(d, zero, rng.permutation(z), stat=_median_rows)
+            for _ in range(NEIGHBOUR_NULL)]
     v_obs, v_null = float(np.var(obs)), float(np.mean([np.var(v) for v in null]))
     lam_b = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
-    curve = local_factor(d, zero, z - lam_b * obs, rng)
+    curve = local_factor(d, zero, z - lam_b * obs, rng, n_null=NEIGHBOUR_NULL)
     if curve is None:
         return None
     return NeighbourFactor(curve, ax, ay, lam_b, z)
 
 
 #: back-fitting rounds of the position and neighbour factors (:func:`position_and_neighbour`)
-BACKFIT_ROUNDS = 2
+#: and the shuffles of the neighbour factor's test (a 1-D search: cheap)
+BACKFIT_ROUNDS, NEIGHBOUR_NULL = 2, 8
 
 
 def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
-                           rng: np.random.Generator, neighbours: bool = True
+                           rng: np.random.Generator, neighbours: bool = True,
+                           rng_nb: np.random.Generator | None = None
                            ) -> tuple[LocalFactor | None, NeighbourFactor | None]:
     """The position factor and (with ``neighbours``) the neighbour factor of the normalised
     empty-position fluxes ``z``, fitted in turn (back-fitting, :data:`BACKFIT_ROUNDS`): each
     on ``z`` divided by the square root of the other, so that the variance they share is
     counted once and ``q = q_pos q_nb`` at the empty positions has the spread of ``z``."""
+    import copy
+
     if not neighbours:
         return local_factor(x, y, z, rng), None
+    # the neighbour factor draws its shuffles from a stream of its own and every round's
+    # position factor from the same state as without it: where the neighbours do not matter
+    # (both shrinkages 0) the position factor -- and so every error -- is exactly the same
+    rng_nb = np.random.default_rng(0x23AB) if rng_nb is None else rng_nb
     q_pos = np.ones(z.shape)
     lf = nb = None
     for _ in range(BACKFIT_ROUNDS):
-        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng)
+        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng_nb)
         if nb is None:
             return local_factor(x, y, z, rng), None
         # the position factor sees z less the bias with distance, over the spread with it
         r = (z / np.sqrt(q_pos) - nb.bias(x, y)) * np.sqrt(q_pos) / np.sqrt(nb(x, y))
-        lf = local_factor(x, y, r, rng)
+        lf = local_factor(x, y, r, copy.deepcopy(rng))
         q_pos = np.ones(z.shape) if lf is None else lf(x, y)
     return lf, nb
 
@@ -611,7 +620,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         px, py, pf, pw, pn = (anch[0] if anch else groups[0])["each"]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
-        lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours)
+        lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours,
+                                        np.random.default_rng([int(seed), 0x23AB]))
     msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
            f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
     if lf is not None:
