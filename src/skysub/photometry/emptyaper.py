@@ -262,22 +262,65 @@ def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
     return lf
 
 
-def nearest_distance(x: np.ndarray, y: np.ndarray, tree) -> np.ndarray:
+#: the neighbour factor's reach: catalogued sources searched per position, and the power of a
+#: neighbour's peak (in units of the frame's pixel noise) that divides its distance
+#: (:func:`nearest_distance`): a PSF wing falling as ``r^-6`` (Moffat beta = 3) reaches the
+#: same surface brightness at a distance ``~ peak^(1/6)``
+NEIGHBOUR_SEARCH, WING_POWER = 16, 1.0 / 6.0
+NEIGHBOUR_BRIGHTNESS = True
+
+
+def nearest_distance(x: np.ndarray, y: np.ndarray, tree, weight: np.ndarray | None = None
+                     ) -> np.ndarray:
     """Distance [px] from each ``x, y`` to the nearest point of ``tree`` farther than 0.5 px
     (a catalogued position closer than that is the source itself, as in
-    :func:`skysub.background.annulus.crowding`); inf where there is none, NaN at non-finite
-    positions."""
+    :func:`skysub.background.annulus.crowding`); with ``weight`` (one per point, >= 1) the
+    smallest ``distance / weight`` of the :data:`NEIGHBOUR_SEARCH` nearest instead (an
+    effective distance: a bright neighbour counts as a closer one); inf where there is none,
+    NaN at non-finite positions."""
     out = np.full(x.shape, np.nan)
     ok = np.isfinite(x) & np.isfinite(y)
     if not ok.any():
         return out
-    k = min(2, tree.n)
-    d, _ = tree.query(np.c_[x[ok], y[ok]], k=k)
-    d = d.reshape(-1, k)
-    first = d[:, 0]
-    nxt = d[:, 1] if k > 1 else np.full(first.shape, np.inf)
-    out[ok] = np.where(first > 0.5, first, nxt)
+    k = min(NEIGHBOUR_SEARCH if weight is not None else 2, tree.n)
+    d, idx = tree.query(np.c_[x[ok], y[ok]], k=k)
+    d, idx = d.reshape(-1, k), idx.reshape(-1, k)
+    d = np.where(d > 0.5, d, np.inf)
+    if weight is not None:
+        w = np.asarray(weight, float)[np.minimum(idx, tree.n - 1)]
+        d = d / w
+    out[ok] = d.min(axis=1)
     return out
+
+
+def neighbour_peaks(data: np.ndarray, mask: np.ndarray, ax: np.ndarray, ay: np.ndarray
+                    ) -> np.ndarray:
+    """Brightness of each catalogued source for :func:`nearest_distance`: the mean of the
+    3 x 3 pixels at its position above the frame's median, in units of the frame's robust
+    pixel noise (MAD), as ``max(peak, 1) ** WING_POWER`` (1 off the image or on masked
+    pixels)."""
+    ny, nx = data.shape
+    good = ~np.asarray(mask, bool) & np.isfinite(data)
+    if not good.any():
+        return np.ones(ax.shape)
+    vals = data[good]
+    med = float(np.median(vals))
+    noise = 1.4826 * float(np.median(np.abs(vals - med)))
+    if not noise > 0:
+        return np.ones(ax.shape)
+    xi, yi = np.rint(ax).astype(np.int64), np.rint(ay).astype(np.int64)
+    acc, cnt = np.zeros(ax.shape), np.zeros(ax.shape)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            xx, yy = xi + dx, yi + dy
+            on = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+            xx, yy = np.clip(xx, 0, nx - 1), np.clip(yy, 0, ny - 1)
+            use = on & good[yy, xx]
+            acc += np.where(use, data[yy, xx], 0.0)
+            cnt += use
+    with np.errstate(invalid="ignore", divide="ignore"):
+        peak = (acc / cnt - med) / noise
+    return np.maximum(np.nan_to_num(peak, nan=1.0), 1.0) ** WING_POWER
 
 
 @dataclass
@@ -303,6 +346,7 @@ class NeighbourFactor:
     ay: np.ndarray
     bias_shrink: float = 0.0
     z_raw: np.ndarray | None = None
+    aw: np.ndarray | None = None
 
     def bias(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The empty positions' median ``z`` at the distance of ``x, y`` (the neighbours'
@@ -325,7 +369,8 @@ class NeighbourFactor:
 
     def distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Distance [px] to the nearest catalogued source (other than one within 0.5 px)."""
-        return nearest_distance(np.asarray(x, float), np.asarray(y, float), self._tree)
+        return nearest_distance(np.asarray(x, float), np.asarray(y, float), self._tree,
+                                self.aw)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         d = np.minimum(self.distance(x, y), float(self.curve.x.max()))
@@ -349,7 +394,8 @@ def _median_rows(v: np.ndarray) -> np.ndarray:
 
 
 def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
-                     rng: np.random.Generator) -> NeighbourFactor | None:
+                     rng: np.random.Generator, image: np.ndarray | None = None,
+                     mask: np.ndarray | None = None) -> NeighbourFactor | None:
     """:class:`NeighbourFactor` of the normalised empty-position fluxes ``z`` at ``x, y``
     against the catalogue ``avoid_xy``; None without catalogued sources or with fewer than
     :data:`LOCAL_MIN` usable positions."""
@@ -360,7 +406,12 @@ def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tupl
     ax, ay = ax[fin], ay[fin]
     if ax.size == 0:
         return None
-    d = nearest_distance(np.asarray(x, float), np.asarray(y, float), cKDTree(np.c_[ax, ay]))
+    aw = None
+    if image is not None:
+        aw = neighbour_peaks(image, np.zeros(image.shape, bool) if mask is None else mask,
+                             ax, ay)
+    d = nearest_distance(np.asarray(x, float), np.asarray(y, float), cKDTree(np.c_[ax, ay]),
+                         aw)
     z = np.asarray(z, float)
     ok = np.isfinite(d) & np.isfinite(z)
     d, z = d[ok], z[ok]
@@ -379,7 +430,7 @@ def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tupl
     curve = local_factor(d, zero, z - lam_b * obs, rng, n_null=NEIGHBOUR_NULL)
     if curve is None:
         return None
-    return NeighbourFactor(curve, ax, ay, lam_b, z)
+    return NeighbourFactor(curve, ax, ay, lam_b, z, aw)
 
 
 #: back-fitting rounds of the position and neighbour factors (:func:`position_and_neighbour`)
@@ -389,7 +440,8 @@ BACKFIT_ROUNDS, NEIGHBOUR_NULL = 2, 8
 
 def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
                            rng: np.random.Generator, neighbours: bool = True,
-                           rng_nb: np.random.Generator | None = None
+                           rng_nb: np.random.Generator | None = None,
+                           image: np.ndarray | None = None, mask: np.ndarray | None = None
                            ) -> tuple[LocalFactor | None, NeighbourFactor | None]:
     """The position factor and (with ``neighbours``) the neighbour factor of the normalised
     empty-position fluxes ``z``, fitted in turn (back-fitting, :data:`BACKFIT_ROUNDS`): each
@@ -406,7 +458,7 @@ def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy
     q_pos = np.ones(z.shape)
     lf = nb = None
     for _ in range(BACKFIT_ROUNDS):
-        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng_nb)
+        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng_nb, image, mask)
         if nb is None:
             return local_factor(x, y, z, rng), None
         # the position factor sees z less the bias with distance, over the spread with it
@@ -527,7 +579,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
               name: str = "photometer", required: bool = True,
               anchor: int | None = None, local: bool = True,
-              min_clear: float | None = None, neighbours: bool = True) -> NoiseCalibration:
+              min_clear: float | None = None, neighbours: bool = True,
+              image: np.ndarray | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -566,6 +619,9 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     neighbours : bool
         With ``local``, also fit how the noise varies with the distance to the nearest
         catalogued source (:class:`NeighbourFactor`); see :func:`position_and_neighbour`.
+    image : 2-D array, optional
+        The frame's data: the neighbours' brightness (:func:`neighbour_peaks`) then scales
+        their distances; without it the plain distance.
     """
     rng = np.random.default_rng([int(seed), 0xE4A7])
     floor = float(clear if min_clear is None else min(min_clear, clear))
@@ -621,7 +677,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
         lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours,
-                                        np.random.default_rng([int(seed), 0x23AB]))
+                                        np.random.default_rng([int(seed), 0x23AB]),
+                                        image if NEIGHBOUR_BRIGHTNESS else None, mask)
     msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
            f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
     if lf is not None:

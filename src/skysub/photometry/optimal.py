@@ -406,7 +406,8 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
     return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=0,
-                     local=phot.error_calibration != "global", min_clear=min_clear)
+                     local=phot.error_calibration != "global",
+                     image=img.data, min_clear=min_clear)
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
