@@ -19,7 +19,7 @@ from skysub.simulate.psf import moffat_psf
 from skysub.stats import sigma68
 
 SIGMA, SKY, SHAPE = 10.0, 100.0, (256, 256)
-N_FRAMES = 20
+N_FRAMES = 14
 
 
 def _frame(seed: int, n_stars: int = 40) -> tuple[Image, Table]:
@@ -84,16 +84,20 @@ def test_without_neighbour_factor_the_isolated_errors_are_too_large(without_neig
 
 
 def test_factor_follows_distance_and_is_recorded():
-    """Next to the stars the factor is larger than far from them; the meta records it."""
-    img, cat = _frame(0)
-    xy = (np.asarray(cat["x"]), np.asarray(cat["y"]))
-    r = AperturePhotometer(5.0, background=AnnulusBackground(10, 20)).measure(
-        img, xy[0], xy[1])
-    nb = r.meta["error_calibration"]["neighbour"]
-    q = nb["q_at_distance_percentiles"]
-    assert nb["shrink"] > 0.5 and q[0] > 1.5 * q[-1]
-    # the neighbours' light in the annulus biases the fluxes low
-    assert min(nb["bias_at_distance_percentiles"]) < -0.3
+    """The empty positions next to the stars are biased low (the stars' light in their
+    annulus) and, on average over frames, noisier than those far from them; the meta records
+    both."""
+    ratios = []
+    for seed in range(4):
+        img, cat = _frame(seed)
+        xy = (np.asarray(cat["x"]), np.asarray(cat["y"]))
+        r = AperturePhotometer(5.0, background=AnnulusBackground(10, 20)).measure(
+            img, xy[0], xy[1])
+        nb = r.meta["error_calibration"]["neighbour"]
+        assert nb["bias_shrink"] > 0.5 and min(nb["bias_at_distance_percentiles"]) < -0.3
+        q = nb["q_at_distance_percentiles"]
+        ratios.append(q[0] / q[-1])
+    assert np.mean(ratios) > 1.3, ratios
 
 
 def test_frame_without_neighbours_unchanged():

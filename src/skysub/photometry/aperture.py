@@ -426,7 +426,7 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
     return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0),
-                     local=phot.error_calibration != "global", 
+                     local=phot.error_calibration != "global",
                      image=img.data,
                      min_clear=phot.radius + phot.crowd_margin)
 

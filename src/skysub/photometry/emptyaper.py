@@ -455,16 +455,19 @@ def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy
     # position factor from the same state as without it: where the neighbours do not matter
     # (both shrinkages 0) the position factor -- and so every error -- is exactly the same
     rng_nb = np.random.default_rng(0x23AB) if rng_nb is None else rng_nb
-    q_pos = np.ones(z.shape)
-    lf = nb = None
+    # the position factor first, as without neighbours: the neighbour factor then models
+    # only what the position factor leaves (a noisy part of the frame stays the position
+    # factor's, whatever its sources' distances)
+    lf = local_factor(x, y, z, copy.deepcopy(rng))
+    nb = None
     for _ in range(BACKFIT_ROUNDS):
+        q_pos = np.ones(z.shape) if lf is None else lf(x, y)
         nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng_nb, image, mask)
         if nb is None:
             return local_factor(x, y, z, rng), None
         # the position factor sees z less the bias with distance, over the spread with it
         r = (z / np.sqrt(q_pos) - nb.bias(x, y)) * np.sqrt(q_pos) / np.sqrt(nb(x, y))
         lf = local_factor(x, y, r, copy.deepcopy(rng))
-        q_pos = np.ones(z.shape) if lf is None else lf(x, y)
     return lf, nb
 
 
