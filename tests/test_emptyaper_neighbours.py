@@ -30,7 +30,7 @@ def _frame(seed: int, n_stars: int = 40) -> tuple[Image, Table]:
     x, y = rng.uniform(5, SHAPE[1] - 5, n_stars), rng.uniform(5, SHAPE[0] - 5, n_stars)
     flux = 10 ** rng.uniform(np.log10(2e3), 5.0, n_stars)
     h = 20
-    for xi, yi, f in zip(x, y, flux):
+    for xi, yi, f in zip(x, y, flux, strict=True):
         cx, cy = int(round(xi)), int(round(yi))
         p = f * moffat_psf(2 * h + 1, 3.5, dx=xi - cx, dy=yi - cy)
         y0, y1 = max(cy - h, 0), min(cy + h + 1, SHAPE[0])
