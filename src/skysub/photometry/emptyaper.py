@@ -37,6 +37,14 @@ W`` hardly differ) the two terms cannot be told apart and only ``alpha`` is fitt
 sizes do not pin ``gamma`` down (two sizes fit exactly by any) it is 2.  Too few
 empty positions: a warning, no calibration (``alpha = 1``, ``sigma_s = 0``) and the
 :data:`skysub.flags.UNCALIBRATED` flag on every source.
+
+Two factors then follow how the noise varies, ``q = q_pos(x, y) q_nb(d)`` on the non-source
+variance: the position factor (:class:`LocalFactor`) and the neighbour factor
+(:class:`NeighbourFactor`), a function of the distance ``d`` to the nearest catalogued source
+(divided by that source's brightness to the power 1/6): a background near a source holds
+some of its light, so positions near sources are noisier (and biased low), and one factor per
+frame gives sources more isolated than the average empty position errors too large.  Sources
+and empty positions take ``d`` the same way, from the same catalogue.
 """
 
 from __future__ import annotations
