@@ -275,6 +275,7 @@ def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
 #: (:func:`nearest_distance`): a PSF wing falling as ``r^-6`` (Moffat beta = 3) reaches the
 #: same surface brightness at a distance ``~ peak^(1/6)``
 NEIGHBOUR_SEARCH, WING_POWER = 16, 1.0 / 6.0
+#: scale the neighbours' distances by their brightness (False: the plain distance; for comparisons)
 NEIGHBOUR_BRIGHTNESS = True
 
 
