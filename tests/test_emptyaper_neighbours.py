@@ -14,7 +14,7 @@ from astropy.table import Table
 from skysub.background.annulus import AnnulusBackground
 from skysub.image import Image, ImageMeta
 from skysub.inject import InjectionSettings, parse_methods, run_injection
-from skysub.photometry import AperturePhotometer, emptyaper
+from skysub.photometry import AperturePhotometer
 from skysub.simulate.psf import moffat_psf
 from skysub.stats import sigma68
 
@@ -40,17 +40,20 @@ def _frame(seed: int, n_stars: int = 40) -> tuple[Image, Table]:
     return img, Table({"id": np.arange(1, n_stars + 1), "x": x, "y": y})
 
 
-def _faint_pulls(separation: float, n_stars: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def _faint_pulls(separation: float, n_stars: int = 40,
+                 mode: str = "neighbours") -> tuple[np.ndarray, np.ndarray]:
     """Pulls of the faint (SNR < 30) injected stars and of the same positions on the frame
-    without them, aperture r = 5 px with a 10-20 px annulus, default calibration."""
+    without them, aperture r = 5 px with a 10-20 px annulus, ``error_calibration`` = ``mode``."""
     inj_pulls, null_pulls = [], []
     st = InjectionSettings(kind="star", n_per_image=40, snr=(5.0, 30.0), radius=5.0,
                            psf_fwhm=3.5, min_separation=separation, poisson=False)
-    phot = AperturePhotometer(5.0, background=AnnulusBackground(10, 20, statistic="mean"))
+    phot = AperturePhotometer(5.0, background=AnnulusBackground(10, 20, statistic="mean"),
+                              error_calibration=mode)
     for s in range(N_FRAMES):
         img, cat = _frame(s, n_stars)
         res = run_injection([img], cat, parse_methods("aperture", "annulus"), st, seed=s,
-                            quiet=True, keep_images=True)
+                            quiet=True, keep_images=True,
+                            photometer_kwargs={"error_calibration": mode})
         rec = res["recovered"]
         faint = np.asarray(rec["snr"]) < 30  # all of them
         inj_pulls.append(np.asarray(rec["pull"], float)[faint])
@@ -62,12 +65,6 @@ def _faint_pulls(separation: float, n_stars: int = 40) -> tuple[np.ndarray, np.n
     return np.concatenate(inj_pulls), np.concatenate(null_pulls)
 
 
-@pytest.fixture
-def without_neighbour_factor(monkeypatch):
-    """The calibration as it was before the neighbour factor (position factor only)."""
-    monkeypatch.setattr(emptyaper, "neighbour_factor", lambda *a, **k: None)
-
-
 @pytest.mark.parametrize("separation", [15.0, 20.0])
 def test_faint_pulls_honest_at_every_separation(separation):
     inj, null = _faint_pulls(separation)
@@ -76,10 +73,10 @@ def test_faint_pulls_honest_at_every_separation(separation):
     assert 0.9 <= sigma68(null) <= 1.1, sigma68(null)
 
 
-def test_without_neighbour_factor_the_isolated_errors_are_too_large(without_neighbour_factor):
-    """The same frames and injections at 20 px: the old calibration (the average over the
+def test_without_neighbour_factor_the_isolated_errors_are_too_large():
+    """The same frames and injections at 20 px: the default calibration (the average over the
     empty positions) gives pulls well below 1 (the diagnosis of docs/photometry.md)."""
-    inj, null = _faint_pulls(20.0)
+    inj, null = _faint_pulls(20.0, mode="auto")
     assert sigma68(inj) < 0.87 and sigma68(null) < 0.87, (sigma68(inj), sigma68(null))
 
 
@@ -91,13 +88,21 @@ def test_factor_follows_distance_and_is_recorded():
     for seed in range(4):
         img, cat = _frame(seed)
         xy = (np.asarray(cat["x"]), np.asarray(cat["y"]))
-        r = AperturePhotometer(5.0, background=AnnulusBackground(10, 20)).measure(
-            img, xy[0], xy[1])
+        r = AperturePhotometer(5.0, background=AnnulusBackground(10, 20),
+                               error_calibration="neighbours").measure(img, xy[0], xy[1])
         nb = r.meta["error_calibration"]["neighbour"]
         assert nb["bias_shrink"] > 0.5 and min(nb["bias_at_distance_percentiles"]) < -0.3
         q = nb["q_at_distance_percentiles"]
         ratios.append(q[0] / q[-1])
     assert np.mean(ratios) > 1.3, ratios
+
+
+def test_default_has_no_neighbour_factor():
+    """The neighbour factor is opt-in: the default calibration records none."""
+    img, cat = _frame(0)
+    r = AperturePhotometer(5.0, background=AnnulusBackground(10, 20)).measure(
+        img, np.asarray(cat["x"]), np.asarray(cat["y"]))
+    assert r.meta["error_calibration"].get("neighbour") is None
 
 
 def test_frame_without_neighbours_unchanged():
@@ -110,15 +115,10 @@ def test_frame_without_neighbours_unchanged():
                 meta=ImageMeta(gain=1e6))
     g = np.arange(20.0, 250.0, 45.0)
     x, y = (v.ravel() + rng.uniform(-5, 5, v.size) for v in np.meshgrid(g, g))
-    phot = AperturePhotometer(5.0, background=AnnulusBackground(10, 20))
-    new = phot.measure(img, x, y)
+    new = AperturePhotometer(5.0, background=AnnulusBackground(10, 20),
+                             error_calibration="neighbours").measure(img, x, y)
     nb = new.meta["error_calibration"]["neighbour"]
-    old_nb = emptyaper.neighbour_factor
-    try:
-        emptyaper.neighbour_factor = lambda *a, **k: None
-        old = phot.measure(img, x, y)
-    finally:
-        emptyaper.neighbour_factor = old_nb
+    old = AperturePhotometer(5.0, background=AnnulusBackground(10, 20)).measure(img, x, y)
     ratio = np.asarray(new.flux_err) / np.asarray(old.flux_err)
     assert nb["shrink"] < 0.2, nb
     assert np.all(np.abs(ratio - 1.0) < 0.02), ratio

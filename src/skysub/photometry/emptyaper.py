@@ -39,7 +39,8 @@ empty positions: a warning, no calibration (``alpha = 1``, ``sigma_s = 0``) and 
 :data:`skysub.flags.UNCALIBRATED` flag on every source.
 
 Two factors then follow how the noise varies, ``q = q_pos(x, y) q_nb(d)`` on the non-source
-variance: the position factor (:class:`LocalFactor`) and the neighbour factor
+variance: the position factor (:class:`LocalFactor`) and, with
+``error_calibration="neighbours"`` only (opt-in), the neighbour factor
 (:class:`NeighbourFactor`), a function of the distance ``d`` to the nearest catalogued source
 (divided by that source's brightness to the power 1/6): a background near a source holds
 some of its light, so positions near sources are noisier (and biased low), and one factor per
@@ -63,10 +64,11 @@ log = logging.getLogger("skysub")
 
 #: ``error_calibration`` values of the photometers: ``"auto"`` empty-aperture calibration
 #: (with its local factor) where the frame has room for it (else, quietly, none), ``"empty"``
-#: the same but a frame without room is warned about and flagged UNCALIBRATED, ``"global"``
-#: as ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no
-#: calibration
-CALIBRATIONS = ("auto", "empty", "global", "none")
+#: the same but a frame without room is warned about and flagged UNCALIBRATED,
+#: ``"neighbours"`` as ``"auto"`` with the neighbour factor too (opt-in: right on simulated
+#: frames, not better on the real test frames, docs/photometry.md), ``"global"`` as
+#: ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no calibration
+CALIBRATIONS = ("auto", "empty", "neighbours", "global", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -591,7 +593,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
               name: str = "photometer", required: bool = True,
               anchor: int | None = None, local: bool = True,
-              min_clear: float | None = None, neighbours: bool = True,
+              min_clear: float | None = None, neighbours: bool = False,
               image: np.ndarray | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
