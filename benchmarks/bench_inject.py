@@ -115,7 +115,7 @@ def frame_and_catalog(path: Path, hdu: int):
 #: photometers that take ``error_calibration``
 CALIBRATED = ("aperture", "optimal")
 #: method label suffix of each error calibration
-LABEL = {"none": "", "global": " gcal", "auto": " cal"}
+LABEL = {"none": "", "global": " gcal", "auto": " cal", "neighbours": " ncal"}
 
 
 def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+mesh", *,
@@ -144,7 +144,7 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
             raise SystemExit(f"--frame {spec}: no file {fpath}")
         frames[fname] = (Path(fpath), int(fhdu or 0))
     passes = {"all": ("none", "global", "auto"), "both": ("none", "auto"), "none": ("none",),
-              "global": ("global",), "auto": ("auto",)}[calibration]
+              "global": ("global",), "auto": ("auto",), "neighbours": ("neighbours",)}[calibration]
     res = BenchResult(
         title=(f"Injection-recovery on {len(frames)} real frames: PSF stars (Gaussian FWHM "
                f"{psf_fwhm:g} px), SNR 5-500, aperture r = {radius:g} px, {realisations} "
@@ -250,10 +250,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model of a learned method in --methods")
     p.add_argument("--frames", default=None,
                    help="comma-separated frame names to run (default: all available)")
-    p.add_argument("--calibration", choices=("all", "both", "none", "global", "auto"),
+    p.add_argument("--calibration", choices=("all", "both", "none", "global", "auto",
+                                             "neighbours"),
                    default="all",
                    help="error calibration of aperture/optimal: all = none, global and auto "
-                        "side by side (default), both = none and auto, or one of them only")
+                        "side by side (default), both = none and auto, or one of them only "
+                        "(neighbours: auto with the opt-in neighbour factor)")
     p.add_argument("--frame", action="append", default=[], metavar="NAME=PATH[:HDU]",
                    help="another real frame (e.g. sep's data/image.fits); default none")
     p.add_argument("--held-out", action="store_true",

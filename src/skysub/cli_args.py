@@ -58,12 +58,15 @@ __all__ = ["add_common", "add_model_args", "read_kwargs"]
 
 def add_error_calibration(p: argparse.ArgumentParser) -> None:
     """``--error-calibration`` of the aperture and optimal photometers."""
-    p.add_argument("--error-calibration", choices=("auto", "empty", "global", "none"),
+    p.add_argument("--error-calibration", choices=("auto", "empty", "neighbours", "global",
+                                                   "none"),
                    default="auto",
                    help="flux errors of the aperture and optimal photometers: auto (default) "
                         "calibrates them on the frame's empty positions (correlated noise and "
                         "background structure, and how they vary over the frame: "
                         "docs/photometry.md) where it has room for 50, else keeps the "
                         "white-noise model; empty: the same, but a frame without room is warned "
-                        "about and flagged uncalibrated (64); global: as auto with one factor "
+                        "about and flagged uncalibrated (64); neighbours: as auto with a "
+                        "factor for the distance to the nearest catalogued source too "
+                        "(opt-in); global: as auto with one factor "
                         "for the whole frame; none: white-noise model only")

@@ -256,11 +256,13 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
-    error_calibration : {"auto", "empty", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``, with a local
         factor that follows the noise over the frame (:mod:`skysub.photometry.emptyaper`);
-        ``"global"``: the same without the local factor; ``"none"``: the white-noise error
+        ``"neighbours"``: as ``"auto"`` with a factor for the distance to the nearest
+        catalogued source too (opt-in); ``"global"``: the same without the local factor;
+        ``"none"``: the white-noise error
         model only.
         A frame without room for 50 empty positions is left uncalibrated: quietly with
         ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
@@ -427,6 +429,8 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=PROBE_RADII.index(1.0),
                      local=phot.error_calibration != "global",
+                     neighbours=phot.error_calibration == "neighbours",
+                     image=img.data,
                      min_clear=phot.radius + phot.crowd_margin)
 
 

@@ -37,6 +37,15 @@ W`` hardly differ) the two terms cannot be told apart and only ``alpha`` is fitt
 sizes do not pin ``gamma`` down (two sizes fit exactly by any) it is 2.  Too few
 empty positions: a warning, no calibration (``alpha = 1``, ``sigma_s = 0``) and the
 :data:`skysub.flags.UNCALIBRATED` flag on every source.
+
+Two factors then follow how the noise varies, ``q = q_pos(x, y) q_nb(d)`` on the non-source
+variance: the position factor (:class:`LocalFactor`) and, with
+``error_calibration="neighbours"`` only (opt-in), the neighbour factor
+(:class:`NeighbourFactor`), a function of the distance ``d`` to the nearest catalogued source
+(divided by that source's brightness to the power 1/6): a background near a source holds
+some of its light, so positions near sources are noisier (and biased low), and one factor per
+frame gives sources more isolated than the average empty position errors too large.  Sources
+and empty positions take ``d`` the same way, from the same catalogue.
 """
 
 from __future__ import annotations
@@ -55,10 +64,11 @@ log = logging.getLogger("skysub")
 
 #: ``error_calibration`` values of the photometers: ``"auto"`` empty-aperture calibration
 #: (with its local factor) where the frame has room for it (else, quietly, none), ``"empty"``
-#: the same but a frame without room is warned about and flagged UNCALIBRATED, ``"global"``
-#: as ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no
-#: calibration
-CALIBRATIONS = ("auto", "empty", "global", "none")
+#: the same but a frame without room is warned about and flagged UNCALIBRATED,
+#: ``"neighbours"`` as ``"auto"`` with the neighbour factor too (opt-in: right on simulated
+#: frames, not better on the real test frames, docs/photometry.md), ``"global"`` as
+#: ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no calibration
+CALIBRATIONS = ("auto", "empty", "neighbours", "global", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -109,18 +119,26 @@ class NoiseCalibration:
     message: str = ""
     local: LocalFactor | None = None
     clearance: float = float("nan")
+    neighbour: NeighbourFactor | None = None
 
     @property
     def calibrated(self) -> bool:
         return self.status == "calibrated"
 
     def factor(self, x, y) -> np.ndarray:
-        """The local variance factor ``q`` at ``x, y`` (:class:`LocalFactor`; 1 without
-        one)."""
+        """The local variance factor ``q`` at ``x, y``: the neighbour factor
+        (:class:`NeighbourFactor`, by the distance to the nearest catalogued source) times the
+        position factor (:class:`LocalFactor`); 1 without them."""
         x = np.atleast_1d(np.asarray(x, float))
-        if self.local is None or not self.calibrated:
-            return np.ones(x.shape)
-        return self.local(x, np.atleast_1d(np.asarray(y, float)))
+        y = np.atleast_1d(np.asarray(y, float))
+        q = np.ones(x.shape)
+        if not self.calibrated:
+            return q
+        if self.local is not None:
+            q = q * self.local(x, y)
+        if self.neighbour is not None:
+            q = q * self.neighbour(x, y)
+        return q
 
     def variance(self, var_src, var_pix, n_aper, bkg_err, q=None) -> np.ndarray:
         """Calibrated flux variance from its parts: source Poisson ``var_src``, white pixel
@@ -146,7 +164,8 @@ class NoiseCalibration:
                 "n_ref": float(self.n_ref), "n_probe": int(self.n_probe),
                 "clearance": float(self.clearance),
                 "sizes": [dict(s) for s in self.sizes], "message": self.message,
-                "local": None if self.local is None else self.local.as_dict()}
+                "local": None if self.local is None else self.local.as_dict(),
+                "neighbour": None if self.neighbour is None else self.neighbour.as_dict()}
 
     def columns(self, n: int, q=None) -> dict[str, np.ndarray]:
         """Per-source columns recording the factors: ``err_alpha``, ``err_sigma_s`` (one per
@@ -187,19 +206,24 @@ class LocalFactor:
     shrink: float = 0.0
     q_frame: float = 1.0
 
-    def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+    def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None,
+            stat: Callable | None = None) -> np.ndarray:
         """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones) at ``x, y`` (NaN at
-        non-finite positions)."""
+        non-finite positions); ``stat`` (rows of ``k`` values -> one per row) in place of the
+        squared biweight scale."""
         from astropy.stats import biweight_scale
 
         z = self.z if z is None else z
+        if stat is None:
+            def stat(v):
+                return biweight_scale(v, c=9.0, axis=1) ** 2
         out = np.full(x.shape, np.nan)
         rows = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
         tree = self._tree
         for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
             r = rows[start:start + 20000]
             _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
-            out[r] = biweight_scale(z[np.atleast_2d(idx)], c=9.0, axis=1) ** 2
+            out[r] = stat(z[np.atleast_2d(idx)])
         return out
 
     @cached_property
@@ -228,9 +252,9 @@ LOCAL_MIN, LOCAL_SHARE, LOCAL_K_MIN, LOCAL_K_MAX = 100, 8, 25, 150
 
 
 def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                 rng: np.random.Generator) -> LocalFactor | None:
+                 rng: np.random.Generator, n_null: int = 2) -> LocalFactor | None:
     """:class:`LocalFactor` from normalised empty-position fluxes ``z`` at ``x, y``; None with
-    fewer than :data:`LOCAL_MIN` positions."""
+    fewer than :data:`LOCAL_MIN` positions.  ``n_null`` shuffles estimate ``Var_null``."""
     from astropy.stats import biweight_scale
 
     ok = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
@@ -241,11 +265,221 @@ def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
     lf = LocalFactor(x, y, z, k, q_frame=float(biweight_scale(z, c=9.0)) ** 2)
     with np.errstate(divide="ignore"):
         obs = np.log(lf.knn(x, y))
-        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(2)]
+        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(int(n_null))]
     v_obs = float(np.var(obs[np.isfinite(obs)]))
     v_null = float(np.mean([np.var(v[np.isfinite(v)]) for v in null]))
     lf.shrink = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
     return lf
+
+
+#: the neighbour factor's reach: catalogued sources searched per position, and the power of a
+#: neighbour's peak (in units of the frame's pixel noise) that divides its distance
+#: (:func:`nearest_distance`): a PSF wing falling as ``r^-6`` (Moffat beta = 3) reaches the
+#: same surface brightness at a distance ``~ peak^(1/6)``
+NEIGHBOUR_SEARCH, WING_POWER = 16, 1.0 / 6.0
+#: scale the neighbours' distances by their brightness (False: the plain distance; for comparisons)
+NEIGHBOUR_BRIGHTNESS = True
+
+
+def nearest_distance(x: np.ndarray, y: np.ndarray, tree, weight: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Distance [px] from each ``x, y`` to the nearest point of ``tree`` farther than 0.5 px
+    (a catalogued position closer than that is the source itself, as in
+    :func:`skysub.background.annulus.crowding`); with ``weight`` (one per point, >= 1) the
+    smallest ``distance / weight`` of the :data:`NEIGHBOUR_SEARCH` nearest instead (an
+    effective distance: a bright neighbour counts as a closer one); inf where there is none,
+    NaN at non-finite positions."""
+    out = np.full(x.shape, np.nan)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return out
+    k = min(NEIGHBOUR_SEARCH if weight is not None else 2, tree.n)
+    d, idx = tree.query(np.c_[x[ok], y[ok]], k=k)
+    d, idx = d.reshape(-1, k), idx.reshape(-1, k)
+    d = np.where(d > 0.5, d, np.inf)
+    if weight is not None:
+        w = np.asarray(weight, float)[np.minimum(idx, tree.n - 1)]
+        d = d / w
+    out[ok] = d.min(axis=1)
+    return out
+
+
+def neighbour_peaks(data: np.ndarray, mask: np.ndarray, ax: np.ndarray, ay: np.ndarray
+                    ) -> np.ndarray:
+    """Brightness of each catalogued source for :func:`nearest_distance`: the mean of the
+    3 x 3 pixels at its position above the frame's median, in units of the frame's robust
+    pixel noise (MAD), as ``max(peak, 1) ** WING_POWER`` (1 off the image or on masked
+    pixels)."""
+    ny, nx = data.shape
+    good = ~np.asarray(mask, bool) & np.isfinite(data)
+    if not good.any():
+        return np.ones(ax.shape)
+    vals = data[good]
+    med = float(np.median(vals))
+    noise = 1.4826 * float(np.median(np.abs(vals - med)))
+    if not noise > 0:
+        return np.ones(ax.shape)
+    xi, yi = np.rint(ax).astype(np.int64), np.rint(ay).astype(np.int64)
+    acc, cnt = np.zeros(ax.shape), np.zeros(ax.shape)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            xx, yy = xi + dx, yi + dy
+            on = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+            xx, yy = np.clip(xx, 0, nx - 1), np.clip(yy, 0, ny - 1)
+            use = on & good[yy, xx]
+            acc += np.where(use, data[yy, xx], 0.0)
+            cnt += use
+    with np.errstate(invalid="ignore", divide="ignore"):
+        peak = (acc / cnt - med) / noise
+    return np.maximum(np.nan_to_num(peak, nan=1.0), 1.0) ** WING_POWER
+
+
+@dataclass
+class NeighbourFactor:
+    """How the empty-position noise varies with the distance ``d`` to the nearest catalogued
+    source: ``q_nb(d)``, a factor on the calibrated (non-source) variance.
+
+    The annulus (or mesh) background of a position near a catalogued source holds some of
+    that source's light (the wings below the clipping threshold), a contamination that varies
+    from position to position and is a real error -- largest next to sources, nil far from
+    them.  One factor per frame gives every source the average over the empty positions, too
+    large for a source more isolated than they are, too small for one closer.  ``curve`` is a
+    :class:`LocalFactor` whose coordinate is ``d`` (``y = 0``): at a distance, the squared
+    biweight scale of the ``z`` of the ``k`` empty positions nearest in ``d``, shrunk towards
+    the frame's value by the same shuffle test, so a frame whose neighbours do not matter
+    keeps one factor.  Sources and empty positions take ``d`` the same way
+    (:func:`nearest_distance`, from the same catalogue); beyond the farthest empty position
+    the farthest ones speak.
+    """
+
+    curve: LocalFactor
+    ax: np.ndarray
+    ay: np.ndarray
+    bias_shrink: float = 0.0
+    z_raw: np.ndarray | None = None
+    aw: np.ndarray | None = None
+
+    def bias(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The empty positions' median ``z`` at the distance of ``x, y`` (the neighbours'
+        light biases a flux low: negative next to sources), shrunk towards 0 by
+        ``bias_shrink``; recorded, not applied to any flux."""
+        d = np.minimum(self.distance(x, y), float(self.curve.x.max()))
+        return self._bias_at(d)
+
+    def _bias_at(self, d: np.ndarray) -> np.ndarray:
+        if self.z_raw is None or self.bias_shrink == 0:
+            return np.zeros(d.shape)
+        return self.bias_shrink * self.curve.knn(d, np.zeros_like(d), self.z_raw,
+                                                 stat=_median_rows)
+
+    @cached_property
+    def _tree(self):
+        from scipy.spatial import cKDTree
+
+        return cKDTree(np.c_[self.ax, self.ay])
+
+    def distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Distance [px] to the nearest catalogued source (other than one within 0.5 px)."""
+        return nearest_distance(np.asarray(x, float), np.asarray(y, float), self._tree,
+                                self.aw)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d = np.minimum(self.distance(x, y), float(self.curve.x.max()))
+        return self.curve(d, np.zeros_like(d))
+
+    def as_dict(self) -> dict:
+        c = self.curve
+        d = np.percentile(c.x, [5, 25, 50, 75, 95])
+        zero = np.zeros_like(d)
+        bias = self._bias_at(d)
+        return {"method": "k nearest empty positions in distance to the nearest source",
+                "k": int(c.k), "shrink": float(c.shrink), "q_frame": float(c.q_frame),
+                "bias_shrink": float(self.bias_shrink),
+                "n": int(c.z.size), "distance_percentiles": [float(v) for v in d],
+                "q_at_distance_percentiles": [float(v) for v in c(d, zero)],
+                "bias_at_distance_percentiles": [float(v) for v in bias]}
+
+
+def _median_rows(v: np.ndarray) -> np.ndarray:
+    return np.median(v, axis=1)
+
+
+def neighbour_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
+                     rng: np.random.Generator, image: np.ndarray | None = None,
+                     mask: np.ndarray | None = None) -> NeighbourFactor | None:
+    """:class:`NeighbourFactor` of the normalised empty-position fluxes ``z`` at ``x, y``
+    against the catalogue ``avoid_xy``; None without catalogued sources or with fewer than
+    :data:`LOCAL_MIN` usable positions."""
+    from scipy.spatial import cKDTree
+
+    ax, ay = (np.asarray(v, float).ravel() for v in avoid_xy)
+    fin = np.isfinite(ax) & np.isfinite(ay)
+    ax, ay = ax[fin], ay[fin]
+    if ax.size == 0:
+        return None
+    aw = None
+    if image is not None:
+        aw = neighbour_peaks(image, np.zeros(image.shape, bool) if mask is None else mask,
+                             ax, ay)
+    d = nearest_distance(np.asarray(x, float), np.asarray(y, float), cKDTree(np.c_[ax, ay]),
+                         aw)
+    z = np.asarray(z, float)
+    ok = np.isfinite(d) & np.isfinite(z)
+    d, z = d[ok], z[ok]
+    if z.size < LOCAL_MIN:
+        return None
+    # the bias with distance first (the shuffle test of LocalFactor on the running median),
+    # then the spread of what is left about it
+    probe = LocalFactor(d, np.zeros_like(d), z, int(np.clip(round(z.size / LOCAL_SHARE),
+                                                                LOCAL_K_MIN, LOCAL_K_MAX)))
+    zero = np.zeros_like(d)
+    obs = probe.knn(d, zero, stat=_median_rows)
+    null = [probe.knn(d, zero, rng.permutation(z), stat=_median_rows)
+            for _ in range(NEIGHBOUR_NULL)]
+    v_obs, v_null = float(np.var(obs)), float(np.mean([np.var(v) for v in null]))
+    lam_b = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
+    curve = local_factor(d, zero, z - lam_b * obs, rng, n_null=NEIGHBOUR_NULL)
+    if curve is None:
+        return None
+    return NeighbourFactor(curve, ax, ay, lam_b, z, aw)
+
+
+#: back-fitting rounds of the position and neighbour factors (:func:`position_and_neighbour`)
+#: and the shuffles of the neighbour factor's test (a 1-D search: cheap)
+BACKFIT_ROUNDS, NEIGHBOUR_NULL = 2, 8
+
+
+def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
+                           rng: np.random.Generator, neighbours: bool = True,
+                           rng_nb: np.random.Generator | None = None,
+                           image: np.ndarray | None = None, mask: np.ndarray | None = None
+                           ) -> tuple[LocalFactor | None, NeighbourFactor | None]:
+    """The position factor and (with ``neighbours``) the neighbour factor of the normalised
+    empty-position fluxes ``z``, fitted in turn (back-fitting, :data:`BACKFIT_ROUNDS`): each
+    on ``z`` divided by the square root of the other, so that the variance they share is
+    counted once and ``q = q_pos q_nb`` at the empty positions has the spread of ``z``."""
+    import copy
+
+    if not neighbours:
+        return local_factor(x, y, z, rng), None
+    # the neighbour factor draws its shuffles from a stream of its own and every round's
+    # position factor from the same state as without it: where the neighbours do not matter
+    # (both shrinkages 0) the position factor -- and so every error -- is exactly the same
+    rng_nb = np.random.default_rng(0x23AB) if rng_nb is None else rng_nb
+    # the position factor first, as without neighbours: the neighbour factor then models
+    # only what the position factor leaves (a noisy part of the frame stays the position
+    # factor's, whatever its sources' distances)
+    lf = local_factor(x, y, z, copy.deepcopy(rng))
+    nb = None
+    for _ in range(BACKFIT_ROUNDS):
+        q_pos = np.ones(z.shape) if lf is None else lf(x, y)
+        nb = neighbour_factor(x, y, z / np.sqrt(q_pos), avoid_xy, rng_nb, image, mask)
+        if nb is None:
+            return local_factor(x, y, z, rng), None
+        # the position factor sees z less the bias with distance, over the spread with it
+        r = (z / np.sqrt(q_pos) - nb.bias(x, y)) * np.sqrt(q_pos) / np.sqrt(nb(x, y))
+        lf = local_factor(x, y, r, copy.deepcopy(rng))
+    return lf, nb
 
 
 OFF = NoiseCalibration("off")
@@ -359,7 +593,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               n_probe: int = 1000, min_probe: int = 50, seed: int = 0,
               name: str = "photometer", required: bool = True,
               anchor: int | None = None, local: bool = True,
-              min_clear: float | None = None) -> NoiseCalibration:
+              min_clear: float | None = None, neighbours: bool = False,
+              image: np.ndarray | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -395,6 +630,12 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     local : bool
         Also fit how the noise varies over the frame (:class:`LocalFactor`, from the anchor
         size's positions; at least :data:`LOCAL_MIN` of them).
+    neighbours : bool
+        With ``local``, also fit how the noise varies with the distance to the nearest
+        catalogued source (:class:`NeighbourFactor`); see :func:`position_and_neighbour`.
+    image : 2-D array, optional
+        The frame's data: the neighbours' brightness (:func:`neighbour_peaks`) then scales
+        their distances; without it the plain distance.
     """
     rng = np.random.default_rng([int(seed), 0xE4A7])
     floor = float(clear if min_clear is None else min(min_clear, clear))
@@ -444,17 +685,26 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     sizes = [{"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
               "predicted": float(np.sqrt(g["W"])), "fitted": float(np.sqrt(model(g)))}
              for g in groups]
-    lf = None
+    lf = nb = None
     if local:  # each anchor position's flux in units of its own calibrated error
         px, py, pf, pw, pn = (anch[0] if anch else groups[0])["each"]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
-        lf = local_factor(px, py, z, rng)
+        lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours,
+                                        np.random.default_rng([int(seed), 0x23AB]),
+                                        image if NEIGHBOUR_BRIGHTNESS else None, mask)
     msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
            f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
     if lf is not None:
         d = lf.as_dict()
         msg += (f"; local factor (k = {lf.k}, shrink {lf.shrink:.2f}): 5-95 % "
                 f"{d['q_percentiles'][0]:.2f}-{d['q_percentiles'][2]:.2f}")
+    if nb is not None:
+        d = nb.as_dict()
+        msg += (f"; neighbour factor (shrink {nb.curve.shrink:.2f}): "
+                f"{d['q_at_distance_percentiles'][0]:.2f} at {d['distance_percentiles'][0]:.1f} px"
+                f" to {d['q_at_distance_percentiles'][4]:.2f} at "
+                f"{d['distance_percentiles'][4]:.1f} px")
     return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
-                            sizes=sizes, message=msg, local=lf, clearance=float(clear))
+                            sizes=sizes, message=msg, local=lf, clearance=float(clear),
+                            neighbour=nb)

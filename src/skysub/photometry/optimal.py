@@ -73,11 +73,13 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
-    error_calibration : {"auto", "empty", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with the weights of faint and bright point sources and round
         exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
-        mode), with a local factor that follows the noise over the frame; ``"global"``: the
+        mode), with a local factor that follows the noise over the frame; ``"neighbours"``: as
+        ``"auto"`` with a factor for the distance to the nearest catalogued source too
+        (opt-in); ``"global"``: the
         same without the local factor; ``"none"``: the white-noise error model only.  A
         frame without room for 50 empty positions is left uncalibrated: quietly with
         ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
@@ -406,7 +408,9 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
     return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=0,
-                     local=phot.error_calibration != "global", min_clear=min_clear)
+                     local=phot.error_calibration != "global",
+                     neighbours=phot.error_calibration == "neighbours",
+                     image=img.data, min_clear=min_clear)
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
