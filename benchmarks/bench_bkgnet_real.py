@@ -1,4 +1,4 @@
-"""BKGnet on real frames, as a user runs it: fine-tuned on the frame itself vs the classical methods.
+"""BKGnet on real frames as a user runs it: fine-tuned on each frame vs the classical methods.
 
 For each real frame (astropy's 300 x 440 optical frame, the 256 x 256 EMMI frame of sep's test
 data kept in ``tests/data/sep``, astropy's 300 x 300 M13 frame) the user's default path is run::
@@ -217,21 +217,21 @@ def parse(argv=None) -> argparse.Namespace:
                    help=f"comma-separated frames (default all: {', '.join(FRAMES)}; --quick: "
                         "optical-300x440)")
     p.add_argument("--n", type=int, default=None, help="stars per frame and realisation (60)")
-    p.add_argument("--realisations", type=int, default=None, help="per frame (3; 1 --quick)")
+    p.add_argument("--realisations", type=int, default=None, help="per frame (8; 1 --quick)")
     p.add_argument("--train-seed", type=int, default=101,
                    help="seed of skysub train bkgnet (101; not the injection seed --seed)")
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning epochs (default: skysub train's, 12; 3 --quick)")
     p.add_argument("--stamps-per-image", type=int, default=None,
-                   help="training positions per frame (default: skysub train's, 600; 200 "
-                        "--quick)")
+                   help="training positions per frame (default: skysub train's, 2,400 for one "
+                        "frame; 200 --quick)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (1)")
     args = p.parse_args(argv)
     q = args.quick
     args.frames = ([f.strip() for f in args.frames.split(",") if f.strip()] if args.frames
                    else (["optical-300x440"] if q else list(FRAMES)))
     args.n = args.n or 60
-    args.realisations = args.realisations or (1 if q else 3)
+    args.realisations = args.realisations or (1 if q else 8)
     if q:
         args.epochs = args.epochs or 3
         args.stamps_per_image = args.stamps_per_image or 200

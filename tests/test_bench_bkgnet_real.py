@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 from astropy.table import Table
-
 from benchmarks import bench_bkgnet_real as B
 
 
@@ -72,3 +71,20 @@ def test_parse_quick_and_unknown_frame():
     assert B.parse([]).frames == list(B.FRAMES)
     with pytest.raises(SystemExit, match="nosuch"):
         B.frames(["nosuch"])
+
+
+def test_few_exposures_draw_at_least_the_minimum_of_training_positions(tmp_path):
+    """One small frame at the default 600 positions gave too few training stamps; fewer
+    than 4 exposures draw at least MIN_TOTAL_STAMPS positions in all, unless told."""
+    from skysub.background.bkgnet import training as T
+
+    paths = []
+    for k in range(5):
+        p = tmp_path / f"e{k}.fits"
+        p.write_bytes(b"")
+        paths.append(str(p))
+    assert T.MIN_TOTAL_STAMPS == 2400
+    assert T._stamps_floor(paths[:1]) == 2400
+    assert T._stamps_floor(paths[:3]) == 800
+    assert T._stamps_floor(paths[:4]) is None and T._stamps_floor(paths) is None
+    assert T._stamps_floor([str(tmp_path / "missing.fits")]) is None  # error comes later
