@@ -152,8 +152,9 @@ def run(frame_names=FRAMES, *, n: int = 60, realisations: int = 3, seed: int = 0
             model, secs, argv = finetune(path, hdu, cat, tmp / name, seed=train_seed,
                                          epochs=epochs, stamps_per_image=stamps_per_image,
                                          threads=threads)
-            res.notes.append(f"{name}: skysub {' '.join(argv[:2])} FRAME "
-                             f"{' '.join(a for a in argv[3:] if tmp.as_posix() not in a)} "
+            shown = [("CAT.csv" if a.endswith("cat.csv") else "m.pt" if a.endswith("m.pt")
+                      else a) for a in argv[3:]]
+            res.notes.append(f"{name}: skysub {' '.join(argv[:2])} FRAME {' '.join(shown)} "
                              f"({secs:.0f} s); {_card_note(model)}")
             for cal in ("none", "auto"):
                 summ = {k: _recover(img, cat, bg, model if mod == "fine-tuned" else mod, cal,
