@@ -17,6 +17,7 @@ from . import (
     bench_annulus,
     bench_batch,
     bench_bkgnet,
+    bench_bkgnet_real,
     bench_bkgnet_transfer,
     bench_cli,
     bench_inject,
@@ -31,8 +32,8 @@ from . import (
 
 #: the benchmarks ``make bench`` runs, in order
 BENCHMARKS = (bench_mesh, bench_annulus, bench_timeseries, bench_inject, bench_bkgnet,
-              bench_bkgnet_transfer, bench_lumos, bench_lumos_real, bench_removal,
-              bench_removal_real, bench_batch, bench_cli)
+              bench_bkgnet_transfer, bench_bkgnet_real, bench_lumos, bench_lumos_real,
+              bench_removal, bench_removal_real, bench_batch, bench_cli)
 
 
 def main(argv: list[str] | None = None) -> int:

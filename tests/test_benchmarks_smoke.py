@@ -116,8 +116,8 @@ def test_run_all_quick_args(monkeypatch, capsys):
     assert seen[:3] == [("mesh", True, 2, 5, 1024), ("annulus", True, 2, 5, 2048),
                         ("timeseries", True, 2, 5, None)]
     assert [s[0] for s in seen] == ["mesh", "annulus", "timeseries", "inject", "bkgnet",
-                                     "bkgnet_transfer", "lumos", "lumos_real", "removal",
-                                     "removal_real", "batch", "cli"]
+                                     "bkgnet_transfer", "bkgnet_real", "lumos", "lumos_real",
+                                     "removal", "removal_real", "batch", "cli"]
     assert all(s[1:4] == (True, 2, 5) for s in seen)
     out = capsys.readouterr().out
     assert "mesh table" in out and "annulus table" in out and "timeseries table" in out

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise-free background (--simulated only)")
     t.add_argument("--stamps-per-image", type=int, default=None,
                    help="training positions drawn per exposure (default: [bkgnet] "
-                        "stamps_per_image, 600)")
+                        "stamps_per_image, 600, raised to draw at least 2,400 in all when "
+                        "there are fewer than 4 exposures)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="stamps per optimisation step (default: [bkgnet] batch_size, 128)")
     t.add_argument("--lr", type=float, default=None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, SkysubError
 from ...simulate.trainingdata import simulated_exposures, split_by_sky
 from .calibration import fit_error_calibration, followed_fraction, predict_set, sigma_scale
 from .data import build_training_set
@@ -54,6 +54,31 @@ def _initial_model(init, s: BKGnetSettings, *, simulated: bool, preset: str | No
         raise InputError(f"--init {init}: the model does not fit the training settings: "
                          f"{'; '.join(clash)}; change them or use --init none")
     return model.train(), card
+
+
+#: fewest training positions drawn in all (user exposures, default ``stamps_per_image``):
+#: one small real frame at the default 600 gave ~450 training stamps and a model worse than
+#: the annulus (optical 300 x 440 frame of benchmarks.bench_bkgnet_real); 2,400 is what 4
+#: exposures at 600 give, the smallest set documented for the user's path
+MIN_TOTAL_STAMPS = 2400
+
+
+def _stamps_floor(images) -> int | None:
+    """``stamps_per_image`` that draws at least :data:`MIN_TOTAL_STAMPS` positions over
+    ``images`` (None: the default already does)."""
+    from ...io import expand_paths
+
+    try:
+        n = len(expand_paths(images or []))
+    except SkysubError:  # bad paths get their clear error further on
+        return None
+    default = BKGnetSettings.stamps_per_image
+    if n == 0 or n * default >= MIN_TOTAL_STAMPS:
+        return None
+    per = -(-MIN_TOTAL_STAMPS // n)
+    log.info("%d exposure(s): drawing %d training positions per exposure (at least %d in "
+             "all; --stamps-per-image sets it)", n, per, MIN_TOTAL_STAMPS)
+    return per
 
 
 def _loss(model, batch):
@@ -191,6 +216,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         inputs.append(catalog)
     check_output(output, overwrite=overwrite or resume, inputs=inputs)
     section = dict(cfg.bkgnet)
+    if stamps_per_image is None and "stamps_per_image" not in section and not simulated:
+        stamps_per_image = _stamps_floor(images)
     s = BKGnetSettings.from_config(section, inject=inject, stamps_per_image=stamps_per_image)
     init_model, init_card = _initial_model(init, s, simulated=simulated, preset=preset,
                                            use_coords=use_coords)
