@@ -58,9 +58,9 @@ BKG_COLUMNS = ([("frame", "frame", ""), ("snr", "SNR", "")]
 
 def frames(names=FRAMES) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU) of the frames asked for (a clear error for one not available)."""
-    from .bench_inject import real_frames
+    from .bench_inject import HELD_OUT_FRAMES, real_frames
 
-    have = dict(real_frames())
+    have = dict(real_frames(held_out=any(n in HELD_OUT_FRAMES for n in names)))
     have["emmi-256x256"] = (Path(__file__).resolve().parents[1] / "tests" / "data" / "sep"
                             / "image.fits", 0)
     missing = [n for n in names if n not in have or not have[n][0].exists()]
@@ -216,7 +216,8 @@ def parse(argv=None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--frames", default=None,
                    help=f"comma-separated frames (default all: {', '.join(FRAMES)}; --quick: "
-                        "optical-300x440)")
+                        "optical-300x440; the held-out saao-512x520 only when named, needs "
+                        "ccdproc)")
     p.add_argument("--n", type=int, default=None, help="stars per frame and realisation (60)")
     p.add_argument("--realisations", type=int, default=None, help="per frame (8; 1 --quick)")
     p.add_argument("--train-seed", type=int, default=101,
