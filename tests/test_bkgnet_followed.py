@@ -239,3 +239,39 @@ def test_neighbour_response_needs_flux_unit_and_magnitudes():
     s = SimpleNamespace(**vars(SETTINGS), empty_radius=12.0)
     with pytest.raises(ValueError, match="flux_unit"):
         neighbour_response(_CircleFollower(0.5), ts, neighbour_pool(_galaxies()), s)
+
+
+@pytest.mark.parametrize("share_wings", [0.3, 0.7])
+def test_calibration_with_neighbours_wings_the_stencils_do_not_see(share_wings):
+    """Labels carry faint-source light G_f (which the stencils measure; followed 0.05) and
+    the wings of catalogued neighbours G_c (a Poisson number of neighbours per label, each
+    adding a skewed dl), which the stencils do not see and the prediction follows by
+    ``share_wings``.  Given injections of the neighbours (their dl and the response
+    ``share_wings dl``, density and area), the combined share equals the truth's
+    ``cov(b - sky, G) / var(G)`` within 0.05 and the pulls against the smooth sky are 1."""
+    from skysub.stats import sigma68
+
+    truth, g_f, label, eq3 = _field(seed=10)
+    rng = np.random.default_rng(11)
+    n = len(truth)
+    lam, area = 1.2, 3000.0  # neighbours per label; the annulus they are injected in [px^2]
+    k = rng.poisson(lam, n)
+    g_c = np.array([rng.exponential(0.35, m).sum() for m in k])
+    label = label + g_c
+    sig_pred = 0.6 * eq3
+    b = truth + 0.05 * g_f + share_wings * g_c + rng.normal(0, sig_pred)
+    sigma_net = 1.7 * np.hypot(sig_pred, eq3)
+    dl = rng.exponential(0.35, 20000)
+    nb = {"dl": dl, "db": share_wings * dl, "density": lam / area, "area": area}
+    edge, keys = np.full(n, 400.0), np.full(n, "k")
+    st = _stencils_for(g_f, eq3)
+    a, t = slice(0, n // 2), slice(n // 2, None)
+    cal = fit_error_calibration(b[a], sigma_net[a], label[a], eq3[a], edge[a], keys[a], st,
+                                ["k"], followed=0.05, neighbours=nb)
+    gg = g_f + g_c - np.mean(g_f + g_c)
+    g_true = float(np.mean((b - truth - np.mean(b - truth)) * gg) / np.var(gg))
+    assert abs(cal["followed"] - g_true) < 0.05
+    assert cal["followed_faint"] == 0.05 and cal["var_g_wings"] > cal["var_g_stencil"] * 0.5
+    err, _ = calibrated_errors(b[t], sigma_net[t], eq3[t], edge[t], cal)
+    z = (b[t] - truth[t]) / err
+    assert 0.92 < float(sigma68(z)) < 1.08
