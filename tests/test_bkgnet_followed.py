@@ -193,3 +193,85 @@ def test_scaled_nll_selection_ignores_the_overall_scale_of_sigma():
     z2 = ((x[:, 0, 0, 0].double() - y.double()) * torch.exp(-ls)) ** 2
     assert scores["scaled-nll", 0.0] == pytest.approx(float(2 * ls.mean() + torch.log(
         z2.mean()) + 1), abs=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.4, 0.9])
+def test_neighbour_response_recovers_a_known_share_of_neighbours_wings(share):
+    """Catalogued neighbours injected beyond the empty radius put only their wings into the
+    label circle, and much more light into the rest of the stamp.  A stand-in network that
+    predicts ``share`` x the circle's mean and ``1 - share`` x the stamp median follows
+    ``share`` of the wings plus ``1 - share`` of the median's shift ``g0`` (measured with
+    ``share = 0``): the measured share is ``share + (1 - share) g0``; a stand-in that reads
+    only pixels beyond the injected light follows none."""
+    from skysub.background.bkgnet.calibration import neighbour_pool, neighbour_response
+
+    ts = _stamps(n=120)
+    cat = _galaxies(seed=8, n=300)
+    cat["mag"] = cat["mag"] + 1.0  # wings below the 5-sigma compression of the normalisation
+    cat["r50"][:30] = np.nan  # stars (no shape): point sources
+    pool = neighbour_pool(cat)
+    assert np.all(pool["r50"][:30] == 0.3) and np.all(np.isfinite(pool["sersic_n"]))
+    s = SimpleNamespace(**vars(SETTINGS), empty_radius=12.0)
+    g0 = neighbour_response(_CircleFollower(0.0), ts, pool, s, seed=9, n_min=480)
+    nb = neighbour_response(_CircleFollower(share), ts, pool, s, seed=9, n_min=480)
+    assert nb["n"] >= 400 and nb["r_in"] == 12.0 and nb["r_out"] == 31 + LABEL_R
+    assert 0.0 < g0["followed"] < 0.15  # the median's shift: a small share
+    assert abs(nb["followed"] - (share + (1 - share) * g0["followed"])) < 0.02
+    assert np.all(nb["dl"] >= 0) and np.mean(nb["dl"] > 0) > 0.9
+
+    class Far(_CircleFollower):
+        def __init__(self):
+            super().__init__(1.0)
+            yy, xx = np.mgrid[:S, :S]
+            self.circle = torch.from_numpy(np.hypot(xx - S // 2, yy - S // 2) > 75)
+
+    far = neighbour_response(Far(), ts, pool, s, seed=9, n_min=240)
+    assert abs(far["followed"]) < 0.01
+
+
+def test_neighbour_response_needs_flux_unit_and_magnitudes():
+    from skysub.background.bkgnet.calibration import neighbour_pool, neighbour_response
+
+    with pytest.raises(ValueError, match="mag"):
+        neighbour_pool({"r50": np.ones(3)})
+    ts = _stamps(n=4)
+    ts.flux_unit = None
+    s = SimpleNamespace(**vars(SETTINGS), empty_radius=12.0)
+    with pytest.raises(ValueError, match="flux_unit"):
+        neighbour_response(_CircleFollower(0.5), ts, neighbour_pool(_galaxies()), s)
+
+
+@pytest.mark.parametrize("share_wings", [0.3, 0.7])
+def test_calibration_with_neighbours_wings_the_stencils_do_not_see(share_wings):
+    """Labels carry faint-source light G_f (which the stencils measure; followed 0.05) and
+    the wings of catalogued neighbours G_c (a Poisson number of neighbours per label, each
+    adding a skewed dl), which the stencils do not see and the prediction follows by
+    ``share_wings``.  Given injections of the neighbours (their dl and the response
+    ``share_wings dl``, density and area), the combined share equals the truth's
+    ``cov(b - sky, G) / var(G)`` within 0.05 and the pulls against the smooth sky are 1."""
+    from skysub.stats import sigma68
+
+    truth, g_f, label, eq3 = _field(seed=10)
+    rng = np.random.default_rng(11)
+    n = len(truth)
+    lam, area = 1.2, 3000.0  # neighbours per label; the annulus they are injected in [px^2]
+    k = rng.poisson(lam, n)
+    g_c = np.array([rng.exponential(0.35, m).sum() for m in k])
+    label = label + g_c
+    sig_pred = 0.6 * eq3
+    b = truth + 0.05 * g_f + share_wings * g_c + rng.normal(0, sig_pred)
+    sigma_net = 1.7 * np.hypot(sig_pred, eq3)
+    dl = rng.exponential(0.35, 20000)
+    nb = {"dl": dl, "db": share_wings * dl, "density": lam / area, "area": area}
+    edge, keys = np.full(n, 400.0), np.full(n, "k")
+    st = _stencils_for(g_f, eq3)
+    a, t = slice(0, n // 2), slice(n // 2, None)
+    cal = fit_error_calibration(b[a], sigma_net[a], label[a], eq3[a], edge[a], keys[a], st,
+                                ["k"], followed=0.05, neighbours=nb)
+    gg = g_f + g_c - np.mean(g_f + g_c)
+    g_true = float(np.mean((b - truth - np.mean(b - truth)) * gg) / np.var(gg))
+    assert abs(cal["followed"] - g_true) < 0.05
+    assert cal["followed_faint"] == 0.05 and cal["var_g_wings"] > cal["var_g_stencil"] * 0.5
+    err, _ = calibrated_errors(b[t], sigma_net[t], eq3[t], edge[t], cal)
+    z = (b[t] - truth[t]) / err
+    assert 0.92 < float(sigma68(z)) < 1.08

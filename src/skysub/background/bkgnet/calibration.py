@@ -87,32 +87,120 @@ def followed_fraction(model, ts: TrainingSet, galaxies: dict, settings, *, seed:
     ``ts`` needs ``flux_unit``; its raw pixels are recovered from the normalised stamps.
     Returns ``{"followed": g, "err": standard error, "n": injections, "mags": range}``.
     """
+    if ts.flux_unit is None or len(ts) == 0:
+        raise ValueError("followed_fraction needs a training set with flux_unit")
+    rng = np.random.default_rng(seed)
+    rad = float(radius if radius is not None else FOLLOW_RADIUS * settings.label_radius)
+    gm = np.asarray(galaxies["mag"], float)
+    lim = float(np.percentile(gm, 99))
+    lo, hi = mags if mags is not None else (lim, lim + FOLLOW_MAGS)
+    faint = np.flatnonzero(gm >= np.percentile(gm, 80))
+    idx = np.tile(np.arange(len(ts)), int(np.ceil(n_min / len(ts))))
+    m = len(idx)
+    pick = rng.choice(faint, m)
+    r = rad * np.sqrt(rng.uniform(0, 1, m))
+    phi = rng.uniform(0, 2 * np.pi, m)
+    rows = {q: np.asarray(galaxies[q], float)[pick] for q in ("r50", "sersic_n", "ba", "theta")}
+    db, dl = _injection_responses(model, ts, idx, rows, r * np.cos(phi), r * np.sin(phi),
+                                  rng.uniform(lo, hi, m), settings)
+    out = _share(db, dl)
+    return {**out, "mags": [float(lo), float(hi)], "radius": rad}
+
+
+def _share(db: np.ndarray, dl: np.ndarray) -> dict:
+    """The regression ``g = sum(db dl) / sum(dl^2)`` through the origin and its error."""
+    ok = np.isfinite(db) & np.isfinite(dl) & (dl > 0)
+    den = float(np.sum(dl[ok] ** 2))
+    if not ok.any() or den <= 0:
+        return {"followed": float("nan"), "err": float("nan"), "n": int(ok.sum())}
+    g_hat = float(np.sum(db[ok] * dl[ok]) / den)
+    res = db[ok] - g_hat * dl[ok]
+    err = float(np.sqrt(np.sum(res**2 * dl[ok] ** 2)) / den)
+    return {"followed": g_hat, "err": err, "n": int(ok.sum())}
+
+
+def neighbour_pool(catalog) -> dict:
+    """Every catalogued source with a finite magnitude as (mag, r50, sersic_n, ba, theta):
+    the catalogue's own shapes where present, point sources (``r50`` 0.3 px, ``n`` 1,
+    round) where not -- stars, or catalogues without shape columns."""
+    cols = getattr(catalog, "colnames", None) or list(catalog)
+    if "mag" not in cols:
+        raise ValueError("neighbour_pool needs a catalogue with a 'mag' column")
+    mag = np.asarray(catalog["mag"], float)
+    n = len(mag)
+
+    def col(name, default):
+        v = np.asarray(catalog[name], float) if name in cols else np.full(n, default)
+        return np.where(np.isfinite(v), v, default)
+
+    r50, ser = col("r50", 0.0), col("sersic_n", 1.0)
+    point = ~(r50 > 0) | ~((ser > 0.2) & (ser <= 8))
+    out = {"mag": mag, "r50": np.where(point, 0.3, r50), "sersic_n": np.where(point, 1.0, ser),
+           "ba": np.where(point, 1.0, np.clip(col("ba", 1.0), 0.05, 1.0)),
+           "theta": np.where(point, 0.0, col("theta", 0.0))}
+    ok = np.isfinite(mag)
+    return {k: v[ok] for k, v in out.items()}
+
+
+def neighbour_response(model, ts: TrainingSet, pool: dict, settings, *, seed: int = 0,
+                       n_min: int = 2000) -> dict:
+    """How the network follows the light that catalogued neighbours just beyond the empty
+    radius put into a label circle, measured by injection into held-out stamps.
+
+    A label position is empty when no catalogued source lies within ``empty_radius`` of it,
+    so catalogued sources beyond it -- whose centres and inner parts the network sees --
+    still put their wings into the label circle: part of the label's extra light ``G`` that
+    the faint-source injections (:func:`followed_fraction`) do not sample.  Here a source
+    drawn from ``pool`` (:func:`neighbour_pool`: the user's catalogue, stars included) is
+    added, noise-free, with its centre uniformly in the annulus ``empty_radius < r <
+    R`` (``R`` = the injected stamp's half-size plus the label radius: beyond it the
+    injected light does not reach the circle) about each held-out stamp's centre.
+
+    For a Poisson population of density ``n`` [sources / px^2] the label light of the
+    neighbours has ``var(G_c) = n A mean(dl^2)`` and ``cov(b - sky, G_c) = n A mean(db dl)``
+    (``A`` the annulus' area); returns ``{"followed": mean(db dl) / mean(dl^2), "err", "n",
+    "area": A, "dl2": mean(dl^2), "dbdl": mean(db dl), "dl": dl}`` (``dl`` per injection, in
+    image units, for trimming as the calibration does).
+    """
+    if ts.flux_unit is None or len(ts) == 0:
+        raise ValueError("neighbour_response needs a training set with flux_unit")
+    rng = np.random.default_rng(seed)
+    S = int(ts.x.shape[-1])
+    r_in = float(settings.empty_radius)
+    r_out = float(min(63, S - (1 - S % 2)) // 2 + settings.label_radius)
+    idx = np.tile(np.arange(len(ts)), int(np.ceil(n_min / len(ts))))
+    m = len(idx)
+    pick = rng.integers(0, len(pool["mag"]), m)
+    r = np.sqrt(rng.uniform(r_in**2, r_out**2, m))
+    phi = rng.uniform(0, 2 * np.pi, m)
+    rows = {q: np.asarray(pool[q], float)[pick] for q in ("r50", "sersic_n", "ba", "theta")}
+    db, dl = _injection_responses(model, ts, idx, rows, r * np.cos(phi), r * np.sin(phi),
+                                  np.asarray(pool["mag"], float)[pick], settings)
+    ok = np.isfinite(db) & np.isfinite(dl)
+    out = _share(db[ok], dl[ok])
+    out.update(area=float(np.pi * (r_out**2 - r_in**2)), r_in=r_in, r_out=r_out,
+               db=db[ok], dl=dl[ok])
+    return out
+
+
+def _injection_responses(model, ts: TrainingSet, idx: np.ndarray, rows: dict, px: np.ndarray,
+                         py: np.ndarray, mag: np.ndarray, settings
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Sources of shapes ``rows`` (r50, sersic_n, ba, theta) and magnitudes ``mag`` added,
+    noise-free, at offsets ``(px, py)`` from the centres of stamps ``idx`` of ``ts``: the
+    change of the prediction ``db`` and the light added to the label circle ``dl`` (image
+    units)."""
     import torch
 
     from ...nn.bkgnet import ASINH_SCALE, normalise_stamps
     from ...simulate.profiles import sersic_stamps
     from ...simulate.psf import moffat_psf
 
-    if ts.flux_unit is None or len(ts) == 0:
-        raise ValueError("followed_fraction needs a training set with flux_unit")
-    rng = np.random.default_rng(seed)
     S = int(ts.x.shape[-1])
     c = S // 2
-    rad = float(radius if radius is not None else FOLLOW_RADIUS * settings.label_radius)
-    gm = np.asarray(galaxies["mag"], float)
-    lim = float(np.percentile(gm, 99))
-    lo, hi = mags if mags is not None else (lim, lim + FOLLOW_MAGS)
-    faint = np.flatnonzero(gm >= np.percentile(gm, 80))
-    reps = int(np.ceil(n_min / len(ts)))
-    idx = np.tile(np.arange(len(ts)), reps)
     m = len(idx)
-    pick = rng.choice(faint, m)
-    r = rad * np.sqrt(rng.uniform(0, 1, m))
-    phi = rng.uniform(0, 2 * np.pi, m)
-    px, py = r * np.cos(phi), r * np.sin(phi)
     ix, iy = np.round(px).astype(int), np.round(py).astype(int)
-    mag = rng.uniform(lo, hi, m)
-    flux = ts.flux_unit[idx] * 10 ** (-0.4 * (mag - settings.zero_point))
+    flux = ts.flux_unit[idx] * 10 ** (-0.4 * (np.asarray(mag, float) - settings.zero_point))
     size = min(63, S - (1 - S % 2))
     h = size // 2
     psf = moffat_psf(int(2 * np.ceil(3 * settings.psf_fwhm) + 1), settings.psf_fwhm,
@@ -123,18 +211,16 @@ def followed_fraction(model, ts: TrainingSet, galaxies: dict, settings, *, seed:
     min_valid = int(getattr(settings, "min_valid", 1))
     db, dl = np.zeros(m), np.zeros(m)
     for s0 in range(0, m, 256):
-        sl = slice(s0, min(s0 + 256, m))
-        k = np.arange(sl.start, sl.stop)
+        k = np.arange(s0, min(s0 + 256, m))
         x = ts.x[torch.from_numpy(idx[k])].float()
         valid = x[:, 1] > 0.5
         raw = (torch.from_numpy(ts.loc[idx[k]]).float()[:, None, None]
                + torch.from_numpy(ts.scale[idx[k]]).float()[:, None, None]
                * ASINH_SCALE * torch.sinh(x[:, 0] / ASINH_SCALE))
-        g = {q: np.asarray(galaxies[q], float)[pick[k]] for q in ("r50", "sersic_n", "ba",
-                                                                   "theta")}
-        src = sersic_stamps(size, flux[k], g["r50"], np.clip(g["sersic_n"], 0.3, 8.0),
-                            ba=np.clip(g["ba"], 0.05, 1.0), theta=g["theta"], dx=px[k] - ix[k],
-                            dy=py[k] - iy[k], oversample=2, psf=psf).clip(0, None)
+        src = sersic_stamps(size, flux[k], rows["r50"][k], np.clip(rows["sersic_n"][k], 0.3, 8.0),
+                            ba=np.clip(rows["ba"][k], 0.05, 1.0), theta=rows["theta"][k],
+                            dx=px[k] - ix[k], dy=py[k] - iy[k], oversample=2,
+                            psf=psf).clip(0, None)
         add = np.zeros((len(k), S, S), np.float32)
         for j in range(len(k)):  # the source's stamp placed at its integer offset, clipped
             y0, x0 = c + iy[k[j]] - h, c + ix[k[j]] - h
@@ -147,12 +233,7 @@ def followed_fraction(model, ts: TrainingSet, galaxies: dict, settings, *, seed:
             xin, loc, scale, _ = normalise_stamps(stamps, valid, mask, min_valid=min_valid)
             out.append(_predict(model, xin, view, loc.numpy(), scale.numpy())[0])
         db[k] = out[1] - out[0]
-    ok = np.isfinite(db) & np.isfinite(dl) & (dl > 0)
-    g_hat = float(np.sum(db[ok] * dl[ok]) / np.sum(dl[ok] ** 2))
-    res = db[ok] - g_hat * dl[ok]
-    err = float(np.sqrt(np.sum(res**2 * dl[ok] ** 2)) / np.sum(dl[ok] ** 2))
-    return {"followed": g_hat, "err": err, "n": int(ok.sum()), "mags": [float(lo), float(hi)],
-            "radius": rad}
+    return db, dl
 
 
 class _Rows:
@@ -168,6 +249,40 @@ class _Rows:
 
     def __len__(self) -> int:
         return self.n
+
+
+def combined_share(followed: float, var_stencil: float, neighbours: dict | None,
+                   sigma_label: float) -> dict:
+    """The followed share of ALL the label's extra light: faint uncatalogued sources (share
+    ``followed``, :func:`followed_fraction`) and the wings of catalogued neighbours beyond the
+    empty radius (``neighbours``: :func:`neighbour_response` with ``density``, the
+    catalogue's sources per px^2, added).
+
+    The stencils' nine circles must all be empty, which keeps them away from catalogued
+    neighbours: they measure the faint sources' part ``var_stencil`` and little of the
+    wings (development band: stencils 0.071 ADU^2, single empty labels against the truth
+    0.131, injected wings 0.072).  So ``var(G) = var_stencil + var_c`` with ``var_c = n A
+    mean(dl^2)`` and ``cov(b - sky, G) = followed var_stencil + n A mean(db dl)``, the
+    injections whose label light exceeds ``TRIM`` x ``sigma_label`` (the median total label
+    noise) left out as the calibration's trimming leaves such labels out.
+    Returns ``{"followed", "var_g", "var_stencil", "var_wings", "followed_wings"}``."""
+    vs = max(float(var_stencil), 0.0)
+    out = {"followed": float(followed), "var_g": vs, "var_stencil": vs, "var_wings": 0.0,
+           "followed_wings": None}
+    if neighbours is None or not np.isfinite(followed):
+        return out
+    dl, db = (np.asarray(neighbours[k], float) for k in ("dl", "db"))
+    keep = (dl <= TRIM * float(sigma_label)) if sigma_label > 0 else np.ones(len(dl), bool)
+    na = float(neighbours["density"]) * float(neighbours["area"])
+    var_c = na * float(np.mean(np.where(keep, dl**2, 0.0))) if len(dl) else 0.0
+    cov_c = na * float(np.mean(np.where(keep, db * dl, 0.0))) if len(dl) else 0.0
+    var_g = vs + var_c
+    if var_g <= 0:
+        return out
+    out.update(followed=float(np.clip((followed * vs + cov_c) / var_g, 0.0, 1.0)),
+               var_g=var_g, var_wings=var_c,
+               followed_wings=cov_c / var_c if var_c > 0 else None)
+    return out
 
 
 def label_noise(stencils: dict, key_names: list[str]) -> dict:
@@ -262,7 +377,8 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
                           eq3: np.ndarray, edge_distance: np.ndarray, keys: np.ndarray,
                           stencils: dict | None, key_names: list[str], *,
                           edge_width: float = CAL_EDGE_WIDTH,
-                          followed: float | None = None) -> dict:
+                          followed: float | None = None,
+                          neighbours: dict | None = None) -> dict:
     """Calibrate BKGnet's errors on held-out stamps (sky tiles no training label came from),
     against their pixel labels.
 
@@ -283,6 +399,12 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
     ``g = 1/2``, errors on the large side below).  Also recorded: ``a_if_unseen`` (``g = 0``,
     all of ``G`` removed: the smallest errors the data allow) and ``a_half`` (``g = 1/2``).
 
+    ``neighbours`` (:func:`neighbour_response` with ``density`` added) brings in the wings
+    of catalogued neighbours, which the stencils barely see and the network follows in
+    part: ``var(G)`` and ``g`` become those of :func:`combined_share` (the per-stamp extra
+    label noise scaled by ``var(G) / var_stencil``); without it (or without ``followed``)
+    the stencils' ``var(G)`` and ``followed`` as given.
+
     ``keys`` are the band x epoch names of the stamps.  Returns the card's
     ``inputs["error_calibration"]``.
     """
@@ -299,6 +421,16 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
     ok = (np.isfinite(bkg) & np.isfinite(sigma_net) & (sigma_net > 0) & np.isfinite(label)
           & np.isfinite(sig_l) & np.isfinite(eq3))
     resid = bkg - label
+    if neighbours is not None and followed is not None and ok.any():
+        var_st = float(np.mean(sig_l[ok] ** 2 - eq3[ok] ** 2))
+        comb = combined_share(g, var_st, neighbours, float(np.median(sig_l[ok])))
+        scale = comb["var_g"] / var_st if var_st > 0 else 1.0
+        extra = (sig_l**2 - eq3**2) * scale if var_st > 0 else np.full(len(eq3), comb["var_g"])
+        sig_l = np.sqrt(eq3**2 + np.clip(extra, 0, None))
+        g = comb["followed"]
+        cal.update(followed=g, followed_faint=float(followed), var_g=comb["var_g"],
+                   var_g_stencil=comb["var_stencil"], var_g_wings=comb["var_wings"],
+                   followed_wings=comb["followed_wings"])
 
     def fit(noise):
         return (float(_scale(resid[ok], sigma_net[ok], noise[ok])) if ok.sum() >= 10
@@ -320,5 +452,6 @@ def fit_error_calibration(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndar
 
 
 __all__ = ["CAL_EDGE_WIDTH", "FOLLOW_MAGS", "FOLLOW_RADIUS", "MIN_STENCILS",
-           "calibrated_errors", "fit_error_calibration", "followed_fraction", "label_noise",
-           "label_noise_of", "predict_set", "sigma_scale"]
+           "calibrated_errors", "combined_share", "fit_error_calibration", "followed_fraction",
+           "label_noise", "label_noise_of", "neighbour_pool", "neighbour_response",
+           "predict_set", "sigma_scale"]

@@ -18,7 +18,14 @@ import numpy as np
 
 from ...errors import InputError, SkysubError
 from ...simulate.trainingdata import simulated_exposures, split_by_sky
-from .calibration import fit_error_calibration, followed_fraction, predict_set, sigma_scale
+from .calibration import (
+    fit_error_calibration,
+    followed_fraction,
+    neighbour_pool,
+    neighbour_response,
+    predict_set,
+    sigma_scale,
+)
 from .data import build_training_set
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetSettings
 from .evaluation import format_report, training_report, validation_metrics
@@ -269,6 +276,17 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                         "images": [p.name for p in paths[:50]],
                         "catalog": str(getattr(catalog, "meta", {}).get("source", catalog))}
         total = len(paths)
+    counts = [0, 0.0]  # catalogued sources on the exposures, their pixels (wing density)
+
+    def counted(rows):
+        for im, xy, bg in rows:
+            ny, nx = im.shape
+            x, y = (np.asarray(a, float) for a in xy)
+            counts[0] += int(np.sum((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)))
+            counts[1] += float(nx * ny)
+            yield im, xy, bg
+
+    triples = counted(triples)
     ts = build_training_set(triples, s, keys, seed=seed, catalog=cat_for_pool, quiet=quiet,
                             total=total)
     # held out: sky tiles in every exposure (a split by exposure would keep the field's faint
@@ -313,11 +331,20 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         fol = followed_fraction(model, val, galaxy_pool(cat_for_pool, np.random.default_rng(
             seed)), s, seed=seed)
         followed = fol["followed"]
+        # the wings of catalogued neighbours beyond the empty radius: injected likewise
+        nb = None
+        if cat_for_pool is not None and "mag" in cat_for_pool.colnames and counts[1] > 0:
+            nb = neighbour_response(model, val, neighbour_pool(cat_for_pool), s, seed=seed)
+            nb["density"] = counts[0] / counts[1]
         b_val, s_val = predict_set(model, val)
         err_cal = fit_error_calibration(b_val, s_val, val.label, val.label_sigma,
                                         val.edge_distance, np.asarray(keys)[val.key.numpy()],
-                                        ts.stencils, keys, followed=followed)
+                                        ts.stencils, keys, followed=followed,
+                                        neighbours=nb)
         err_cal["followed_injection"] = fol
+        if nb is not None:
+            err_cal["neighbour_injection"] = {k: nb[k] for k in ("followed", "err", "n", "area",
+                                                                 "r_in", "r_out", "density")}
         say(f"faint-source light followed by the network: {followed:.2f} +- {fol['err']:.2f} "
             f"({fol['n']} injections); label-noise factor on eq. 3: "
             f"{err_cal['label_factor_all']:.2f}; error factor a = {err_cal['a_all']:.3f}")
