@@ -239,8 +239,11 @@ def _card_note(model: Path, what: str) -> str:
     m, cal = card["metrics"], card["inputs"].get("error_calibration", {})
     fol = cal.get("followed_injection", {})
     return (f"{what}: best epoch {m.get('best_epoch')} of {m.get('epochs_run')} (selection "
-            f"{card['training'].get('select', 'nll')}); faint-source light followed "
-            f"{cal.get('followed', float('nan')):.2f} +- {fol.get('err', float('nan')):.2f}, "
+            f"{card['training'].get('select', 'nll')}); label light followed "
+            f"{cal.get('followed', float('nan')):.2f} (faint sources "
+            f"{cal.get('followed_faint', cal.get('followed', float('nan'))):.2f} +- "
+            f"{fol.get('err', float('nan')):.2f}, neighbours' wings "
+            f"{cal.get('followed_wings', float('nan')):.2f}), "
             f"label-noise factor {cal.get('label_factor_all', float('nan')):.2f}, error factor "
             f"a {cal.get('a_all', float('nan')):.3f} (eq. 3 alone removed "
             f"{cal.get('a_half') or float('nan'):.3f}, all label noise removed "
