@@ -107,6 +107,24 @@ def _mixture_nll(a, m, s, y, truncated: bool) -> float:
     return float(-logsumexp(lp, axis=1).mean())
 
 
+def _coverage_loss(a, m, s, y, truncated: bool) -> float:
+    """``median(u)^2 + log(sigma68(u))^2`` of the normal scores ``u = Phi^-1(PIT)`` of the
+    truths ``y`` (n,) in the mixtures (truncated at 0 with ``truncated``): 0 when the
+    mixtures' medians and central 68 % intervals are calibrated."""
+    from scipy.special import ndtri
+
+    from ...metrics import pit_gaussian_mixture
+    from ...stats import sigma68
+
+    pit = pit_gaussian_mixture(a, m, s, y, lower=0.0 if truncated else None)
+    u = ndtri(np.clip(np.asarray(pit, float), 1e-9, 1 - 1e-9))
+    u = u[np.isfinite(u)]
+    if u.size < 2:
+        return float("inf")
+    w = max(float(sigma68(u)), 1e-6)
+    return float(np.median(u) ** 2 + np.log(w) ** 2)
+
+
 def crowding(feats) -> np.ndarray | None:
     """The crowding ``c`` of each row of network features (the ``neighbour_ratio`` feature
     ``log(1 + c)``), None for networks without it."""
@@ -170,7 +188,7 @@ def fit_width_factor(a, m, s, y, *, truncated: bool = True,
 
 def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float | None = None,
                         n_bins: int = 6, min_per_bin: int = 300, c=None,
-                        crowd_c: float = CROWD_C) -> SNRCalibration:
+                        crowd_c: float = CROWD_C, score: str = "log") -> SNRCalibration:
     """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
     fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
     ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
@@ -178,11 +196,22 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     ``truncated=False``; with ``prior_knee`` after the prior division, as users get the
     data-only mode).  Fewer bins when there are fewer than ``min_per_bin`` stamps per bin.
     With the rows' crowding ``c`` (:func:`crowding`), crowded rows (``c > crowd_c``) get their
-    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows."""
+    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows.
+
+    ``score``: ``"log"`` (the likelihood, above) or ``"coverage"``: in each bin the shift and
+    width that put the median of the true fluxes' normal scores ``u = Phi^-1(PIT)`` at 0 and
+    their sigma68 at 1 -- the central 68 % interval covers 68 % of the truths, as the pull
+    width ``(median - truth) / sigma68`` reads it.  The likelihood is dominated by the few
+    truths far out in the tails where the errors of real frames are heavier than the
+    network's mixtures: it widens every PDF to hold them and the core reads too wide
+    (docs/lumos.md); the coverage fit is not moved by them."""
+    if score not in ("log", "coverage"):
+        raise InputError(f"fit_snr_calibration: score must be 'log' or 'coverage', got {score!r}")
     if c is not None:
         crowd = np.asarray(c, float) > crowd_c
         if min(crowd.sum(), (~crowd).sum()) >= 2 * min_per_bin:
-            kw = {"truncated": truncated, "prior_knee": prior_knee, "min_per_bin": min_per_bin}
+            kw = {"truncated": truncated, "prior_knee": prior_knee, "min_per_bin": min_per_bin,
+                  "score": score}
             iso = fit_snr_calibration(a[~crowd], m[~crowd], s[~crowd], np.asarray(y)[~crowd],
                                       n_bins=n_bins, **kw)
             cr = fit_snr_calibration(a[crowd], m[crowd], s[crowd], np.asarray(y)[crowd],
@@ -207,10 +236,14 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
             a_, m_, s_ = ab, mb + p[1] * sdb, sb * np.exp(p[0])
             if prior_knee is not None:
                 a_, m_, s_ = divide_training_prior(a_, m_, s_, prior_knee)
+            if score == "coverage":
+                return _coverage_loss(a_, m_, s_, yb[:, 0], truncated)
             return _mixture_nll(a_, m_, s_, yb, truncated)
 
         r = minimize(nll, np.zeros(2), method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400})
+                     options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400}
+                     | ({"initial_simplex": [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]}
+                        if score == "coverage" else {}))
         centres.append(float(np.median(z[sel])))
         log_scale.append(float(np.clip(r.x[0], np.log(0.2), np.log(5.0))))
         shift.append(float(np.clip(r.x[1], -2.0, 2.0)))

@@ -50,7 +50,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                           gs, seed: int, bins: int = 6, target: int = TARGET_INJECTIONS,
                           n_per_image: int = 40, max_realisations: int = 60,
                           min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
-                          say=None) -> dict:
+                          score: str = "coverage", say=None) -> dict:
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
     :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
@@ -64,19 +64,80 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     checked on the odd ones (``check``: pull width, PIT KS p and median relative error there
     with the validation calibration and with the injection one), and the calibrations returned
     are fitted on all of them.  ``mag_scatter``: the injected rows' catalogue magnitudes get
-    this Gaussian error [mag] (0: exact, as ``skysub inject``).
+    this Gaussian error [mag] (0: exact, as ``skysub inject``).  ``score``: how each bin is
+    fitted (:func:`fit_snr_calibration`; ``"coverage"``, the default: the central 68 %
+    intervals; ``"log"``: the likelihood, which the tails of real frames' errors widen).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
     "check"}}, "check": {...}, "note"}``; ``calibration`` is None (and ``note`` says why) with
     fewer than ``min_injections`` usable injections, and an instrument with fewer gets none of
     its own (the pooled one applies)."""
-    from ...inject.core import InjectionSettings, merged_catalog, sky_sigma
-    from ...simulate.galaxies import psf_for
     from .photometer import LumosPhotometer
 
     say = say or (lambda *a: None)
     phot = LumosPhotometer((copy.deepcopy(net), card), device="cpu")
+    d, done, r, n_images = collect_injections(phot, images, catalogs, zero_points, regions,
+                                              gs=gs, seed=seed, target=target,
+                                              n_per_image=n_per_image,
+                                              max_realisations=max_realisations,
+                                              mag_scatter=mag_scatter)
+    n_done = int(sum(done.values()))
+    out: dict[str, Any] = {"calibration": None, "instruments": {}, "n_injections": n_done,
+                           "n_realisations": int(r), "n_images": n_images, "check": {},
+                           "per_instrument": {}, "note": ""}
+    need = min(int(min_injections), int(target))
+    if n_done < need:
+        out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
+                       f"(need {need}): the validation calibration is kept")
+        return out
+    y = d["f"] / d["unit"]
+    c = d["crowding"] if np.isfinite(d["crowding"]).all() else None
+
+    def fit(sel):
+        return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
+                                   truncated=True, n_bins=bins, min_per_bin=150,
+                                   c=None if c is None else c[sel], score=score)
+
+    even, odd = d["half"] == 0, d["half"] == 1
+    groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
+    out["calibration"] = fit(np.ones(len(y), bool))
+    out["instruments"] = {g: fit(d["group"] == g) for g in groups}
+    # the check: calibrations fitted on the even realisations, scored on the odd ones (each
+    # instrument with its own where it has one, as the photometer applies them)
+    check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
+    if even.sum() >= need // 2 and odd.sum() >= 50:
+        pooled = fit(even)
+        own = {g: fit(even & (d["group"] == g)) for g in groups
+               if (even & (d["group"] == g)).sum() >= need // 2}
+        check["validation"] = _scores(d, odd, lambda g: phot.sigma_scale, phot.estimator, c)
+        check["injection"] = _scores(d, odd, lambda g: own.get(g, pooled), phot.estimator, c)
+        for g in done:
+            sel = odd & (d["group"] == g)
+            if sel.sum() >= 50:
+                out["per_instrument"][g] = {
+                    "n_injections": int(done[g]), "own_calibration": g in out["instruments"],
+                    "check": {"validation": _scores(d, sel, lambda g: phot.sigma_scale,
+                                                    phot.estimator, c),
+                              "injection": _scores(d, sel, lambda g: own.get(g, pooled),
+                                                   phot.estimator, c)}}
+    out["check"] = check
+    return out
+
+
+def collect_injections(phot, images: list, catalogs: list, zero_points: list[float] | None,
+                       regions: list[float | None], *, gs, seed: int,
+                       target: int = TARGET_INJECTIONS, n_per_image: int = 40,
+                       max_realisations: int = 60, mag_scatter: float = 0.0
+                       ) -> tuple[dict | None, dict[str, int], int, int]:
+    """The injections of :func:`injection_calibration`, measured by ``phot`` (a
+    :class:`LumosPhotometer`) without calibration: ``(d, done, n_realisations, n_images)``,
+    ``d`` the usable injections' raw mixtures ``a, m, s`` (normalised units), ``unit``,
+    ``crowding``, true flux ``f``, aperture ``snr``, the check ``half`` and the instrument
+    ``group`` (None when none fitted); ``done`` the count per instrument."""
+    from ...inject.core import InjectionSettings, merged_catalog, sky_sigma
+    from ...simulate.galaxies import psf_for
+
     psf = psf_for(gs)
     settings = InjectionSettings(kind="galaxy", n_per_image=int(n_per_image), snr=(5.0, 500.0),
                                  radius=8.0, psf_fwhm=float(gs.psf_fwhm), psf_kind="moffat",
@@ -119,54 +180,29 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                                  full, calibrate=False, rows=np.arange(n0, len(full)))
             good = mix["good"]
             ng = int(good.sum())
+            fx, fy = np.asarray(full["x"], float), np.asarray(full["y"], float)
             parts.append({k: np.asarray(mix[k])[good] for k in ("a", "m", "s", "unit",
                                                                "crowding")}
                          | {"f": f[good], "half": np.full(ng, r % 2),
-                            "group": np.full(ng, key, dtype=object)})
+                            "group": np.full(ng, key, dtype=object),
+                            "snr": (f / (noise * np.sqrt(np.pi * settings.radius ** 2)))[good],
+                            "sep": _nearest(fx, fy, n0)[good]})
             done[key] += ng
         r += 1
-    n_done = int(sum(done.values()))
-    out: dict[str, Any] = {"calibration": None, "instruments": {}, "n_injections": n_done,
-                           "n_realisations": int(r), "n_images": len(frames), "check": {},
-                           "per_instrument": {}, "note": ""}
-    need = min(int(min_injections), int(target))
-    if n_done < need:
-        out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
-                       f"(need {need}): the validation calibration is kept")
-        return out
-    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    y = d["f"] / d["unit"]
-    c = d["crowding"] if np.isfinite(d["crowding"]).all() else None
+    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
+    return d, done, int(r), len(frames)
 
-    def fit(sel):
-        return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
-                                   truncated=True, n_bins=bins, min_per_bin=150,
-                                   c=None if c is None else c[sel])
 
-    even, odd = d["half"] == 0, d["half"] == 1
-    groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
-    out["calibration"] = fit(np.ones(len(y), bool))
-    out["instruments"] = {g: fit(d["group"] == g) for g in groups}
-    # the check: calibrations fitted on the even realisations, scored on the odd ones (each
-    # instrument with its own where it has one, as the photometer applies them)
-    check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
-    if even.sum() >= need // 2 and odd.sum() >= 50:
-        pooled = fit(even)
-        own = {g: fit(even & (d["group"] == g)) for g in groups
-               if (even & (d["group"] == g)).sum() >= need // 2}
-        check["validation"] = _scores(d, odd, lambda g: phot.sigma_scale, phot.estimator, c)
-        check["injection"] = _scores(d, odd, lambda g: own.get(g, pooled), phot.estimator, c)
-        for g in done:
-            sel = odd & (d["group"] == g)
-            if sel.sum() >= 50:
-                out["per_instrument"][g] = {
-                    "n_injections": int(done[g]), "own_calibration": g in out["instruments"],
-                    "check": {"validation": _scores(d, sel, lambda g: phot.sigma_scale,
-                                                    phot.estimator, c),
-                              "injection": _scores(d, sel, lambda g: own.get(g, pooled),
-                                                   phot.estimator, c)}}
-    out["check"] = check
-    return out
+def _nearest(x: np.ndarray, y: np.ndarray, n0: int) -> np.ndarray:
+    """Distance [px] from each row ``n0:`` of ``x, y`` to the nearest other row."""
+    from scipy.spatial import cKDTree
+
+    fin = np.isfinite(x) & np.isfinite(y)
+    xy = np.column_stack([x, y])
+    if fin.sum() < 2:
+        return np.full(len(x) - n0, np.inf)
+    d, _ = cKDTree(xy[fin]).query(xy[n0:], k=2)
+    return d[:, 1]
 
 
 def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:

@@ -1,0 +1,58 @@
+"""The per-SNR calibration's two scores against simulations of known truth: mixtures whose
+true errors are Gaussian of a known width, and errors with heavy tails (a few outliers, as
+the injections into real frames have), where the likelihood fit widens the core."""
+
+import numpy as np
+import pytest
+
+from skysub.errors import InputError
+from skysub.photometry.lumos import fit_snr_calibration
+from skysub.photometry.lumos.calibration import _calibrated
+from skysub.stats import sigma68
+
+
+def _mixtures(n, rng):
+    m0 = np.exp(rng.uniform(np.log(20.0), np.log(500.0), n))  # PDF centres (flux units)
+    s0 = np.sqrt(m0 + 25.0)  # PDF widths: photon + sky noise
+    a = np.tile([0.6, 0.4], (n, 1))
+    m = np.column_stack([m0, m0])
+    s = np.column_stack([s0, s0 * 1.000001])
+    return a, m, s, m0, s0
+
+
+def _pull68(cal, a, m, s, y):
+    from skysub.photometry.lumos.mixtures import mixture_summary
+
+    a2, m2, s2 = _calibrated(a, m, s, cal, None)
+    summ = mixture_summary(a2, m2, s2, lower=None)
+    return float(sigma68((summ["flux_median"] - y) / summ["flux_sigma68"]))
+
+
+def test_coverage_recovers_a_known_gaussian_width():
+    rng = np.random.default_rng(1)
+    a, m, s, m0, s0 = _mixtures(1500, rng)
+    y = m0 + 1.3 * s0 * rng.normal(size=m0.size)  # truths 1.3x wider than the PDFs
+    for score in ("log", "coverage"):
+        cal = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=2, min_per_bin=300,
+                                  score=score)
+        assert np.allclose(np.exp(cal.log_scale), 1.3, atol=0.1), (score, cal)
+        assert 0.93 < _pull68(cal, a, m, s, y) < 1.07
+
+
+def test_coverage_keeps_the_core_honest_with_outliers():
+    rng = np.random.default_rng(2)
+    a, m, s, m0, s0 = _mixtures(2000, rng)
+    out = rng.random(m0.size) < 0.1  # 10 % outliers with 4x the width
+    y = m0 + s0 * rng.normal(size=m0.size) * np.where(out, 4.0, 1.0)
+    log = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=2, min_per_bin=300)
+    cov = fit_snr_calibration(a, m, s, y, truncated=False, n_bins=2, min_per_bin=300,
+                              score="coverage")
+    assert _pull68(log, a, m, s, y) < 0.85  # the likelihood widens the core for the tails
+    assert 0.92 < _pull68(cov, a, m, s, y) < 1.08
+
+
+def test_unknown_score_is_an_error():
+    rng = np.random.default_rng(3)
+    a, m, s, m0, s0 = _mixtures(50, rng)
+    with pytest.raises(InputError, match="score"):
+        fit_snr_calibration(a, m, s, m0, truncated=False, score="crps")
