@@ -130,7 +130,7 @@ def _rows(frame: str, method: str, t, pit=None) -> list[dict]:
 
 
 def run(*, extra: list[str] | None = None, development: bool = False, held_out: bool = False,
-        n: int = 40,
+        only: str | None = None, n: int = 40,
         realisations: int = 4, seed: int = 0,
         epochs: int | None = None, stamps_per_image: int | None = None,
         workdir: str | None = None, quiet: bool = True, reuse: bool = False,
@@ -147,6 +147,12 @@ def run(*, extra: list[str] | None = None, development: bool = False, held_out: 
     from skysub.workflows import make_background, make_photometer
 
     fr = frames(extra, held_out)
+    if only:  # some frames only: one instrument's own training, as its user would run it
+        want = [f.strip() for f in only.split(",") if f.strip()]
+        unknown = [f for f in want if f not in fr]
+        if unknown:
+            raise SystemExit(f"--frames: unknown {unknown}; available: {list(fr)}")
+        fr = {k: fr[k] for k in want}
     if development:  # the held-out frames stay unseen
         fr = {k: v for k, v in fr.items() if k not in HELD_OUT}
     tmp = Path(workdir or tempfile.mkdtemp(prefix="bench_lumos_real_"))
@@ -309,6 +315,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stamps-per-image", type=int, default=None,
                    help="Lumos training stamps per frame (default: the user default, 8000 in "
                         "all at least; 1200 --quick)")
+    p.add_argument("--frames", default=None,
+                   help="comma-separated frames to train on and score (default: all "
+                        "available, with --frame ones)")
     p.add_argument("--held-out", action="store_true",
                    help="also the fresh held-out frame (saao-512x520, from ccdproc's test "
                         "data; needs ccdproc); default off")
@@ -334,7 +343,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(extra=args.frame, development=args.development, held_out=args.held_out,
-               n=args.n,
+               only=args.frames, n=args.n,
                realisations=args.realisations, seed=args.seed,
                epochs=args.epochs, stamps_per_image=args.stamps_per_image,
                workdir=args.workdir, reuse=args.reuse, init=args.init, config=args.config)
