@@ -29,7 +29,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +74,6 @@ def finetune(path: Path, hdu: int, cat, d: Path, *, seed: int = 101,
              threads: int | None = 1) -> tuple[Path, float, list[str]]:
     """``skysub train bkgnet`` on one frame with its catalogue, as a user runs it; returns
     (model path, seconds, argv)."""
-    from skysub.cli import main as skysub_main
     from skysub.io import read_image
 
     d.mkdir(parents=True, exist_ok=True)
@@ -86,15 +84,11 @@ def finetune(path: Path, hdu: int, cat, d: Path, *, seed: int = 101,
             "--overwrite"]
     if gain is None:
         argv += ["--gain", "1"]
-    for opt, v in (("--epochs", epochs), ("--stamps-per-image", stamps_per_image),
-                   ("--threads", threads)):
-        if v is not None:
-            argv += [opt, str(v)]
-    t0 = time.perf_counter()
-    rc = skysub_main(argv)
-    if rc != 0:
-        raise RuntimeError(f"skysub {' '.join(argv)} failed ({rc})")
-    return d / "m.pt", time.perf_counter() - t0, argv
+    from .bench_bkgnet_transfer import train_cli
+
+    seconds, argv = train_cli(argv, epochs=epochs, stamps_per_image=stamps_per_image,
+                              threads=threads)
+    return d / "m.pt", seconds, argv
 
 
 def _recover(img, cat, background: str, model, cal: str, settings, realisations, seed):

@@ -99,7 +99,6 @@ def _train(d: Path, train, train_cat, *, seed, stamps_per_image, epochs, threads
     returns (model path, seconds, argv)."""
     from astropy.table import Table
 
-    from skysub.cli import main as skysub_main
     from skysub.io import write_fits_product
 
     (d / "train").mkdir(parents=True)
@@ -111,15 +110,25 @@ def _train(d: Path, train, train_cat, *, seed, stamps_per_image, epochs, threads
     argv = ["train", "bkgnet", *sorted(str(p) for p in (d / "train").glob("*.fits")),
             "--catalog", str(d / "cat.csv"), "--output", str(d / "m.pt"),
             "--seed", str(seed), "--device", "cpu", "--quiet"]
-    for opt, v in (("--stamps-per-image", stamps_per_image), ("--epochs", epochs),
-                   ("--threads", threads)):
+    seconds, argv = train_cli(argv, stamps_per_image=stamps_per_image, epochs=epochs,
+                              threads=threads)
+    return d / "m.pt", seconds, argv
+
+
+def train_cli(argv: list[str], **options) -> tuple[float, list[str]]:
+    """Run ``skysub`` with ``argv`` plus ``--OPTION value`` for each option that is not None
+    (``stamps_per_image`` -> ``--stamps-per-image``); a RuntimeError naming the command when
+    it fails.  Returns the seconds it took and the full argv."""
+    from skysub.cli import main as skysub_main
+
+    for key, v in options.items():
         if v is not None:
-            argv += [opt, str(v)]
+            argv = [*argv, "--" + key.replace("_", "-"), str(v)]
     t0 = time.perf_counter()
     rc = skysub_main(argv)
     if rc != 0:
-        raise RuntimeError(f"skysub train bkgnet failed ({rc})")
-    return d / "m.pt", time.perf_counter() - t0, argv
+        raise RuntimeError(f"skysub {' '.join(argv)} failed ({rc})")
+    return time.perf_counter() - t0, argv
 
 
 def _score_test(test, model: Path, label: str):
