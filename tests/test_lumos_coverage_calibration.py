@@ -56,3 +56,17 @@ def test_unknown_score_is_an_error():
     a, m, s, m0, s0 = _mixtures(50, rng)
     with pytest.raises(InputError, match="score"):
         fit_snr_calibration(a, m, s, m0, truncated=False, score="crps")
+
+
+def test_quality_judges_the_kept_calibration():
+    """A model whose PDF widths come from injections is judged (PIT) on the injection check
+    half under those widths: the validation stamps' miscalibrated widths, which the card no
+    longer uses, do not fail it, and a bad check half does."""
+    from skysub.photometry.lumos.training import model_quality
+
+    metrics = {"bright": {"bias_mode": 0.004}, "sigma68_mode_all": 0.08, "pit_ks_pvalue": 0.0}
+    assert not model_quality(metrics)["ok"]
+    good = model_quality(metrics, check={"pit_ks_pvalue": 0.4})
+    assert good["ok"] and not good["reasons"]
+    bad = model_quality(metrics, check={"pit_ks_pvalue": 1e-5})
+    assert not bad["ok"] and "injection check half" in bad["reasons"][0]

@@ -339,7 +339,9 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         "data": {**data_summary, "n_train": int(tr.sum()), "n_val": int(va.sum())},
         "injection_calibration": injcal,
         "metrics": metrics,
-        "quality": model_quality(metrics, note=val_note),
+        "quality": model_quality(metrics, note=val_note,
+                                 check=((injcal or {}).get("check") or {}).get("injection")
+                                 if metrics["calibration_source"] == "injections" else None),
         "init": model_reference(init_card.get("path", init)) if init_model is not None else None,
         **({"init_note": init_note} if init_note else {}),
         "training_command": command or "(API) skysub.photometry.lumos.train_lumos",
@@ -426,10 +428,15 @@ def split_stamps(sim: dict, val_fraction: float, seed: int, min_exposures: int =
 QUALITY_LIMITS = {"bias": 0.05, "pit_ks_p": 1e-3}
 
 
-def model_quality(metrics: dict, note: str = "") -> dict:
+def model_quality(metrics: dict, note: str = "", check: dict | None = None) -> dict:
     """``{"ok", "reasons", "note"}``: whether the with-magnitude mode passed its validation
     (the bias of bright stamps -- reference SNR > 20 -- within 5 %, a nonzero finite sigma68,
-    PIT KS p >= 1e-3)."""
+    PIT KS p >= 1e-3).
+
+    ``check``: the injection calibration's check half under the calibration the card keeps
+    (``{"pit_ks_pvalue", ...}``), when the PDF widths come from injections into the user's
+    frames: the PIT criterion then judges those widths on those galaxies, not the
+    validation stamps' widths the card no longer uses."""
     reasons = []
     b = (metrics.get("bright") or {}).get("bias_mode")
     if b is None:
@@ -442,9 +449,11 @@ def model_quality(metrics: dict, note: str = "") -> dict:
         reasons.append(f"sigma68 {s68} (a model whose every flux is the same is useless)")
     # the with-magnitude posterior only: the data-only likelihood's PIT against truths drawn
     # from the catalogue's prior is not expected to be uniform (see _calibrate_modes)
-    p = metrics.get("pit_ks_pvalue")
+    p, where = metrics.get("pit_ks_pvalue"), "with the magnitude"
+    if check is not None and check.get("pit_ks_pvalue") is not None:
+        p, where = check["pit_ks_pvalue"], "with the magnitude, injection check half"
     if p is None or not np.isfinite(p) or p < QUALITY_LIMITS["pit_ks_p"]:
-        reasons.append(f"PIT KS p {p} with the magnitude (the PDFs are miscalibrated; must be "
+        reasons.append(f"PIT KS p {p} {where} (the PDFs are miscalibrated; must be "
                        f">= {QUALITY_LIMITS['pit_ks_p']:g})")
     return {"ok": not reasons, "reasons": reasons, "limits": dict(QUALITY_LIMITS),
             "note": note}
