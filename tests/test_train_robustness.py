@@ -1,7 +1,8 @@
-"""`skysub train lumos|bkgnet` on odd frame sets (issue 23): an all-NaN frame, a NaN chip over
-most of every frame, a frame smaller than a stamp, raw uint16 frames (BZERO/BSCALE), one frame
-in units 1e4 times the others', a frame no catalogue source falls on, catalogue positions all
-off the frames, a catalogue column of strings, a single exposure, a 3-D cube.
+"""`skysub train lumos|bkgnet` on odd frame sets (issue 23): an all-NaN frame (and all frames
+NaN), a NaN chip over most of every frame, a frame smaller than a stamp, raw uint16 frames
+(BZERO/BSCALE), one frame in units 1e4 times the others', a frame no catalogue source falls
+on, catalogue positions all off the frames, an empty catalogue, a catalogue column of strings,
+a single exposure, a 3-D cube.
 
 Each case must either train (exit 0, a model file written) or exit 2 with exactly one
 ``skysub train: error: ...`` line naming what is wrong -- never a traceback, never the
@@ -63,6 +64,14 @@ def all_nan(paths, cat, d):
     with fits.open(fp[0], mode="update") as h:
         h[0].data[:] = np.nan
     return fp, cat, [fp[0].name]
+
+
+def every_frame_nan(paths, cat, d):
+    fp = _copy(paths, d)
+    for q in fp:
+        with fits.open(q, mode="update") as h:
+            h[0].data[:] = np.nan
+    return fp, cat, ["cutouts", "stamps"]
 
 
 def nan_chip(paths, cat, d):
@@ -136,6 +145,14 @@ def string_positions(paths, cat, d):
     return paths, q, ["ra"]
 
 
+def empty_catalogue(paths, cat, d):
+    d.mkdir()  # (train bkgnet crashed on it: no neighbour with a magnitude to inject)
+    t = Table.read(cat, format="ascii.csv")[:0]
+    q = d / "empty.csv"
+    t.write(q, format="ascii.csv")
+    return paths, q, ["empty.csv"]
+
+
 def single_exposure(paths, cat, d):
     return paths[:1], cat, [paths[0].name]
 
@@ -147,8 +164,9 @@ def cube(paths, cat, d):
     return fp, cat, [fp[0].name]
 
 
-CASES = [all_nan, nan_chip, tiny, raw_uint16, units_1e4, no_source_on_a_frame,
-         positions_off_frames, string_column, string_positions, single_exposure, cube]
+CASES = [all_nan, every_frame_nan, nan_chip, tiny, raw_uint16, units_1e4, no_source_on_a_frame,
+         positions_off_frames, string_column, string_positions, empty_catalogue,
+         single_exposure, cube]
 
 
 def _digest(paths):
