@@ -420,6 +420,23 @@ def _cmd_photometry(args) -> int:
     return 0
 
 
+def _one_line_errors(args, train, *a, **kw):
+    """``train(*a, **kw)``; an unexpected exception becomes a one-line InputError (never a
+    traceback for the user; --verbose shows it)."""
+    try:
+        return train(*a, **kw)
+    except (SkysubError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if args.verbose:
+            raise
+        from .errors import InputError
+
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise InputError(f"training failed unexpectedly ({type(exc).__name__}: {first}); "
+                         "rerun with --verbose for the traceback and report it") from None
+
+
 def _cmd_train(args) -> int:
     from .config import load_config
 
@@ -431,16 +448,17 @@ def _cmd_train(args) -> int:
     from .background.bkgnet import command_line, train_bkgnet
 
     cfg = load_config(args.config or ("paus" if args.simulated else None))
-    card = train_bkgnet(args.images, args.catalog, args.output, config=cfg, epochs=args.epochs,
-                        seed=args.seed, device=args.device, preset=args.preset,
-                        simulated=args.simulated, n_exposures=args.n_exposures,
-                        labels=args.labels, use_coords=not args.no_coords,
-                        inject=False if args.no_inject else None, resume=args.resume,
-                        overwrite=args.overwrite, quiet=args.quiet,
-                        batch_size=args.batch_size, lr=args.lr,
-                        stamps_per_image=args.stamps_per_image, command=command_line(args.argv),
-                        threads=args.threads, init=args.init,
-                        **read_kwargs(args, cfg))
+    card = _one_line_errors(args, train_bkgnet, args.images, args.catalog, args.output,
+                            config=cfg, epochs=args.epochs, seed=args.seed,
+                            device=args.device, preset=args.preset, simulated=args.simulated,
+                            n_exposures=args.n_exposures, labels=args.labels,
+                            use_coords=not args.no_coords,
+                            inject=False if args.no_inject else None, resume=args.resume,
+                            overwrite=args.overwrite, quiet=args.quiet,
+                            batch_size=args.batch_size, lr=args.lr,
+                            stamps_per_image=args.stamps_per_image,
+                            command=command_line(args.argv), threads=args.threads,
+                            init=args.init, **read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
         print(f"wrote {args.output} (+ card {Path(args.output).with_suffix('.json')}): "
@@ -518,26 +536,16 @@ def _cmd_train_lumos(args) -> int:
                   f"{m.get('pit_ks_pvalue_blended', float('nan')):.3g}); data-only PIT KS p "
                   f"{cal['metrics'].get('no_mag', {}).get('pit_ks_pvalue', float('nan')):.3g}")
         return 0
-    try:
-        card = train_lumos(args.images, args.catalog, args.output, config=cfg,
-                           simulated=args.simulated, n_exposures=args.n_exposures,
-                           stamps_per_image=args.stamps_per_image, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr, preset=args.preset,
-                           pairs=args.pairs, seed=args.seed, device=args.device,
-                           threads=args.threads, resume=args.resume, overwrite=args.overwrite,
-                           quiet=args.quiet, command=command_line(args.argv),
-                           zeropoint=args.zeropoint, init=args.init,
-                           **read_kwargs(args, cfg))
-    except (SkysubError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # never a traceback for the user (--verbose shows it)
-        if args.verbose:
-            raise
-        from .errors import InputError
-
-        first = (str(exc).splitlines() or [""])[0][:300]
-        raise InputError(f"training failed unexpectedly ({type(exc).__name__}: {first}); "
-                         "rerun with --verbose for the traceback and report it") from None
+    card = _one_line_errors(args, train_lumos, args.images, args.catalog, args.output,
+                            config=cfg, simulated=args.simulated,
+                            n_exposures=args.n_exposures,
+                            stamps_per_image=args.stamps_per_image, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+                            pairs=args.pairs, seed=args.seed, device=args.device,
+                            threads=args.threads, resume=args.resume,
+                            overwrite=args.overwrite, quiet=args.quiet,
+                            command=command_line(args.argv), zeropoint=args.zeropoint,
+                            init=args.init, **read_kwargs(args, cfg))
     m = card["metrics"]
     if not args.quiet:
         nm = m.get("no_mag", {})

@@ -333,8 +333,10 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         followed = fol["followed"]
         # the wings of catalogued neighbours beyond the empty radius: injected likewise
         nb = None
-        if cat_for_pool is not None and "mag" in cat_for_pool.colnames and counts[1] > 0:
-            nb = neighbour_response(model, val, neighbour_pool(cat_for_pool), s, seed=seed)
+        pool = (neighbour_pool(cat_for_pool) if cat_for_pool is not None
+                and "mag" in cat_for_pool.colnames else {"mag": []})
+        if len(pool["mag"]) and counts[1] > 0:  # (no source with a magnitude: no wings)
+            nb = neighbour_response(model, val, pool, s, seed=seed)
             nb["density"] = counts[0] / counts[1]
         b_val, s_val = predict_set(model, val)
         err_cal = fit_error_calibration(b_val, s_val, val.label, val.label_sigma,

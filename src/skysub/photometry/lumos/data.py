@@ -267,10 +267,22 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
             f"{len(free)}")
     if not t["ok"].any():
         raise InputError("no usable training stamps: every cutout is masked, NaN or flat "
-                         "(check the exposures' data and masks)")
+                         "(check the exposures' data and masks)"
+                         + small_frames_note(ims, gs.stamp_size))
     return {"sim": sim, "tensors": t, "free": free, "ims": ims, "cats": cats,
             "nbcats": nbcats, "summary": data_summary,
             "zero_points": [float(z.value) for z in zps] if zps else None}
+
+
+def small_frames_note(ims, size: int) -> str:
+    """'' or '; FILE is NY x NX px, smaller than a SIZE px stamp' for the frames a stamp cannot
+    fit in (the usual reason no stamp could be drawn)."""
+    small = [f"{im.name} is {im.data.shape[0]} x {im.data.shape[1]} px" for im in ims
+             if min(im.data.shape) < size]
+    if not small:
+        return ""
+    more = f" (and {len(small) - 3} more)" if len(small) > 3 else ""
+    return f"; {', '.join(small[:3])}{more}, smaller than a {size} px stamp"
 
 
 def _plain(d: dict) -> dict:

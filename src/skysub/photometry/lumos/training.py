@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import InputError
 from .calibration import _predict, _prior_knee, crowding, fit_snr_calibration, fit_width_factor
-from .data import _stamp_data, _subset, torch_where_mag
+from .data import _stamp_data, _subset, small_frames_note, torch_where_mag
 from .evaluation import evaluate_mixtures
 from .magnitudes import NOISE_MAG, NOISE_MAG_DOC
 from .pairs import find_pairs, fine_tune_pairs, pairs_from_exposures, read_pairs
@@ -192,7 +192,8 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
     if tr.sum() < 2 * ls.batch_size // 4 or va.sum() < 20:
         raise InputError(f"only {int(tr.sum())} training and {int(va.sum())} validation stamps "
                          "could be drawn (frames too small, crowded or masked?): give more or "
-                         "larger exposures, or raise --stamps-per-image")
+                         "larger exposures, or raise --stamps-per-image"
+                         + small_frames_note(ims, gs.stamp_size))
     say(f"{tr.sum()} training and {va.sum()} validation stamps; keys: {', '.join(keys)}")
     if init_model is not None:
         n_old = len(init_card["inputs"]["keys"])
