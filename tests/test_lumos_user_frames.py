@@ -9,26 +9,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from simframes import ZP, simulated_frames
 
 from skysub.cli import main
-
-#: the simulator's zero point in image units: 25 (per second) + 2.5 log10(EXPTIME 100 / GAIN 1)
-ZP = 30.0
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     out = tmp_path_factory.mktemp("userframes")
-    assert main(["simulate", "ccd", "--output", str(out / "sim"), "--n-exposures", "4",
-                 "--size", "256", "192", "--seed", "5", "--quiet", "--config", "paus"]) == 0
-    paths = sorted((out / "sim" / "images").glob("*.fits"))
-    for p in paths:
-        with fits.open(p, mode="update") as h:
-            h[0].header["MAGZPT"] = ZP
+    paths, cat = simulated_frames(out, 4, (256, 192), 5)
     cfg = out / "tiny.toml"
     cfg.write_text('base = "generic"\n[lumos]\nstamps_per_image = 60\nepochs = 2\n'
                    'batch_size = 32\ncalibration_injections = 200\n')
-    return out, paths, out / "sim" / "catalog.csv", cfg
+    return out, paths, cat, cfg
 
 
 def _train(capsys, paths, catalog, cfg, output, *extra):

@@ -17,27 +17,21 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from simframes import simulated_frames
 
 from skysub.cli import main
-
-ZP = 30.0  # the simulator's zero point in image units (tests/test_lumos_user_frames.py)
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     out = tmp_path_factory.mktemp("robust")
-    assert main(["simulate", "ccd", "--output", str(out / "sim"), "--n-exposures", "3",
-                 "--size", "200", "160", "--seed", "11", "--quiet", "--config", "paus"]) == 0
-    paths = sorted((out / "sim" / "images").glob("*.fits"))
-    for p in paths:
-        with fits.open(p, mode="update") as h:
-            h[0].header["MAGZPT"] = ZP
+    paths, cat = simulated_frames(out, 3, (200, 160), 11)
     cfg = out / "tiny.toml"
     cfg.write_text('base = "generic"\n[lumos]\nstamps_per_image = 150\nepochs = 1\n'
                    'batch_size = 32\ncalibration_injections = 100\n'
                    '[bkgnet]\nstamp_size = 64\nstamps_per_image = 150\nepochs = 1\n'
                    'batch_size = 32\n')  # 64 px BKGnet stamps: trained from scratch, fast
-    return paths, out / "sim" / "catalog.csv", cfg
+    return paths, cat, cfg
 
 
 def _copy(paths, d):
