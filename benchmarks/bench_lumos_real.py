@@ -38,7 +38,7 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
            ("pull_sigma68", "pull68", ".2f"), ("pit_p", "PIT KS p", ".3g")]
 
-HELD_OUT = ("m13-300x300", "saao-512x520")
+HELD_OUT = ("m13-300x300", "saao-512x520", "dash-3072x2048")
 SNR_BINS = ((5.0, 30.0), (30.0, 50.0), (50.0, 1e9))
 
 
@@ -319,8 +319,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated frames to train on and score (default: all "
                         "available, with --frame ones)")
     p.add_argument("--held-out", action="store_true",
-                   help="also the fresh held-out frame (saao-512x520, from ccdproc's test "
-                        "data; needs ccdproc); default off")
+                   help="also the held-out frames (saao-512x520 from ccdproc's test data, "
+                        "needs ccdproc; dash-3072x2048 from regularizepsf's source "
+                        "distribution, fetched from PyPI once); default off")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
     p.add_argument("--reuse", action="store_true",
