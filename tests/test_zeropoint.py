@@ -35,6 +35,20 @@ def test_fit_recovers_the_zero_point_of_stars(zp):
     np.testing.assert_allclose(res.flux(cat["mag"]), cat["flux_true"], rtol=0.02)
 
 
+def test_six_bright_stars_recover_the_zero_point_within_the_reported_error():
+    """A frame with only 6 bright stars: the inverse-variance fit recovers the known zero
+    point within 3x its reported error on every draw, and that error is never below the
+    photon-noise floor of 6 stars of SNR <= 500."""
+    pulls = []
+    for seed in range(6):
+        img, cat = _frame_with_stars(27.0, seed=seed, n=6, snr=(50, 500))
+        res = fit_zeropoint(img, cat)
+        assert res.n >= 5 and "only" in res.warning
+        assert res.error >= 1.0857 / 500 / np.sqrt(6)
+        pulls.append((res.value - 27.0) / res.error)
+    assert np.all(np.abs(pulls) < 3.0), pulls
+
+
 def test_fit_warns_when_catalogue_and_image_disagree():
     img, cat = _frame_with_stars(25.0, seed=3)
     rng = np.random.default_rng(1)

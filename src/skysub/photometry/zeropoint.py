@@ -194,25 +194,33 @@ def _fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
     sel = np.flatnonzero(good)
     sel = sel[np.argsort(-f1[sel])][:max_sources]
     zp_i = mag[idx][sel] + 2.5 * np.log10(f1[sel])
+    sig_all = 1.0857 * e1[sel] / f1[sel]  # each offset's photometric error [mag]
     keep = np.ones(zp_i.size, bool)
-    for _ in range(5):  # 3-sigma clipped median of the offsets
+    for _ in range(5):  # 3-sigma clipped median of the offsets (sigma: scatter + own error)
         med = float(np.median(zp_i[keep]))
         mad = 1.4826 * float(np.median(np.abs(zp_i[keep] - med)))
-        new = np.abs(zp_i - med) <= 3 * max(mad, 1e-3)
+        new = np.abs(zp_i - med) <= 3 * np.sqrt(max(mad, 1e-3) ** 2 + sig_all ** 2)
         if np.array_equal(new, keep):
             break
         keep = new
     n = int(keep.sum())
     med = float(np.median(zp_i[keep]))
     scatter = 1.4826 * float(np.median(np.abs(zp_i[keep] - med)))
+    # inverse-variance weights: each offset's photometric error plus the intrinsic scatter
+    # beyond it; the error is the larger of the weighted mean's and the robust scatter's, so a
+    # few sources whose offsets agree by chance do not report less than their photon noise
+    sig = sig_all[keep]
+    s_int2 = max(scatter ** 2 - float(np.median(sig ** 2)), 0.0)
+    w = 1.0 / (sig ** 2 + s_int2)
+    value = float(np.sum(w * zp_i[keep]) / np.sum(w))
+    error = max(float(np.sqrt(1.0 / np.sum(w))), 1.2533 * scatter / np.sqrt(n))
     warn = []
     if n < 10:
         warn.append(f"only {n} sources")
     if scatter > max_scatter:
         warn.append(f"scatter {scatter:.2f} mag > {max_scatter:g}: catalogue magnitudes and "
                     "image fluxes disagree (another band, or not total magnitudes?)")
-    return ZeroPoint(med, "fit", scatter=scatter, error=1.2533 * scatter / np.sqrt(n), n=n,
-                     warning="; ".join(warn))
+    return ZeroPoint(value, "fit", scatter=scatter, error=error, n=n, warning="; ".join(warn))
 
 
 def resolve_zeropoint(image: Any, catalog: Any = None, *, given: float | None = None,

@@ -188,7 +188,8 @@ def fit_width_factor(a, m, s, y, *, truncated: bool = True,
 
 def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float | None = None,
                         n_bins: int = 6, min_per_bin: int = 300, c=None,
-                        crowd_c: float = CROWD_C, score: str = "log") -> SNRCalibration:
+                        crowd_c: float = CROWD_C, score: str = "log",
+                        shrink_n: float = 0.0) -> SNRCalibration:
     """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
     fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
     ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
@@ -204,14 +205,21 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     width ``(median - truth) / sigma68`` reads it.  The likelihood is dominated by the few
     truths far out in the tails where the errors of real frames are heavier than the
     network's mixtures: it widens every PDF to hold them and the core reads too wide
-    (docs/lumos.md); the coverage fit is not moved by them."""
+    (docs/lumos.md); the coverage fit is not moved by them.
+
+    ``shrink_n`` (default 0: off): each bin's shift and log width are shrunk towards one
+    global fit on all rows, ``p_b = w p_bin + (1 - w) p_global`` with ``w = n_b / (n_b +
+    shrink_n)`` -- fewer effective free parameters, so a bin of a few hundred rows does not
+    over-fit its own noise."""
+    if shrink_n < 0:
+        raise InputError(f"fit_snr_calibration: shrink_n must be >= 0, got {shrink_n!r}")
     if score not in ("log", "coverage"):
         raise InputError(f"fit_snr_calibration: score must be 'log' or 'coverage', got {score!r}")
     if c is not None:
         crowd = np.asarray(c, float) > crowd_c
         if min(crowd.sum(), (~crowd).sum()) >= 2 * min_per_bin:
             kw = {"truncated": truncated, "prior_knee": prior_knee, "min_per_bin": min_per_bin,
-                  "score": score}
+                  "score": score, "shrink_n": shrink_n}
             iso = fit_snr_calibration(a[~crowd], m[~crowd], s[~crowd], np.asarray(y)[~crowd],
                                       n_bins=n_bins, **kw)
             cr = fit_snr_calibration(a[crowd], m[crowd], s[crowd], np.asarray(y)[crowd],
@@ -228,8 +236,11 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     edges = np.quantile(z, np.linspace(0, 1, nb + 1))
     idx = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, nb - 1)
     centres, log_scale, shift = [], [], []
-    for b in range(nb):
-        sel = idx == b
+    groups = [idx == b for b in range(nb)]
+    if shrink_n > 0 and nb > 1:
+        groups.append(np.ones(len(z), bool))  # the global fit, last
+    fits = []
+    for sel in groups:
         ab, mb, sb, yb, sdb = a[sel], m[sel], s[sel], y[sel], sd[sel, None]
 
         def nll(p, ab=ab, mb=mb, sb=sb, yb=yb, sdb=sdb):
@@ -244,9 +255,15 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
                      options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400}
                      | ({"initial_simplex": [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]}
                         if score == "coverage" else {}))
-        centres.append(float(np.median(z[sel])))
-        log_scale.append(float(np.clip(r.x[0], np.log(0.2), np.log(5.0))))
-        shift.append(float(np.clip(r.x[1], -2.0, 2.0)))
+        fits.append((np.asarray(r.x, float), int(sel.sum()), float(np.median(z[sel]))))
+    glob = fits.pop()[0] if len(fits) > nb else None
+    for x, n_b, cz_b in fits:
+        if glob is not None:
+            w = n_b / (n_b + shrink_n)
+            x = w * x + (1.0 - w) * glob
+        centres.append(cz_b)
+        log_scale.append(float(np.clip(x[0], np.log(0.2), np.log(5.0))))
+        shift.append(float(np.clip(x[1], -2.0, 2.0)))
     order = np.argsort(centres)
     cz = np.asarray(centres)[order]
     cz = cz + np.arange(len(cz)) * 1e-9  # strictly increasing for np.interp

@@ -50,7 +50,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                           gs, seed: int, bins: int = 6, target: int = TARGET_INJECTIONS,
                           n_per_image: int = 40, max_realisations: int = 60,
                           min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
-                          score: str = "coverage", say=None) -> dict:
+                          score: str = "coverage", shrink_n: float = 0.0, say=None) -> dict:
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
     :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
@@ -67,6 +67,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     this Gaussian error [mag] (0: exact, as ``skysub inject``).  ``score``: how each bin is
     fitted (:func:`fit_snr_calibration`; ``"coverage"``, the default: the central 68 %
     intervals; ``"log"``: the likelihood, which the tails of real frames' errors widen).
+    ``shrink_n``: each bin shrunk towards the global fit (:func:`fit_snr_calibration`; 0 off).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
@@ -97,7 +98,8 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     def fit(sel):
         return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
                                    truncated=True, n_bins=bins, min_per_bin=150,
-                                   c=None if c is None else c[sel], score=score)
+                                   c=None if c is None else c[sel], score=score,
+                                   shrink_n=shrink_n)
 
     even, odd = d["half"] == 0, d["half"] == 1
     groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
