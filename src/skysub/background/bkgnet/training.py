@@ -316,8 +316,7 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                      lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]),
                      patience=hp["patience"], scheduler="plateau",
                      scheduler_kwargs={"factor": 0.3, "patience": 2}, grad_clip=10.0,
-                     seed=seed, device=device, threads=threads, quiet=quiet,
-                     score_initial=init_model is not None)
+                     seed=seed, device=device, threads=threads, quiet=quiet)
     trainer = _selecting_trainer(select)(model, _loss, tc, checkpoint=output.with_suffix(".ckpt"))
     hist = trainer.fit(train.tensors(), _val_tensors(val, select), resume=resume)
     model = trainer.model.cpu().eval()
@@ -363,9 +362,6 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
     if pw is not None and not 0.8 <= pw <= 1.25:
         log.warning("pull width %.2f on held-out sky tiles (errors calibrated on the other "
                     "held-out tiles): the reported errors are not trustworthy", pw)
-    if init_model is not None and hist.best_epoch < 0:
-        say("no fine-tuning epoch beat the starting model on the held-out tiles: kept it "
-            "(best_epoch 0 in the card)")
     metrics.update(best_epoch=hist.best_epoch + 1, epochs_run=len(hist.epochs),
                    best_val_nll=hist.best_val, train_seconds=round(time.perf_counter() - t0, 1))
     from ...nn.modelfile import model_reference
