@@ -159,3 +159,27 @@ def test_nan_loss_every_time_gives_a_training_error():
                  TrainConfig(quiet=True, device="cpu", epochs=2, max_recoveries=2))
     with pytest.raises(SkysubError, match="diverged.*2 restarts"):
         tr.fit(data)
+
+
+@pytest.mark.parametrize("score_initial", [False, True])
+def test_score_initial_keeps_a_starting_model_no_epoch_beats(score_initial):
+    """Fine-tuning an exact model on biased labels (y + 0.5) worsens it on unbiased validation
+    data: with ``score_initial`` the starting weights are kept (best_epoch -1), without it the
+    best epoch is still a worse, drifted model."""
+    seed_everything(0)
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.bias.fill_(1.0)
+    train = _line_data()
+    train = {"x": train["x"], "y": train["y"] + 0.5}
+    val = _line_data(seed=1)
+    cfg = TrainConfig(epochs=5, lr=0.05, batch_size=64, patience=3, quiet=True, device="cpu",
+                      score_initial=score_initial)
+    hist = Trainer(model, _mse, cfg).fit(train, val)
+    bias = float(model.bias.detach())
+    if score_initial:
+        assert hist.best_epoch == -1 and bias == pytest.approx(1.0, abs=1e-6)
+        assert hist.best_val < min(hist.val_loss)
+    else:
+        assert hist.best_epoch >= 0 and bias > 1.2

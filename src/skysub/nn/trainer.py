@@ -79,6 +79,8 @@ class TrainConfig:
         the learning rate by 10 and rerun the epoch, at most this many times per fit; then
         :class:`TrainingError`
     quiet : no progress bars
+    score_initial : score the starting weights on the validation data before epoch 1 and keep
+        them when no epoch beats them (``History.best_epoch`` stays -1); for fine-tuning
     """
 
     epochs: int = 30
@@ -96,6 +98,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     max_recoveries: int = 3
     quiet: bool = False
+    score_initial: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -316,6 +319,13 @@ class Trainer:
         if self.history.stopped_early or self._start_epoch >= c.epochs:
             self._restore_best()
             return self.history
+        if (c.score_initial and val is not None and self._start_epoch == 0
+                and self.best_state is None):
+            v0 = self.evaluate(val)
+            if math.isfinite(v0):
+                self.history.best_val = v0
+                self.best_state = copy.deepcopy({k: v.detach().cpu()
+                                                 for k, v in self.model.state_dict().items()})
         epochs = range(self._start_epoch, c.epochs)
         bar = progress(epochs, desc="training", quiet=c.quiet, unit="epoch",
                        total=c.epochs - self._start_epoch)
