@@ -49,6 +49,9 @@ class LumosSettings:
     calibration_injections : on user exposures, the with-magnitude calibration is refitted on
         about this many galaxies per instrument injected into the held-out part of the
         exposures (:mod:`.injection`); 0 = keep the validation stamps' calibration
+    calibration_shrink : the injection calibration's per-SNR-bin shift and log width shrunk
+        towards one global fit with weight ``n_b / (n_b + calibration_shrink)`` (``shrink_n`` of
+        :func:`.calibration.fit_snr_calibration`); 0 = off (each bin on its own)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -73,6 +76,7 @@ class LumosSettings:
     prior_free_weight_cap: float = 1.0
     calibration_bins: int = 6
     calibration_injections: int = 1200
+    calibration_shrink: float = 0.0
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -92,6 +96,11 @@ class LumosSettings:
         if not isinstance(s.calibration_injections, int) or s.calibration_injections < 0:
             raise ConfigError(f"[lumos]: calibration_injections must be an integer >= 0, got "
                               f"{s.calibration_injections!r}")
+        if (isinstance(s.calibration_shrink, bool)
+                or not isinstance(s.calibration_shrink, (int, float))
+                or not s.calibration_shrink >= 0 or s.calibration_shrink == float("inf")):
+            raise ConfigError(f"[lumos]: calibration_shrink must be a finite number >= 0 "
+                              f"(0 = off), got {s.calibration_shrink!r}")
         if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
             raise ConfigError("[lumos]: neighbour_ratio = true needs neighbours = true and "
                               "neighbour_fit = false")

@@ -377,7 +377,8 @@ def _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
         regions = [0.0] * len(data["ims"])
     out = injection_calibration(model, card, data["ims"], data["nbcats"], zps, regions, gs=gs,
                                 seed=seed, bins=ls.calibration_bins or 1,
-                                target=ls.calibration_injections, say=say)
+                                target=ls.calibration_injections,
+                                shrink_n=float(ls.calibration_shrink), say=say)
     out["held_out"] = ("whole validation exposures" if whole
                        else "new empty positions of the training frames")
     ch = out.get("check", {})
@@ -576,7 +577,7 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
         injcal = injection_calibration(
             net, card, data["ims"], data["nbcats"], data.get("zero_points"),
             [0.0] * len(data["ims"]), gs=gs, seed=seed, bins=ls.calibration_bins or 1,
-            target=ls.calibration_injections, say=say)
+            target=ls.calibration_injections, shrink_n=float(ls.calibration_shrink), say=say)
         injcal["held_out"] = "the calibration exposures"
         inputs["snr_calibration_instruments"] = {
             k: v.as_dict() for k, v in injcal.pop("instruments", {}).items()}
