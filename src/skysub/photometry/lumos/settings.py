@@ -5,6 +5,7 @@ band x epoch vocabulary lookup.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -96,9 +97,9 @@ class LumosSettings:
         if not isinstance(s.calibration_injections, int) or s.calibration_injections < 0:
             raise ConfigError(f"[lumos]: calibration_injections must be an integer >= 0, got "
                               f"{s.calibration_injections!r}")
-        if (isinstance(s.calibration_shrink, bool)
-                or not isinstance(s.calibration_shrink, (int, float))
-                or not s.calibration_shrink >= 0 or s.calibration_shrink == float("inf")):
+        shrink = s.calibration_shrink
+        if (isinstance(shrink, bool) or not isinstance(shrink, (int, float))
+                or not math.isfinite(shrink) or shrink < 0):
             raise ConfigError(f"[lumos]: calibration_shrink must be a finite number >= 0 "
                               f"(0 = off), got {s.calibration_shrink!r}")
         if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
