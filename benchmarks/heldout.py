@@ -11,12 +11,29 @@ Neither frame is committed to skysub, and no development environment has them:
   Vignetted, with a satellite trail, ~3,000 stars, no gain or zero-point keywords: a frame as
   a user with a small camera brings it.  Read as it is (integers, with their pedestal).
 
-Each is written once, atomically, into ``$TMPDIR/skysub-bench``; the installed or downloaded
-files are only read.
+* ``cfht-1797x1909``: a CFHT FOCAM I-band frame of the galaxy cluster Abell 370 (the median of
+  five 1800 s exposures, 1991; integers with their sky pedestal), from the test data of the
+  ``mpdaf`` 3.6 source distribution (BSD-3).
+* ``wfpc2-500x500``: a 500 x 500 cut of the HST WFPC2 F606W Hubble Deep Field South (drizzled,
+  so its noise is correlated; counts per second, values ~1e-4), from the same distribution.
+* ``wfpc2-600x600``: a 600 x 600 HST WFPC2 F814W cut of Abell 478 (counts per second, with its
+  weight map left aside), from the same distribution.
+
+And real maps, for compact-source removal (:func:`held_out_maps`):
+
+* ``scuba-l1551``: the JCMT SCUBA 850 um map of L1551 (156 x 171), and
+* ``pera-extinction``: the 2MASS extinction map of Perseus (313 x 217), both from the
+  documentation of the ``astrodendro`` 0.3.1 source distribution (MIT).
+
+The mpdaf and astrodendro distributions are downloaded from PyPI the first time (their SHA-256
+is checked), or read from ``SKYSUB_HELDOUT_SDISTS=DIR``, a folder that holds them already.  None
+of these files is copied into skysub.  Each frame is written once, atomically, into
+``$TMPDIR/skysub-bench``; the installed or downloaded files are only read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -27,7 +44,36 @@ from pathlib import Path
 import numpy as np
 
 #: the held-out frames' names
-HELD_OUT_FRAMES = ("saao-512x520", "dash-3072x2048")
+HELD_OUT_FRAMES = ("saao-512x520", "dash-3072x2048", "cfht-1797x1909", "wfpc2-500x500",
+                   "wfpc2-600x600")
+#: the held-out real maps' names
+HELD_OUT_MAPS = ("scuba-l1551", "pera-extinction")
+
+#: source distributions fetched by URL: file name -> (URL, SHA-256)
+SDISTS = {
+    "mpdaf-3.6.tar.gz": (
+        "https://files.pythonhosted.org/packages/4f/5c/"
+        "c1a7c67d9b8246da2b754da8655510dd053d377f30ffce13b23385efc003/mpdaf-3.6.tar.gz",
+        "836cd0b3b2941900f1257c640449cca931d33dcf914419ceeb661a7607557208"),
+    "astrodendro-0.3.1.tar.gz": (
+        "https://files.pythonhosted.org/packages/77/92/"
+        "b4e85c884ebc14388f5070d6b84ce91c4f3e83020f0896e389474f61c410/astrodendro-0.3.1.tar.gz",
+        "115451c6b66fcfed510994f248404f0ce3283e890a7df3d0c89e035c70165b5d"),
+}
+#: name -> (source distribution, member, HDU, ORIGIN card)
+MEMBERS = {
+    "cfht-1797x1909": ("mpdaf-3.6.tar.gz", "mpdaf-3.6/lib/mpdaf/data/obj/a370II.fits", 0,
+                       "CFHT FOCAM I, Abell 370 (mpdaf 3.6)"),
+    "wfpc2-500x500": ("mpdaf-3.6.tar.gz", "mpdaf-3.6/lib/mpdaf/data/obj/HST-HDFS.fits", 1,
+                      "HST WFPC2 F606W, HDF-S (mpdaf 3.6)"),
+    "wfpc2-600x600": ("mpdaf-3.6.tar.gz", "mpdaf-3.6/lib/mpdaf/data/sdetect/a478hst-cutout.fits",
+                      1, "HST WFPC2 F814W, Abell 478 (mpdaf 3.6)"),
+    "scuba-l1551": ("astrodendro-0.3.1.tar.gz", "astrodendro-0.3.1/docs/L1551_scuba_850mu.fits",
+                    0, "JCMT SCUBA 850 um, L1551 (astrodendro 0.3.1)"),
+    "pera-extinction": ("astrodendro-0.3.1.tar.gz",
+                        "astrodendro-0.3.1/docs/PerA_Extn2MASS_F_Gal.fits", 0,
+                        "2MASS extinction, Perseus (astrodendro 0.3.1)"),
+}
 
 #: the regularizepsf source distribution that holds the DASH frame, and the member
 DASH_SDIST = "regularizepsf==1.2.1"
@@ -130,6 +176,83 @@ def dash_frame() -> Path:
     return _write_atomic(out, data, hdr)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sdist(filename: str) -> Path:
+    """The source distribution ``filename`` of :data:`SDISTS`: from ``SKYSUB_HELDOUT_SDISTS``,
+    the cache, or downloaded once from PyPI (atomically); its SHA-256 is checked."""
+    import urllib.request
+
+    url, sha = SDISTS[filename]
+    folder = os.environ.get("SKYSUB_HELDOUT_SDISTS")
+    if folder:
+        path = Path(folder) / filename
+        if not path.is_file():
+            raise SystemExit(f"held-out data: SKYSUB_HELDOUT_SDISTS={folder} has no {filename}")
+    else:
+        path = cache_dir() / "sdist" / filename
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+                    while block := r.read(1 << 20):
+                        f.write(block)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise SystemExit(f"held-out data: could not download {url} ({exc}); download "
+                                 "it elsewhere and set SKYSUB_HELDOUT_SDISTS=DIR") from None
+            os.replace(tmp, path)
+    got = _sha256(path)
+    if got != sha:
+        raise SystemExit(f"held-out data: {path} has SHA-256 {got}, expected {sha}")
+    return path
+
+
+def member_frame(name: str) -> Path:
+    """The 2-D image ``name`` of :data:`MEMBERS`, read from its source distribution and
+    written as float32 (values unchanged, the HDU's header kept, ORIGIN and HISTORY added)."""
+    import astropy.io.fits as afits
+
+    out = cache_dir() / f"{name}.fits"
+    if out.exists():
+        return out
+    filename, member, hdu, origin = MEMBERS[name]
+    path = sdist(filename)
+    with tarfile.open(path, "r:gz") as tar:
+        try:
+            fobj = tar.extractfile(member)
+        except KeyError:
+            fobj = None
+        if fobj is None:
+            raise SystemExit(f"held-out data: {path} has no {member}")
+        with afits.open(fobj) as hdul:
+            data = np.asarray(hdul[hdu].data, dtype=np.float32)
+            hdr = hdul[hdu].header.copy()
+    if data.ndim != 2:
+        raise SystemExit(f"held-out data: {member}[{hdu}] is not a 2-D image")
+    for key in ("BSCALE", "BZERO", "BLANK", "EXTNAME", "XTENSION", "PCOUNT", "GCOUNT"):
+        hdr.remove(key, ignore_missing=True)
+    hdr["ORIGIN"] = origin
+    hdr["HISTORY"] = f"skysub benchmark: {member.split('/', 1)[1]}[{hdu}]"
+    hdr["HISTORY"] = "skysub benchmark: converted to float32, values unchanged"
+    return _write_atomic(out, data, hdr)
+
+
+def held_out_maps(names=HELD_OUT_MAPS) -> dict[str, tuple[Path, int]]:
+    """Name -> (path, HDU) of the held-out real maps named (default all)."""
+    unknown = [n for n in names if n not in HELD_OUT_MAPS]
+    if unknown:
+        raise SystemExit(f"held-out maps: unknown {unknown}; known: {list(HELD_OUT_MAPS)}")
+    return {n: (member_frame(n), 0) for n in names}
+
+
 def held_out_frames(names=HELD_OUT_FRAMES) -> dict[str, tuple[Path, int]]:
     """Name -> (path, HDU) of the held-out frames named (default all); exits with the reason
     when one cannot be had."""
@@ -137,4 +260,4 @@ def held_out_frames(names=HELD_OUT_FRAMES) -> dict[str, tuple[Path, int]]:
     if unknown:
         raise SystemExit(f"held-out frames: unknown {unknown}; known: {list(HELD_OUT_FRAMES)}")
     make = {"saao-512x520": saao_frame, "dash-3072x2048": dash_frame}
-    return {n: (make[n](), 0) for n in names}
+    return {n: ((make[n] if n in make else lambda n=n: member_frame(n))(), 0) for n in names}

@@ -64,3 +64,55 @@ def test_missing_sources_are_clear_errors(cache, tmp_path, monkeypatch):
         heldout.dash_frame()
     with pytest.raises(SystemExit, match="unknown"):
         heldout.held_out_frames(["no-such-frame"])
+
+
+def fake_member_sdist(path, member, hdu, data):
+    """A tarball holding ``member``, a FITS file whose HDU ``hdu`` is ``data``."""
+    buf = io.BytesIO()
+    hdus = [astropy_fits.PrimaryHDU(data if hdu == 0 else None)]
+    if hdu == 1:
+        img = astropy_fits.ImageHDU(data, name="DATA")
+        img.header["INSTRUME"] = "WFPC2"
+        hdus.append(img)
+    astropy_fits.HDUList(hdus).writeto(buf)
+    raw = buf.getvalue()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_frames_from_a_source_distribution_folder(cache, tmp_path, monkeypatch):
+    _, member, hdu, _ = heldout.MEMBERS["wfpc2-500x500"]
+    data = np.random.default_rng(4).normal(0.0, 1e-4, size=(30, 20)).astype(">f4")
+    folder = tmp_path / "sdists"
+    folder.mkdir()
+    sdist = fake_member_sdist(folder / "mpdaf-3.6.tar.gz", member, hdu, data)
+    before = sdist.read_bytes()
+    monkeypatch.setitem(heldout.SDISTS, "mpdaf-3.6.tar.gz",
+                        ("http://unused.invalid/", heldout._sha256(sdist)))
+    monkeypatch.setenv("SKYSUB_HELDOUT_SDISTS", str(folder))
+    path, h = heldout.held_out_frames(["wfpc2-500x500"])["wfpc2-500x500"]
+    assert path.parent == cache and h == 0
+    with astropy_fits.open(path) as hdul:
+        got, hdr = hdul[0].data, hdul[0].header
+    assert got.dtype.kind == "f" and got.dtype.itemsize == 4
+    np.testing.assert_array_equal(got, data.astype(np.float32))   # values unchanged
+    assert hdr["INSTRUME"] == "WFPC2" and "HDF-S" in hdr["ORIGIN"]  # header kept
+    assert sdist.read_bytes() == before                            # source only read
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_source_distribution_checks(cache, tmp_path, monkeypatch):
+    folder = tmp_path / "sdists"
+    folder.mkdir()
+    monkeypatch.setenv("SKYSUB_HELDOUT_SDISTS", str(folder))
+    with pytest.raises(SystemExit, match="has no astrodendro-0.3.1.tar.gz"):
+        heldout.held_out_maps(["scuba-l1551"])
+    _, member, hdu, _ = heldout.MEMBERS["scuba-l1551"]
+    fake_member_sdist(folder / "astrodendro-0.3.1.tar.gz", member, hdu, np.ones((5, 5)))
+    with pytest.raises(SystemExit, match="SHA-256"):   # not the published file
+        heldout.held_out_maps(["scuba-l1551"])
+    with pytest.raises(SystemExit, match="unknown"):
+        heldout.held_out_maps(["no-such-map"])
