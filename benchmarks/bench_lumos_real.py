@@ -88,7 +88,9 @@ def _write_frame(path: Path, hdu: int, out: Path) -> None:
               "ZNAXIS2", "ZTILE1", "ZTILE2", "ZCMPTYPE", "ZNAME1", "ZVAL1", "BSCALE", "BZERO",
               "BLANK", "CHECKSUM", "DATASUM"):
         header.remove(k, ignore_missing=True, remove_all=True)
-    if "GAIN" not in header:
+    from skysub.io import read_meta
+
+    if not read_meta(header).gain_known:  # training needs one; a user with ADU gives 1
         header["GAIN"] = (1.0, "benchmark: none in the original (as --gain 1)")
     fits.PrimaryHDU(data, header=fits.Header([c for c in header.cards if c.keyword
                                               not in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1",

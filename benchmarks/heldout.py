@@ -217,7 +217,9 @@ def sdist(filename: str) -> Path:
 
 def member_frame(name: str) -> Path:
     """The 2-D image ``name`` of :data:`MEMBERS`, read from its source distribution and
-    written as float32 (values unchanged, the HDU's header kept, ORIGIN and HISTORY added)."""
+    written as float32 (values unchanged; the HDU's header kept, with the primary header's
+    other keywords as :func:`skysub.io.read_image` would merge them; ORIGIN and HISTORY
+    added)."""
     import astropy.io.fits as afits
 
     out = cache_dir() / f"{name}.fits"
@@ -235,6 +237,13 @@ def member_frame(name: str) -> Path:
         with afits.open(fobj) as hdul:
             data = np.asarray(hdul[hdu].data, dtype=np.float32)
             hdr = hdul[hdu].header.copy()
+            if hdu:  # the primary header's keywords too, as skysub reads the original file
+                for card in hdul[0].header.cards:
+                    if card.keyword not in hdr and card.keyword not in ("SIMPLE", "BITPIX",
+                                                                        "NAXIS", "EXTEND",
+                                                                        "COMMENT", "HISTORY",
+                                                                        ""):
+                        hdr.append(card)
     if data.ndim != 2:
         raise SystemExit(f"held-out data: {member}[{hdu}] is not a 2-D image")
     for key in ("BSCALE", "BZERO", "BLANK", "EXTNAME", "XTENSION", "PCOUNT", "GCOUNT"):

@@ -42,11 +42,17 @@ class ImageMeta:
     exptime : float or None
         Exposure time in seconds (> 0 when given).
     gain : float
-        e-/ADU; converts image units to electrons for Poisson terms.
+        e-/ADU; converts image units to electrons for Poisson terms.  For a frame in counts
+        or electrons per second it is the exposure time times the detector gain
+        (:func:`skysub.io.read_meta` works it out from ``BUNIT`` and ``EXPTIME``).
     rdnoise : float
         Read noise in electrons.
     night : str or None
         Optional night label (templates can be built per night).
+    gain_known : bool
+        False when a FITS header gave no gain (``gain`` is then the placeholder 1.0): the
+        photometers and ``skysub inject`` leave the sources' own shot noise out (SExtractor's
+        ``GAIN = 0`` convention) rather than assume 1 e- per image unit.
     """
 
     band: str | None = None
@@ -55,6 +61,7 @@ class ImageMeta:
     gain: float = 1.0
     rdnoise: float = 0.0
     night: str | None = None
+    gain_known: bool = True
 
     def __post_init__(self) -> None:
         if self.exptime is not None and not (np.isfinite(self.exptime) and self.exptime > 0):
@@ -63,6 +70,12 @@ class ImageMeta:
             raise InputError(f"gain must be positive (e-/ADU), got gain={self.gain!r}")
         if not (np.isfinite(self.rdnoise) and self.rdnoise >= 0):
             raise InputError(f"read noise must be >= 0 (e-), got rdnoise={self.rdnoise!r}")
+
+    @property
+    def source_gain(self) -> float:
+        """The gain for the sources' own shot noise: ``gain``, or infinity (no shot noise)
+        when the header gave none."""
+        return self.gain if self.gain_known else float("inf")
 
     @property
     def key(self) -> tuple[str | None, str | None]:
@@ -246,6 +259,61 @@ def _container_parts(image: Any) -> dict[str, Any] | None:
     return parts
 
 
+#: gain keywords tried, in order, when the configured one is missing (detector gain, e-/DN)
+GAIN_FALLBACKS = ("CCDGAIN", "ATODGAIN", "EGAIN")
+
+
+def _is_rate(bunit: str) -> str | None:
+    """'electrons' or 'counts' for a per-second unit (``ELECTRONS/S``, ``COUNTS/S``, ``cps``,
+    ``e-/s``, ``DN/s``...), else None."""
+    u = bunit.strip().lower().replace(" ", "")
+    if u in ("cps", "counts/s", "count/s", "counts/sec", "dn/s", "dn/sec", "adu/s", "adu/sec"):
+        return "counts"
+    if u in ("e/s", "e-/s", "electrons/s", "electron/s", "electrons/sec", "e-/sec"):
+        return "electrons"
+    return None
+
+
+def header_gain(header: Any, keyword: str | None, exptime: float | None
+                ) -> tuple[float | None, str]:
+    """The gain (e- per image unit) a header implies, and how it was found.
+
+    The configured ``keyword`` first, then :data:`GAIN_FALLBACKS`.  A frame in electrons per
+    second (``BUNIT``, else drizzle's ``D001OUUN``) has gain ``exptime``; one in counts per
+    second, the detector gain times ``exptime``.  ``(None, why)`` when the header does not
+    say.
+    """
+    def get(k):
+        if header is None or not k or not hasattr(header, "get"):
+            return None
+        v = header.get(k, header.get(k.lower()) if isinstance(header, dict) else None)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    found, how = None, ""
+    for k in (keyword, *GAIN_FALLBACKS):
+        if k and (v := get(k)) is not None:
+            found, how = v, k
+            break
+    bunit = None
+    if header is not None and hasattr(header, "get"):  # BUNIT, else drizzle's output unit
+        bunit = next((v for k in ("BUNIT", "D001OUUN")
+                      if isinstance(v := header.get(k), str) and v.strip()), None)
+    rate = _is_rate(bunit) if isinstance(bunit, str) else None
+    if rate and not exptime:
+        return None, f"BUNIT {bunit!r} per second and no exposure time"
+    if rate:
+        if rate == "electrons":
+            return float(exptime), f"BUNIT {bunit!r} x EXPTIME"
+        if found is not None:
+            return found * float(exptime), f"{how} x EXPTIME (BUNIT {bunit!r})"
+        return None, f"BUNIT {bunit!r} and no detector gain keyword"
+    return found, how
+
+
 def _meta_from_header(meta: Any, what: str) -> ImageMeta:
     """ImageMeta from a header or dict with the default keywords (:class:`HeaderKeys`)."""
     from .config import HeaderKeys
@@ -269,6 +337,10 @@ def _meta_from_header(meta: Any, what: str) -> ImageMeta:
         else:
             v = str(v).strip()
         values[f.name] = v
+    if "gain" not in values:  # other keywords or a rate unit; else gain 1, as a bare array
+        gain, _ = header_gain(meta, None, values.get("exptime"))
+        if gain is not None:
+            values["gain"] = gain
     try:
         return ImageMeta(**values)
     except InputError as exc:

@@ -49,7 +49,7 @@ from .errors import (
     MissingFileError,
     OutputExistsError,
 )
-from .image import Image, ImageMeta
+from .image import Image, ImageMeta, header_gain
 
 log = logging.getLogger("skysub")
 
@@ -261,7 +261,11 @@ def read_meta(header: Any, *, keys: HeaderKeys | None = None,
     Returns
     -------
     ImageMeta
-        Missing optional fields: band/epoch/exptime/night None, gain 1.0, rdnoise 0.0.
+        Missing optional fields: band/epoch/exptime/night None, rdnoise 0.0.  The gain is the
+        ``GAIN`` keyword (configurable), else ``CCDGAIN``/``ATODGAIN``/``EGAIN``; for a frame
+        in electrons or counts per second (``BUNIT``) it is multiplied out with the exposure
+        time (:func:`skysub.image.header_gain`).  Without one it is 1.0 with
+        ``gain_known=False``: the sources' own shot noise is then left out.
 
     Raises
     ------
@@ -290,6 +294,30 @@ def read_meta(header: Any, *, keys: HeaderKeys | None = None,
             value, origin = overrides[name], f"--{name}"
         else:
             value, origin = _header_value(header, keyword), f"header keyword {keyword}"
+        usable = True
+        if name == "gain" and value is not None and name not in overrides:
+            try:
+                fv = float(value)
+            except (TypeError, ValueError):
+                raise HeaderError(f"{src}{origin} must be a number (gain), got "
+                                  f"{value!r}") from None
+            usable = bool(np.isfinite(fv) and fv > 0)  # else ImageMeta says why
+        if name == "gain" and name not in overrides and usable:  # fallbacks, rate x EXPTIME
+            exptime = overrides.get("exptime", _header_value(header, keys.exptime))
+            try:
+                exptime = float(exptime) if exptime is not None else None
+            except (TypeError, ValueError):
+                exptime = None
+            value, how = header_gain(header, keyword, exptime)
+            if value is None and name in required:
+                what = (f"header keyword {keyword} missing" if keyword
+                        else "no header keyword configured for gain")
+                raise HeaderError(f"{src}{what}" + (f" ({how})" if how else "")
+                                  + "; give --gain (e-/ADU; for a frame in counts per second, "
+                                  "the exposure time x the detector gain)")
+            if value is None:
+                values["gain"], values["gain_known"] = _META_DEFAULTS["gain"], False
+                continue
         if value is None:
             if name in required:
                 what = (f"header keyword {keyword} missing" if keyword
@@ -358,7 +386,41 @@ def read_image(path: PathLike, *, hdu: int | str | None = None,
         bad = None if mask is None else _read_mask(mask, hdul, path, data.shape)
         wcs = _celestial_wcs(header, hdul, path)
     meta = read_meta(header, keys=keys, overrides=overrides, required=required, source=path)
+    if meta.gain_known and (overrides or {}).get("gain") is None:
+        meta = _plausible_gain(data, bad, meta, path, "gain" in tuple(required))
     return Image(data=data, mask=bad, header=header, wcs=wcs, meta=meta, path=path)
+
+
+#: below this pixel noise in electrons (sky photons plus read noise: >= a few e- on any CCD) a
+#: header's gain does not fit the frame's units (a frame in counts per second, or normalised)
+MIN_PIXEL_NOISE_E = 0.5
+
+
+def _plausible_gain(data: np.ndarray, bad: np.ndarray | None, meta: ImageMeta, path: Path,
+                    required: bool) -> ImageMeta:
+    """``meta``, or ``meta`` with ``gain_known=False`` (a warning, or with ``required`` an
+    error) when the header's gain makes the pixel noise less than ``MIN_PIXEL_NOISE_E``."""
+    from dataclasses import replace
+
+    step = max(1, data.shape[0] // 256)
+    rows = data[::step]
+    if bad is not None:
+        rows = np.where(bad[::step], np.nan, rows)
+    d = np.diff(rows, axis=1).ravel()
+    d = d[np.isfinite(d)]
+    if d.size < 100:
+        return meta
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+    if not (sigma > 0) or sigma * meta.gain >= MIN_PIXEL_NOISE_E:
+        return meta
+    why = (f"{path}: the header's gain {meta.gain:g} e-/unit makes the pixel noise "
+           f"{sigma * meta.gain:.2g} e- (< {MIN_PIXEL_NOISE_E} e-): the frame is probably in "
+           "counts per second or normalised")
+    if required:
+        raise HeaderError(f"{why}; give --gain (e-/ADU; for a frame in counts per second, the "
+                          "exposure time x the detector gain)")
+    warnings.warn(f"{why}; the gain is treated as unknown (give --gain)", stacklevel=3)
+    return replace(meta, gain_known=False)
 
 
 # ---------------------------------------------------------------------------------------------

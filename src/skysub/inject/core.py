@@ -411,7 +411,7 @@ def inject_sources(image: Image | np.ndarray, catalog: Table | None,
     add_stamps(model, stamps, xi, yi)
     noisy = model
     if settings.poisson:
-        gain = float(img.meta.gain)
+        gain = img.meta.source_gain  # no gain in the header: no shot noise (as measured)
         noisy = model + rng.normal(0.0, 1.0, model.shape) * np.sqrt(np.clip(model, 0, None)
                                                                     / gain)
     data = img.data + noisy

@@ -27,7 +27,7 @@ from ..simulate.render import SourceShapes, render_models, source_shapes
 from ..simulate.render import shift_psf as shift_psf  # importable from here, as before
 from ..stamps import _round_half_up, check_positions, cutouts, gather
 from .emptyaper import OFF, NoiseCalibration, calibrate, check_calibration
-from .errors import ERROR_MODES, pixel_variance
+from .errors import ERROR_MODES, pixel_variance, source_gain
 
 APERTURE_METHODS = ("exact", "subpixel", "center")
 
@@ -447,7 +447,7 @@ def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, err
         else:
             pvar = pixel_variance(bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
                                   error_model)
-            var_src = np.maximum(flux, 0.0) / img.meta.gain
+            var_src = np.maximum(flux, 0.0) / source_gain(img)
             var_pix = np.asarray(n_noise, float) * pvar
         var_white = var_pix + area**2 * bkg_err**2
     return {"flux": flux, "var_src": var_src, "var_pix": var_pix, "var_white": var_white,

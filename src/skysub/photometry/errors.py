@@ -43,6 +43,22 @@ from ..errors import InputError
 ERROR_MODES = ("measured", "model", "auto")
 
 
+def source_gain(img) -> float:
+    """The gain for a source's own shot noise on ``img``: its gain, or infinity (no shot
+    noise, SExtractor's ``GAIN = 0``) with a warning naming the frame when its header gave
+    none."""
+    import warnings
+
+    if img.meta.gain_known:
+        return float(img.meta.gain)
+    name = getattr(img, "name", None) or "image"
+    warnings.warn(f"{name}: no gain in the header (GAIN, CCDGAIN, ATODGAIN, EGAIN, or BUNIT "
+                  "per second with EXPTIME): the sources' own shot noise is left out of "
+                  "flux_err; give --gain e-/ADU (for counts per second: the exposure time x "
+                  "the detector gain)", stacklevel=2)
+    return float("inf")
+
+
 def pixel_variance(bkg: np.ndarray, pixel_std: np.ndarray, gain: float, rdnoise: float,
                    mode: str = "measured") -> np.ndarray:
     """Per-pixel noise variance of the background under each source, in ADU^2.

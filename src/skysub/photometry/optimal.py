@@ -39,7 +39,7 @@ from .aperture import (
     with_calibration,
 )
 from .emptyaper import OFF, NoiseCalibration, calibrate, check_calibration
-from .errors import pixel_variance
+from .errors import pixel_variance, source_gain
 
 
 class OptimalPhotometer:
@@ -245,9 +245,9 @@ class OptimalPhotometer:
         (the weights of a source that bright, for the probes) instead of iterated."""
         n = len(x)
         size = self.size
-        gain = img.meta.gain
-        pvar_all = pixel_variance(bres.bkg, bres.pixel_std, gain, img.meta.rdnoise,
+        pvar_all = pixel_variance(bres.bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
                                   self.error_model)
+        gain = source_gain(img)  # the sources' shot noise (infinite: none)
         out = {k: np.full(n, np.nan) for k in ("flux", "var_src", "var_pix", "n_aper",
                                                "in_stamp")}
         out["fp_area"] = np.zeros(n)
@@ -269,7 +269,8 @@ class OptimalPhotometer:
             pv = pvar_all[ii][:, None, None] + np.zeros_like(p)
             f0 = None
             if contrast is not None:
-                f0 = contrast * gain * pvar_all[ii] / np.maximum(p.max(axis=(1, 2)), 1e-300)
+                f0 = (contrast * gain * pvar_all[ii] / np.maximum(p.max(axis=(1, 2)), 1e-300)
+                      if np.isfinite(gain) else np.zeros(len(ii)))  # no shot noise: any f
             res = self._weighted(d, st.valid, p, pv, gain, f0)
             self._footprint(out, ii, p, st, inside, res)
             out["var_src"][ii] = res["var_tot"] - res["var_pix"]

@@ -26,7 +26,7 @@ from .aperture import (
     run_background,
     source_shapes,
 )
-from .errors import pixel_variance
+from .errors import pixel_variance, source_gain
 
 
 def nelder_mead_1d(fun, x0: np.ndarray, step: np.ndarray, *, n_iter: int = 60) -> np.ndarray:
@@ -93,8 +93,9 @@ class ProfileFitPhotometer:
         n = len(x)
         shapes = source_shapes(catalog, n)
         bres = run_background(self.background, img, x, y, mag, neighbours)
-        gain = img.meta.gain
-        pvar = pixel_variance(bres.bkg, bres.pixel_std, gain, img.meta.rdnoise, self.error_model)
+        pvar = pixel_variance(bres.bkg, bres.pixel_std, img.meta.gain, img.meta.rdnoise,
+                              self.error_model)
+        gain = source_gain(img)  # the source's shot noise (infinite: none)
         st = cutouts(img, x, y, self.size)
         ok = np.isfinite(st.dx) & np.isfinite(st.dy)
         p = np.zeros((n, self.size, self.size))

@@ -265,7 +265,7 @@ def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: i
     stamps = render_galaxies(flux, r50, n_, ba, th, x - xi, y - yi, psf, 59, int(oversample))
     model = np.zeros(im.shape)
     add_stamps(model, stamps, xi, yi)
-    gain = float(im.meta.gain or 1.0)
+    gain = im.meta.source_gain  # no gain in the header: no shot noise
     model = model + rng.normal(0.0, 1.0, model.shape) * np.sqrt(np.clip(model, 0, None) / gain)
     image = replace(im, data=im.data + model, mask=im.mask.copy())
     e = SHAPE_SCATTER
