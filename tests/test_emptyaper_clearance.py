@@ -194,12 +194,11 @@ def test_isolated_faint_stars_get_honest_errors_with_matched_weights():
     """The simulated frames of tests/test_emptyaper_neighbours.py (white noise, 40 catalogued
     bright Moffat stars whose wings reach the annuli around them), faint stars injected 20 px
     from every source: the default calibration gives them errors too large (pull sigma68 <
-    0.87, asserted there: 0.80); weighted to the measured sources' distances they are within
-    15 % of honest (0.89 on these draws) -- the rest is the bins' coarseness and what the
-    neighbour factor models per source."""
+    0.87, asserted there: 0.80); weighted to the measured sources' distances (here nearly all
+    of them 20 px or more from their nearest neighbour) they are honest (0.94 / 0.95)."""
     import test_emptyaper_neighbours as T
 
     inj, null = T._faint_pulls(20.0, mode="matched")
     assert inj.size > 150
-    assert 0.85 <= sigma68(inj) <= 1.1, sigma68(inj)
-    assert 0.85 <= sigma68(null) <= 1.1, sigma68(null)
+    assert 0.9 <= sigma68(inj) <= 1.1, sigma68(inj)
+    assert 0.9 <= sigma68(null) <= 1.1, sigma68(null)
