@@ -6,7 +6,7 @@ keeps them (nothing is copied into skysub).  Their own sources are found with se
 5 px); PSF stars of known flux are injected at empty positions (``skysub inject``'s machinery,
 6 realisations per frame) and every method measures the same copies.  Figures per frame and
 SNR bin: median relative flux error (bias), sigma68, the pull width (1 = honest errors) with its
-sampling error (``pull_se``: a seeded bootstrap over the bin's sources) and the background error
+sampling error (``se``: a seeded bootstrap over the bin's sources) and the background error
 against the photometric truth in units of the pixel noise.
 
 ``--methods`` adds learned ones (e.g. ``optimal+bkgnet``, ``lumos``) with ``--model``.
@@ -30,9 +30,11 @@ from .heldout import HELD_OUT_FRAMES, held_out_frames
 COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
            ("pull_sigma68", "pull68", ".2f"),
-           ("pull_se", "pull_se", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
-           ("pull_noisy", "p68noisy", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
-           ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f")]
+           ("pull_se", "se", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
+           ("pull_quiet_se", "se", ".2f"), ("pull_noisy", "p68noisy", ".2f"),
+           ("pull_noisy_se", "se", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
+           ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f"),
+           ("bkg_pull_se", "se", ".2f")]
 
 
 def real_frames(held_out: bool = False,
@@ -140,7 +142,8 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                                                              "pull_gt5", "bkg_sigma68",
                                                              "bkg_pull_sigma68")},
                                  "pull_se": pull_se(rec, r, seed),
-                                 **tercile_pulls(rec, r, noise)})
+                                 "bkg_pull_se": pull_se(rec, r, seed, "bkg_pull"),
+                                 **tercile_pulls(rec, r, noise, seed)})
                 if (r["group"] == "bin" and r["snr_lo"] >= 100
                         and r["method"] == "aperture+annulus" and cal == "none"):
                     bright_ok.append((name, float(r["bias"])))
@@ -163,9 +166,9 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                      "white-noise errors (the k-nearest-neighbour spread of the aperture "
                      "photometer's calibrated empty-aperture fluxes, unshrunk; the same split "
                      "for every method): equal for honest errors everywhere.")
-    res.notes.append("pull_se: sampling standard error of pull68, a seeded bootstrap over the "
-                     "row's injected stars (200 resamples); the stars of a frame share its sky, "
-                     "so it is a lower bound.")
+    res.notes.append("se (after each pull width): its sampling standard error, a seeded "
+                     "bootstrap over the row's injected stars (200 resamples); the stars of a "
+                     "frame share its sky, so it is a lower bound.")
     res.notes.append("'cal': flux_err and bkg_err with the empty-aperture calibration, the "
                      "default (one fit per frame times its local factor, docs/photometry.md); "
                      "'gcal': one fit per frame only (error_calibration='global'); without: the "
@@ -275,19 +278,22 @@ def _row_sources(rec, row):
     return t
 
 
-def pull_se(rec, row, seed: int = 0) -> float:
-    """Sampling standard error of the row's pull68: a seeded bootstrap over its sources (200
-    resamples).  The injected stars of a frame share its sky, so this is a lower bound."""
+def pull_se(rec, row, seed: int = 0, column: str = "pull") -> float:
+    """Sampling standard error of the sigma68 of the row's ``column`` (its pull width): a
+    seeded bootstrap over its sources (200 resamples).  The injected stars of a frame share
+    its sky, so this is a lower bound."""
     from skysub.stats import bootstrap_se, sigma68
 
-    return bootstrap_se(np.asarray(_row_sources(rec, row)["pull"], float), sigma68, seed=seed)
+    return bootstrap_se(np.asarray(_row_sources(rec, row)[column], float), sigma68, seed=seed)
 
 
-def tercile_pulls(rec, row, noise) -> dict:
-    """pull68 of the row's stars in the quietest and the noisiest third of the frame."""
-    from skysub.stats import sigma68
+def tercile_pulls(rec, row, noise, seed: int = 0) -> dict:
+    """pull68 of the row's stars in the quietest and the noisiest third of the frame, with
+    their bootstrap standard errors (``..._se``)."""
+    from skysub.stats import bootstrap_se, sigma68
 
-    out = {"pull_quiet": np.nan, "pull_noisy": np.nan}
+    out = {"pull_quiet": np.nan, "pull_noisy": np.nan, "pull_quiet_se": np.nan,
+           "pull_noisy_se": np.nan}
     if noise is None:
         return out
     t = _row_sources(rec, row)
@@ -299,6 +305,7 @@ def tercile_pulls(rec, row, noise) -> dict:
     for key, sel in (("pull_quiet", q <= lo), ("pull_noisy", q > hi)):
         fp = pull[sel & np.isfinite(pull)]
         out[key] = float(sigma68(fp)) if fp.size >= 5 else np.nan
+        out[key + "_se"] = bootstrap_se(fp, sigma68, seed=seed) if fp.size >= 5 else np.nan
     return out
 
 
