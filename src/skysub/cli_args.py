@@ -58,8 +58,8 @@ __all__ = ["add_common", "add_model_args", "read_kwargs"]
 
 def add_error_calibration(p: argparse.ArgumentParser) -> None:
     """``--error-calibration`` of the aperture and optimal photometers."""
-    p.add_argument("--error-calibration", choices=("auto", "empty", "neighbours", "global",
-                                                   "none"),
+    p.add_argument("--error-calibration", choices=("auto", "empty", "neighbours", "matched",
+                                                   "global", "none"),
                    default="auto",
                    help="flux errors of the aperture and optimal photometers: auto (default) "
                         "calibrates them on the frame's empty positions (correlated noise and "
@@ -68,5 +68,7 @@ def add_error_calibration(p: argparse.ArgumentParser) -> None:
                         "white-noise model; empty: the same, but a frame without room is warned "
                         "about and flagged uncalibrated (64); neighbours: as auto with a "
                         "factor for the distance to the nearest catalogued source too "
+                        "(opt-in); matched: as auto with the empty positions weighted to the "
+                        "measured sources' distances to their nearest catalogued neighbour "
                         "(opt-in); global: as auto with one factor "
                         "for the whole frame; none: white-noise model only")

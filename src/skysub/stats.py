@@ -383,3 +383,74 @@ def mode_fell_back(mean: np.ndarray, median: np.ndarray, std: np.ndarray) -> np.
     """True where :func:`sextractor_mode` returned the median (skewed distribution)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.abs(np.asarray(mean) - np.asarray(median)) >= 0.3 * np.asarray(std)
+
+
+def bootstrap_se(values: np.ndarray, statistic, n_boot: int = 200, seed: int = 0) -> float:
+    """Sampling standard error of ``statistic(values)``: the standard deviation of the
+    statistic over ``n_boot`` resamples of the finite values with replacement (seeded, so
+    reproducible); NaN with fewer than 2 finite values."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return float("nan")
+    rng = np.random.default_rng([int(seed), 0xB0075])
+    idx = rng.integers(0, v.size, (int(n_boot), v.size))
+    return float(np.std([statistic(v[i]) for i in idx]))
+
+
+def weighted_median_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Median of each row of ``values`` (r, k) with non-negative ``weights`` (r, k): the
+    smallest value at which the cumulative weight reaches half the row's, the mean of the two
+    middle values where it is exactly half (so equal weights give :func:`numpy.median`)."""
+    v = np.atleast_2d(np.asarray(values, float))
+    w = np.broadcast_to(np.asarray(weights, float), v.shape)
+    order = np.argsort(v, axis=1, kind="stable")
+    vs, cw = np.take_along_axis(v, order, 1), np.cumsum(np.take_along_axis(w, order, 1), 1)
+    half = 0.5 * cw[:, -1:]
+    i = np.minimum(np.sum(cw < half * (1 - 1e-12), axis=1), v.shape[1] - 1)
+    rows = np.arange(v.shape[0])
+    j = np.minimum(i + 1, v.shape[1] - 1)
+    exact = np.abs(cw[rows, i] - half[:, 0]) <= 1e-12 * half[:, 0]
+    return np.where(exact & (j > i), 0.5 * (vs[rows, i] + vs[rows, j]), vs[rows, i])
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """:func:`weighted_median_rows` of one 1-D sample."""
+    return float(weighted_median_rows(np.asarray(values, float)[None],
+                                      np.asarray(weights, float)[None])[0])
+
+
+def weighted_biweight_rows(values: np.ndarray, weights: np.ndarray, c: float = 9.0
+                           ) -> np.ndarray:
+    """Biweight scale (Beers et al. 1990, as :func:`astropy.stats.biweight_scale` with the
+    median as location) of each row of ``values`` (r, k), each value counted with its
+    ``weight`` (r, k; an importance weight: the sample standing for a population with another
+    mix).  Equal weights give astropy's value; a row of zero MAD gives 0.  All values finite,
+    weights >= 0 with a positive sum per row."""
+    v = np.atleast_2d(np.asarray(values, float))
+    w = np.broadcast_to(np.asarray(weights, float), v.shape)
+    m = weighted_median_rows(v, w)[:, None]
+    d = v - m
+    mad = weighted_median_rows(np.abs(d), w)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = d / (c * mad)
+        inn = np.abs(u) < 1
+        u2 = np.where(inn, u**2, 1.0)
+        num = np.sum(np.where(inn, w * d**2 * (1 - u2) ** 4, 0.0), axis=1)
+        den = np.sum(np.where(inn, w * (1 - u2) * (1 - 5 * u2), 0.0), axis=1)
+        out = np.sqrt(np.sum(w, axis=1) * num) / np.abs(den)
+    return np.where(mad[:, 0] > 0, out, 0.0)
+
+
+def weighted_biweight_scale(values: np.ndarray, weights: np.ndarray | None = None,
+                            c: float = 9.0) -> float:
+    """:func:`weighted_biweight_rows` of one sample; non-finite values or weights and zero
+    weights are left out (NaN when nothing is left)."""
+    x = np.asarray(values, float).ravel()
+    w = np.ones(x.shape) if weights is None else np.asarray(weights, float).ravel()
+    if w.shape != x.shape or np.any(w[np.isfinite(w)] < 0):
+        raise InputError("weighted_biweight_scale: weights must be >= 0, one per value")
+    ok = np.isfinite(x) & np.isfinite(w) & (w > 0)
+    if not ok.any():
+        return float("nan")
+    return float(weighted_biweight_rows(x[ok][None], w[ok][None], c)[0])

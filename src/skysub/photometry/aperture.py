@@ -256,12 +256,14 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
-    error_calibration : {"auto", "empty", "neighbours", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``, with a local
         factor that follows the noise over the frame (:mod:`skysub.photometry.emptyaper`);
         ``"neighbours"``: as ``"auto"`` with a factor for the distance to the nearest
-        catalogued source too (opt-in); ``"global"``: the same without the local factor;
+        catalogued source too (opt-in); ``"matched"``: as ``"auto"`` with the empty
+        positions weighted to the measured sources' distances to their nearest catalogued
+        neighbour (opt-in); ``"global"``: the same without the local factor;
         ``"none"``: the white-noise error
         model only.
         A frame without room for 50 empty positions is left uncalibrated: quietly with
@@ -360,7 +362,9 @@ class AperturePhotometer:
         x, y = check_positions(x, y)
         cal = OFF  # calibrated first: the estimator's last call is then the sources'
         if self.error_calibration != "none":
-            cal = calibrate_aperture(self, img, (x, y) if neighbours is None else neighbours)
+            cal = calibrate_aperture(self, img, (x, y) if neighbours is None else neighbours,
+                                     target_xy=(x, y) if self.error_calibration == "matched"
+                                     else None)
         bres = run_background(self.background, img, x, y, mag, neighbours)
         S, area, n_noise, flags, noise_var = self._sums(img, x, y)
         return finish(img, x, y, S, area, n_noise, bres, flags, self.error_model,
@@ -411,9 +415,12 @@ class AperturePhotometer:
 PROBE_RADII = (0.5, 1.0, 1.5)
 
 
-def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseCalibration:
+def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy,
+                       target_xy=None) -> NoiseCalibration:
     """Empty-aperture calibration of an aperture photometer on ``img`` (apertures of
-    :data:`PROBE_RADII` x its radius, its own background estimator)."""
+    :data:`PROBE_RADII` x its radius, its own background estimator); ``target_xy``: the
+    sources it is applied to (the empty positions are weighted to their clearance,
+    :func:`~skysub.photometry.emptyaper.clearance_weights`)."""
     variants = [phot.with_radius(f * phot.radius) for f in PROBE_RADII]
     clear = max(v.radius for v in variants) + phot.crowd_margin
     cache: dict = {}
@@ -431,7 +438,7 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy) -> NoiseC
                      local=phot.error_calibration != "global",
                      neighbours=phot.error_calibration == "neighbours",
                      image=img.data,
-                     min_clear=phot.radius + phot.crowd_margin)
+                     min_clear=phot.radius + phot.crowd_margin, target_xy=target_xy)
 
 
 def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,

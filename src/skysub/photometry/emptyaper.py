@@ -66,9 +66,11 @@ log = logging.getLogger("skysub")
 #: (with its local factor) where the frame has room for it (else, quietly, none), ``"empty"``
 #: the same but a frame without room is warned about and flagged UNCALIBRATED,
 #: ``"neighbours"`` as ``"auto"`` with the neighbour factor too (opt-in: right on simulated
-#: frames, not better on the real test frames, docs/photometry.md), ``"global"`` as
-#: ``"auto"`` with one factor for the whole frame (no local factor), ``"none"`` no calibration
-CALIBRATIONS = ("auto", "empty", "neighbours", "global", "none")
+#: frames, not better on the real test frames, docs/photometry.md), ``"matched"`` as
+#: ``"auto"`` with the empty positions weighted to the measured sources' clearance
+#: (:func:`clearance_weights`; opt-in, docs/photometry.md), ``"global"`` as ``"auto"`` with
+#: one factor for the whole frame (no local factor), ``"none"`` no calibration
+CALIBRATIONS = ("auto", "empty", "neighbours", "matched", "global", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -107,6 +109,9 @@ class NoiseCalibration:
         empty-position fluxes), ``predicted`` (white-noise prediction, sqrt of the median
         ``W``) and ``fitted``.
     message : str
+    match : dict or None
+        The clearance weights' record (:func:`clearance_weights`), None where every empty
+        position counted the same.
     """
 
     status: str
@@ -120,6 +125,7 @@ class NoiseCalibration:
     local: LocalFactor | None = None
     clearance: float = float("nan")
     neighbour: NeighbourFactor | None = None
+    match: dict | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -163,6 +169,7 @@ class NoiseCalibration:
                 "sigma_s": float(self.sigma_s), "gamma": float(self.gamma),
                 "n_ref": float(self.n_ref), "n_probe": int(self.n_probe),
                 "clearance": float(self.clearance),
+                "clearance_match": None if self.match is None else dict(self.match),
                 "sizes": [dict(s) for s in self.sizes], "message": self.message,
                 "local": None if self.local is None else self.local.as_dict(),
                 "neighbour": None if self.neighbour is None else self.neighbour.as_dict()}
@@ -196,7 +203,8 @@ class LocalFactor:
     what a frame whose noise does not vary would show).  A frame whose noise does not vary
     thus keeps its single factor (``lambda ~ 0``); one where it does follows it, as far as
     ``k`` positions resolve it.  Where no empty position fits (a crowded region) the nearest
-    ones set the factor.
+    ones set the factor.  With clearance weights ``w`` (:func:`clearance_weights`) every
+    biweight scale counts each position with its weight.
     """
 
     x: np.ndarray
@@ -205,16 +213,23 @@ class LocalFactor:
     k: int
     shrink: float = 0.0
     q_frame: float = 1.0
+    w: np.ndarray | None = None
 
     def knn(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None,
-            stat: Callable | None = None) -> np.ndarray:
-        """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones) at ``x, y`` (NaN at
-        non-finite positions); ``stat`` (rows of ``k`` values -> one per row) in place of the
-        squared biweight scale."""
+            stat: Callable | None = None, w: np.ndarray | None = None) -> np.ndarray:
+        """Unshrunk ``q_knn`` of ``z`` (default: the fitted ones, with their weights ``w``) at
+        ``x, y`` (NaN at non-finite positions); ``stat`` (rows of ``k`` values -> one per
+        row) in place of the squared (weighted) biweight scale."""
         from astropy.stats import biweight_scale
 
+        from ..stats import weighted_biweight_rows
+
+        w = self.w if z is None else w
         z = self.z if z is None else z
-        if stat is None:
+        if stat is None and w is not None:
+            def stat(v, wv):
+                return weighted_biweight_rows(v, wv) ** 2
+        elif stat is None:
             def stat(v):
                 return biweight_scale(v, c=9.0, axis=1) ** 2
         out = np.full(x.shape, np.nan)
@@ -223,7 +238,8 @@ class LocalFactor:
         for start in range(0, rows.size, 20000):  # bounds memory on big catalogues
             r = rows[start:start + 20000]
             _, idx = tree.query(np.c_[x[r], y[r]], k=self.k)
-            out[r] = stat(z[np.atleast_2d(idx)])
+            idx = np.atleast_2d(idx)
+            out[r] = stat(z[idx]) if w is None else stat(z[idx], w[idx])
         return out
 
     @cached_property
@@ -252,20 +268,24 @@ LOCAL_MIN, LOCAL_SHARE, LOCAL_K_MIN, LOCAL_K_MAX = 100, 8, 25, 150
 
 
 def local_factor(x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                 rng: np.random.Generator, n_null: int = 2) -> LocalFactor | None:
-    """:class:`LocalFactor` from normalised empty-position fluxes ``z`` at ``x, y``; None with
-    fewer than :data:`LOCAL_MIN` positions.  ``n_null`` shuffles estimate ``Var_null``."""
-    from astropy.stats import biweight_scale
-
+                 rng: np.random.Generator, n_null: int = 2, w: np.ndarray | None = None
+                 ) -> LocalFactor | None:
+    """:class:`LocalFactor` from normalised empty-position fluxes ``z`` at ``x, y`` (with
+    clearance weights ``w``); None with fewer than :data:`LOCAL_MIN` positions.  ``n_null``
+    shuffles (of ``z`` with its weight) estimate ``Var_null``."""
     ok = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
+    if w is not None:
+        ok &= np.isfinite(w) & (w > 0)
+        w = np.asarray(w, float)[ok]
     x, y, z = x[ok], y[ok], z[ok]
     if z.size < LOCAL_MIN:
         return None
     k = int(np.clip(round(z.size / LOCAL_SHARE), LOCAL_K_MIN, LOCAL_K_MAX))
-    lf = LocalFactor(x, y, z, k, q_frame=float(biweight_scale(z, c=9.0)) ** 2)
+    lf = LocalFactor(x, y, z, k, q_frame=robust_sigma(z, w) ** 2, w=w)
     with np.errstate(divide="ignore"):
         obs = np.log(lf.knn(x, y))
-        null = [np.log(lf.knn(x, y, rng.permutation(z))) for _ in range(int(n_null))]
+        perms = [rng.permutation(z.size) for _ in range(int(n_null))]  # z with its weight
+        null = [np.log(lf.knn(x, y, z[p], w=None if w is None else w[p])) for p in perms]
     v_obs = float(np.var(obs[np.isfinite(obs)]))
     v_null = float(np.mean([np.var(v[np.isfinite(v)]) for v in null]))
     lf.shrink = float(np.clip(1.0 - v_null / v_obs, 0.0, 1.0)) if v_obs > 0 else 0.0
@@ -452,16 +472,18 @@ BACKFIT_ROUNDS, NEIGHBOUR_NULL = 2, 8
 def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy: tuple,
                            rng: np.random.Generator, neighbours: bool = True,
                            rng_nb: np.random.Generator | None = None,
-                           image: np.ndarray | None = None, mask: np.ndarray | None = None
+                           image: np.ndarray | None = None, mask: np.ndarray | None = None,
+                           w: np.ndarray | None = None
                            ) -> tuple[LocalFactor | None, NeighbourFactor | None]:
     """The position factor and (with ``neighbours``) the neighbour factor of the normalised
     empty-position fluxes ``z``, fitted in turn (back-fitting, :data:`BACKFIT_ROUNDS`): each
     on ``z`` divided by the square root of the other, so that the variance they share is
-    counted once and ``q = q_pos q_nb`` at the empty positions has the spread of ``z``."""
+    counted once and ``q = q_pos q_nb`` at the empty positions has the spread of ``z``.
+    ``w``: clearance weights of the positions (position factor only)."""
     import copy
 
     if not neighbours:
-        return local_factor(x, y, z, rng), None
+        return local_factor(x, y, z, rng, w=w), None
     # the neighbour factor draws its shuffles from a stream of its own and every round's
     # position factor from the same state as without it: where the neighbours do not matter
     # (both shrinkages 0) the position factor -- and so every error -- is exactly the same
@@ -483,6 +505,49 @@ def position_and_neighbour(x: np.ndarray, y: np.ndarray, z: np.ndarray, avoid_xy
 
 
 OFF = NoiseCalibration("off")
+
+#: pseudo-sources spread like the empty positions that :func:`clearance_weights` adds to the
+#: measured ones (a few sources move the weights little)
+MATCH_PSEUDO = 4
+
+
+def clearance_weights(x: np.ndarray, y: np.ndarray, target_xy: tuple, avoid_xy: tuple
+                      ) -> tuple[np.ndarray | None, dict | None]:
+    """Importance weights that give the empty positions ``x, y`` the measured sources'
+    (``target_xy``) distribution of the distance to the nearest catalogued source of
+    ``avoid_xy`` (:func:`nearest_distance`, a source's own entry left out): a neighbour's
+    light in a position's background is an error that shrinks with that distance, and the
+    empty positions keep the probes' clearance while the sources stand where they stand.
+    Nearest-neighbour matching on that distance: each source hands a weight 1/k to each of
+    the ``k`` empty positions nearest to it in distance (``k`` as the local factor's:
+    ``clip(n / 8, 25, 150)``), so a source nearer (farther) than every empty position is
+    represented by the nearest (farthest) ones; :data:`MATCH_PSEUDO` pseudo-sources spread
+    like the empty positions are added, and the weights scaled to a mean of 1.  ``(None,
+    None)`` without sources or with fewer than :data:`LOCAL_MIN` positions, else the weights
+    and a record (``k``, the distances' 5/50/95 % points, the effective number of
+    positions)."""
+    from scipy.spatial import cKDTree
+
+    ax, ay = (np.asarray(v, float).ravel() for v in avoid_xy)
+    tx, ty = (np.asarray(v, float).ravel() for v in target_xy)
+    fin = np.isfinite(ax) & np.isfinite(ay)
+    tfin = np.isfinite(tx) & np.isfinite(ty)
+    if not fin.any() or not tfin.any() or x.size < LOCAL_MIN:
+        return None, None
+    tree = cKDTree(np.c_[ax[fin], ay[fin]])
+    de = nearest_distance(np.asarray(x, float), np.asarray(y, float), tree)
+    dt = np.minimum(nearest_distance(tx[tfin], ty[tfin], tree), de.max())  # alone: farthest
+    k = int(np.clip(round(de.size / LOCAL_SHARE), LOCAL_K_MIN, LOCAL_K_MAX))
+    _, idx = cKDTree(de[:, None]).query(dt[:, None], k=k)
+    c = np.bincount(np.ravel(idx), minlength=de.size) / k + MATCH_PSEUDO / de.size
+    w = c * de.size / c.sum()
+    pct = [5, 50, 95]
+    rec = {"rule": "nearest-neighbour matching on the distance to the nearest catalogued "
+                   "source", "k": k, "n_sources": int(dt.size),
+           "n_eff": float(w.sum() ** 2 / np.sum(w**2)),
+           "source_distance_percentiles": [float(v) for v in np.percentile(dt, pct)],
+           "empty_distance_percentiles": [float(v) for v in np.percentile(de, pct)]}
+    return w, rec
 
 #: factors on the probes' clearance tried in turn on a crowded frame (see :func:`calibrate`)
 CLEAR_STEPS = (1.0, 0.8, 0.65, 0.5)
@@ -544,12 +609,17 @@ def empty_positions(shape: tuple[int, int], mask: np.ndarray, avoid_xy: tuple, c
     return x[k], y[k]
 
 
-def robust_sigma(values: np.ndarray) -> float:
+def robust_sigma(values: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Spread of the empty-position fluxes: the biweight scale (Beers et al. 1990; astropy),
     robust to the faint undetected sources a frame always has and, unlike sigma68 or the MAD,
-    nearly as precise as the standard deviation on Gaussian noise."""
+    nearly as precise as the standard deviation on Gaussian noise; with ``weights`` (the
+    clearance weights) each value counted with its weight."""
     from astropy.stats import biweight_scale
 
+    from ..stats import weighted_biweight_scale
+
+    if weights is not None:
+        return weighted_biweight_scale(values, weights)
     return float(biweight_scale(np.asarray(values, float), c=9.0))
 
 
@@ -582,7 +652,8 @@ def fit_factors(groups: list[dict], n_ref: float | None = None) -> tuple[float, 
     # the largest gamma that fits within the noise of the spreads (the relative variance of a
     # biweight variance from n Gaussian values is ~ 4 / (1.74 n)): gamma < 2 only when the
     # data ask for it (on white noise every gamma fits and 2 is kept)
-    tol = sum(4.0 / (1.74 * max(int(g.get("n", 1000)), 1)) for g in groups)
+    tol = sum(4.0 / (1.74 * max(float(g.get("n_eff", g.get("n", 1000))), 1.0))
+              for g in groups)
     best = min(f[0] for f in fits)
     _, alpha, s2, gam = next(f for f in fits if f[0] <= best + tol)
     return float(alpha), float(np.sqrt(max(s2, 0.0))), float(gam)
@@ -594,7 +665,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               name: str = "photometer", required: bool = True,
               anchor: int | None = None, local: bool = True,
               min_clear: float | None = None, neighbours: bool = False,
-              image: np.ndarray | None = None) -> NoiseCalibration:
+              image: np.ndarray | None = None,
+              target_xy: tuple | None = None) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -636,7 +708,12 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     image : 2-D array, optional
         The frame's data: the neighbours' brightness (:func:`neighbour_peaks`) then scales
         their distances; without it the plain distance.
-    """
+    target_xy : (x, y), optional
+        The sources it will be applied to: the empty positions are weighted to their
+        distances to the nearest catalogued source (:func:`clearance_weights`; not with
+        ``neighbours``).  Without it every position counts the same."""
+    from ..stats import weighted_median
+
     rng = np.random.default_rng([int(seed), 0xE4A7])
     floor = float(clear if min_clear is None else min(min_clear, clear))
     for f in CLEAR_STEPS:  # a crowded frame: closer to the sources, as its sources are
@@ -645,6 +722,9 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         if x.size >= max(2 * min_probe, LOCAL_MIN) or c <= floor:
             break
     clear = c
+    w_all, match = (None, None)
+    if target_xy is not None and not neighbours and x.size:
+        w_all, match = clearance_weights(x, y, target_xy, avoid_xy)
     groups = []
     for k in range(int(n_sizes)):
         r = probe(k, x, y) if x.size else {"flux": np.zeros(0), "var_white": np.zeros(0),
@@ -655,14 +735,17 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         na = np.asarray(r["n_aper"], float)
         ok = (np.isfinite(f) & np.isfinite(wv) & (wv > 0) & np.isfinite(na)
               & ((np.asarray(r["flags"]) & _BAD_PROBE) == 0))
+        ww = None if w_all is None or not w_all[ok].sum() > 0 else w_all[ok]
         if ok.sum() < min_probe:
             continue
-        spread = robust_sigma(f[ok])
+        spread = robust_sigma(f[ok], ww)
         if not (np.isfinite(spread) and spread > 0):  # a noise-free or quantised frame
             continue
-        groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(np.median(na[ok])),
-                       "observed": spread, "W": float(np.median(wv[ok])),
-                       "each": (x[ok], y[ok], f[ok], wv[ok], na[ok])})
+        med = (np.median if ww is None else (lambda v, ww=ww: weighted_median(v, ww)))
+        groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(med(na[ok])),
+                       "n_eff": float(ok.sum() if ww is None else ww.sum()**2 / np.sum(ww**2)),
+                       "observed": spread, "W": float(med(wv[ok])),
+                       "each": (x[ok], y[ok], f[ok], wv[ok], na[ok], ww)})
     if not groups:
         msg = (f"{name}: only {x.size} empty positions at {clear:.1f} px from sources, masks "
                f"and edges (fewer than {min_probe} usable): flux errors are NOT empty-aperture "
@@ -687,14 +770,18 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
              for g in groups]
     lf = nb = None
     if local:  # each anchor position's flux in units of its own calibrated error
-        px, py, pf, pw, pn = (anch[0] if anch else groups[0])["each"]
+        px, py, pf, pw, pn, pww = (anch[0] if anch else groups[0])["each"]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
         lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours,
                                         np.random.default_rng([int(seed), 0x23AB]),
-                                        image if NEIGHBOUR_BRIGHTNESS else None, mask)
+                                        image if NEIGHBOUR_BRIGHTNESS else None, mask,
+                                        w=pww)
     msg = (f"{name}: alpha = {alpha:.3f}, sigma_s = {s:.4g} ADU/px, gamma = {gam:.2f} from "
            f"{x.size} empty positions ({clear:.1f} px clear), {len(groups)} sizes")
+    if match is not None:
+        msg += (f"; weighted to the distances of {match['n_sources']} sources "
+                f"(effective {match['n_eff']:.0f} positions)")
     if lf is not None:
         d = lf.as_dict()
         msg += (f"; local factor (k = {lf.k}, shrink {lf.shrink:.2f}): 5-95 % "
@@ -707,4 +794,4 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
                 f"{d['distance_percentiles'][4]:.1f} px")
     return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
                             sizes=sizes, message=msg, local=lf, clearance=float(clear),
-                            neighbour=nb)
+                            neighbour=nb, match=match)

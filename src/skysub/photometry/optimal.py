@@ -73,15 +73,16 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
-    error_calibration : {"auto", "empty", "neighbours", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with the weights of faint and bright point sources and round
         exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
         mode), with a local factor that follows the noise over the frame; ``"neighbours"``: as
         ``"auto"`` with a factor for the distance to the nearest catalogued source too
-        (opt-in); ``"global"``: the
-        same without the local factor; ``"none"``: the white-noise error model only.  A
-        frame without room for 50 empty positions is left uncalibrated: quietly with
+        (opt-in); ``"matched"``: as ``"auto"`` with the empty positions weighted to the
+        measured sources' distances to their nearest catalogued neighbour (opt-in);
+        ``"global"``: the same without the local factor; ``"none"``: the white-noise error
+        model only.  A frame without room for 50 empty positions is left uncalibrated: quietly with
         ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
         Sources per batch.
@@ -214,7 +215,9 @@ class OptimalPhotometer:
         shapes = source_shapes(catalog, n)
         cal = OFF  # calibrated first: the estimator's last call is then the sources'
         if self.error_calibration != "none":
-            cal = calibrate_optimal(self, img, (x, y) if neighbours is None else neighbours)
+            cal = calibrate_optimal(self, img, (x, y) if neighbours is None else neighbours,
+                                    target_xy=(x, y) if self.error_calibration == "matched"
+                                    else None)
         bres = run_background(self.background, img, x, y, mag, neighbours)
         core = self._core(img, x, y, shapes, bres)
         b_err = np.asarray(bres.bkg_err, float)
@@ -370,10 +373,12 @@ def _take_bkg(bres: BackgroundResult, idx) -> BackgroundResult:
                               for f in ("bkg", "bkg_err", "pixel_std", "n_pix", "flags")))
 
 
-def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCalibration:
+def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy,
+                      target_xy=None) -> NoiseCalibration:
     """Empty-aperture calibration of an optimal photometer on ``img``: the weights of
     :data:`PROBES` (point sources and round exponentials, faint and bright), its own background
-    estimator."""
+    estimator; ``target_xy``: the sources it is applied to (the empty positions are weighted
+    to their clearance, :func:`~skysub.photometry.emptyaper.clearance_weights`)."""
     sig = psf_sigma(phot.psf)
     radii = sorted({f * sig for f, _ in PROBES})
 
@@ -411,7 +416,7 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy) -> NoiseCal
                      required=phot.error_calibration == "empty", anchor=0,
                      local=phot.error_calibration != "global",
                      neighbours=phot.error_calibration == "neighbours",
-                     image=img.data, min_clear=min_clear)
+                     image=img.data, min_clear=min_clear, target_xy=target_xy)
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,
