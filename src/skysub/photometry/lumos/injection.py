@@ -27,9 +27,9 @@ TARGET_INJECTIONS = 1200
 #: below this many usable injections the validation calibration is kept
 MIN_INJECTIONS = 300
 #: crowded levels at most (each of 2 x 150 injections at least, :func:`.calibration.crowd_edges`)
-#: above the isolated one: on a crowded frame the errors grow with the crowding, and one
-#: calibration for all crowded targets is too wide for the least and too narrow for the most
-#: crowded of them (``tests/test_lumos_crowd_levels.py``)
+#: above the isolated one: where the errors grow with the crowding, one calibration for all
+#: crowded targets is too wide for the least and too narrow for the most crowded of them
+#: (``tests/test_lumos_crowd_levels.py``; docs/lumos.md, crowded frames)
 CROWD_LEVELS = 3
 #: injections per calibration bin at least (the fit on all injections; a check half's fit has
 #: the same bins and crowding levels, with half the rows in each)
