@@ -41,7 +41,9 @@ class SNRCalibration:
     than ``crowd_c`` of the target's own flux into its matched filter (the head feature ``c``:
     from the catalogue's flux ratio with the magnitude, from the joint fit's neighbour amplitude
     in the data-only mode) -- whose errors differ from isolated ones' (one calibration for both
-    improved the isolated PIT and spoiled the crowded one, in both modes)."""
+    improved the isolated PIT and spoiled the crowded one, in both modes).  The crowded
+    calibration may itself hold a ``crowded`` one for targets above its own ``crowd_c`` (the
+    crowding levels of :func:`crowd_edges`): a chain of calibrations by crowding."""
 
     asinh_snr: tuple[float, ...]
     log_scale: tuple[float, ...]
@@ -75,8 +77,9 @@ class SNRCalibration:
         a, m, s = (np.asarray(v, float) for v in (a, m, s))
         if self.crowded is not None and c is not None:
             crowd = np.asarray(c, float) > self.crowd_c
-            if crowd.any():
-                a0, m0, s0 = self.crowded.apply(a[crowd], m[crowd], s[crowd])
+            if crowd.any():  # the crowded calibration may hold more crowding levels
+                a0, m0, s0 = self.crowded.apply(a[crowd], m[crowd], s[crowd],
+                                                np.asarray(c, float)[crowd])
                 a1, m1, s1 = self.apply(a[~crowd], m[~crowd], s[~crowd])
                 out = [np.empty_like(a), np.empty_like(m), np.empty_like(s)]
                 for o, x0, x1 in zip(out, (a0, m0, s0), (a1, m1, s1), strict=True):
@@ -186,10 +189,39 @@ def fit_width_factor(a, m, s, y, *, truncated: bool = True,
     return float(np.exp(r.x))
 
 
+def crowd_edges(c, *, crowd_c: float = CROWD_C, min_rows: int = 600,
+                levels: int = 1) -> tuple[float, ...]:
+    """The crowding levels of a calibration: ``()`` (one calibration for all rows), or the
+    lower edges ``(e_0, e_1, ...)`` of the crowded levels above the least crowded one (``c <=
+    e_0``), every level holding ``min_rows`` rows at least.
+
+    ``levels=1`` (the rule before levels): one split at ``e_0 = crowd_c`` when both sides hold
+    ``min_rows``.  ``levels`` > 1: ``e_0 = crowd_c``, or -- a crowded frame with fewer than
+    ``min_rows`` isolated rows -- the crowding of the ``min_rows``-th least crowded row (the
+    least crowded level takes the isolated rows and the least crowded of the others); the rows
+    above ``e_0`` are cut at quantiles of ``c`` into at most ``levels`` equal-count levels."""
+    c = np.sort(np.asarray(c, float)[np.isfinite(np.asarray(c, float))])
+    n_min = max(int(min_rows), 1)
+    n_iso = int((c <= crowd_c).sum())
+    if int(levels) <= 1:
+        return (float(crowd_c),) if min(n_iso, c.size - n_iso) >= n_min else ()
+    if c.size < 2 * n_min:
+        return ()
+    e0 = float(crowd_c) if n_iso >= n_min else float(c[n_min - 1])
+    rest = c[c > e0]
+    if rest.size < n_min:
+        return ()
+    k = int(min(int(levels), rest.size // n_min))
+    q = np.quantile(rest, np.arange(1, k) / k) if k > 1 else np.zeros(0)
+    edges = [e0, *(float(v) for v in q)]
+    return tuple(e for i, e in enumerate(edges) if i == 0 or e > edges[i - 1])
+
+
 def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float | None = None,
                         n_bins: int = 6, min_per_bin: int = 300, c=None,
                         crowd_c: float = CROWD_C, score: str = "log",
-                        shrink_n: float = 0.0) -> SNRCalibration:
+                        shrink_n: float = 0.0, crowd_levels: int = 1,
+                        like: SNRCalibration | None = None) -> SNRCalibration:
     """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
     fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
     ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
@@ -197,7 +229,12 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     ``truncated=False``; with ``prior_knee`` after the prior division, as users get the
     data-only mode).  Fewer bins when there are fewer than ``min_per_bin`` stamps per bin.
     With the rows' crowding ``c`` (:func:`crowding`), crowded rows (``c > crowd_c``) get their
-    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows.
+    own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows; with
+    ``crowd_levels`` > 1 the crowded rows are cut further into up to that many levels of
+    ``2 min_per_bin`` rows at least (:func:`crowd_edges`), each with its own calibration.
+    ``like``: an :class:`SNRCalibration` whose crowding levels and bin counts the fit takes
+    instead of choosing them from the rows' counts (a fit on part of the rows, e.g. a check
+    half, then has the structure of the fit on all of them that it checks).
 
     ``score``: ``"log"`` (the likelihood, above) or ``"coverage"``: in each bin the shift and
     width that put the median of the true fluxes' normal scores ``u = Phi^-1(PIT)`` at 0 and
@@ -215,16 +252,31 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
         raise InputError(f"fit_snr_calibration: shrink_n must be >= 0, got {shrink_n!r}")
     if score not in ("log", "coverage"):
         raise InputError(f"fit_snr_calibration: score must be 'log' or 'coverage', got {score!r}")
+    chain = []  # the levels of ``like``, least crowded first
+    while like is not None:
+        chain.append(like)
+        like = like.crowded
+    edges: tuple[float, ...] = ()
     if c is not None:
-        crowd = np.asarray(c, float) > crowd_c
-        if min(crowd.sum(), (~crowd).sum()) >= 2 * min_per_bin:
+        c = np.asarray(c, float)
+        edges = (tuple(v.crowd_c for v in chain[:-1]) if chain else
+                 crowd_edges(c, crowd_c=crowd_c, min_rows=2 * min_per_bin, levels=crowd_levels))
+        if edges:
             kw = {"truncated": truncated, "prior_knee": prior_knee, "min_per_bin": min_per_bin,
                   "score": score, "shrink_n": shrink_n}
-            iso = fit_snr_calibration(a[~crowd], m[~crowd], s[~crowd], np.asarray(y)[~crowd],
-                                      n_bins=n_bins, **kw)
-            cr = fit_snr_calibration(a[crowd], m[crowd], s[crowd], np.asarray(y)[crowd],
-                                     n_bins=max(n_bins // 2, 1), **kw)
-            return replace(iso, crowded=cr, crowd_c=float(crowd_c))
+            bounds = (*edges, np.inf)
+            levels = [~(c > edges[0])] + [(c > lo) & (c <= hi) for lo, hi in
+                                        zip(bounds[:-1], bounds[1:], strict=True)]
+            if min(int(v.sum()) for v in levels) >= 1:
+                fits = [fit_snr_calibration(a[v], m[v], s[v], np.asarray(y)[v],
+                                            n_bins=n_bins if i == 0 else max(n_bins // 2, 1),
+                                            like=(replace(chain[i], crowded=None) if chain
+                                                  else None), **kw)
+                        for i, v in enumerate(levels)]
+                out = fits[-1]  # chained from the most crowded level down
+                for f_, e in zip(fits[-2::-1], edges[::-1], strict=True):
+                    out = replace(f_, crowded=out, crowd_c=float(e))
+                return out
     from scipy.optimize import minimize
 
     a, m, s = (np.asarray(v, float) for v in (a, m, s))
@@ -232,7 +284,8 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     if truncated:
         y = np.clip(y, 0.0, None)
     z, sd = _mixture_snr(a, m, s)
-    nb = int(max(1, min(n_bins, len(z) // max(min_per_bin, 1))))
+    nb = (len(chain[0].shift) if chain else
+          int(max(1, min(n_bins, len(z) // max(min_per_bin, 1)))))
     edges = np.quantile(z, np.linspace(0, 1, nb + 1))
     idx = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, nb - 1)
     centres, log_scale, shift = [], [], []

@@ -26,6 +26,14 @@ from .mixtures import mixture_summary
 TARGET_INJECTIONS = 1200
 #: below this many usable injections the validation calibration is kept
 MIN_INJECTIONS = 300
+#: crowded levels at most (each of 2 x 150 injections at least, :func:`.calibration.crowd_edges`)
+#: above the isolated one: where the errors grow with the crowding, one calibration for all
+#: crowded targets is too wide for the least and too narrow for the most crowded of them
+#: (``tests/test_lumos_crowd_levels.py``; docs/lumos.md, crowded frames)
+CROWD_LEVELS = 3
+#: injections per calibration bin at least (the fit on all injections; a check half's fit has
+#: the same bins and crowding levels, with half the rows in each)
+MIN_PER_BIN = 150
 
 
 def held_out_regions(sim: dict, is_val: np.ndarray, n_images: int) -> list[float | None]:
@@ -50,7 +58,8 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                           gs, seed: int, bins: int = 6, target: int = TARGET_INJECTIONS,
                           n_per_image: int = 40, max_realisations: int = 60,
                           min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
-                          score: str = "coverage", shrink_n: float = 0.0, say=None) -> dict:
+                          score: str = "coverage", shrink_n: float = 0.0,
+                          crowd_levels: int = CROWD_LEVELS, say=None) -> dict:
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
     :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
@@ -68,6 +77,11 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     fitted (:func:`fit_snr_calibration`; ``"coverage"``, the default: the central 68 %
     intervals; ``"log"``: the likelihood, which the tails of real frames' errors widen).
     ``shrink_n``: each bin shrunk towards the global fit (:func:`fit_snr_calibration`; 0 off).
+    ``crowd_levels``: crowded levels at most, each with its own calibration
+    (:func:`.calibration.crowd_edges`; 1: one crowded level).  The check halves' calibrations
+    have the bins and the crowding levels of the calibration they check (fitted on all the
+    injections), not the fewer that half the rows alone would give: the check tests the
+    calibration that is kept.
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
@@ -95,22 +109,27 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     y = d["f"] / d["unit"]
     c = d["crowding"] if np.isfinite(d["crowding"]).all() else None
 
-    def fit(sel):
+    def fit(sel, like=None):
+        """The calibration fitted on the rows ``sel``; with ``like`` (the calibration it
+        checks) that one's bins and crowding levels."""
         return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
-                                   truncated=True, n_bins=bins, min_per_bin=150,
+                                   truncated=True, n_bins=bins, min_per_bin=MIN_PER_BIN,
                                    c=None if c is None else c[sel], score=score,
-                                   shrink_n=shrink_n)
+                                   shrink_n=shrink_n, crowd_levels=crowd_levels, like=like)
 
+    every = np.ones(len(y), bool)
     even, odd = d["half"] == 0, d["half"] == 1
     groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
-    out["calibration"] = fit(np.ones(len(y), bool))
+    out["calibration"] = fit(every)
+    out["crowd_edges"] = _edges(out["calibration"])
     out["instruments"] = {g: fit(d["group"] == g) for g in groups}
     # the check: calibrations fitted on the even realisations, scored on the odd ones (each
-    # instrument with its own where it has one, as the photometer applies them)
+    # instrument with its own where it has one, as the photometer applies them), with the
+    # structure of the calibrations kept
     check: dict[str, Any] = {"n_fit": int(even.sum()), "n_check": int(odd.sum())}
     if even.sum() >= need // 2 and odd.sum() >= 50:
-        pooled = fit(even)
-        own = {g: fit(even & (d["group"] == g)) for g in groups
+        pooled = fit(even, out["calibration"])
+        own = {g: fit(even & (d["group"] == g), out["instruments"][g]) for g in groups
                if (even & (d["group"] == g)).sum() >= need // 2}
         check["validation"] = _scores(d, odd, lambda g: phot.sigma_scale, phot.estimator, c)
         check["injection"] = _scores(d, odd, lambda g: own.get(g, pooled), phot.estimator, c)
@@ -124,6 +143,16 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                               "injection": _scores(d, sel, lambda g: own.get(g, pooled),
                                                    phot.estimator, c)}}
     out["check"] = check
+    return out
+
+
+def _edges(cal) -> list[float]:
+    """The lower edges of the crowding levels of a calibration chain
+    (:func:`.calibration.crowd_edges`)."""
+    out = []
+    while cal is not None and cal.crowded is not None:
+        out.append(round(float(cal.crowd_c), 5))
+        cal = cal.crowded
     return out
 
 
@@ -188,7 +217,8 @@ def collect_injections(phot, images: list, catalogs: list, zero_points: list[flo
                          | {"f": f[good], "half": np.full(ng, r % 2),
                             "group": np.full(ng, key, dtype=object),
                             "snr": (f / (noise * np.sqrt(np.pi * settings.radius ** 2)))[good],
-                            "sep": _nearest(fx, fy, n0)[good]})
+                            "sep": _nearest(fx, fy, n0)[good],
+                            "x": fx[n0:][good], "y": fy[n0:][good]})
             done[key] += ng
         r += 1
     d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
