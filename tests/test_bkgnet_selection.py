@@ -124,3 +124,31 @@ def test_one_exposure_gives_no_pairs_and_the_training_falls_back(three_exposures
         from skysub.background.bkgnet.training import _selecting_trainer
 
         _selecting_trainer("duplicates")
+
+
+def test_training_selects_on_the_duplicates_score(three_exposures, tmp_path):
+    """Three exposures of one field: the training scores the starting weights and every
+    epoch on pairs of them, and keeps the best (best_epoch 0: the starting weights)."""
+    from skysub.background.bkgnet import train_bkgnet
+    from skysub.background.bkgnet.selection import MIN_PAIRS
+    from skysub.io import write_fits_product
+
+    exps, cat = three_exposures
+    paths = []
+    for im, _, _, _ in exps:
+        p = tmp_path / im.path.name
+        write_fits_product(p, im.data.astype(np.float32), header=im.header, wcs=im.wcs)
+        paths.append(str(p))
+    cat["id", "ra", "dec", "mag", "r50", "sersic_n", "ba", "theta"].write(tmp_path / "c.csv")
+    card = train_bkgnet(paths, str(tmp_path / "c.csv"), tmp_path / "m.pt",
+                        stamps_per_image=60, epochs=2, seed=0, device="cpu", quiet=True,
+                        threads=1)
+    t = card["training"]
+    assert t["select"] == t["select_asked"] == "duplicates"
+    assert t["select_pairs"] >= MIN_PAIRS
+    hist = t["history"]
+    assert len(hist) == 2 and all(np.isfinite(e["val_loss"]) for e in hist)
+    best = card["metrics"]["best_epoch"]
+    assert best in (0, 1, 2)
+    if best:
+        assert hist[best - 1]["val_loss"] == min(e["val_loss"] for e in hist)
