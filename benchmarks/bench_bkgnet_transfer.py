@@ -94,7 +94,8 @@ def injection_rows(model: str | Path, *, realisations: int = 3, seed: int = 0) -
     return rows
 
 
-def _train(d: Path, train, train_cat, *, seed, stamps_per_image, epochs, threads):
+def _train(d: Path, train, train_cat, *, seed, stamps_per_image, epochs, threads,
+           select=None):
     """Write ``train`` as FITS + catalogue under ``d`` and train exactly as a user does;
     returns (model path, seconds, argv)."""
     from astropy.table import Table
@@ -111,7 +112,7 @@ def _train(d: Path, train, train_cat, *, seed, stamps_per_image, epochs, threads
             "--catalog", str(d / "cat.csv"), "--output", str(d / "m.pt"),
             "--seed", str(seed), "--device", "cpu", "--quiet"]
     seconds, argv = train_cli(argv, stamps_per_image=stamps_per_image, epochs=epochs,
-                              threads=threads)
+                              threads=threads, select=select)
     return d / "m.pt", seconds, argv
 
 
@@ -262,7 +263,8 @@ def _card_note(model: Path, what: str) -> str:
 def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 1024),
         instrument_seed: int = 17, seed: int = 1, stamps_per_image: int | None = None,
         epochs: int | None = None, threads: int | None = None, realisations: int = 3,
-        n_band: int = 4, test_field: int = 2, injection: bool = True) -> BenchResult:
+        n_band: int = 4, test_field: int = 2, injection: bool = True,
+        select: str | None = None) -> BenchResult:
     import dataclasses
 
     from skysub.simulate.randomised import HELDOUT, instrument_exposures, random_instrument
@@ -278,7 +280,7 @@ def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 10
     test, _ = instrument_exposures(inst, n_test, seed=(instrument_seed, test_field))
     tmp = Path(tempfile.mkdtemp(prefix="bench_bkgnet_transfer_"))
     kw = {"seed": seed, "stamps_per_image": stamps_per_image, "epochs": epochs,
-          "threads": threads}
+          "threads": threads, "select": select}
     model, t_train, argv = _train(tmp / "all", train, train_cat, **kw)
     rows, tuned, rate_test = _score_test(test, model, "BKGnet fine-tuned (default)")
     res = BenchResult(
@@ -356,6 +358,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--n-band", type=int, default=4,
                    help="exposures of one unseen band to fine-tune on (4; 0 skips it)")
+    p.add_argument("--select", default=None,
+                   choices=("duplicates", "scaled-nll", "residual", "nll"),
+                   help="the training's model selection (default: skysub train bkgnet's, "
+                        "duplicates)")
     p.add_argument("--repeats", type=int, default=1, help="ignored (one run)")
     args = p.parse_args(argv)
     q = args.quick
@@ -371,7 +377,8 @@ def run_from_args(args: argparse.Namespace) -> BenchResult:
     return run(n_train=args.n_train, n_test=args.n_test, instrument_seed=args.instrument_seed,
                seed=args.seed, stamps_per_image=args.stamps_per_image, epochs=args.epochs,
                threads=args.threads, realisations=1 if args.quick else 3, n_band=args.n_band,
-               test_field=args.test_field, injection=not args.no_injection)
+               test_field=args.test_field, injection=not args.no_injection,
+               select=args.select)
 
 
 def main(argv=None) -> BenchResult:

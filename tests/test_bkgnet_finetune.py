@@ -68,6 +68,13 @@ def test_finetune_shipped_model_with_a_new_band_key(new_band_exposures, tmp_path
     assert card["inputs"]["keys"][:len(shipped)] == shipped
     assert card["inputs"]["keys"][len(shipped):] == ["Xr/e0"]
     assert card["training"]["lr"] == pytest.approx(5e-4)  # the fine-tuning default
+    # so small a field holds out one edge tile: too few pairs of exposures for the
+    # duplicates score, and the selection falls back to the scaled NLL
+    from skysub.background.bkgnet.selection import MIN_PAIRS
+
+    assert card["training"]["select_asked"] == "duplicates"
+    assert card["training"]["select_pairs"] < MIN_PAIRS
+    assert card["training"]["select"] == "scaled-nll"
     cal = card["inputs"]["error_calibration"]
     assert cal["scheme"] == "label-noise-stencils"
     assert len(cal["a"]) == 2 and all(a > 0 for a in cal["a"])
@@ -295,9 +302,11 @@ def test_cli_unknown_key_warn_and_init_none(new_band_exposures, tmp_path, capsys
     assert on.sum() > 10 and np.isfinite(t["bkg"][on]).mean() > 0.9
     assert main(["train", "bkgnet", *paths, "--catalog", str(cat), "--output",
                  str(tmp_path / "s.pt"), "--init", "none", "--epochs", "1",
-                 "--stamps-per-image", "40", "--quiet", "--device", "cpu"]) == 0
+                 "--stamps-per-image", "40", "--quiet", "--device", "cpu",
+                 "--select", "scaled-nll"]) == 0
     card = modelfile_card(tmp_path / "s.pt")
     assert card["init"] is None and card["inputs"]["keys"] == ["Xr/e0"]
+    assert card["training"]["select"] == "scaled-nll"  # the previous default, on request
 
 
 def modelfile_card(path):

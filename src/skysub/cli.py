@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default="auto", metavar="MODEL",
                    help="model to fine-tune (default auto: the shipped bkgnet-paus on your "
                         "exposures, scratch with --simulated); none trains from scratch")
+    t.add_argument("--select", choices=("duplicates", "scaled-nll", "residual", "nll"),
+                   default="duplicates",
+                   help="held-out score that picks the best epoch (default duplicates: "
+                        "label differences between exposures of one band at the same sky "
+                        "points, the starting model scored too when fine-tuning; scaled-nll "
+                        "when the exposures give too few pairs, and the previous default)")
     add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
@@ -458,7 +464,7 @@ def _cmd_train(args) -> int:
                             batch_size=args.batch_size, lr=args.lr,
                             stamps_per_image=args.stamps_per_image,
                             command=command_line(args.argv), threads=args.threads,
-                            init=args.init, **read_kwargs(args, cfg))
+                            init=args.init, select=args.select, **read_kwargs(args, cfg))
     if not args.quiet:
         m = card["metrics"]
         print(f"wrote {args.output} (+ card {Path(args.output).with_suffix('.json')}): "

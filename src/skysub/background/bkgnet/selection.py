@@ -1,0 +1,173 @@
+"""Model selection on repeated exposures: the duplicates score (``select="duplicates"``).
+
+A pixel label is ``sky + G + n``: the smooth sky, the light of faint uncatalogued sources and
+neighbours' wings ``G`` (skewed, positive) and the pixel noise ``n`` (eq. 3).  Scores against
+labels mix the prediction's error with ``G``; a network can look better on them by following or
+"explaining" ``G`` (its sigma) while its error against the smooth sky grows.  Two exposures of
+the same band see the same faint sources at the same sky position, so in the difference of their
+labels ``G`` cancels and only the pixel noise is left::
+
+    D = [(b1 - b2) - (l1 - l2)] / level,   E[D^2] = E[(e1 - e2)^2] + var(n1) + var(n2)
+
+with ``e = b - sky`` the prediction's error in each exposure.  The score is the trimmed mean
+square of ``D`` (values beyond ``TRIM`` sigma68 of the median left out) over every pair of
+exposures of one band at sky positions drawn in the held-out tiles (:func:`duplicate_positions`);
+the label noise adds the same constant to every epoch.  It does not see the part of the error
+common to both exposures (what the network follows of ``G``, illumination it misfits the same
+way in both): on the development instrument the measured share followed is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: sky positions drawn in the held-out tiles (first exposure's pixel frame)
+N_POSITIONS = 800
+#: fewest pairs for the duplicates score (fewer: ``train_bkgnet`` falls back to the scaled NLL)
+MIN_PAIRS = 200
+#: values of D beyond this many sigma68 of its median are left out of the mean square
+TRIM = 4.0
+
+
+def duplicates_score(b: np.ndarray, label: np.ndarray, i1: np.ndarray, i2: np.ndarray,
+                     level: np.ndarray) -> float:
+    """Trimmed mean square of ``[(b[i1] - b[i2]) - (label[i1] - label[i2])] / level`` (inf
+    with fewer than 10 finite pairs)."""
+    from ...stats import sigma68
+
+    d = ((b[i1] - b[i2]) - (label[i1] - label[i2])) / level
+    d = d[np.isfinite(d)]
+    if len(d) < 10:
+        return float("inf")
+    c = np.median(d)
+    w = d[np.abs(d - c) <= TRIM * sigma68(d)] - c
+    return float(np.mean(w ** 2)) if len(w) else float("inf")
+
+
+@dataclass
+class DuplicatePositions:
+    """Label positions at the same sky points in several exposures, and their pairs."""
+
+    exposure: np.ndarray  # (M,) index of the exposure of each row
+    x: np.ndarray  # (M,) pixel position in that exposure
+    y: np.ndarray
+    label: np.ndarray  # (M,) clipped-mean pixel label (as in training)
+    i1: np.ndarray  # (P,) rows of the pairs: same sky point, same band, two exposures
+    i2: np.ndarray
+    level: np.ndarray  # (P,) mean of the pair's two labels
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.i1)
+
+
+def duplicate_positions(exposures: Iterable[tuple[Any, Any]], settings, held_out_tiles:
+                        np.ndarray, *, n: int = N_POSITIONS, seed: int = 0
+                        ) -> DuplicatePositions:
+    """Empty label positions at ``n`` sky points of the held-out tiles in every exposure.
+
+    ``exposures`` yields ``(image, (cat_x, cat_y))`` in the order of the training set (the
+    first one sets the pixel frame of the tiles, as :func:`skysub.background.bkgnet.data.
+    build_training_set`); ``held_out_tiles`` are the tile ids
+    (:func:`skysub.simulate.trainingdata.sky_tiles`) of the validation stamps.  A position
+    counts in an exposure when it lies on it, no catalogued source is within
+    ``settings.empty_radius`` and at least half the label circle is valid."""
+    from scipy.spatial import cKDTree
+
+    from ...simulate.trainingdata import circle_values, clipped_label, sky_tiles
+    from .data import _celestial
+
+    rng = np.random.default_rng([int(seed), 7919])
+    rows: dict[str, list] = {k: [] for k in ("exp", "pt", "x", "y", "label", "band")}
+    ref = ref_wcs = world = px = py = None
+    for j, (image, cat_xy) in enumerate(exposures):
+        if ref is None:
+            ref, ref_wcs = image, _celestial(image)
+            ny, nx = image.shape
+            cx_, cy_ = rng.uniform(-0.5, nx - 0.5, 40 * n), rng.uniform(-0.5, ny - 0.5, 40 * n)
+            keep = np.isin(sky_tiles(np.column_stack([cx_, cy_])), held_out_tiles)
+            px, py = cx_[keep][:n], cy_[keep][:n]
+            world = ref_wcs.all_pix2world(px, py, 0) if ref_wcs is not None else None
+        w = _celestial(image)
+        if world is not None and w is not None:
+            x, y = (np.asarray(v, float) for v in w.all_world2pix(*world, 0))
+        else:
+            x, y = px.copy(), py.copy()
+        ny, nx = image.shape
+        good = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) \
+            & (y < ny - 0.5)
+        if cat_xy is not None and len(cat_xy[0]):
+            cx, cy = (np.asarray(a, float) for a in cat_xy)
+            ok = np.isfinite(cx) & np.isfinite(cy)
+            if ok.any():
+                d, _ = cKDTree(np.column_stack([cx[ok], cy[ok]])).query(
+                    np.column_stack([np.where(good, x, 0.0), np.where(good, y, 0.0)]))
+                good &= d > settings.empty_radius
+        idx = np.flatnonzero(good)
+        vals, use = circle_values(image, x[idx], y[idx], settings.label_radius)
+        label, n_lab = clipped_label(vals, use, settings.label_clip)
+        ok = np.isfinite(label) & (n_lab >= 0.5 * np.pi * settings.label_radius ** 2)
+        idx, label = idx[ok], label[ok]
+        rows["exp"].append(np.full(len(idx), j))
+        rows["pt"].append(idx)
+        rows["x"].append(x[idx])
+        rows["y"].append(y[idx])
+        rows["label"].append(label)
+        rows["band"].append(np.full(len(idx), str(image.meta.band)))
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+    i1, i2 = [], []
+    order = np.lexsort((cat["exp"], cat["band"], cat["pt"])) if len(cat["pt"]) else []
+    groups: dict[tuple, list[int]] = {}
+    for r in order:
+        groups.setdefault((int(cat["pt"][r]), cat["band"][r]), []).append(int(r))
+    for members in groups.values():
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                i1.append(members[a])
+                i2.append(members[b])
+    i1a, i2a = np.asarray(i1, np.int64), np.asarray(i2, np.int64)
+    lab = np.asarray(cat["label"], float)
+    return DuplicatePositions(np.asarray(cat["exp"], np.int64), np.asarray(cat["x"], float),
+                              np.asarray(cat["y"], float), lab, i1a, i2a,
+                              0.5 * (lab[i1a] + lab[i2a]) if len(i1a) else np.zeros(0))
+
+
+class DuplicatesScorer:
+    """The duplicates score of a network under training (``select="duplicates"``).
+
+    ``exposures`` is a callable that yields the ``(image, cat_xy)`` pairs again (in the
+    training set's order; user exposures are read again from their files at every epoch);
+    ``card`` the stamp geometry and keys the network is run with."""
+
+    def __init__(self, exposures: Callable[[], Iterable[tuple[Any, Any]]],
+                 positions: DuplicatePositions, card: dict) -> None:
+        self.exposures = exposures
+        self.positions = positions
+        self.card = card
+
+    def predict(self, model) -> np.ndarray:
+        """The network's background at every row of the positions (NaN where it has none)."""
+        import copy
+
+        import torch
+
+        from .estimator import BKGnetBackground
+
+        net = copy.deepcopy(model).cpu().eval()
+        est = BKGnetBackground((net, self.card), device="cpu",
+                               threads=torch.get_num_threads())
+        p = self.positions
+        b = np.full(len(p.x), np.nan)
+        for j, (image, _) in enumerate(self.exposures()):
+            sel = np.flatnonzero(p.exposure == j)
+            if len(sel):
+                b[sel] = est.estimate(image, p.x[sel], p.y[sel]).bkg
+        return b
+
+    def __call__(self, model) -> float:
+        p = self.positions
+        return duplicates_score(self.predict(model), p.label, p.i1, p.i2, p.level)
