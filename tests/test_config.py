@@ -10,8 +10,8 @@ from skysub.errors import ConfigError
 
 
 def test_presets_listed_and_default_is_generic():
-    assert list_presets() == ["generic", "inpaint-families", "inpaint-generic", "inpaint-parallel",
-                              "inpaint-scanmap", "paus"]
+    assert list_presets() == ["generic", "inpaint-families", "inpaint-generic", "inpaint-mixed",
+                              "inpaint-parallel", "inpaint-scanmap", "paus"]
     cfg = load_config()
     assert isinstance(cfg, SurveyConfig) and cfg.name == "generic"
     assert cfg.source == "preset:generic"

@@ -162,3 +162,81 @@ def test_held_out_family_test_fields():
     assert not np.allclose(sims[0].image, sims[0].truth)
     with pytest.raises(InputError, match="unknown field family"):
         simulate_test_fields(1, 128, family="nebula")
+
+
+# -- the mixture of classic and family fields (fields = "mixed") ----------------------------------
+def _mixed(**kw):
+    from dataclasses import replace
+
+    from skysub.config import load_config
+    from skysub.removal.training import InpaintTrainConfig
+
+    train = dict(load_config("inpaint-mixed").removal["train"])
+    train.pop("masks", None)
+    return replace(InpaintTrainConfig.from_dict(train), field_size=128, realisations=1, **kw)
+
+
+def test_mixed_preset_loads():
+    tc = _mixed()
+    assert tc.fields == "mixed" and tc.family_fraction == 0.5 and not tc.calibrate
+    assert fam.HELD_OUT_FAMILY not in tc.families and tc.init == "inpaint-default"
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_mixture_honours_the_family_fraction(fraction):
+    from skysub.removal.training import field_simulations, mixture_draws
+
+    for n, seed in ((40, 1), (7, 2), (1000, 3)):
+        draws = mixture_draws(_mixed(family_fraction=fraction), n, seed)
+        assert draws.sum() == round(fraction * n)
+    tc = _mixed(family_fraction=fraction)
+    sims = [s for _, s in field_simulations(tc, 8, seed=4)]
+    kinds = [s.extra["family"] for s in sims]
+    assert sum(k != "classic" for k in kinds) == round(8 * fraction)
+    assert set(kinds) - {"classic"} <= set(fam.TRAINING_FAMILIES)
+    for s in sims:
+        if s.extra["family"] == "classic":  # the classic domain: 3.5 px beams of its kinds
+            assert psf_fwhm_of(s.psf) == pytest.approx(3.5, rel=0.12)
+            assert s.extra.get("mask_scale", 1.0) == 1.0
+        else:
+            assert 1.5 * 0.88 <= psf_fwhm_of(s.psf) <= 8.0 * 1.12
+
+
+def test_mixture_at_its_ends_is_the_classic_or_the_families_generator():
+    from dataclasses import replace
+
+    from skysub.removal.training import field_simulations
+
+    def images(tc):
+        return [s.image for _, s in field_simulations(tc, 4, seed=6)]
+
+    classic = replace(_mixed(family_fraction=0.0), psf=["gaussian", "airy", "herschel"])
+    for a, b in zip(images(classic), images(replace(classic, fields="classic",
+                                                    psf_fwhm_range=[])), strict=True):
+        np.testing.assert_array_equal(a, b)
+    fams = _mixed(family_fraction=1.0)
+    for a, b in zip(images(fams), images(replace(fams, fields="families")), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mixture_reproduces_from_its_seed():
+    from skysub.removal.training import field_simulations, mixture_draws
+
+    tc = _mixed()
+    a = [s for _, s in field_simulations(tc, 6, seed=8)]
+    b = [s for _, s in field_simulations(tc, 6, seed=8)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.image, y.image)
+        assert x.extra["family"] == y.extra["family"]
+    picks = {tuple(mixture_draws(tc, 20, s)) for s in range(6)}
+    assert len(picks) > 1  # which fields are families depends on the seed
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "half", True, None])
+def test_mixture_config_errors_name_the_key(value):
+    from skysub.removal.training import InpaintTrainConfig
+
+    with pytest.raises(ConfigError, match=r"\[removal.train\] family_fraction"):
+        InpaintTrainConfig.from_dict({"fields": "mixed", "family_fraction": value})
+    with pytest.raises(ConfigError, match=r"\[removal.train\] fields.*mixed"):
+        InpaintTrainConfig.from_dict({"fields": "blend"})

@@ -35,6 +35,11 @@ from .masks import MaskTable, mask_radii, peak_snr
 
 log = logging.getLogger("skysub")
 
+#: the values of ``[removal.train] fields``
+FIELD_KINDS = ("classic", "families", "mixed")
+#: PSF kinds only the families' beams know (a classic field of a mixture takes the others)
+_FAMILY_ONLY_PSFS = ("moffat", "elliptical")
+
 
 @dataclass
 class InpaintTrainConfig:
@@ -65,11 +70,19 @@ class InpaintTrainConfig:
     catalogs : the ``maps``' own compact sources (catalogue files: one per map, or one for
         all of them with ra/dec); none: :func:`skysub.removal.realmaps.find_compact_sources`
     map_sources : beams injected per map and realisation when the calibration uses ``maps``
-    fields : simulated fields: ``"classic"`` (:func:`skysub.simulate.extended.random_field_config`)
-        or ``"families"`` (:mod:`skysub.simulate.families`, one of ``families`` per field;
-        the held-out ``cascade`` family is refused)
+    fields : simulated fields: ``"classic"`` (:func:`skysub.simulate.extended.random_field_config`),
+        ``"families"`` (:mod:`skysub.simulate.families`, one of ``families`` per field;
+        the held-out ``cascade`` family is refused) or ``"mixed"`` (each field classic or from
+        a family, :func:`mixture_draws`)
+    family_fraction : with ``fields = "mixed"``, the share of fields drawn from the families
+        (``round(fraction x n)`` of the ``n`` fields of each split, which ones drawn from the
+        split's seed); the rest are classic fields exactly as ``fields = "classic"`` makes them
+        (beam ``psf_fwhm``, the kinds of ``psf`` the classic generator knows).  Default 0.5:
+        fine-tuning on families alone forgot the classic fields (their faint sources read 2-4 %
+        low), so half of every epoch rehearses them
     psf_fwhm_range : ``[lo, hi]``: each simulated field's beam FWHM [px] drawn log-uniformly
-        in it (its holes scaled by FWHM / ``psf_fwhm``); empty: every beam ``psf_fwhm``
+        in it (its holes scaled by FWHM / ``psf_fwhm``); empty: every beam ``psf_fwhm``.  With
+        ``fields = "mixed"`` only the family fields draw it
     calibrate : measure the error calibration on the test fields after training (False: leave
         it to ``--calibrate-only``, which measures it with the removal's mask table)
     """
@@ -105,6 +118,7 @@ class InpaintTrainConfig:
     families: list[str] = field(default_factory=lambda: ["clouds", "bubbles", "knots"])
     psf_fwhm_range: list[float] = field(default_factory=list)
     calibrate: bool = True
+    family_fraction: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict | None) -> InpaintTrainConfig:
@@ -123,9 +137,13 @@ class InpaintTrainConfig:
         """Refuse unknown field generators, the held-out family and bad FWHM ranges."""
         from ..simulate.families import HELD_OUT_FAMILY, TRAINING_FAMILIES
 
-        if self.fields not in ("classic", "families"):
-            raise ConfigError(f"[removal.train] fields must be 'classic' or 'families', got "
-                              f"{self.fields!r}")
+        if self.fields not in FIELD_KINDS:
+            raise ConfigError(f"[removal.train] fields must be one of "
+                              f"{', '.join(repr(k) for k in FIELD_KINDS)}, got {self.fields!r}")
+        f = self.family_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise ConfigError(f"[removal.train] family_fraction must be a number in [0, 1], "
+                              f"got {f!r}")
         if HELD_OUT_FAMILY in self.families:
             raise ConfigError(f"[removal.train] families: {HELD_OUT_FAMILY!r} is the held-out "
                               "generator family of the benchmark; training never draws it")
@@ -167,12 +185,18 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
     from ..simulate.extended import FieldConfig, make_psf, random_field_config, simulate_extended
 
     rng = np.random.default_rng(seed)
+    family = mixture_draws(cfg, n, seed) if not maps else np.zeros(n, bool)
+    classic_psfs = [p for p in cfg.psf if p not in _FAMILY_ONLY_PSFS] or ["gaussian"]
+    n_classic = 0
     for i in progress(range(n), desc="simulating fields", quiet=quiet, unit="field", total=n):
         fseed = int(rng.integers(2**31))
         frng = np.random.default_rng(fseed)
         psf = cfg.psf[i % len(cfg.psf)]
-        if not maps and (cfg.fields == "families" or cfg.psf_fwhm_range):
-            yield from _family_simulations(cfg, i, fseed, frng, psf)
+        if cfg.fields == "mixed" and not family[i]:  # a classic field, as "classic" makes it
+            psf = classic_psfs[n_classic % len(classic_psfs)]
+            n_classic += 1
+        if not maps and (family[i] or (cfg.fields != "mixed" and cfg.psf_fwhm_range)):
+            yield from _family_simulations(cfg, i, fseed, frng, psf, families=bool(family[i]))
             continue
         if maps:
             truth = maps[i % len(maps)]
@@ -197,15 +221,30 @@ def field_simulations(cfg: InpaintTrainConfig, n: int, seed: int, *,
                                     truth=truth if truth is not None else base)
             base = sim.truth  # same field, new sources
             config = sim.field
+            if not maps:
+                sim.extra.setdefault("family", "classic")
             yield i, sim
 
 
+def mixture_draws(cfg: InpaintTrainConfig, n: int, seed: int) -> np.ndarray:
+    """Which of the ``n`` simulated fields of a split (``seed``) come from the generator
+    families: all for ``fields = "families"``, none for ``"classic"``; for ``"mixed"`` exactly
+    ``round(family_fraction x n)`` of them, chosen by a permutation drawn from ``seed`` (a
+    stream of its own: the fields' parameters do not depend on the fraction)."""
+    if cfg.fields != "mixed":
+        return np.full(n, cfg.fields == "families", bool)
+    k = int(round(float(cfg.family_fraction) * n))
+    out = np.zeros(n, bool)
+    out[np.random.default_rng([int(seed), 0x6D6978]).permutation(n)[:k]] = True
+    return out
+
+
 def _family_simulations(cfg: InpaintTrainConfig, i: int, fseed: int,
-                        frng: np.random.Generator, psf: str):
-    """:func:`field_simulations` for ``cfg.fields = "families"`` or a ``psf_fwhm_range``: the
-    field's beam FWHM drawn in the range, its field from :mod:`skysub.simulate.families`
-    (or the classic generator); ``extra["mask_scale"]`` = FWHM / ``psf_fwhm`` scales the
-    holes of the mask table."""
+                        frng: np.random.Generator, psf: str, *, families: bool):
+    """:func:`field_simulations` for a family field (``families``) or a classic one with a
+    ``psf_fwhm_range``: the field's beam FWHM drawn in the range, its field from
+    :mod:`skysub.simulate.families` (or the classic generator); ``extra["mask_scale"]`` =
+    FWHM / ``psf_fwhm`` scales the holes of the mask table."""
     from ..simulate.extended import extended_field, random_field_config, simulate_extended
     from ..simulate.families import family_field, family_psf, random_beam, random_family_config
 
@@ -221,7 +260,7 @@ def _family_simulations(cfg: InpaintTrainConfig, i: int, fseed: int,
         kernel = make_psf(psf, fwhm)
         fwhm = psf_fwhm_of(kernel)
     shape = (cfg.field_size, cfg.field_size)
-    if cfg.fields == "families":
+    if families:
         config = random_family_config(frng, shape, families=tuple(cfg.families), beam_fwhm=fwhm)
         truth = family_field(config, frng)
     else:
