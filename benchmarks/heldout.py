@@ -86,6 +86,17 @@ def cache_dir() -> Path:
     return out
 
 
+def _member(tar: tarfile.TarFile, path: Path, member: str):
+    """The file object of ``member`` in the open source distribution ``tar`` (at ``path``)."""
+    try:
+        fobj = tar.extractfile(member)
+    except KeyError:
+        fobj = None
+    if fobj is None:
+        raise SystemExit(f"held-out data: {path} has no {member}")
+    return fobj
+
+
 def _write_atomic(out: Path, frame: np.ndarray, header) -> Path:
     import astropy.io.fits as afits
 
@@ -161,13 +172,7 @@ def dash_frame() -> Path:
                     f"{DASH_SDIST} on PyPI, and `pip download` failed ({why}); "
                     "download it elsewhere and set SKYSUB_DASH_SDIST=PATH")
     with tarfile.open(sdist_path, "r:gz") as tar:
-        try:
-            member = tar.extractfile(DASH_MEMBER)
-        except KeyError:
-            member = None
-        if member is None:
-            raise SystemExit(f"--held-out: {sdist_path} has no {DASH_MEMBER}")
-        with afits.open(member) as hdul:
+        with afits.open(_member(tar, sdist_path, DASH_MEMBER)) as hdul:
             hdu = next(h for h in hdul if h.data is not None and h.data.ndim == 2)
             data = np.asarray(hdu.data, dtype=np.float32)
     hdr = afits.Header()
@@ -177,11 +182,8 @@ def dash_frame() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sdist(filename: str) -> Path:
@@ -228,13 +230,7 @@ def member_frame(name: str) -> Path:
     filename, member, hdu, origin = MEMBERS[name]
     path = sdist(filename)
     with tarfile.open(path, "r:gz") as tar:
-        try:
-            fobj = tar.extractfile(member)
-        except KeyError:
-            fobj = None
-        if fobj is None:
-            raise SystemExit(f"held-out data: {path} has no {member}")
-        with afits.open(fobj) as hdul:
+        with afits.open(_member(tar, path, member)) as hdul:
             data = np.asarray(hdul[hdu].data, dtype=np.float32)
             hdr = hdul[hdu].header.copy()
             if hdu:  # the primary header's keywords too, as skysub reads the original file
