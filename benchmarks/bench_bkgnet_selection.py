@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skysub.background.bkgnet.training import SELECT
+
 from . import BenchResult, run_and_print
 
 SCORES = [("val_snll", "scaled NLL (held-out stamps)"),
@@ -178,7 +180,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--stamps-per-image", type=int, default=None,
                    help="training positions per exposure (default: the training's; quick 150)")
     p.add_argument("--select", default=None,
-                   choices=("duplicates", "scaled-nll", "residual", "nll"),
+                   choices=SELECT,
                    help="selection that drives the training's plateaus (default: the "
                         "training's, duplicates)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1)")

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skysub.background.bkgnet.training import SELECT
+
 from . import BenchResult, Check, run_and_print
 
 COLUMNS = [("method", "method", ""), ("n", "n", "d"), ("sigma68", "sigma68", ".4f"),
@@ -359,7 +361,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--n-band", type=int, default=4,
                    help="exposures of one unseen band to fine-tune on (4; 0 skips it)")
     p.add_argument("--select", default=None,
-                   choices=("duplicates", "scaled-nll", "residual", "nll"),
+                   choices=SELECT,
                    help="the training's model selection (default: skysub train bkgnet's, "
                         "duplicates)")
     p.add_argument("--repeats", type=int, default=1, help="ignored (one run)")

@@ -294,30 +294,24 @@ def read_meta(header: Any, *, keys: HeaderKeys | None = None,
             value, origin = overrides[name], f"--{name}"
         else:
             value, origin = _header_value(header, keyword), f"header keyword {keyword}"
-        usable = True
-        if name == "gain" and value is not None and name not in overrides:
+        if name == "gain" and name not in overrides:  # fallbacks, rate units x EXPTIME
             try:
-                fv = float(value)
+                fv = float(value) if value is not None else None
             except (TypeError, ValueError):
                 raise HeaderError(f"{src}{origin} must be a number (gain), got "
                                   f"{value!r}") from None
-            usable = bool(np.isfinite(fv) and fv > 0)  # else ImageMeta says why
-        if name == "gain" and name not in overrides and usable:  # fallbacks, rate x EXPTIME
-            exptime = overrides.get("exptime", _header_value(header, keys.exptime))
-            try:
-                exptime = float(exptime) if exptime is not None else None
-            except (TypeError, ValueError):
-                exptime = None
-            value, how = header_gain(header, keyword, exptime)
-            if value is None and name in required:
-                what = (f"header keyword {keyword} missing" if keyword
-                        else "no header keyword configured for gain")
-                raise HeaderError(f"{src}{what}" + (f" ({how})" if how else "")
-                                  + "; give --gain (e-/ADU; for a frame in counts per second, "
-                                  "the exposure time x the detector gain)")
-            if value is None:
-                values["gain"], values["gain_known"] = _META_DEFAULTS["gain"], False
-                continue
+            if fv is None or (np.isfinite(fv) and fv > 0):  # else ImageMeta says why
+                # exptime comes before gain in META_FIELDS: values holds it, checked
+                value, how = header_gain(header, keyword, values.get("exptime"))
+                if value is None and name in required:
+                    what = (f"header keyword {keyword} missing" if keyword
+                            else "no header keyword configured for gain")
+                    raise HeaderError(f"{src}{what}" + (f" ({how})" if how else "")
+                                      + "; give --gain (e-/ADU; for a frame in counts per "
+                                      "second, the exposure time x the detector gain)")
+                if value is None:
+                    values["gain"], values["gain_known"] = _META_DEFAULTS["gain"], False
+                    continue
         if value is None:
             if name in required:
                 what = (f"header keyword {keyword} missing" if keyword
