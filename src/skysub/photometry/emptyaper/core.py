@@ -11,6 +11,7 @@ import numpy as np
 
 from ... import flags as F
 from ...errors import InputError
+from .level import NoiseLevelFactor, level_and_position
 from .local import LOCAL_MIN, LocalFactor, robust_sigma
 from .matched import clearance_weights
 from .neighbour import NeighbourFactor, position_and_neighbour
@@ -24,8 +25,10 @@ log = logging.getLogger("skysub")
 #: frames, not better on the real test frames, docs/photometry.md), ``"matched"`` as
 #: ``"auto"`` with the empty positions weighted to the measured sources' clearance
 #: (:func:`clearance_weights`; opt-in, docs/photometry.md), ``"global"`` as ``"auto"`` with
-#: one factor for the whole frame (no local factor), ``"none"`` no calibration
-CALIBRATIONS = ("auto", "empty", "neighbours", "matched", "global", "none")
+#: one factor for the whole frame (no local factor), ``"level"`` as ``"auto"`` with the local
+#: factor a function of the local pixel-noise level first (:class:`~.level.NoiseLevelFactor`),
+#: then of the position, ``"none"`` no calibration
+CALIBRATIONS = ("auto", "empty", "neighbours", "matched", "global", "level", "none")
 
 #: flags of a probe that make it unusable (its weights were not all on good pixels, or it
 #: would be flagged CROWDED as a source)
@@ -81,20 +84,28 @@ class NoiseCalibration:
     clearance: float = float("nan")
     neighbour: NeighbourFactor | None = None
     match: dict | None = None
+    level: NoiseLevelFactor | None = None
 
     @property
     def calibrated(self) -> bool:
         return self.status == "calibrated"
 
-    def factor(self, x, y) -> np.ndarray:
+    def factor(self, x, y, level=None) -> np.ndarray:
         """The local variance factor ``q`` at ``x, y``: the neighbour factor
-        (:class:`NeighbourFactor`, by the distance to the nearest catalogued source) times the
-        position factor (:class:`LocalFactor`); 1 without them."""
+        (:class:`NeighbourFactor`, by the distance to the nearest catalogued source) or the
+        noise-level factor (:class:`~.level.NoiseLevelFactor`, by ``level``: each source's
+        local pixel-noise level, its background ``pixel_std``) times the position factor
+        (:class:`LocalFactor`); 1 without them."""
         x = np.atleast_1d(np.asarray(x, float))
         y = np.atleast_1d(np.asarray(y, float))
         q = np.ones(x.shape)
         if not self.calibrated:
             return q
+        if self.level is not None:
+            if level is None:
+                raise ValueError("this calibration has a noise-level factor: pass each "
+                                 "source's local pixel-noise level (level=pixel_std)")
+            q = q * self.level(np.broadcast_to(np.asarray(level, float), x.shape))
         if self.local is not None:
             q = q * self.local(x, y)
         if self.neighbour is not None:
@@ -127,7 +138,8 @@ class NoiseCalibration:
                 "clearance_match": None if self.match is None else dict(self.match),
                 "sizes": [dict(s) for s in self.sizes], "message": self.message,
                 "local": None if self.local is None else self.local.as_dict(),
-                "neighbour": None if self.neighbour is None else self.neighbour.as_dict()}
+                "neighbour": None if self.neighbour is None else self.neighbour.as_dict(),
+                "level": None if self.level is None else self.level.as_dict()}
 
     def columns(self, n: int, q=None) -> dict[str, np.ndarray]:
         """Per-source columns recording the factors: ``err_alpha``, ``err_sigma_s`` (one per
@@ -246,7 +258,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
               anchor: int | None = None, local: bool = True,
               min_clear: float | None = None, neighbours: bool = False,
               image: np.ndarray | None = None,
-              target_xy: tuple | None = None) -> NoiseCalibration:
+              target_xy: tuple | None = None, level: bool = False) -> NoiseCalibration:
     """Empty-aperture calibration.
 
     Parameters
@@ -254,7 +266,8 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     probe : callable ``(k, x, y) -> dict``
         The photometer measuring the frame at positions ``x, y`` with probe size ``k`` (0 ..
         ``n_sizes - 1``), returning arrays ``flux`` (net flux), ``var_white`` (``W``),
-        ``n_aper`` and ``flags``.
+        ``n_aper``, ``flags`` and (for ``level``) ``pixel_std``, the local pixel-noise level
+        of each position's background estimate.
     n_sizes : int
     shape, mask : the frame's shape and bad-pixel mask (True = bad)
     avoid_xy : (x, y) of every catalogued source
@@ -291,7 +304,11 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     target_xy : (x, y), optional
         The sources it will be applied to: the empty positions are weighted to their
         distances to the nearest catalogued source (:func:`clearance_weights`; not with
-        ``neighbours``).  Without it every position counts the same."""
+        ``neighbours``).  Without it every position counts the same.
+    level : bool
+        With ``local`` (not with ``neighbours``), fit the local factor as a function of the
+        local pixel-noise level first and of the position on what it leaves
+        (:func:`~.level.level_and_position`)."""
     from ...stats import weighted_median
 
     rng = np.random.default_rng([int(seed), 0xE4A7])
@@ -316,6 +333,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         ok = (np.isfinite(f) & np.isfinite(wv) & (wv > 0) & np.isfinite(na)
               & ((np.asarray(r["flags"]) & _BAD_PROBE) == 0))
         ww = None if w_all is None or not w_all[ok].sum() > 0 else w_all[ok]
+        ps = np.asarray(r.get("pixel_std", np.full(f.shape, np.nan)), float)
         if ok.sum() < min_probe:
             continue
         spread = robust_sigma(f[ok], ww)
@@ -325,7 +343,7 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         groups.append({"k": k, "n": int(ok.sum()), "n_aper": float(med(na[ok])),
                        "n_eff": float(ok.sum() if ww is None else ww.sum()**2 / np.sum(ww**2)),
                        "observed": spread, "W": float(med(wv[ok])),
-                       "each": (x[ok], y[ok], f[ok], wv[ok], na[ok], ww)})
+                       "each": (x[ok], y[ok], f[ok], wv[ok], na[ok], ww, ps[ok])})
     if not groups:
         msg = (f"{name}: only {x.size} empty positions at {clear:.1f} px from sources, masks "
                f"and edges (fewer than {min_probe} usable): flux errors are NOT empty-aperture "
@@ -348,11 +366,15 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
     sizes = [{"k": g["k"], "n": g["n"], "n_aper": g["n_aper"], "observed": g["observed"],
               "predicted": float(np.sqrt(g["W"])), "fitted": float(np.sqrt(model(g)))}
              for g in groups]
-    lf = nb = None
+    lf = nb = lev = None
     if local:  # each anchor position's flux in units of its own calibrated error
-        px, py, pf, pw, pn, pww = (anch[0] if anch else groups[0])["each"]
+        px, py, pf, pw, pn, pww, pps = (anch[0] if anch else groups[0])["each"]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = pf / np.sqrt(alpha * pw + s**2 * n0**2 * (pn / n0) ** gam)
+    if local and level and not neighbours:
+        lf, lev = level_and_position(px, py, pps, z, rng,
+                                     np.random.default_rng([int(seed), 0x1E7E]), w=pww)
+    elif local:
         lf, nb = position_and_neighbour(px, py, z, avoid_xy, rng, neighbours,
                                         np.random.default_rng([int(seed), 0x23AB]),
                                         image if NEIGHBOUR_BRIGHTNESS else None, mask,
@@ -366,6 +388,11 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
         d = lf.as_dict()
         msg += (f"; local factor (k = {lf.k}, shrink {lf.shrink:.2f}): 5-95 % "
                 f"{d['q_percentiles'][0]:.2f}-{d['q_percentiles'][2]:.2f}")
+    if lev is not None:
+        d = lev.as_dict()
+        msg += (f"; noise-level factor (shrink {lev.curve.shrink:.2f}): "
+                f"{d['q_at_level_percentiles'][0]:.2f} at {d['level_percentiles'][0]:.3g} to "
+                f"{d['q_at_level_percentiles'][4]:.2f} at {d['level_percentiles'][4]:.3g} ADU")
     if nb is not None:
         d = nb.as_dict()
         msg += (f"; neighbour factor (shrink {nb.curve.shrink:.2f}): "
@@ -374,4 +401,4 @@ def calibrate(probe: Callable[[int, np.ndarray, np.ndarray], dict], n_sizes: int
                 f"{d['distance_percentiles'][4]:.1f} px")
     return NoiseCalibration("calibrated", alpha, s, int(x.size), gamma=gam, n_ref=float(n0),
                             sizes=sizes, message=msg, local=lf, clearance=float(clear),
-                            neighbour=nb, match=match)
+                            neighbour=nb, match=match, level=lev)
