@@ -65,6 +65,13 @@ from .core import (
     empty_positions,
     fit_factors,
 )
+from .level import (
+    LEVEL_NULL,
+    TREND_BINS,
+    NoiseLevelFactor,
+    level_and_position,
+    noise_level_factor,
+)
 from .local import (
     LOCAL_K_MAX,
     LOCAL_K_MIN,
@@ -87,9 +94,11 @@ from .neighbour import (
     position_and_neighbour,
 )
 
-__all__ = ["BACKFIT_ROUNDS", "CALIBRATIONS", "CLEAR_STEPS", "GAMMAS", "LOCAL_K_MAX", "LOCAL_K_MIN",
-           "LOCAL_MIN", "LOCAL_SHARE", "MATCH_PSEUDO", "NEIGHBOUR_BRIGHTNESS", "NEIGHBOUR_NULL",
-           "NEIGHBOUR_SEARCH", "OFF", "WING_POWER", "LocalFactor", "NeighbourFactor",
-           "NoiseCalibration", "calibrate", "check_calibration", "clearance_weights",
-           "empty_positions", "fit_factors", "local_factor", "nearest_distance",
-           "neighbour_factor", "neighbour_peaks", "position_and_neighbour", "robust_sigma"]
+__all__ = ["BACKFIT_ROUNDS", "CALIBRATIONS", "CLEAR_STEPS", "GAMMAS", "LEVEL_NULL",
+           "LOCAL_K_MAX", "LOCAL_K_MIN", "LOCAL_MIN", "LOCAL_SHARE", "MATCH_PSEUDO",
+           "NEIGHBOUR_BRIGHTNESS", "NEIGHBOUR_NULL", "NEIGHBOUR_SEARCH", "OFF", "TREND_BINS",
+           "WING_POWER", "LocalFactor", "NeighbourFactor", "NoiseCalibration",
+           "NoiseLevelFactor", "calibrate", "check_calibration", "clearance_weights",
+           "empty_positions", "fit_factors", "level_and_position", "local_factor",
+           "nearest_distance", "neighbour_factor", "neighbour_peaks", "noise_level_factor",
+           "position_and_neighbour", "robust_sigma"]
