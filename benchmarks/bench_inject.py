@@ -33,7 +33,8 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("pull_se", "se", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
            ("pull_quiet_se", "se", ".2f"), ("pull_noisy", "p68noisy", ".2f"),
            ("pull_noisy_se", "se", ".2f"), ("pull_lowlev", "p68lowlev", ".2f"),
-           ("pull_lowlev_se", "se", ".2f"), ("pull_highlev", "p68highlev", ".2f"),
+           ("pull_lowlev_se", "se", ".2f"), ("pull_midlev", "p68midlev", ".2f"),
+           ("pull_midlev_se", "se", ".2f"), ("pull_highlev", "p68highlev", ".2f"),
            ("pull_highlev_se", "se", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
            ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f"),
            ("bkg_pull_se", "se", ".2f")]
@@ -149,7 +150,8 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                                  "bkg_pull_se": pull_se(rec, r, seed, "bkg_pull"),
                                  **tercile_pulls(rec, r, noise, seed),
                                  **tercile_pulls(rec, r, levels, seed,
-                                                 ("pull_lowlev", "pull_highlev"))})
+                                                 ("pull_lowlev", "pull_highlev",
+                                                  "pull_midlev"))})
                 if (r["group"] == "bin" and r["snr_lo"] >= 100
                         and r["method"] == "aperture+annulus" and cal == "none"):
                     bright_ok.append((name, float(r["bias"])))
@@ -172,8 +174,9 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                      "white-noise errors (the k-nearest-neighbour spread of the aperture "
                      "photometer's calibrated empty-aperture fluxes, unshrunk; the same split "
                      "for every method): equal for honest errors everywhere.")
-    res.notes.append("p68lowlev / p68highlev: pull68 of the injected stars in the third of "
-                     "the frame's local pixel-noise level that is lowest / highest (the clipped "
+    res.notes.append("p68lowlev / p68midlev / p68highlev: pull68 of the injected stars in "
+                     "the third of the frame's local pixel-noise level that is lowest / middle / "
+                     "highest (the clipped "
                      "10-20 px annulus' pixel rms at each star, on the frame before injection; "
                      "the same split for every method).")
     res.notes.append("se (after each pull width): its sampling standard error, a seeded "
@@ -314,10 +317,10 @@ def pull_se(rec, row, seed: int = 0, column: str = "pull") -> float:
 
 
 def tercile_pulls(rec, row, noise, seed: int = 0,
-                  keys: tuple[str, str] = ("pull_quiet", "pull_noisy")) -> dict:
+                  keys: tuple[str, ...] = ("pull_quiet", "pull_noisy")) -> dict:
     """pull68 of the row's stars in the lowest and the highest third of ``noise(x, y)`` (a
-    relative noise, a noise level), with their bootstrap standard errors (``..._se``), under
-    ``keys``."""
+    relative noise, a noise level) and, with a third key, the middle third, with their
+    bootstrap standard errors (``..._se``), under ``keys``."""
     from skysub.stats import bootstrap_se, sigma68
 
     out = {k + e: np.nan for k in keys for e in ("", "_se")}
@@ -329,7 +332,10 @@ def tercile_pulls(rec, row, noise, seed: int = 0,
     q = noise(np.asarray(t["x"], float), np.asarray(t["y"], float))
     pull = np.asarray(t["pull"], float)
     lo, hi = np.nanpercentile(q, [100 / 3, 200 / 3])
-    for key, sel in ((keys[0], q <= lo), (keys[1], q > hi)):
+    parts = [(keys[0], q <= lo), (keys[1], q > hi)]
+    if len(keys) > 2:
+        parts.append((keys[2], (q > lo) & (q <= hi)))
+    for key, sel in parts:
         fp = pull[sel & np.isfinite(pull)]
         out[key] = float(sigma68(fp)) if fp.size >= 5 else np.nan
         out[key + "_se"] = bootstrap_se(fp, sigma68, seed=seed) if fp.size >= 5 else np.nan
