@@ -6,10 +6,19 @@ sources with catalogue-like magnitudes), skysub takes the zero point, in this or
 1. the user (``--zeropoint ZP``);
 2. a header keyword (``MAGZPT``, ``MAGZERO``, ``PHOTZP``, ``MAGZP``, ``ZEROPT``; configurable);
 3. a fit per exposure (:func:`fit_zeropoint`): the robust offset between the catalogue
-   magnitudes and the curve-of-growth aperture fluxes of bright, isolated sources.
+   magnitudes and the curve-of-growth aperture fluxes of bright, isolated sources -- strict
+   criteria, else relaxed ones, else (deep or crowded frames) every catalogued source with its
+   catalogued neighbours masked (:mod:`.zeropoint_crowded`);
+4. HST-style photometric keywords (:func:`photflam_zeropoint`: ``PHOTFLAM`` with ``PHOTPLAM``
+   for AB, ``PHOTZPT`` for ST; rate or total units from ``BUNIT``), in the system the caller
+   names (default AB), with a warning naming it.
+
+The fit comes before PHOTFLAM because it ties the catalogue's own magnitudes (whatever their
+band and system) to the image; PHOTFLAM needs the system assumed.  Where both exist and the
+fit differs from PHOTFLAM's AB and ST zero points by more than 0.3 mag, the fit warns.
 
 The result (:class:`ZeroPoint`) says which, with the fit's scatter and its number of sources,
-and carries a warning when the fit is poor; callers print and record it.
+and carries a warning when the fit is poor or not strict; callers print and record it.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ HEADER_KEYS = ("MAGZPT", "MAGZERO", "PHOTZP", "MAGZP", "ZEROPT")
 #: largest flux growth between the apertures of the neighbour-masked fit (third attempt)
 MASKED_GROWTH = 0.05
 #: systematic error [mag] added in quadrature to the neighbour-masked fit's error: on
-#: simulated deep fields (tests/test_zeropoint.py) its offsets ran +0.013 mag high on average
-#: (the light of catalogued neighbours' wings beyond their masks), ~1 sigma of its own error
+#: simulated deep fields (tests/test_zeropoint.py::_deep_field, seeds 0-19) its offsets ran
+#: +0.016 mag high on average (scatter 0.013 between frames; the same with 3000 uncatalogued
+#: faint sources per 512 x 1024 px): light of neighbours' wings beyond their masks, ~1 sigma of
+#: its own statistical error
 MASKED_SYSTEMATIC = 0.02
 #: photometric systems of a PHOTFLAM-derived zero point (the catalogue magnitudes' system)
 PHOT_SYSTEMS = ("AB", "ST")
@@ -48,7 +59,7 @@ class ZeroPoint:
     value : float
         ``mag = value - 2.5 log10(flux / image unit)``.
     source : str
-        ``"given"``, ``"header:KEY"`` or ``"fit"``.
+        ``"given"``, ``"header:KEY"``, ``"fit"`` or ``"header:PHOTFLAM (AB)"`` / ``(ST)``.
     scatter : float
         Fit only: robust (1.4826 MAD) scatter of the per-source offsets [mag]; NaN otherwise.
     error : float
@@ -102,12 +113,19 @@ def header_zeropoint(header: Any, keys: tuple[str, ...] = HEADER_KEYS) -> ZeroPo
 
 def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
                   min_snr: float = 20.0, max_sources: int = 500, max_scatter: float = 0.15,
-                  min_sources: int = 5, relax: bool = True) -> ZeroPoint:
+                  min_sources: int = 5, relax: bool = True, masked: bool = True
+                  ) -> ZeroPoint:
     """Fit ``zp`` so that ``mag = zp - 2.5 log10(flux)`` for the catalogue's bright, isolated
     sources (:func:`_fit_zeropoint`).  With ``relax``, a frame too small or crowded for the
     strict criteria gets a second try with relaxed ones (an inner aperture of 4 px or 3 x the
     median r50, SNR >= 10, neighbours beyond the outer annulus + one inner radius, the flux
-    growing < 10 % between the apertures); such a fit says so in its warning."""
+    growing < 10 % between the apertures); such a fit says so in its warning.  With
+    ``masked`` too, a frame where both fail (deep or crowded: too few isolated sources) gets a
+    third: every catalogued source measured in the strict apertures with its catalogued
+    neighbours masked and mirrored (:mod:`.zeropoint_crowded`; SNR >= 10, the flux growing
+    < 5 % between the apertures, a systematic ``MASKED_SYSTEMATIC`` added to the error); its
+    warning says so.  Unlike the first two, a neighbour-masked fit whose sources scatter by
+    more than ``max_scatter`` is not used (InputError): it is the last fit tried."""
     try:
         return _fit_zeropoint(image, catalog, radius=radius, min_snr=min_snr,
                               max_sources=max_sources, max_scatter=max_scatter,
@@ -128,10 +146,17 @@ def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
                             min_sources=min_sources, isolation=1.0, growth=0.10)
         why = "relaxed criteria (too few bright isolated sources for the strict ones)"
     except InputError as exc_relaxed:
+        if not masked:
+            raise
         try:  # deep or crowded: every catalogued source, its neighbours masked
             zp = _fit_zeropoint(image, catalog, radius=r_strict, min_snr=min(min_snr, 10.0),
                                 max_sources=max_sources, max_scatter=max_scatter,
                                 min_sources=min_sources, growth=MASKED_GROWTH, masked=True)
+            if zp.scatter > max_scatter:  # the last resort of the fits must be a good one
+                raise InputError(f"zero-point fit: the {zp.n} sources of the neighbour-masked "
+                                 f"fit on {getattr(image, 'name', 'image')} scatter by "
+                                 f"{zp.scatter:.2f} mag (> {max_scatter:g}): not used; give "
+                                 "--zeropoint ZP")
         except InputError as exc:
             raise InputError(f"{exc} (strict and relaxed isolation: {exc_relaxed})") from None
         zp = ZeroPoint(zp.value, zp.source, scatter=zp.scatter,
