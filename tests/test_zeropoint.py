@@ -112,6 +112,11 @@ def test_fit_selects_on_white_noise_errors(monkeypatch):
 
 def _deep_field(seed: int):
     """A simulated deep frame of known zero point (benchmarks/bench_zeropoint.py)."""
+    import sys
+    from pathlib import Path
+
+    # benchmarks/ is a top-level package of the repository, not part of the installed skysub
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_zeropoint import deep_field
 
     return deep_field(seed)

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
                    help="lumos (models trained on your exposures): mag = ZP - 2.5 log10(flux) "
                         "for every image (default: header MAGZPT/MAGZERO/PHOTZP, else fitted "
-                        "per image from the catalogue's bright isolated sources)")
+                        "per image from the catalogue's bright isolated sources -- on deep "
+                        "frames with their neighbours masked -- else header PHOTFLAM)")
     p.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
                    help="catalogue magnitude system, AB or ST, of a zero point taken from "
                         "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
@@ -269,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
                    help="mag = ZP - 2.5 log10(flux in image units) for every exposure (default: "
                         "header MAGZPT/MAGZERO/PHOTZP, else fitted per exposure from the "
-                        "catalogue's bright isolated sources)")
+                        "catalogue's bright isolated sources -- on deep frames with their "
+                        "neighbours masked -- else header PHOTFLAM)")
     t.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
                    help="catalogue magnitude system, AB or ST, of a zero point taken from "
                         "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
