@@ -37,8 +37,8 @@ MASKED_GROWTH = 0.05
 #: systematic error [mag] added in quadrature to the neighbour-masked fit's error: on
 #: simulated deep fields (tests/test_zeropoint.py::_deep_field, seeds 0-19) its offsets ran
 #: +0.016 mag high on average (scatter 0.013 between frames; the same with 3000 uncatalogued
-#: faint sources per 512 x 1024 px): light of neighbours' wings beyond their masks, ~1 sigma of
-#: its own statistical error
+#: faint sources per 512 x 1024 px), ~1 sigma of its own statistical error (most likely the
+#: light of neighbours beyond their discs; not established)
 MASKED_SYSTEMATIC = 0.02
 #: photometric systems of a PHOTFLAM-derived zero point (the catalogue magnitudes' system)
 PHOT_SYSTEMS = ("AB", "ST")
