@@ -15,6 +15,17 @@ exposures of one band at sky positions drawn in the held-out tiles (:func:`dupli
 the label noise adds the same constant to every epoch.  It does not see the part of the error
 common to both exposures (what the network follows of ``G``, illumination it misfits the same
 way in both): on the development instrument the measured share followed is small.
+
+Nor does it see a common offset, so the selection adds one (:func:`offset_score`): the median
+of ``(b - label) / label`` over the same rows, per band.  Most labels hold no faint source
+(``G`` is skewed: most circles have none, a few a whole source) and the pixel noise is
+symmetric, so the median label sits at the sky (a little above it) while the mean label --
+what a Gaussian likelihood on pixel labels learns -- sits above it by the faint sources' mean
+light.  With ``e = c + u`` (``c`` the offset common to both exposures, ``u`` what differs),
+``E[D^2] = 2 var(u) + noise`` and the mean square error against the sky is ``var(u) + c^2``,
+so ``score = duplicates + 2 c^2`` ranks epochs by that mean square error (the pixel noise adds
+the same constant to every epoch): it keeps the duplicates score's ranking where the offsets
+are equal (:func:`selection_score`).
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ N_POSITIONS = 800
 MIN_PAIRS = 200
 #: values of D beyond this many sigma68 of its median are left out of the mean square
 TRIM = 4.0
+#: weight of the squared offset in the selection score: ``E[D^2]`` holds twice the variance of
+#: the error that differs between exposures, the mean square error against the sky once
+OFFSET_WEIGHT = 2.0
 
 
 def duplicates_score(b: np.ndarray, label: np.ndarray, i1: np.ndarray, i2: np.ndarray,
@@ -48,6 +62,43 @@ def duplicates_score(b: np.ndarray, label: np.ndarray, i1: np.ndarray, i2: np.nd
     return float(np.mean(w ** 2)) if len(w) else float("inf")
 
 
+def offset_score(b: np.ndarray, label: np.ndarray, group: np.ndarray | None = None
+                 ) -> tuple[float, dict]:
+    """The prediction's offset from the labels that a user can measure without the truth:
+    ``c_k = median[(b - label) / label]`` over the rows of each group ``k`` (band; all rows
+    in one group when ``group`` is None), and the row-weighted mean of ``c_k^2``.
+
+    The median, not the mean: a label is ``sky + G + n`` with ``G`` the faint sources' light
+    (skewed: most labels hold none, a few a whole source) and ``n`` symmetric pixel noise, so
+    the median label lies at the sky (above it by the small median of ``G + n``), the mean
+    label above it by the mean of ``G`` -- what the network learns from pixel labels and what
+    the sky truth does not hold.  Returns ``(mean c^2, {group: c_k})`` (inf, {} with fewer
+    than 10 finite rows)."""
+    rel = (np.asarray(b, float) - np.asarray(label, float)) / np.asarray(label, float)
+    g = np.zeros(len(rel), int) if group is None else np.asarray(group)
+    ok = np.isfinite(rel)
+    if ok.sum() < 10:
+        return float("inf"), {}
+    per, tot, n = {}, 0.0, 0
+    for k in np.unique(g[ok]):
+        r = rel[ok & (g == k)]
+        per[str(k)] = float(np.median(r))
+        tot += len(r) * per[str(k)] ** 2
+        n += len(r)
+    return tot / n, per
+
+
+def selection_score(b: np.ndarray, positions: DuplicatePositions) -> dict:
+    """The score of ``select="duplicates"``: the duplicates score plus ``OFFSET_WEIGHT`` times
+    the squared offset (:func:`offset_score`, per band), both in units of the level.
+    Returns ``{"score", "duplicates", "offset2", "offset": {band: c}}``."""
+    p = positions
+    dup = duplicates_score(b, p.label, p.i1, p.i2, p.level)
+    off2, per = offset_score(b, p.label, p.band)
+    return {"score": float(dup + OFFSET_WEIGHT * off2), "duplicates": dup, "offset2": off2,
+            "offset": per}
+
+
 @dataclass
 class DuplicatePositions:
     """Label positions at the same sky points in several exposures, and their pairs."""
@@ -59,6 +110,7 @@ class DuplicatePositions:
     i1: np.ndarray  # (P,) rows of the pairs: same sky point, same band, two exposures
     i2: np.ndarray
     level: np.ndarray  # (P,) mean of the pair's two labels
+    band: np.ndarray | None = None  # (M,) band of each row's exposure
 
     @property
     def n_pairs(self) -> int:
@@ -133,7 +185,8 @@ def duplicate_positions(exposures: Iterable[tuple[Any, Any]], settings, held_out
     lab = np.asarray(cat["label"], float)
     return DuplicatePositions(np.asarray(cat["exp"], np.int64), np.asarray(cat["x"], float),
                               np.asarray(cat["y"], float), lab, i1a, i2a,
-                              0.5 * (lab[i1a] + lab[i2a]) if len(i1a) else np.zeros(0))
+                              0.5 * (lab[i1a] + lab[i2a]) if len(i1a) else np.zeros(0),
+                              np.asarray(cat["band"]).astype(str))
 
 
 class DuplicatesScorer:
@@ -141,13 +194,15 @@ class DuplicatesScorer:
 
     ``exposures`` is a callable that yields the ``(image, cat_xy)`` pairs again (in the
     training set's order; user exposures are read again from their files at every epoch);
-    ``card`` the stamp geometry and keys the network is run with."""
+    ``card`` the stamp geometry and keys the network is run with.  Every call's score and
+    its parts go to ``log`` (the training stores them in the card)."""
 
     def __init__(self, exposures: Callable[[], Iterable[tuple[Any, Any]]],
                  positions: DuplicatePositions, card: dict) -> None:
         self.exposures = exposures
         self.positions = positions
         self.card = card
+        self.log: list[dict] = []
 
     def predict(self, model) -> np.ndarray:
         """The network's background at every row of the positions (NaN where it has none)."""
@@ -169,5 +224,6 @@ class DuplicatesScorer:
         return b
 
     def __call__(self, model) -> float:
-        p = self.positions
-        return duplicates_score(self.predict(model), p.label, p.i1, p.i2, p.level)
+        out = selection_score(self.predict(model), self.positions)
+        self.log.append(out)
+        return out["score"]

@@ -111,7 +111,9 @@ def _selecting_trainer(select: str, scorer=None):
     "duplicates" scores the model with ``scorer`` (a :class:`.selection.DuplicatesScorer`):
     faint sources' light cancels in the difference of two exposures' labels, so the score
     follows the error against the smooth sky, where the scaled NLL picked epoch 1 of 6 on a
-    development run that was 1.86x worse against the truth than epoch 6 (docs/bkgnet.md).
+    development run that was 1.86x worse against the truth than epoch 6 (docs/bkgnet.md);
+    twice the squared median offset of the prediction from the labels is added (a common
+    offset cancels in the differences, :func:`.selection.selection_score`).
 
     The Gaussian NLL of the held-out stamps also scores the overall scale of the network's
     sigma, which fine-tuning shrinks on the training tiles from the first epoch on (the
@@ -186,6 +188,16 @@ def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: i
     return "duplicates", DuplicatesScorer(again, pos, card), pos.n_pairs
 
 
+def _score_log(scorer) -> list[dict] | None:
+    """The duplicates scorer's per-call scores and their parts (the starting weights first
+    when they were scored), rounded for the card; None without a scorer."""
+    if scorer is None:
+        return None
+    return [{"score": float(f"{e['score']:.6g}"), "duplicates": float(f"{e['duplicates']:.6g}"),
+             "offset2": float(f"{e['offset2']:.6g}"),
+             "offset": {k: round(v, 6) for k, v in e["offset"].items()}} for e in scorer.log]
+
+
 def _val_tensors(val, select: str) -> dict:
     import torch
 
@@ -230,7 +242,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         defaults to ``FINETUNE_DEFAULTS`` (lower learning rate, fewer epochs)
     select : the held-out score that picks the best epoch and stops early: "duplicates"
         (default: the mean square of the difference of two exposures' predictions minus that
-        of their labels, at the same sky points of the held-out tiles, :mod:`.selection`;
+        of their labels, at the same sky points of the held-out tiles, plus twice the squared
+        median offset of the predictions from the labels there, :mod:`.selection`;
         when fine-tuning, the starting weights are scored too and kept if no epoch beats
         them; "scaled-nll" where fewer than ``selection.MIN_PAIRS`` pairs exist), "scaled-nll"
         (the Gaussian NLL with sigma_net at its best overall scale), "residual" (sigma68 of
@@ -435,7 +448,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                    "image_shape": sorted(shapes)[0] if shapes else None,
                    "mag": "(mag - 21) / 2; learned default when absent"},
         "training": {**hp, "select": select_used, "select_asked": select,
-                     "select_pairs": n_pairs, "seed": seed, "labels": labels, "inject": s.inject,
+                     "select_pairs": n_pairs, "select_scores": _score_log(scorer),
+                     "seed": seed, "labels": labels, "inject": s.inject,
                      "use_coords": use_coords, "settings": asdict(s),
                      "flops_per_stamp": flops_per_stamp(model),
                      "history": [{k: round(v, 6) if isinstance(v, float) else v
