@@ -204,24 +204,30 @@ class DuplicatesScorer:
         self.card = card
         self.log: list[dict] = []
 
-    def predict(self, model) -> np.ndarray:
-        """The network's background at every row of the positions (NaN where it has none)."""
+    def predict(self, model, *, errors: bool = False):
+        """The network's background at every row of the positions (NaN where it has none);
+        with ``errors``, ``(b, sigma_net, eq3)``: its own sigma and the labels' eq. 3."""
         import copy
 
         import torch
 
+        from ...nn.bkgnet import label_sigma
         from .estimator import BKGnetBackground
 
         net = copy.deepcopy(model).cpu().eval()
         est = BKGnetBackground((net, self.card), device="cpu",
                                threads=torch.get_num_threads())
         p = self.positions
-        b = np.full(len(p.x), np.nan)
+        b, sg, eq3 = (np.full(len(p.x), np.nan) for _ in range(3))
+        n_label = float(np.pi * self.card["inputs"].get("label_radius", 8.0) ** 2)
         for j, (image, _) in enumerate(self.exposures()):
             sel = np.flatnonzero(p.exposure == j)
             if len(sel):
-                b[sel] = est.estimate(image, p.x[sel], p.y[sel]).bkg
-        return b
+                r = est.estimate(image, p.x[sel], p.y[sel])
+                b[sel], sg[sel] = r.bkg, r.extra["sigma_net"]
+                eq3[sel] = label_sigma(p.label[sel], n_label, image.meta.gain,
+                                       image.meta.rdnoise)
+        return (b, sg, eq3) if errors else b
 
     def __call__(self, model) -> float:
         out = selection_score(self.predict(model), self.positions)

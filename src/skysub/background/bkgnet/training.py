@@ -184,8 +184,18 @@ def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: i
     if pos.n_pairs < MIN_PAIRS:
         return "scaled-nll", None, pos.n_pairs
     card = {"arch": arch.as_dict(), "inputs": {"keys": list(keys), "labels": "truth",
+                                               "label_radius": s.label_radius,
                                                "min_valid": s.min_valid}}
     return "duplicates", DuplicatesScorer(again, pos, card), pos.n_pairs
+
+
+def _pair_calibration(scorer, model) -> dict:
+    """:func:`.calibration.pair_scale` at the scorer's pairs of exposures (held-out tiles)."""
+    from .calibration import pair_scale
+
+    b, sg, eq3 = scorer.predict(model, errors=True)
+    p = scorer.positions
+    return pair_scale(b, sg, p.label, eq3, p.i1, p.i2)
 
 
 def _score_log(scorer) -> list[dict] | None:
@@ -414,6 +424,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                                         ts.stencils, keys, followed=followed,
                                         neighbours=nb)
         err_cal["followed_injection"] = fol
+        if scorer is not None:  # the sigma68 of the error, deconvolved from pairs of exposures
+            err_cal["pairs"] = _pair_calibration(scorer, model)
         if nb is not None:
             err_cal["neighbour_injection"] = {k: nb[k] for k in ("followed", "err", "n", "area",
                                                                  "r_in", "r_out", "density")}
