@@ -324,7 +324,7 @@ def test_pair_calibration_matches_the_sigma68_of_kurtotic_errors_against_the_tru
     st = _stencils_for(g - g.mean(), eq3[0], n=8000)
     cal = fit_error_calibration(b[0], sn[0], label[0], eq3[0], np.full(n, 400.0),
                                 np.full(n, "k"), st, ["k"], followed=0.0)
-    assert sigma68(((b[0] - truth) / (cal["a_all"] * sn[0]))) < 0.9
+    assert sigma68((b[0] - truth) / (cal["a_all"] * sn[0])) < 0.9
     # errors of another shape (Student t, 3 degrees of freedom: sigma68/std 0.7) than the
     # two-Gaussian model: most of the kurtosis is still taken out (pull 0.87-0.89 here where
     # the second moments give 0.75)
