@@ -152,6 +152,33 @@ def test_training_selects_on_the_duplicates_score(three_exposures, tmp_path):
     assert best in (0, 1, 2)
     if best:
         assert hist[best - 1]["val_loss"] == min(e["val_loss"] for e in hist)
+    # every score is in the card, the starting weights' first; the default has no offset term
+    log = t["select_scores"]
+    assert len(log) == 3 and all(e["score"] == e["duplicates"] for e in log)
+    assert [e["score"] for e in log[1:]] == pytest.approx([e["val_loss"] for e in hist],
+                                                           abs=1e-6)  # (history: 6 decimals)
+    assert set(log[0]["offset"]) == {"Xr"} and log[0]["offset2"] >= 0
+    pairs = card["inputs"]["error_calibration"]["pairs"]
+    assert pairs["n"] >= MIN_PAIRS and (pairs["degenerate"] or pairs["a"] > 0)
+
+
+def test_the_offset_selection_weighs_the_squared_offset(three_exposures):
+    """``select="duplicates-offset"``: the scorer adds OFFSET_WEIGHT x the squared offset;
+    ``"duplicates"`` none."""
+    from types import SimpleNamespace
+
+    from skysub.background.bkgnet.selection import OFFSET_WEIGHT
+    from skysub.background.bkgnet.training import _duplicates_scorer
+
+    exps, _ = three_exposures
+    sky = np.array([[10.0, 10.0], [200.0, 10.0], [10.0, 200.0], [300.0, 200.0]])
+    is_val = np.array([True, False, False, False])
+    for select, w in (("duplicates", 0.0), ("duplicates-offset", OFFSET_WEIGHT)):
+        got, scorer, pairs = _duplicates_scorer(lambda: ((im, xy) for im, xy, _, _ in exps),
+                                                BKGnetSettings(), SimpleNamespace(sky=sky),
+                                                is_val, ["Xr/e0"],
+                                                SimpleNamespace(as_dict=dict), 0, select)
+        assert got == select and scorer.offset_weight == w and pairs > 0
 
 
 def _pairs_case(rng, n=4000, noise=0.7):
