@@ -479,7 +479,11 @@ def pair_scale(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray, eq3: n
     itself would not do: the difference of two kurtotic errors and the Gaussian noise are
     less kurtotic than one error.  What the pairs cannot see is the part of ``e`` common to
     both exposures (what the network follows of ``G``, a misfit at the same sky point): where
-    it is large this ``a`` is too small.  Returns ``{"a", "n", "p", "s1", "s2", "a_std",
+    it is large this ``a`` is too small.  The pairs' positions are empty, so ``sigma_net``
+    there is the network's sigma without a magnitude: ``a`` is in its units, not in those of
+    sigma at catalogued sources with magnitudes (development instrument: 1.4x smaller), which
+    is why it is recorded (``error_calibration["pairs"]``), not applied.  Returns ``{"a",
+    "n", "p", "s1", "s2", "a_std",
     "degenerate"}`` (``a_std``: the mixture's std, which second moments would give;
     ``degenerate``: a component of ~zero width or weight, ``a`` not measured; NaN with fewer
     than 50 pairs)."""
