@@ -226,12 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default="auto", metavar="MODEL",
                    help="model to fine-tune (default auto: the shipped bkgnet-paus on your "
                         "exposures, scratch with --simulated); none trains from scratch")
-    t.add_argument("--select", choices=("duplicates", "scaled-nll", "residual", "nll"),
+    t.add_argument("--select", choices=("duplicates", "duplicates-offset", "scaled-nll",
+                                        "residual", "nll"),
                    default="duplicates",
                    help="held-out score that picks the best epoch (default duplicates: "
                         "label differences between exposures of one band at the same sky "
-                        "points, the starting model scored too when fine-tuning; scaled-nll "
-                        "when the exposures give too few pairs, and the previous default)")
+                        "points, the starting model scored too when fine-tuning; "
+                        "duplicates-offset adds twice the squared median offset of the "
+                        "predictions from the labels per band; scaled-nll when the exposures "
+                        "give too few pairs, and the previous default)")
     add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
