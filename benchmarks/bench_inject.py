@@ -32,7 +32,10 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("snr", "SNR", ""),
            ("pull_sigma68", "pull68", ".2f"),
            ("pull_se", "se", ".2f"), ("pull_quiet", "p68quiet", ".2f"),
            ("pull_quiet_se", "se", ".2f"), ("pull_noisy", "p68noisy", ".2f"),
-           ("pull_noisy_se", "se", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
+           ("pull_noisy_se", "se", ".2f"), ("pull_lowlev", "p68lowlev", ".2f"),
+           ("pull_lowlev_se", "se", ".2f"), ("pull_midlev", "p68midlev", ".2f"),
+           ("pull_midlev_se", "se", ".2f"), ("pull_highlev", "p68highlev", ".2f"),
+           ("pull_highlev_se", "se", ".2f"), ("pull_gt5", "|p|>5", ".3f"),
            ("bkg_sigma68", "bkg68/sig", ".3f"), ("bkg_pull_sigma68", "bkgpull68", ".2f"),
            ("bkg_pull_se", "se", ".2f")]
 
@@ -95,7 +98,7 @@ def select_frames(frames: str | None, extra: list[str] | None, held_out: bool = 
 CALIBRATED = ("aperture", "optimal")
 #: method label suffix of each error calibration
 LABEL = {"none": "", "global": " gcal", "auto": " cal", "neighbours": " ncal",
-         "matched": " mcal"}
+         "matched": " mcal", "level": " lcal"}
 
 
 def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+mesh", *,
@@ -112,7 +115,8 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     frames = select_frames(frames, extra, held_out)
     passes = {"all": ("none", "global", "auto"), "both": ("none", "auto"), "none": ("none",),
               "global": ("global",), "auto": ("auto",), "neighbours": ("neighbours",),
-              "matched": ("matched",), "matched+": ("none", "auto", "matched")}[calibration]
+              "matched": ("matched",), "matched+": ("none", "auto", "matched"),
+              "level": ("level",), "level+": ("none", "global", "auto", "level")}[calibration]
     res = BenchResult(
         title=(f"Injection-recovery on {len(frames)} real frames: PSF stars (Gaussian FWHM "
                f"{psf_fwhm:g} px), SNR 5-500, aperture r = {radius:g} px, {realisations} "
@@ -124,6 +128,7 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
     for name, (path, hdu) in frames.items():
         img, cat = frame_and_catalog(path, hdu)
         noise = noise_map(img, cat, radius)
+        levels = level_map(img, cat)
         for cal in passes:
             sp = [m for m in specs if cal == "none" or m.photometer in CALIBRATED]
             if not sp:
@@ -143,7 +148,10 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                                                              "bkg_pull_sigma68")},
                                  "pull_se": pull_se(rec, r, seed),
                                  "bkg_pull_se": pull_se(rec, r, seed, "bkg_pull"),
-                                 **tercile_pulls(rec, r, noise, seed)})
+                                 **tercile_pulls(rec, r, noise, seed),
+                                 **tercile_pulls(rec, r, levels, seed,
+                                                 ("pull_lowlev", "pull_highlev",
+                                                  "pull_midlev"))})
                 if (r["group"] == "bin" and r["snr_lo"] >= 100
                         and r["method"] == "aperture+annulus" and cal == "none"):
                     bright_ok.append((name, float(r["bias"])))
@@ -166,13 +174,20 @@ def run(methods: str = "aperture+annulus,optimal+annulus,aperture+mesh,optimal+m
                      "white-noise errors (the k-nearest-neighbour spread of the aperture "
                      "photometer's calibrated empty-aperture fluxes, unshrunk; the same split "
                      "for every method): equal for honest errors everywhere.")
+    res.notes.append("p68lowlev / p68midlev / p68highlev: pull68 of the injected stars in "
+                     "the third of the frame's local pixel-noise level that is lowest / middle / "
+                     "highest (the clipped "
+                     "10-20 px annulus' pixel rms at each star, on the frame before injection; "
+                     "the same split for every method).")
     res.notes.append("se (after each pull width): its sampling standard error, a seeded "
                      "bootstrap over the row's injected stars (200 resamples); the stars of a "
                      "frame share its sky, so it is a lower bound.")
     res.notes.append("'cal': flux_err and bkg_err with the empty-aperture calibration, the "
                      "default (one fit per frame times its local factor, docs/photometry.md); "
                      "'gcal': one fit per frame only (error_calibration='global'); without: the "
-                     "white-noise error model.")
+                     "white-noise error model; 'lcal': the local factor a function of the "
+                     "local pixel-noise level, then of the position (error_calibration="
+                     "'level', opt-in).")
     res.notes.append("bias/sigma68: of (flux - truth)/truth; truth = injected light inside the "
                      "aperture (aperture) or total (optimal, lumos). bkg68/sig: sigma68 of "
                      "(bkg - own pixels' mean)/pixel noise; pulls against sqrt(err^2 + floor^2).")
@@ -269,6 +284,20 @@ def noise_map(img, cat, radius: float):
     return None if cal.local is None else cal.local.knn
 
 
+def level_map(img, cat):
+    """``(x, y) -> local pixel-noise level`` of a frame: the pixel rms of the clipped 10-20 px
+    annulus at each point (the frame's own sources as neighbours), before injection."""
+    from skysub.background.annulus import AnnulusBackground
+
+    xy = (np.asarray(cat["x"], float), np.asarray(cat["y"], float))
+
+    def level(x, y):
+        return np.asarray(AnnulusBackground(10, 20).estimate(img, x, y, neighbours=xy)
+                          .pixel_std, float)
+
+    return level
+
+
 def _row_sources(rec, row):
     """The recovered rows of a summary row's method and SNR bin."""
     t = rec[rec["method"] == row["method"]]
@@ -287,13 +316,14 @@ def pull_se(rec, row, seed: int = 0, column: str = "pull") -> float:
     return bootstrap_se(np.asarray(_row_sources(rec, row)[column], float), sigma68, seed=seed)
 
 
-def tercile_pulls(rec, row, noise, seed: int = 0) -> dict:
-    """pull68 of the row's stars in the quietest and the noisiest third of the frame, with
-    their bootstrap standard errors (``..._se``)."""
+def tercile_pulls(rec, row, noise, seed: int = 0,
+                  keys: tuple[str, ...] = ("pull_quiet", "pull_noisy")) -> dict:
+    """pull68 of the row's stars in the lowest and the highest third of ``noise(x, y)`` (a
+    relative noise, a noise level) and, with a third key, the middle third, with their
+    bootstrap standard errors (``..._se``), under ``keys``."""
     from skysub.stats import bootstrap_se, sigma68
 
-    out = {"pull_quiet": np.nan, "pull_noisy": np.nan, "pull_quiet_se": np.nan,
-           "pull_noisy_se": np.nan}
+    out = {k + e: np.nan for k in keys for e in ("", "_se")}
     if noise is None:
         return out
     t = _row_sources(rec, row)
@@ -302,7 +332,10 @@ def tercile_pulls(rec, row, noise, seed: int = 0) -> dict:
     q = noise(np.asarray(t["x"], float), np.asarray(t["y"], float))
     pull = np.asarray(t["pull"], float)
     lo, hi = np.nanpercentile(q, [100 / 3, 200 / 3])
-    for key, sel in (("pull_quiet", q <= lo), ("pull_noisy", q > hi)):
+    parts = [(keys[0], q <= lo), (keys[1], q > hi)]
+    if len(keys) > 2:
+        parts.append((keys[2], (q > lo) & (q <= hi)))
+    for key, sel in parts:
         fp = pull[sel & np.isfinite(pull)]
         out[key] = float(sigma68(fp)) if fp.size >= 5 else np.nan
         out[key + "_se"] = bootstrap_se(fp, sigma68, seed=seed) if fp.size >= 5 else np.nan
@@ -319,12 +352,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", default=None,
                    help="comma-separated frame names to run (default: all available)")
     p.add_argument("--calibration", choices=("all", "both", "none", "global", "auto",
-                                             "neighbours", "matched", "matched+"),
+                                             "neighbours", "matched", "matched+", "level",
+                                             "level+"),
                    default="all",
                    help="error calibration of aperture/optimal: all = none, global and auto "
                         "side by side (default), both = none and auto, or one of them only "
                         "(neighbours: auto with the opt-in neighbour factor; matched: auto "
-                        "with the opt-in clearance weights; matched+: none, auto and matched)")
+                        "with the opt-in clearance weights; matched+: none, auto and matched; "
+                        "level: auto with the opt-in noise-level factor; level+: none, global, "
+                        "auto and level)")
     p.add_argument("--frame", action="append", default=[], metavar="NAME=PATH[:HDU]",
                    help="another real frame (e.g. sep's data/image.fits); default none")
     p.add_argument("--clearance", action="store_true",

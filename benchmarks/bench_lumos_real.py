@@ -43,7 +43,7 @@ COLUMNS = [("frame", "frame", ""), ("method", "method", ""), ("near", "placement
            ("pull_sigma68", "pull68", ".2f"), ("pit_p", "PIT KS p", ".3g")]
 
 HELD_OUT = ("m13-300x300", "saao-512x520", "dash-3072x2048", "cfht-1797x1909", "wfpc2-500x500",
-            "wfpc2-600x600")
+            "wfpc2-600x600", "muse-326x331", "nircam-2040x2040")
 SNR_BINS = ((5.0, 30.0), (30.0, 50.0), (50.0, 1e9))
 
 
@@ -347,8 +347,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "available, with --frame ones)")
     p.add_argument("--held-out", action="store_true",
                    help="also the held-out frames (saao-512x520 from ccdproc's test data, "
-                        "needs ccdproc; dash-3072x2048, cfht-1797x1909, wfpc2-500x500 and "
-                        "wfpc2-600x600 from source distributions fetched from PyPI once; see "
+                        "needs ccdproc; dash-3072x2048, cfht-1797x1909, wfpc2-500x500, "
+                        "wfpc2-600x600, muse-326x331 and nircam-2040x2040 from source "
+                        "distributions fetched from PyPI once; see "
                         "benchmarks/heldout.py); default off")
     p.add_argument("--development", action="store_true",
                    help="leave the held-out frames (m13) out entirely")

@@ -1,6 +1,6 @@
 """Real frames kept out of every development choice: only ``--held-out`` runs read them.
 
-Neither frame is committed to skysub, and no development environment has them:
+None of these frames is committed to skysub, and no development environment has them:
 
 * ``saao-512x520``: the SAAO 1.0 m STE3 CCD frame (536 x 520, raw, with GAIN and RDNOISE) of
   ccdproc's test data (``pip install ccdproc``), prepared as a user would: the overscan's row
@@ -18,6 +18,13 @@ Neither frame is committed to skysub, and no development environment has them:
   so its noise is correlated; counts per second, values ~1e-4), from the same distribution.
 * ``wfpc2-600x600``: a 600 x 600 HST WFPC2 F814W cut of Abell 478 (counts per second, with its
   weight map left aside), from the same distribution.
+* ``muse-326x331``: the VLT MUSE white-light image of the Hubble Deep Field South (326 x 331,
+  the DATA extension, in 1e-20 erg/s/cm2/A, no gain or exposure keywords; its variance and
+  quality extensions left aside), from the same distribution.
+* ``nircam-2040x2040``: a simulated JWST NIRCam F115W detector frame (2040 x 2040; a simulator
+  that is not skysub's, with Poisson and read noise, flat-field, dark and cosmic-ray residuals;
+  no gain keyword), from the documentation of the ``astroimtools`` 0.4.0 source distribution
+  (BSD-3).
 
 And real maps, for compact-source removal (:func:`held_out_maps`):
 
@@ -25,10 +32,10 @@ And real maps, for compact-source removal (:func:`held_out_maps`):
 * ``pera-extinction``: the 2MASS extinction map of Perseus (313 x 217), both from the
   documentation of the ``astrodendro`` 0.3.1 source distribution (MIT).
 
-The mpdaf and astrodendro distributions are downloaded from PyPI the first time (their SHA-256
-is checked), or read from ``SKYSUB_HELDOUT_SDISTS=DIR``, a folder that holds them already.  None
-of these files is copied into skysub.  Each frame is written once, atomically, into
-``$TMPDIR/skysub-bench``; the installed or downloaded files are only read.
+The mpdaf, astrodendro and astroimtools distributions are downloaded from PyPI the first time
+(their SHA-256 is checked), or read from ``SKYSUB_HELDOUT_SDISTS=DIR``, a folder that holds
+them already.  None of these files is copied into skysub.  Each frame is written once,
+atomically, into ``$TMPDIR/skysub-bench``; the installed or downloaded files are only read.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import numpy as np
 
 #: the held-out frames' names
 HELD_OUT_FRAMES = ("saao-512x520", "dash-3072x2048", "cfht-1797x1909", "wfpc2-500x500",
-                   "wfpc2-600x600")
+                   "wfpc2-600x600", "muse-326x331", "nircam-2040x2040")
 #: the held-out real maps' names
 HELD_OUT_MAPS = ("scuba-l1551", "pera-extinction")
 
@@ -59,6 +66,10 @@ SDISTS = {
         "https://files.pythonhosted.org/packages/77/92/"
         "b4e85c884ebc14388f5070d6b84ce91c4f3e83020f0896e389474f61c410/astrodendro-0.3.1.tar.gz",
         "115451c6b66fcfed510994f248404f0ce3283e890a7df3d0c89e035c70165b5d"),
+    "astroimtools-0.4.0.tar.gz": (
+        "https://files.pythonhosted.org/packages/13/ab/"
+        "44b8396c117954c977ad7d426ac39468242e6519ec2fa0a6a17d527e3528/astroimtools-0.4.0.tar.gz",
+        "a03bd7f336b88747db0899a39d635b16d5579e71db638fa4641047d89ecbda02"),
 }
 #: name -> (source distribution, member, HDU, ORIGIN card)
 MEMBERS = {
@@ -68,6 +79,11 @@ MEMBERS = {
                       "HST WFPC2 F606W, HDF-S (mpdaf 3.6)"),
     "wfpc2-600x600": ("mpdaf-3.6.tar.gz", "mpdaf-3.6/lib/mpdaf/data/sdetect/a478hst-cutout.fits",
                       1, "HST WFPC2 F814W, Abell 478 (mpdaf 3.6)"),
+    "muse-326x331": ("mpdaf-3.6.tar.gz", "mpdaf-3.6/lib/mpdaf/data/obj/IMAGE-HDFS-1.34.fits", 1,
+                     "VLT MUSE white light, HDF-S (mpdaf 3.6)"),
+    "nircam-2040x2040": ("astroimtools-0.4.0.tar.gz", "astroimtools-0.4.0/docs/notebooks/data/"
+                         "sim143951060215_0_0-detA1-corrected_wcs.fits", 0,
+                         "simulated JWST NIRCam F115W A1 (astroimtools 0.4.0)"),
     "scuba-l1551": ("astrodendro-0.3.1.tar.gz", "astrodendro-0.3.1/docs/L1551_scuba_850mu.fits",
                     0, "JCMT SCUBA 850 um, L1551 (astrodendro 0.3.1)"),
     "pera-extinction": ("astrodendro-0.3.1.tar.gz",

@@ -259,3 +259,14 @@ def test_inject_bench_clearance_tiny():
     assert rows[("empty positions, aperture", "border")]["p5"] >= 9.5 - 1e-9
     assert rows[("empty positions, optimal", "nearest source")]["n"] > 100
     assert rows[("catalogued sources", "nearest source")]["p5"] < 9.5  # closer than any probe
+
+
+def test_zeropoint_bench_one_frame(capsys):
+    """One simulated deep frame: the old fits fail, the masked one lands near the truth."""
+    from benchmarks import bench_zeropoint
+
+    res = bench_zeropoint.main(["--frames", "1", "--seed", "101"])
+    (row,) = res.rows
+    assert row["old"] == "error" and row["source"] == "masked"
+    assert abs(_numeric(row, "pull")) < 3 and _numeric(row, "n") >= 5
+    assert "zp - true" in capsys.readouterr().out

@@ -152,3 +152,85 @@ def test_training_selects_on_the_duplicates_score(three_exposures, tmp_path):
     assert best in (0, 1, 2)
     if best:
         assert hist[best - 1]["val_loss"] == min(e["val_loss"] for e in hist)
+    # every score is in the card, the starting weights' first; the default has no offset term
+    log = t["select_scores"]
+    assert len(log) == 3 and all(e["score"] == e["duplicates"] for e in log)
+    assert [e["score"] for e in log[1:]] == pytest.approx([e["val_loss"] for e in hist],
+                                                           abs=1e-6)  # (history: 6 decimals)
+    assert set(log[0]["offset"]) == {"Xr"} and log[0]["offset2"] >= 0
+    pairs = card["inputs"]["error_calibration"]["pairs"]
+    assert pairs["n"] >= MIN_PAIRS and (pairs["degenerate"] or pairs["a"] > 0)
+
+
+def test_the_offset_selection_weighs_the_squared_offset(three_exposures):
+    """``select="duplicates-offset"``: the scorer adds OFFSET_WEIGHT x the squared offset;
+    ``"duplicates"`` none."""
+    from types import SimpleNamespace
+
+    from skysub.background.bkgnet.selection import OFFSET_WEIGHT
+    from skysub.background.bkgnet.training import _duplicates_scorer
+
+    exps, _ = three_exposures
+    sky = np.array([[10.0, 10.0], [200.0, 10.0], [10.0, 200.0], [300.0, 200.0]])
+    is_val = np.array([True, False, False, False])
+    for select, w in (("duplicates", 0.0), ("duplicates-offset", OFFSET_WEIGHT)):
+        got, scorer, pairs = _duplicates_scorer(lambda: ((im, xy) for im, xy, _, _ in exps),
+                                                BKGnetSettings(), SimpleNamespace(sky=sky),
+                                                is_val, ["Xr/e0"],
+                                                SimpleNamespace(as_dict=dict), 0, select)
+        assert got == select and scorer.offset_weight == w and pairs > 0
+
+
+def _pairs_case(rng, n=4000, noise=0.7):
+    """Two exposures of one sky point each: labels ``sky + G + n`` (``G`` common to both,
+    one label in four holds an exponential amount of mean 4: mean of G 1.0)."""
+    sky = np.stack([200 + rng.normal(0, 3, n), 230 + rng.normal(0, 3, n)])
+    g = np.where(rng.uniform(size=n) < 0.25, rng.exponential(4.0, n), 0.0)
+    label = sky + g + rng.normal(0, noise, (2, n))
+    return sky, g, label
+
+
+def test_selection_score_sees_a_common_offset_the_duplicates_score_is_blind_to():
+    """Candidate A predicts the sky (error 0.3, differing between exposures); candidate B
+    has a smaller such error (0.2) but sits at the MEAN label, sky + mean(G) (what a Gaussian
+    likelihood on pixel labels learns): against the truth B is worse (mean square 0.04 + 1.0
+    against 0.09).  The duplicates score cannot see B's offset and prefers B; the selection
+    score measures the offset from the labels' median and prefers A, and with the pixel
+    noise removed it is twice the mean square error against the sky, as measured."""
+    from skysub.background.bkgnet.selection import (
+        DuplicatePositions,
+        offset_score,
+        selection_score,
+    )
+
+    rng = np.random.default_rng(5)
+    n, noise = 4000, 0.7
+    sky, g, label = _pairs_case(rng, n, noise)
+    c = float(np.mean(g))
+    b = {"A": sky + rng.normal(0, 0.3, (2, n)), "B": sky + c + rng.normal(0, 0.2, (2, n))}
+    mse = {k: float(np.mean(((b[k] - sky) / sky) ** 2)) for k in b}
+    assert mse["A"] < 0.2 * mse["B"]
+    i1, i2 = np.arange(n), np.arange(n, 2 * n)
+    level = 0.5 * (label[0] + label[1])
+    pos = DuplicatePositions(np.repeat([0, 1], n), np.zeros(2 * n), np.zeros(2 * n),
+                             label.ravel(), i1, i2, level, np.full(2 * n, "Xr"))
+    sc = {k: selection_score(b[k].ravel(), pos) for k in b}
+    assert sc["B"]["duplicates"] < sc["A"]["duplicates"]  # blind to the offset
+    assert sc["A"]["score"] < sc["B"]["score"]  # sees it
+    # the offset of B, measured from the labels' median, is most of the true one: the median
+    # label lies above the sky by the small median of G + n only
+    lv = float(np.mean(sky))
+    off_b = sc["B"]["offset"]["Xr"] * lv
+    assert 0.7 * c < off_b < 1.0 * c
+    assert abs(sc["A"]["offset"]["Xr"] * lv) < 0.3 * c
+    # the offsets are measured from the median label, which lies above the sky by the
+    # median of G + n: A (at the sky) reads a small negative offset, B (at sky + mean G) 0.7-1x
+    # its true one -- the score under-states a faint-light offset, it does not invent one
+    assert sc["A"]["offset"]["Xr"] < 0 < sc["B"]["offset"]["Xr"]
+    # per band: opposite offsets in two bands cancel in one median but not per band
+    bands = np.where(np.arange(2 * n) % 2 == 0, "Xg", "Xr")
+    shifted = sky.ravel() * (1 + np.where(bands == "Xg", 0.004, -0.004))
+    one, _ = offset_score(shifted, sky.ravel())
+    two, per = offset_score(shifted, sky.ravel(), bands)
+    assert one < 1e-6 and two == pytest.approx(0.004**2, rel=1e-6)
+    assert per["Xg"] == pytest.approx(0.004) and per["Xr"] == pytest.approx(-0.004)

@@ -116,3 +116,25 @@ def test_source_distribution_checks(cache, tmp_path, monkeypatch):
         heldout.held_out_maps(["scuba-l1551"])
     with pytest.raises(SystemExit, match="unknown"):
         heldout.held_out_maps(["no-such-map"])
+
+
+@pytest.mark.parametrize("name", ["muse-326x331", "nircam-2040x2040", "cfht-1797x1909"])
+def test_every_member_frame_is_prepared_from_its_distribution(name, cache, tmp_path,
+                                                              monkeypatch):
+    """Each registered member frame comes from a registered distribution, its HDU as float32
+    with values unchanged and its origin recorded."""
+    filename, member, hdu, origin = heldout.MEMBERS[name]
+    assert filename in heldout.SDISTS and name in heldout.HELD_OUT_FRAMES
+    data = np.arange(12.0, dtype=">f8").reshape(3, 4) * 1e-3
+    folder = tmp_path / "sdists"
+    folder.mkdir()
+    sdist = fake_member_sdist(folder / filename, member, hdu, data)
+    monkeypatch.setitem(heldout.SDISTS, filename, ("http://unused.invalid/",
+                                                   heldout._sha256(sdist)))
+    monkeypatch.setenv("SKYSUB_HELDOUT_SDISTS", str(folder))
+    path, _ = heldout.held_out_frames([name])[name]
+    with astropy_fits.open(path) as hdul:
+        got, hdr = hdul[0].data, hdul[0].header
+    assert got.dtype.kind == "f" and got.dtype.itemsize == 4
+    np.testing.assert_array_equal(got, data.astype(np.float32))
+    assert hdr["ORIGIN"] == origin

@@ -116,6 +116,27 @@ def test_zero_point_fit_failure_is_one_line(frames, capsys, tmp_path):
     assert rc == 2 and "--zeropoint" in err and fp[0].name in err
 
 
+def test_photflam_keywords_give_the_zero_point_when_no_fit_can(frames, capsys, tmp_path):
+    """The frames of the test above (no fit possible) with HST-style keywords instead of
+    MAGZPT: ADU totals, so zp = PHOTZPT - 2.5 log10(PHOTFLAM) + 2.5 log10(EXPTIME); in the
+    system asked for (ST), recorded in the card with a warning that names it."""
+    base, paths, catalog, cfg = frames
+    fp = _variant(tmp_path, paths, "photflam")
+    flam = 10 ** (-0.4 * (ZP - 2.5 * np.log10(100.0) + 21.10))  # EXPTIME 100 s
+    for q in fp:
+        with fits.open(q, mode="update") as h:
+            del h[0].header["MAGZPT"]
+            h[0].header["PHOTFLAM"] = flam
+    rc, err = _train(capsys, fp, catalog, cfg, tmp_path / "m.pt", "--allow-poor",
+                     "--photometric-system", "ST")
+    assert rc == 0, err
+    zps = json.loads((tmp_path / "m.json").read_text())["data"]["zero_points"]
+    assert len(zps) == 4
+    for z in zps:
+        assert z["source"] == "header:PHOTFLAM (ST)" and z["value"] == pytest.approx(ZP)
+        assert "assuming ST" in z["warning"]
+
+
 def test_poor_model_gate_and_no_mag_with_a_default_model(frames, capsys, tmp_path):
     base, paths, catalog, cfg = frames
     bad = tmp_path / "bad.toml"

@@ -172,7 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
                    help="lumos (models trained on your exposures): mag = ZP - 2.5 log10(flux) "
                         "for every image (default: header MAGZPT/MAGZERO/PHOTZP, else fitted "
-                        "per image from the catalogue's bright isolated sources)")
+                        "per image from the catalogue's bright isolated sources -- on deep "
+                        "frames with their neighbours masked -- else header PHOTFLAM)")
+    p.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
+                   help="catalogue magnitude system, AB or ST, of a zero point taken from "
+                        "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
+                        "the last resort after --zeropoint, MAGZPT-like keywords and a fit "
+                        "(default AB)")
     p.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
                    help="lumos-paus and other models trained on the built-in simulator only: "
                         "added to the catalogue's mag column to put it in the model's band "
@@ -220,12 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default="auto", metavar="MODEL",
                    help="model to fine-tune (default auto: the shipped bkgnet-paus on your "
                         "exposures, scratch with --simulated); none trains from scratch")
-    t.add_argument("--select", choices=("duplicates", "scaled-nll", "residual", "nll"),
+    t.add_argument("--select", choices=("duplicates", "duplicates-offset", "scaled-nll",
+                                        "residual", "nll"),
                    default="duplicates",
                    help="held-out score that picks the best epoch (default duplicates: "
                         "label differences between exposures of one band at the same sky "
-                        "points, the starting model scored too when fine-tuning; scaled-nll "
-                        "when the exposures give too few pairs, and the previous default)")
+                        "points, the starting model scored too when fine-tuning; "
+                        "duplicates-offset adds twice the squared median offset of the "
+                        "predictions from the labels per band; scaled-nll when the exposures "
+                        "give too few pairs, and the previous default)")
     add_common(t)
 
     # -- Lumos (issue 4) ------------------------------------------------------------------
@@ -264,7 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zeropoint", type=float, default=None, metavar="ZP",
                    help="mag = ZP - 2.5 log10(flux in image units) for every exposure (default: "
                         "header MAGZPT/MAGZERO/PHOTZP, else fitted per exposure from the "
-                        "catalogue's bright isolated sources)")
+                        "catalogue's bright isolated sources -- on deep frames with their "
+                        "neighbours masked -- else header PHOTFLAM)")
+    t.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
+                   help="catalogue magnitude system, AB or ST, of a zero point taken from "
+                        "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
+                        "the last resort after --zeropoint, MAGZPT-like keywords and a fit "
+                        "(default AB)")
     t.add_argument("--allow-poor", action="store_true",
                    help="exit 0 even when the model fails its own validation (|bright bias| > "
                         "5 %%, sigma68 = 0 or PIT KS p < 1e-3); it is written either way")
@@ -414,7 +429,8 @@ def _cmd_photometry(args) -> int:
                            psf_fwhm=args.psf_fwhm, psf=args.psf, model=args.model,
                            device=args.device, batch_size=args.batch_size,
                            use_mag=not args.no_mag, mag_offset=args.mag_offset,
-                           zeropoint=args.zeropoint, error_calibration=args.error_calibration)
+                           zeropoint=args.zeropoint, error_calibration=args.error_calibration,
+                           photometric_system=args.photometric_system)
     table = measure_photometry(args.images, args.catalog, phot, quiet=args.quiet,
                                **read_kwargs(args, cfg))
     if not args.quiet:
@@ -551,6 +567,7 @@ def _cmd_train_lumos(args) -> int:
                             threads=args.threads, resume=args.resume,
                             overwrite=args.overwrite, quiet=args.quiet,
                             command=command_line(args.argv), zeropoint=args.zeropoint,
+                            photometric_system=args.photometric_system,
                             init=args.init, **read_kwargs(args, cfg))
     m = card["metrics"]
     if not args.quiet:

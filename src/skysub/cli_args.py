@@ -59,7 +59,7 @@ __all__ = ["add_common", "add_model_args", "read_kwargs"]
 def add_error_calibration(p: argparse.ArgumentParser) -> None:
     """``--error-calibration`` of the aperture and optimal photometers."""
     p.add_argument("--error-calibration", choices=("auto", "empty", "neighbours", "matched",
-                                                   "global", "none"),
+                                                   "global", "level", "none"),
                    default="auto",
                    help="flux errors of the aperture and optimal photometers: auto (default) "
                         "calibrates them on the frame's empty positions (correlated noise and "
@@ -71,4 +71,6 @@ def add_error_calibration(p: argparse.ArgumentParser) -> None:
                         "(opt-in); matched: as auto with the empty positions weighted to the "
                         "measured sources' distances to their nearest catalogued neighbour "
                         "(opt-in); global: as auto with one factor "
-                        "for the whole frame; none: white-noise model only")
+                        "for the whole frame; level: as auto with the local factor a function "
+                        "of the local pixel-noise level (the background's pixel rms) before the "
+                        "position (opt-in); none: white-noise model only")

@@ -274,6 +274,15 @@ def _is_rate(bunit: str) -> str | None:
     return None
 
 
+def header_unit(header: Any) -> str | None:
+    """The unit a header states for the pixel values: ``BUNIT``, else drizzle's output unit
+    ``D001OUUN`` (None when neither holds a non-empty string)."""
+    if header is None or not hasattr(header, "get"):
+        return None
+    return next((v for k in ("BUNIT", "D001OUUN")
+                 if isinstance(v := header.get(k), str) and v.strip()), None)
+
+
 def header_gain(header: Any, keyword: str | None, exptime: float | None
                 ) -> tuple[float | None, str]:
     """The gain (e- per image unit) a header implies, and how it was found.
@@ -298,10 +307,7 @@ def header_gain(header: Any, keyword: str | None, exptime: float | None
         if k and (v := get(k)) is not None:
             found, how = v, k
             break
-    bunit = None
-    if header is not None and hasattr(header, "get"):  # BUNIT, else drizzle's output unit
-        bunit = next((v for k in ("BUNIT", "D001OUUN")
-                      if isinstance(v := header.get(k), str) and v.strip()), None)
+    bunit = header_unit(header)
     rate = _is_rate(bunit) if isinstance(bunit, str) else None
     if rate and not exptime:
         return None, f"BUNIT {bunit!r} per second and no exposure time"

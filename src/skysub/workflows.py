@@ -195,12 +195,13 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
                     psf: str | Path | None = None, model: str | Path | None = None,
                     device: str = "auto", batch_size: int = 512, use_mag: bool = True,
                     mag_offset: float = 0.0, zeropoint: float | None = None,
-                    error_calibration: str = "auto"):
+                    error_calibration: str = "auto", photometric_system: str = "AB"):
     """A photometer by name: ``aperture`` (circular, radius from [photometry] aperture_radius),
     ``optimal`` (Lumos eq. 6 weights from a PSF-convolved catalogue model) or ``lumos``
     (flux PDFs from a Lumos ``model``, default ``lumos-paus``; its own background; ``use_mag``
     False gives its data-only PDFs; ``zeropoint``: the exposures' zero point for models trained
-    on the user's exposures, default a header keyword or a fit; ``mag_offset`` is added to the
+    on the user's exposures, default a header keyword, a fit or PHOTFLAM in
+    ``photometric_system``; ``mag_offset`` is added to the
     catalogue magnitudes of models trained on the built-in simulator).  ``error_calibration``:
     ``"auto"`` / ``"empty"`` (empty-aperture calibrated flux errors,
     :mod:`skysub.photometry.emptyaper`) or ``"none"``, for aperture and optimal."""
@@ -221,7 +222,8 @@ def make_photometer(name: str, *, background: Any, config: SurveyConfig | None =
         return LumosPhotometer(model or DEFAULT_MODEL, psf=None if psf is None else load_psf(psf),
                                device=device, batch_size=batch_size, use_mag=use_mag,
                                estimator=(config.lumos or {}).get("estimator"),
-                               mag_offset=mag_offset, zeropoint=zeropoint)
+                               mag_offset=mag_offset, zeropoint=zeropoint,
+                               photometric_system=photometric_system)
 
     if psf is not None:
         kernel = load_psf(psf)

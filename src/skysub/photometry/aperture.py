@@ -256,7 +256,7 @@ class AperturePhotometer:
         Largest fraction of the aperture area that may be masked or off the image.
     crowd_margin : float
         A catalogued neighbour within ``radius + crowd_margin`` px flags CROWDED.
-    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "level", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with apertures of 0.5, 1 and 1.5 x ``radius``, with a local
         factor that follows the noise over the frame (:mod:`skysub.photometry.emptyaper`);
@@ -264,8 +264,9 @@ class AperturePhotometer:
         catalogued source too (opt-in); ``"matched"``: as ``"auto"`` with the empty
         positions weighted to the measured sources' distances to their nearest catalogued
         neighbour (opt-in); ``"global"``: the same without the local factor;
-        ``"none"``: the white-noise error
-        model only.
+        ``"level"``: as ``"auto"`` with the local factor a function of the local
+        pixel-noise level (each background estimate's ``pixel_std``) first, of the position
+        second (opt-in); ``"none"``: the white-noise error model only.
         A frame without room for 50 empty positions is left uncalibrated: quietly with
         ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
     chunk_size : int
@@ -430,7 +431,8 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy,
             cache["bres"] = run_background(phot.background, img, xp, yp, None, avoid_xy)
         bres = cache["bres"]
         S, area, n_noise, flags, noise_var = variants[k]._sums(img, xp, yp)
-        return white_parts(img, S, area, n_noise, bres, flags, phot.error_model, noise_var)
+        return {**white_parts(img, S, area, n_noise, bres, flags, phot.error_model, noise_var),
+                "pixel_std": np.asarray(bres.pixel_std, float)}
 
     return calibrate(probe, len(variants), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
@@ -438,7 +440,8 @@ def calibrate_aperture(phot: AperturePhotometer, img: Image, avoid_xy,
                      local=phot.error_calibration != "global",
                      neighbours=phot.error_calibration == "neighbours",
                      image=img.data,
-                     min_clear=phot.radius + phot.crowd_margin, target_xy=target_xy)
+                     min_clear=phot.radius + phot.crowd_margin, target_xy=target_xy,
+                     level=phot.error_calibration == "level")
 
 
 def white_parts(img: Image, S, area, n_noise, bres: BackgroundResult, flags, error_model: str,
@@ -478,7 +481,7 @@ def finish(img: Image, x: np.ndarray, y: np.ndarray, S: np.ndarray, area: np.nda
     """
     parts = white_parts(img, S, area, n_noise, bres, flags, error_model, noise_var)
     flux_ap = parts["flux"]
-    q = calibration.factor(x, y)  # the local factor (1 without one)
+    q = calibration.factor(x, y, np.asarray(bres.pixel_std, float))  # 1 without one
     var = calibration.variance(parts["var_src"], parts["var_pix"], area, parts["bkg_err"], q)
     bkg_err = parts["bkg_err"]
     if calibration.calibrated:

@@ -73,7 +73,7 @@ class OptimalPhotometer:
         of a disc with the footprint's area, plus the margin) flags CROWDED.
     oversample : int
         Oversampling used to render Sérsic models.
-    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "none"}
+    error_calibration : {"auto", "empty", "neighbours", "matched", "global", "level", "none"}
         ``"auto"`` (default) and ``"empty"``: calibrate the flux errors on the frame's empty
         positions, measured with the weights of faint and bright point sources and round
         exponentials (:data:`PROBES`; :mod:`skysub.photometry.emptyaper`; not in oracle
@@ -81,9 +81,12 @@ class OptimalPhotometer:
         ``"auto"`` with a factor for the distance to the nearest catalogued source too
         (opt-in); ``"matched"``: as ``"auto"`` with the empty positions weighted to the
         measured sources' distances to their nearest catalogued neighbour (opt-in);
-        ``"global"``: the same without the local factor; ``"none"``: the white-noise error
-        model only.  A frame without room for 50 empty positions is left uncalibrated: quietly with
-        ``"auto"``, with a warning and the UNCALIBRATED flag with ``"empty"``.
+        ``"global"``: the same without the local factor; ``"level"``: as ``"auto"``
+        with the local factor a function of the local pixel-noise level (each background
+        estimate's ``pixel_std``) first, of the position second (opt-in); ``"none"``: the
+        white-noise error model only.  A frame without room for 50 empty positions is left
+        uncalibrated: quietly with ``"auto"``, with a warning and the UNCALIBRATED flag with
+        ``"empty"``.
     chunk_size : int
         Sources per batch.
     name : str
@@ -221,7 +224,7 @@ class OptimalPhotometer:
         bres = run_background(self.background, img, x, y, mag, neighbours)
         core = self._core(img, x, y, shapes, bres)
         b_err = np.asarray(bres.bkg_err, float)
-        q = cal.factor(x, y)  # the local factor (1 without one)
+        q = cal.factor(x, y, np.asarray(bres.pixel_std, float))  # 1 without one
         var = cal.variance(core["var_src"], core["var_pix"], core["n_aper"], b_err, q)
         var_shape = shape_variance(self, img, x, y, catalog, shapes, bres, core["flux"])
         extra = {"model_in_stamp": core["in_stamp"]}
@@ -409,14 +412,16 @@ def calibrate_optimal(phot: OptimalPhotometer, img: Image, avoid_xy,
                        contrast=t if t > 0 else None)
         with np.errstate(invalid="ignore"):
             vw = c["var_pix"] + c["n_aper"] ** 2 * np.asarray(bres.bkg_err, float) ** 2
-        return {"flux": c["flux"], "var_white": vw, "n_aper": c["n_aper"], "flags": c["flags"]}
+        return {"flux": c["flux"], "var_white": vw, "n_aper": c["n_aper"], "flags": c["flags"],
+                "pixel_std": np.asarray(bres.pixel_std, float)}
 
     return calibrate(probe, len(PROBES), img.shape, img.mask, avoid_xy, clear,
                      name=f"{img.name}: {phot.name}",
                      required=phot.error_calibration == "empty", anchor=0,
                      local=phot.error_calibration != "global",
                      neighbours=phot.error_calibration == "neighbours",
-                     image=img.data, min_clear=min_clear, target_xy=target_xy)
+                     image=img.data, min_clear=min_clear, target_xy=target_xy,
+                     level=phot.error_calibration == "level")
 
 
 def shape_variance(phot: OptimalPhotometer, img: Image, x: np.ndarray, y: np.ndarray, catalog,

@@ -29,7 +29,7 @@ from .calibration import (
 from .data import build_training_set
 from .estimator import DEFAULT_MODEL, TRAIN_KEYS, BKGnetSettings
 from .evaluation import format_report, training_report, validation_metrics
-from .selection import MIN_PAIRS
+from .selection import MIN_PAIRS, OFFSET_WEIGHT
 
 log = logging.getLogger("skysub")
 
@@ -100,9 +100,14 @@ def _loss(model, batch):
 #: model selection (best epoch, early stopping, learning-rate plateaus) on the held-out sky
 #: tiles: "duplicates" = the labels' differences between exposures of one band at the same sky
 #: points (:mod:`.selection`; the scaled NLL where the exposures give too few pairs),
+#: "duplicates-offset" = the same plus twice the squared median offset of the predictions
+#: from the labels (per band; not the default: on the development instrument the median
+#: label lies ~0.1 % above the sky, so the offset cannot see the bias against the sky),
 #: "scaled-nll" = the Gaussian NLL with sigma_net rescaled by its best factor (its
 #: calibration), "residual" = sigma68 of (b - label) / label, "nll" = the training loss
-SELECT = ("duplicates", "scaled-nll", "residual", "nll")
+SELECT = ("duplicates", "duplicates-offset", "scaled-nll", "residual", "nll")
+#: the selections scored on pairs of exposures (:class:`.selection.DuplicatesScorer`)
+PAIR_SELECT = ("duplicates", "duplicates-offset")
 
 
 def _selecting_trainer(select: str, scorer=None):
@@ -112,6 +117,8 @@ def _selecting_trainer(select: str, scorer=None):
     faint sources' light cancels in the difference of two exposures' labels, so the score
     follows the error against the smooth sky, where the scaled NLL picked epoch 1 of 6 on a
     development run that was 1.86x worse against the truth than epoch 6 (docs/bkgnet.md).
+    "duplicates-offset" adds twice the squared median offset of the prediction from the
+    labels (a common offset cancels in the differences, :func:`.selection.selection_score`).
 
     The Gaussian NLL of the held-out stamps also scores the overall scale of the network's
     sigma, which fine-tuning shrinks on the training tiles from the first epoch on (the
@@ -130,9 +137,9 @@ def _selecting_trainer(select: str, scorer=None):
         return Trainer
     if select not in SELECT:
         raise InputError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
-    if select == "duplicates":
+    if select in PAIR_SELECT:
         if scorer is None:
-            raise InputError("select='duplicates' needs the pairs of exposures to score")
+            raise InputError(f"select={select!r} needs the pairs of exposures to score")
 
         class DuplicatesTrainer(Trainer):
             def evaluate(self, data):
@@ -171,7 +178,8 @@ def _selecting_trainer(select: str, scorer=None):
     return SelectingTrainer
 
 
-def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: int):
+def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: int,
+                       select: str = "duplicates"):
     """``(select, scorer, pairs)``: the duplicates score on the held-out tiles of the
     exposures ``again()`` yields, or the scaled NLL (scorer None) with too few pairs."""
     from ...simulate.trainingdata import sky_tiles
@@ -182,8 +190,29 @@ def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: i
     if pos.n_pairs < MIN_PAIRS:
         return "scaled-nll", None, pos.n_pairs
     card = {"arch": arch.as_dict(), "inputs": {"keys": list(keys), "labels": "truth",
+                                               "label_radius": s.label_radius,
                                                "min_valid": s.min_valid}}
-    return "duplicates", DuplicatesScorer(again, pos, card), pos.n_pairs
+    w = OFFSET_WEIGHT if select == "duplicates-offset" else 0.0
+    return select, DuplicatesScorer(again, pos, card, offset_weight=w), pos.n_pairs
+
+
+def _pair_calibration(scorer, model) -> dict:
+    """:func:`.calibration.pair_scale` at the scorer's pairs of exposures (held-out tiles)."""
+    from .calibration import pair_scale
+
+    b, sg, eq3 = scorer.predict(model, errors=True)
+    p = scorer.positions
+    return pair_scale(b, sg, p.label, eq3, p.i1, p.i2)
+
+
+def _score_log(scorer) -> list[dict] | None:
+    """The duplicates scorer's per-call scores and their parts (the starting weights first
+    when they were scored), rounded for the card; None without a scorer."""
+    if scorer is None:
+        return None
+    return [{"score": float(f"{e['score']:.6g}"), "duplicates": float(f"{e['duplicates']:.6g}"),
+             "offset2": float(f"{e['offset2']:.6g}"),
+             "offset": {k: round(v, 6) for k, v in e["offset"].items()}} for e in scorer.log]
 
 
 def _val_tensors(val, select: str) -> dict:
@@ -234,7 +263,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
         when fine-tuning, the starting weights are scored too and kept if no epoch beats
         them; "scaled-nll" where fewer than ``selection.MIN_PAIRS`` pairs exist), "scaled-nll"
         (the Gaussian NLL with sigma_net at its best overall scale), "residual" (sigma68 of
-        ``(b - label) / label``) or "nll" (the Gaussian NLL)
+        ``(b - label) / label``) or "nll" (the Gaussian NLL); "duplicates-offset" adds twice
+        the squared median offset of the predictions from the held-out labels, per band
     """
     from ... import __version__
     from ...config import load_config
@@ -359,8 +389,9 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                                       use_coords=use_coords)
         model = BKGnet(arch)
     select_used, scorer, n_pairs = select, None, 0
-    if select == "duplicates":
-        select_used, scorer, n_pairs = _duplicates_scorer(again, s, ts, is_val, keys, arch, seed)
+    if select in PAIR_SELECT:
+        select_used, scorer, n_pairs = _duplicates_scorer(again, s, ts, is_val, keys, arch, seed,
+                                                          select)
         if scorer is None:
             say(f"model selection: {n_pairs} pairs of exposures of one band at the same sky "
                 f"points of the held-out tiles (fewer than {MIN_PAIRS}): scaled NLL instead")
@@ -401,6 +432,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                                         ts.stencils, keys, followed=followed,
                                         neighbours=nb)
         err_cal["followed_injection"] = fol
+        if scorer is not None:  # the sigma68 of the error, deconvolved from pairs of exposures
+            err_cal["pairs"] = _pair_calibration(scorer, model)
         if nb is not None:
             err_cal["neighbour_injection"] = {k: nb[k] for k in ("followed", "err", "n", "area",
                                                                  "r_in", "r_out", "density")}
@@ -435,7 +468,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                    "image_shape": sorted(shapes)[0] if shapes else None,
                    "mag": "(mag - 21) / 2; learned default when absent"},
         "training": {**hp, "select": select_used, "select_asked": select,
-                     "select_pairs": n_pairs, "seed": seed, "labels": labels, "inject": s.inject,
+                     "select_pairs": n_pairs, "select_scores": _score_log(scorer),
+                     "seed": seed, "labels": labels, "inject": s.inject,
                      "use_coords": use_coords, "settings": asdict(s),
                      "flops_per_stamp": flops_per_stamp(model),
                      "history": [{k: round(v, 6) if isinstance(v, float) else v

@@ -173,6 +173,7 @@ def _neighbour_channel(nmap: np.ndarray, x: np.ndarray, y: np.ndarray, mag: np.n
 def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str], *,
                 simulated: bool, seed: int, quiet: bool, say, zeropoint: float | None = None,
                 zeropoint_keys: tuple[str, ...] | None = None, max_masked: float = 0.5,
+                photometric_system: str = "AB",
                 use_zeropoints: bool = True, **read_kwargs: Any) -> dict:
     """Teahupoo-like stamps and their network tensors (training, and ``--calibrate-only``):
     from ``ls.n_exposures`` exposures of the built-in simulator (``simulated``) or from the
@@ -228,7 +229,8 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         pool = galaxy_pool(cat_all, rng)
         from .magnitudes import exposure_zeropoint
 
-        zps = [exposure_zeropoint(im, c, given=zeropoint, header_keys=zeropoint_keys, say=say)
+        zps = [exposure_zeropoint(im, c, given=zeropoint, header_keys=zeropoint_keys, say=say,
+                                  photometric_system=photometric_system)
                for im, c in zip(ims, cats, strict=True)] if use_zeropoints else []
         data_summary = {"source": "user exposures", "n_exposures": len(paths),
                         "images": [p.name for p in paths[:50]],

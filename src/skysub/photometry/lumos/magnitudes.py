@@ -43,9 +43,11 @@ def noise_mag(cat_flux: Any, unit: Any) -> np.ndarray:
 
 
 def exposure_zeropoint(image: Any, catalog: Any, *, given: float | None = None,
-                       header_keys: tuple[str, ...] | None = None, say=None):
+                       header_keys: tuple[str, ...] | None = None, say=None,
+                       photometric_system: str = "AB"):
     """The zero point of one exposure (:func:`skysub.photometry.zeropoint.resolve_zeropoint`),
-    printed through ``say`` (else logged) with its source; a poor fit warns."""
+    printed through ``say`` (else logged) with its source; a poor fit, or one from PHOTFLAM
+    (in ``photometric_system``, AB or ST), warns."""
     from ..zeropoint import HEADER_KEYS, resolve_zeropoint
 
     keys = tuple(header_keys) if header_keys else HEADER_KEYS
@@ -55,7 +57,8 @@ def exposure_zeropoint(image: Any, catalog: Any, *, given: float | None = None,
         if "catalogued" in cat.colnames:
             cat = cat[np.asarray(cat["catalogued"], bool)]
     try:
-        zp = resolve_zeropoint(image, cat, given=given, header_keys=keys)
+        zp = resolve_zeropoint(image, cat, given=given, header_keys=keys,
+                               photometric_system=photometric_system)
     except InputError as exc:
         raise InputError(f"{getattr(image, 'name', 'image')}: {exc}") from None
     line = f"{getattr(image, 'name', 'image')}: {zp.describe()}"

@@ -66,6 +66,8 @@ class LumosPhotometer:
         isolated sources.  Each exposure's zero point is kept in :attr:`zeropoints` (image name
         -> :class:`skysub.photometry.zeropoint.ZeroPoint`).
     zeropoint_keys : header keywords tried for the zero point
+    photometric_system : "AB" (default) or "ST": the catalogue magnitudes' system where the
+        zero point comes from HST-style PHOTFLAM keywords (the last resort, after a fit)
     mag_offset : models trained on the built-in simulator only (``lumos-paus``): added to the
         catalogue's ``mag`` (the targets' prior and the neighbour channel) to put it in the
         band system the model assumes -- a galaxy of magnitude ``m`` gives ``exptime
@@ -89,7 +91,8 @@ class LumosPhotometer:
                  use_mag: bool = True, batch_size: int = 512, device: str = "auto",
                  threads: int | None = None, name: str = "lumos",
                  mag_offset: float = 0.0, zeropoint: float | None = None,
-                 zeropoint_keys: tuple[str, ...] | None = None, fast: bool = True) -> None:
+                 zeropoint_keys: tuple[str, ...] | None = None, fast: bool = True,
+                 photometric_system: str = "AB") -> None:
         import torch
 
         from ...nn.device import configure_threads, resolve_device
@@ -130,6 +133,7 @@ class LumosPhotometer:
                              "(--zeropoint, a header keyword, or fitted)")
         self.zeropoint = zeropoint
         self.zeropoint_keys = zeropoint_keys
+        self.photometric_system = photometric_system
         self.zeropoints: dict[str, Any] = {}
         q = card.get("quality")
         if isinstance(q, dict) and q.get("ok") is False:
@@ -299,7 +303,8 @@ class LumosPhotometer:
         cat_flux = None
         if self.noise_mags and mag is not None:  # the catalogue's flux in image units
             zp = exposure_zeropoint(img, _zp_table(catalog, x, y, mag), given=self.zeropoint,
-                                    header_keys=self.zeropoint_keys)
+                                    header_keys=self.zeropoint_keys,
+                                    photometric_system=self.photometric_system)
             self.zeropoints[img.name] = zp
             cat_flux = zp.flux(mag)
         k = self.net.arch.n_components

@@ -102,7 +102,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
                 device: str = "auto", threads: int | None = None, resume: bool = False,
                 overwrite: bool = False, quiet: bool = False, command: str | None = None,
                 description: str = "", zeropoint: float | None = None,
-                zeropoint_keys: tuple[str, ...] | None = None,
+                zeropoint_keys: tuple[str, ...] | None = None, photometric_system: str = "AB",
                 init: str | Path | None = "auto", **read_kwargs: Any) -> dict:
     """Train Lumos on Teahupoo-like simulations and write it (weights + card); return the card.
 
@@ -180,6 +180,7 @@ def train_lumos(images, catalog, output: str | Path, *, config: Any = None,
         say(f"fine-tuning {init_card.get('path', init)} (--init none trains from scratch)")
     data = _stamp_data(images, catalog, cfg, ls, gs, net_keys=keys, simulated=simulated, seed=seed,
                        quiet=quiet, say=say, zeropoint=zeropoint, zeropoint_keys=zeropoint_keys,
+                       photometric_system=photometric_system,
                        **read_kwargs)
     sim, t, free = data["sim"], data["tensors"], data["free"]
     noise_mags = "cat_flux" in sim
