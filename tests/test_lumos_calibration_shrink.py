@@ -49,3 +49,13 @@ def test_config_value_reaches_the_fit(tmp_path, monkeypatch):
     assert seen["shrink_n"] == 150.0
     assert seen["bins"] == ls.calibration_bins and seen["target"] == ls.calibration_injections
 
+
+
+def test_placement_default_and_bad_value(tmp_path):
+    """`[lumos] calibration_placement`: "catalogue" by default (the generic preset too),
+    "empty" the rule before, anything else an error naming the key."""
+    assert LumosSettings().calibration_placement == "catalogue"
+    assert _settings(tmp_path, "calibration_bins = 6").calibration_placement == "catalogue"
+    assert _settings(tmp_path, 'calibration_placement = "empty"').calibration_placement == "empty"
+    with pytest.raises(ConfigError, match=r"\[lumos\]: calibration_placement"):
+        _settings(tmp_path, 'calibration_placement = "near"')

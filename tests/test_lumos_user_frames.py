@@ -193,16 +193,19 @@ def test_training_model_images_carry_catalogue_shape_errors():
     np.testing.assert_allclose(out[1.0]["models"].sum(axis=(1, 2)), 1.0, atol=0.05)  # edges
 
 
-def test_injection_calibration_on_the_users_frames(frames, capsys, tmp_path):
+@pytest.mark.parametrize("placement", ["empty", "catalogue"])
+def test_injection_calibration_on_the_users_frames(frames, capsys, tmp_path, placement):
     """The default user path refits the with-magnitude calibration on galaxies injected into
     the held-out exposures, records it (and the number of injections) in the card and prints
-    it; on the half of the injections it was not fitted to, its PDFs are calibrated."""
+    it; on the half of the injections it was not fitted to, its PDFs are calibrated.  With
+    both placements of the calibration galaxies (``[lumos] calibration_placement``)."""
     base, paths, catalog, cfg = frames
     c2 = tmp_path / "inj.toml"
     c2.write_text(cfg.read_text().replace("calibration_injections = 200",
                                           "calibration_injections = 1200")
                   .replace("stamps_per_image = 60", "stamps_per_image = 300")
-                  .replace("epochs = 2", "epochs = 4"))
+                  .replace("epochs = 2", "epochs = 4")
+                  + f'calibration_placement = "{placement}"\n')
     rc = main(["train", "lumos", *map(str, paths), "--catalog", str(catalog), "--output",
                str(tmp_path / "m.pt"), "--config", str(c2), "--seed", "1", "--allow-poor"])
     out = capsys.readouterr().out
@@ -217,10 +220,18 @@ def test_injection_calibration_on_the_users_frames(frames, capsys, tmp_path):
     assert ch["n_check"] >= 400
     # the half it was not fitted to: honest widths, and a PIT far closer to uniform than with
     # the validation stamps' calibration (a 2-epoch model: not yet uniform)
+    assert ic["placement"] == placement
     assert 0.8 < ch["injection"]["pull_sigma68"] < 1.25, ch
-    assert ch["injection"]["pit_ks_pvalue"] > max(100 * ch["validation"]["pit_ks_pvalue"],
-                                                  1e-6), ch
-    assert abs(ch["injection"]["bias"]) < abs(ch["validation"]["bias"]), ch
+    if placement == "empty":
+        assert ch["injection"]["pit_ks_pvalue"] > max(100 * ch["validation"]["pit_ks_pvalue"],
+                                                      1e-6), ch
+        assert abs(ch["injection"]["bias"]) < abs(ch["validation"]["bias"]), ch
+    else:
+        # galaxies beside their neighbours are harder to calibrate by SNR and crowding level:
+        # on these frames the check half's PIT KS p reads 0.024 (0.51 with "empty", seeded;
+        # docs/lumos.md, near neighbours), still above the validation calibration's there
+        assert ch["injection"]["pit_ks_pvalue"] > ch["validation"]["pit_ks_pvalue"], ch
+        assert "crowd_edges" in ic and ic["nn_distance"]["injections"], ic
     # --calibrate-only on the frames refits it (every frame a calibration frame)
     before = card["inputs"]["snr_calibration"]["mag"]
     rc = main(["train", "lumos", *map(str, paths[:2]), "--catalog", str(catalog), "--output",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from .calibration import _calibrated, fit_snr_calibration, instrument_key
 from .mixtures import mixture_summary
 
@@ -34,6 +35,19 @@ CROWD_LEVELS = 3
 #: injections per calibration bin at least (the fit on all injections; a check half's fit has
 #: the same bins and crowding levels, with half the rows in each)
 MIN_PER_BIN = 150
+#: where the calibration galaxies go: ``"catalogue"`` (the default) -- their distance to the
+#: nearest catalogued source follows the catalogue sources' own nearest-neighbour distances
+#: (:func:`draw_matched_positions`), so the calibration sees the neighbours the user's sources
+#: have; ``"empty"`` -- the rule before: ``skysub inject``'s empty positions, 15 px from every
+#: catalogued source (no injection then came as close as 84 % of M13's sources' neighbours;
+#: docs/lumos.md)
+PLACEMENTS = ("catalogue", "empty")
+#: the nearest catalogued source of a ``"catalogue"`` injection is this far at least [px]
+#: (sources closer than that are one blend to a detection pipeline; the catalogue's own
+#: closer pairs count at this distance)
+PLACEMENT_FLOOR = 5.0
+#: log-spaced distance bins of the nearest-neighbour histogram matched
+NN_BINS = 16
 
 
 def held_out_regions(sim: dict, is_val: np.ndarray, n_images: int) -> list[float | None]:
@@ -59,7 +73,8 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                           n_per_image: int = 40, max_realisations: int = 60,
                           min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
                           score: str = "coverage", shrink_n: float = 0.0,
-                          crowd_levels: int = CROWD_LEVELS, say=None) -> dict:
+                          crowd_levels: int = CROWD_LEVELS, placement: str = "catalogue",
+                          say=None) -> dict:
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
     :class:`LumosPhotometer` of ``net`` + ``card`` without calibration, and fit the
@@ -81,26 +96,40 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     (:func:`.calibration.crowd_edges`; 1: one crowded level).  The check halves' calibrations
     have the bins and the crowding levels of the calibration they check (fitted on all the
     injections), not the fewer that half the rows alone would give: the check tests the
-    calibration that is kept.
+    calibration that is kept.  ``placement`` (:data:`PLACEMENTS`): ``"catalogue"`` draws the
+    positions so that their nearest catalogued source is as near as the catalogue sources'
+    own nearest neighbours are (:func:`draw_matched_positions`), ``"empty"`` at 15 px from
+    every catalogued source (the rule before).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
-    "check"}}, "check": {...}, "note"}``; ``calibration`` is None (and ``note`` says why) with
-    fewer than ``min_injections`` usable injections, and an instrument with fewer gets none of
-    its own (the pooled one applies)."""
+    "check"}}, "check": {...}, "placement", "nn_distance": {"injections", "catalogue"}
+    (5/25/50/75/95 % quantiles [px] of the nearest-neighbour distances), "note"}``;
+    ``calibration`` is None (and ``note`` says why) with fewer than ``min_injections`` usable
+    injections, and an instrument with fewer gets none of its own (the pooled one applies)."""
     from .photometer import LumosPhotometer
 
+    if placement not in PLACEMENTS:
+        raise InputError(f"injection_calibration: placement must be one of {PLACEMENTS}, got "
+                         f"{placement!r}")
     say = say or (lambda *a: None)
     phot = LumosPhotometer((copy.deepcopy(net), card), device="cpu")
     d, done, r, n_images = collect_injections(phot, images, catalogs, zero_points, regions,
                                               gs=gs, seed=seed, target=target,
                                               n_per_image=n_per_image,
                                               max_realisations=max_realisations,
-                                              mag_scatter=mag_scatter)
+                                              mag_scatter=mag_scatter,
+                                              placement=placement)
     n_done = int(sum(done.values()))
     out: dict[str, Any] = {"calibration": None, "instruments": {}, "n_injections": n_done,
                            "n_realisations": int(r), "n_images": n_images, "check": {},
-                           "per_instrument": {}, "note": ""}
+                           "per_instrument": {}, "placement": placement, "note": ""}
+    if d is not None:
+        q = [5, 25, 50, 75, 95]
+        out["nn_distance"] = {
+            k: [round(float(v), 2) for v in np.percentile(x[np.isfinite(x)], q)]
+            if np.isfinite(x).any() else [] for k, x in (("injections", d["sep"]),
+                                                          ("catalogue", d.pop("nn_catalogue")))}
     need = min(int(min_injections), int(target))
     if n_done < need:
         out["note"] = (f"only {n_done} injections fitted in the held-out parts of the frames "
@@ -159,13 +188,17 @@ def _edges(cal) -> list[float]:
 def collect_injections(phot, images: list, catalogs: list, zero_points: list[float] | None,
                        regions: list[float | None], *, gs, seed: int,
                        target: int = TARGET_INJECTIONS, n_per_image: int = 40,
-                       max_realisations: int = 60, mag_scatter: float = 0.0
+                       max_realisations: int = 60, mag_scatter: float = 0.0,
+                       placement: str = "catalogue"
                        ) -> tuple[dict | None, dict[str, int], int, int]:
     """The injections of :func:`injection_calibration`, measured by ``phot`` (a
     :class:`LumosPhotometer`) without calibration: ``(d, done, n_realisations, n_images)``,
     ``d`` the usable injections' raw mixtures ``a, m, s`` (normalised units), ``unit``,
-    ``crowding``, true flux ``f``, aperture ``snr``, the check ``half`` and the instrument
-    ``group`` (None when none fitted); ``done`` the count per instrument."""
+    ``crowding``, true flux ``f``, aperture ``snr``, the check ``half``, the instrument
+    ``group``, ``sep`` (the distance to the nearest other source, catalogued or injected) and
+    ``nn_catalogue`` (the catalogue sources' own nearest-neighbour distances, one row per
+    source and realisation) (None when none fitted); ``done`` the count per instrument;
+    ``placement`` as :func:`injection_calibration`'s."""
     from ...inject.core import InjectionSettings, merged_catalog, sky_sigma
     from ...simulate.galaxies import psf_for
 
@@ -197,7 +230,8 @@ def collect_injections(phot, images: list, catalogs: list, zero_points: list[flo
                 continue
             rng = np.random.default_rng([int(seed), r, 0x1A7EC7, len(parts)])
             image, icat, f = _inject(im, hold, cat, settings, psf, noise,
-                                     25.0 if zp is None else zp, gs.oversample, rng)
+                                     25.0 if zp is None else zp, gs.oversample, rng,
+                                     matched=placement == "catalogue")
             m = len(f)
             if m == 0:
                 continue
@@ -218,7 +252,8 @@ def collect_injections(phot, images: list, catalogs: list, zero_points: list[flo
                             "group": np.full(ng, key, dtype=object),
                             "snr": (f / (noise * np.sqrt(np.pi * settings.radius ** 2)))[good],
                             "sep": _nearest(fx, fy, n0)[good],
-                            "x": fx[n0:][good], "y": fy[n0:][good]})
+                            "x": fx[n0:][good], "y": fy[n0:][good],
+                            "nn_catalogue": _nearest(fx[:n0], fy[:n0], 0)})
             done[key] += ng
         r += 1
     d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
@@ -266,12 +301,14 @@ def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:
             "bias": round(float(np.median(rel[np.isfinite(rel)])), 5)}
 
 
-def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: int, rng):
+def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: int, rng, *,
+            matched: bool = False):
     """Galaxies of known flux added to a copy of ``im`` at empty positions of ``hold`` (``im``
     with the rows not held out masked) by ``skysub inject``'s conventions
     (:func:`skysub.inject.core.draw_positions`, SNR log-uniform in an 8 px aperture, Sérsic
     shapes from ``settings``' ranges, the injected light's photon noise), rendered by the
-    training's renderer (Gauss-Legendre, ``oversample`` nodes per pixel side).  Returns the
+    training's renderer (Gauss-Legendre, ``oversample`` nodes per pixel side); ``matched``:
+    at positions of :func:`draw_matched_positions` instead.  Returns the
     image (the frame's own mask), the catalogue rows (``id, x, y, mag`` and shapes with a
     pipeline's errors) and the true fluxes."""
     from astropy.table import Table
@@ -281,7 +318,8 @@ def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: i
 
     cat_xy = ((np.asarray(cat["x"], float), np.asarray(cat["y"], float))
               if cat is not None and len(cat) else (np.zeros(0), np.zeros(0)))
-    x, y = draw_positions(hold, cat_xy, int(settings.n_per_image), settings, rng)
+    draw = draw_matched_positions if matched else draw_positions
+    x, y = draw(hold, cat_xy, int(settings.n_per_image), settings, rng)
     m = x.size
     if m == 0:
         return im, Table(), np.zeros(0)
@@ -307,3 +345,69 @@ def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: i
                   "ba": np.clip(ba + rng.normal(0, e["ba"], m), 0.05, 1.0),
                   "theta": (th + rng.normal(0, e["theta"], m)) % 180.0})
     return image, icat, flux
+
+
+def draw_matched_positions(image, cat_xy: tuple[np.ndarray, np.ndarray], n: int, settings,
+                           rng: np.random.Generator, *, floor: float = PLACEMENT_FLOOR
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` positions on ``image`` (its mask, ``settings.edge_margin`` and
+    ``clear_radius`` as :func:`skysub.inject.core.draw_positions`) whose distance to the
+    nearest catalogued source (``cat_xy``) follows the distribution of the catalogue sources'
+    own nearest-neighbour distances (those below ``floor`` counted at ``floor``; none nearer
+    than ``floor``).
+
+    Uniform candidates are weighted by the ratio of that distribution to their own in
+    :data:`NN_BINS` log-spaced distance bins (importance resampling), taken in a weighted
+    random order (keys ``E / w``, ``E`` exponential: a draw without replacement in proportion
+    to ``w``) and kept greedily while each kept position's nearest source stays the catalogued
+    one it was drawn for (two injections are at least as far apart as either's catalogued
+    neighbour, and ``floor``): the distances are those the photometer sees.  Reproducible from
+    ``rng``; fewer than ``n`` come back when the frame has no more room, and a frame with fewer
+    than 2 catalogued sources gets :func:`~skysub.inject.core.draw_positions`' empty ones."""
+    from scipy.spatial import cKDTree
+
+    from ...inject.core import _distance_to_mask, draw_positions
+
+    cx, cy = (np.asarray(v, float) for v in cat_xy)
+    fin = np.isfinite(cx) & np.isfinite(cy)
+    cx, cy = cx[fin], cy[fin]
+    if cx.size < 2:
+        return draw_positions(image, (cx, cy), n, settings, rng)
+    ny, nx = image.shape
+    m = float(settings.edge_margin)
+    if nx - 1 - 2 * m <= 0 or ny - 1 - 2 * m <= 0 or n <= 0:
+        return np.zeros(0), np.zeros(0)
+    tree = cKDTree(np.column_stack([cx, cy]))
+    target = np.maximum(tree.query(np.column_stack([cx, cy]), k=2)[0][:, 1], floor)
+    n_cand = max(400 * int(n), 20000)
+    x = rng.uniform(m, nx - 1 - m, n_cand)
+    y = rng.uniform(m, ny - 1 - m, n_cand)
+    clear = settings.clear_radius if settings.clear_radius is not None else settings.radius + 2
+    xi = np.clip(np.rint(x).astype(int), 0, nx - 1)
+    yi = np.clip(np.rint(y).astype(int), 0, ny - 1)
+    d = tree.query(np.column_stack([x, y]))[0]
+    ok = (_distance_to_mask(image.mask)[yi, xi] > clear) & (d >= floor)
+    x, y, d = x[ok], y[ok], d[ok]
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    edges = np.geomspace(floor, max(float(target.max()), float(d.max())) * 1.0001, NN_BINS + 1)
+    t_h = np.histogram(target, edges)[0] / target.size
+    q_h = np.histogram(d, edges)[0] / d.size
+    ratio = np.divide(t_h, q_h, out=np.zeros_like(t_h), where=q_h > 0)
+    w = ratio[np.clip(np.searchsorted(edges, d, side="right") - 1, 0, NN_BINS - 1)]
+    with np.errstate(divide="ignore"):
+        key = rng.exponential(1.0, x.size) / w
+    order = np.argsort(key, kind="stable")
+    order = order[np.isfinite(key[order])]
+    keep: list[int] = []
+    for i in order:  # greedy, in the weighted random order (reproducible); n is small
+        if keep:
+            k = np.asarray(keep)
+            sep = np.hypot(x[k] - x[i], y[k] - y[i])
+            if np.any(sep < np.maximum(np.maximum(d[k], d[i]), floor)):
+                continue
+        keep.append(int(i))
+        if len(keep) == n:
+            break
+    k = np.asarray(keep, int)
+    return x[k], y[k]

@@ -53,6 +53,9 @@ class LumosSettings:
     calibration_shrink : the injection calibration's per-SNR-bin shift and log width shrunk
         towards one global fit with weight ``n_b / (n_b + calibration_shrink)`` (``shrink_n`` of
         :func:`.calibration.fit_snr_calibration`); 0 = off (each bin on its own)
+    calibration_placement : where those galaxies go (:data:`.injection.PLACEMENTS`):
+        ``"catalogue"`` (default) with the catalogue sources' own nearest-neighbour distances,
+        ``"empty"`` 15 px from every catalogued source (the rule before)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -78,6 +81,7 @@ class LumosSettings:
     calibration_bins: int = 6
     calibration_injections: int = 1200
     calibration_shrink: float = 0.0
+    calibration_placement: str = "catalogue"
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
@@ -102,6 +106,9 @@ class LumosSettings:
                 or not math.isfinite(shrink) or shrink < 0):
             raise ConfigError(f"[lumos]: calibration_shrink must be a finite number >= 0 "
                               f"(0 = off), got {s.calibration_shrink!r}")
+        if s.calibration_placement not in ("catalogue", "empty"):
+            raise ConfigError(f"[lumos]: calibration_placement must be 'catalogue' or 'empty', "
+                              f"got {s.calibration_placement!r}")
         if s.neighbour_ratio and (not s.neighbours or s.neighbour_fit):
             raise ConfigError("[lumos]: neighbour_ratio = true needs neighbours = true and "
                               "neighbour_fit = false")

@@ -379,14 +379,22 @@ def _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
     out = injection_calibration(model, card, data["ims"], data["nbcats"], zps, regions, gs=gs,
                                 seed=seed, bins=ls.calibration_bins or 1,
                                 target=ls.calibration_injections,
-                                shrink_n=float(ls.calibration_shrink), say=say)
+                                shrink_n=float(ls.calibration_shrink),
+                                placement=ls.calibration_placement, say=say)
     out["held_out"] = ("whole validation exposures" if whole
                        else "new empty positions of the training frames")
     ch = out.get("check", {})
     if out.get("calibration") is not None:
         msg = (f"calibration on {out['n_injections']} galaxies injected into "
                f"{out['held_out']} ({out['n_realisations']} realisations, "
-               f"{len(out['calibration'].shift)} SNR bins)")
+               f"{len(out['calibration'].shift)} SNR bins"
+               + (f", {len(out['crowd_edges'])} crowded levels" if out.get("crowd_edges")
+                  else "")
+               + f"; placement {out['placement']}"
+               + (" -- nearest-neighbour distance median "
+                  f"{out['nn_distance']['injections'][2]:.1f} px, catalogue's "
+                  f"{out['nn_distance']['catalogue'][2]:.1f} px"
+                  if out.get("nn_distance", {}).get("catalogue") else "") + ")")
         if "injection" in ch:
             v, i = ch["validation"], ch["injection"]
             msg += (f"; on the check half ({ch['n_check']}): pull width "
@@ -578,7 +586,8 @@ def recalibrate_lumos(model_path: str | Path, images=None, catalog=None, *, conf
         injcal = injection_calibration(
             net, card, data["ims"], data["nbcats"], data.get("zero_points"),
             [0.0] * len(data["ims"]), gs=gs, seed=seed, bins=ls.calibration_bins or 1,
-            target=ls.calibration_injections, shrink_n=float(ls.calibration_shrink), say=say)
+            target=ls.calibration_injections, shrink_n=float(ls.calibration_shrink),
+            placement=ls.calibration_placement, say=say)
         injcal["held_out"] = "the calibration exposures"
         inputs["snr_calibration_instruments"] = {
             k: v.as_dict() for k, v in injcal.pop("instruments", {}).items()}
