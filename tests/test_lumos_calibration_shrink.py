@@ -52,10 +52,11 @@ def test_config_value_reaches_the_fit(tmp_path, monkeypatch):
 
 
 def test_placement_default_and_bad_value(tmp_path):
-    """`[lumos] calibration_placement`: "catalogue" by default (the generic preset too),
-    "empty" the rule before, anything else an error naming the key."""
-    assert LumosSettings().calibration_placement == "catalogue"
-    assert _settings(tmp_path, "calibration_bins = 6").calibration_placement == "catalogue"
-    assert _settings(tmp_path, 'calibration_placement = "empty"').calibration_placement == "empty"
+    """`[lumos] calibration_placement`: "empty" by default (the generic preset too),
+    "catalogue" opt-in, anything else an error naming the key."""
+    assert LumosSettings().calibration_placement == "empty"
+    assert _settings(tmp_path, "calibration_bins = 6").calibration_placement == "empty"
+    assert (_settings(tmp_path, 'calibration_placement = "catalogue"').calibration_placement
+            == "catalogue")
     with pytest.raises(ConfigError, match=r"\[lumos\]: calibration_placement"):
         _settings(tmp_path, 'calibration_placement = "near"')

@@ -73,7 +73,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
                           n_per_image: int = 40, max_realisations: int = 60,
                           min_injections: int = MIN_INJECTIONS, mag_scatter: float = 0.0,
                           score: str = "coverage", shrink_n: float = 0.0,
-                          crowd_levels: int = CROWD_LEVELS, placement: str = "catalogue",
+                          crowd_levels: int = CROWD_LEVELS, placement: str = "empty",
                           say=None) -> dict:
     """Inject galaxies into the held-out ``regions`` (:func:`held_out_regions`) of ``images``
     (with their catalogue rows ``catalogs`` and zero points), measure them with a
@@ -99,7 +99,7 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     calibration that is kept.  ``placement`` (:data:`PLACEMENTS`): ``"catalogue"`` draws the
     positions so that their nearest catalogued source is as near as the catalogue sources'
     own nearest neighbours are (:func:`draw_matched_positions`), ``"empty"`` at 15 px from
-    every catalogued source (the rule before).
+    every catalogued source (the default).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
@@ -189,7 +189,7 @@ def collect_injections(phot, images: list, catalogs: list, zero_points: list[flo
                        regions: list[float | None], *, gs, seed: int,
                        target: int = TARGET_INJECTIONS, n_per_image: int = 40,
                        max_realisations: int = 60, mag_scatter: float = 0.0,
-                       placement: str = "catalogue"
+                       placement: str = "empty"
                        ) -> tuple[dict | None, dict[str, int], int, int]:
     """The injections of :func:`injection_calibration`, measured by ``phot`` (a
     :class:`LumosPhotometer`) without calibration: ``(d, done, n_realisations, n_images)``,

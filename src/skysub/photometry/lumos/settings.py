@@ -54,8 +54,9 @@ class LumosSettings:
         towards one global fit with weight ``n_b / (n_b + calibration_shrink)`` (``shrink_n`` of
         :func:`.calibration.fit_snr_calibration`); 0 = off (each bin on its own)
     calibration_placement : where those galaxies go (:data:`.injection.PLACEMENTS`):
-        ``"catalogue"`` (default) with the catalogue sources' own nearest-neighbour distances,
-        ``"empty"`` 15 px from every catalogued source (the rule before)
+        ``"empty"`` (default) 15 px from every catalogued source, ``"catalogue"`` with the
+        catalogue sources' own nearest-neighbour distances (docs/lumos.md: better beside
+        neighbours on crowded frames, worse for isolated and sparse ones)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted
     """
@@ -81,7 +82,7 @@ class LumosSettings:
     calibration_bins: int = 6
     calibration_injections: int = 1200
     calibration_shrink: float = 0.0
-    calibration_placement: str = "catalogue"
+    calibration_placement: str = "empty"
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides: Any) -> LumosSettings:
