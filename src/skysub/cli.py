@@ -88,7 +88,11 @@ EPILOG_COADD = """example:
 one row per id (and band): flux_ivw, flux_ivw_err (eq. 21) and, for Lumos tables, the
 summaries of the product of the PDFs (flux_pdf_mode, flux_pdf_sigma68, ...)."""
 
-
+#: help of --photometric-system (skysub photometry and skysub train)
+PHOTOMETRIC_SYSTEM_HELP = ("catalogue magnitude system, AB or ST, of a zero point taken from "
+                           "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header "
+                           "keywords, the last resort after --zeropoint, MAGZPT-like keywords "
+                           "and a fit (default AB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,10 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per image from the catalogue's bright isolated sources -- on deep "
                         "frames with their neighbours masked -- else header PHOTFLAM)")
     p.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
-                   help="catalogue magnitude system, AB or ST, of a zero point taken from "
-                        "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
-                        "the last resort after --zeropoint, MAGZPT-like keywords and a fit "
-                        "(default AB)")
+                   help=PHOTOMETRIC_SYSTEM_HELP)
     p.add_argument("--mag-offset", type=float, default=0.0, metavar="DMAG",
                    help="lumos-paus and other models trained on the built-in simulator only: "
                         "added to the catalogue's mag column to put it in the model's band "
@@ -276,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "catalogue's bright isolated sources -- on deep frames with their "
                         "neighbours masked -- else header PHOTFLAM)")
     t.add_argument("--photometric-system", choices=("AB", "ST"), default="AB",
-                   help="catalogue magnitude system, AB or ST, of a zero point taken from "
-                        "HST-style PHOTFLAM (+ PHOTPLAM for AB, PHOTZPT for ST) header keywords, "
-                        "the last resort after --zeropoint, MAGZPT-like keywords and a fit "
-                        "(default AB)")
+                   help=PHOTOMETRIC_SYSTEM_HELP)
     t.add_argument("--allow-poor", action="store_true",
                    help="exit 0 even when the model fails its own validation (|bright bias| > "
                         "5 %%, sigma68 = 0 or PIT KS p < 1e-3); it is written either way")
