@@ -553,8 +553,9 @@ def pair_scale_sources(bkg: np.ndarray, sigma_net: np.ndarray, bkg_mag: np.ndarr
     in the same unit) include it, so ``shared = 1 - (a_std / a_single)^2`` (``a_std`` the
     with-magnitude mixture's std) estimates ``rho`` as far as the single-label scheme's
     assumptions (the followed share ``g``) hold -- a diagnostic, not a measurement free of
-    them; ``a_shared`` = ``a / sqrt(1 - shared)`` (= ``a_single`` times the pairs' sigma68 /
-    std) is the sigma68 with it put back, the shared part taken of the pairs' shape.
+    them.  ``a_shared`` puts it back: the sigma68 of the pairs' mixture convolved with a
+    Gaussian shared part of variance ``a_single^2 - a_std^2`` (the mixture's components
+    widened to ``sqrt(s_j^2 + v_c)``; NaN where the pairs are degenerate).
     Returns ``{"with_mag": pair_scale(...), "sigma_ratio", "shared", "a_shared"}``."""
     b, s, bm, sm = (np.asarray(v, float) for v in (bkg, sigma_net, bkg_mag, sigma_mag))
     wm = pair_scale(bm, sm, label, eq3, i1, i2)
@@ -564,7 +565,9 @@ def pair_scale_sources(bkg: np.ndarray, sigma_net: np.ndarray, bkg_mag: np.ndarr
     if a_single is not None and np.isfinite(a_single) and a_single > 0 \
             and np.isfinite(wm["a_std"]) and not wm["degenerate"]:
         shared = float(1.0 - (wm["a_std"] / float(a_single)) ** 2)
-        a_sh = float(wm["a"] / np.sqrt(1.0 - shared)) if shared < 1 else None
+        vc = max(float(a_single) ** 2 - wm["a_std"] ** 2, 0.0)
+        a_sh = _mixture_sigma68(wm["p"], float(np.sqrt(wm["s1"] ** 2 + vc)),
+                                float(np.sqrt(wm["s2"] ** 2 + vc)))
     return {"with_mag": wm, "sigma_ratio": ratio, "shared": shared, "a_shared": a_sh}
 
 
