@@ -481,8 +481,9 @@ def pair_scale(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray, eq3: n
     both exposures (what the network follows of ``G``, a misfit at the same sky point): where
     it is large this ``a`` is too small.  The pairs' positions are empty, so ``sigma_net``
     there is the network's sigma without a magnitude: ``a`` is in its units, not in those of
-    sigma at catalogued sources with magnitudes (development instrument: 1.4x smaller), which
-    is why it is recorded (``error_calibration["pairs"]``), not applied.  Returns ``{"a",
+    sigma at catalogued sources with magnitudes (development instrument: 1.4x smaller);
+    :func:`pair_scale_sources` reads them again with magnitudes.  Both are recorded
+    (``error_calibration["pairs"]``), not applied.  Returns ``{"a",
     "n", "p", "s1", "s2", "a_std",
     "degenerate"}`` (``a_std``: the mixture's std, which second moments would give;
     ``degenerate``: a component of ~zero width or weight, ``a`` not measured; NaN with fewer
