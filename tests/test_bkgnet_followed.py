@@ -368,7 +368,7 @@ def test_pairs_read_with_magnitudes_give_a_in_the_unit_at_sources():
         # the same pairs in the unit without a magnitude: the errors 1.4x too small
         ps0 = pair_scale(*[v.ravel() for v in (b, sn, label, eq3)], i1, i2)
         assert sigma68(z / ps0["a"]) > 1.3 * pull
-        rho = float(np.corrcoef(((b - truth) / sn))[0, 1])
+        rho = float(np.corrcoef((b - truth) / sn)[0, 1])
         assert out["shared"] == pytest.approx(rho, abs=0.07)
         assert 0.93 < sigma68(z / out["a_shared"]) < 1.07
     # no single-label factor: nothing to put back
