@@ -197,7 +197,11 @@ def test_matched_positions_follow_the_catalogues_neighbour_distances():
     from scipy.stats import ks_2samp
 
     from skysub.inject.core import InjectionSettings, draw_positions
-    from skysub.photometry.lumos.injection import PLACEMENT_FLOOR, draw_matched_positions
+    from skysub.photometry.lumos.injection import (
+        FAR_SHARE,
+        PLACEMENT_FLOOR,
+        draw_matched_positions,
+    )
 
     im, truth = _crowded_frame()
     cx, cy = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
@@ -206,8 +210,9 @@ def test_matched_positions_follow_the_catalogues_neighbour_distances():
     assert len(truth) > 200 and np.mean(own < 15) > 0.5  # a crowded frame
     st = InjectionSettings(kind="galaxy", n_per_image=40, radius=8.0, min_separation=15.0)
     xs, ys, old = [], [], []
-    for r in range(12):
-        x, y = draw_matched_positions(im, (cx, cy), 40, st, np.random.default_rng(r))
+    for r in range(12):  # far_share=0: the catalogue's distances alone
+        x, y = draw_matched_positions(im, (cx, cy), 40, st, np.random.default_rng(r),
+                                      far_share=0.0)
         assert x.size == 40
         xs.append(x)
         ys.append(y)
@@ -227,8 +232,18 @@ def test_matched_positions_follow_the_catalogues_neighbour_distances():
         dr = tree.query(np.column_stack([xr, yr]))[0]
         pair = np.hypot(xr[:, None] - xr[None], yr[:, None] - yr[None]) + np.eye(xr.size) * 1e9
         assert np.all(pair.min(1) >= dr - 1e-9)
-    again = draw_matched_positions(im, (cx, cy), 40, st, np.random.default_rng(0))
+    again = draw_matched_positions(im, (cx, cy), 40, st, np.random.default_rng(0),
+                                   far_share=0.0)
     assert np.array_equal(again[0], xs[0]) and np.array_equal(again[1], ys[0])
+    # the default: FAR_SHARE of the drawn distances 15 px or more (the catalogue has 2 %
+    # there); the positions kept apart keep fewer far ones (30 %, 0.25 x 1,200 = 2 x
+    # MIN_PER_BIN injections at least), each side still with the catalogue's distances
+    dd = np.concatenate([tree.query(np.column_stack(draw_matched_positions(
+        im, (cx, cy), 40, st, np.random.default_rng(r))))[0] for r in range(12)])
+    assert FAR_SHARE >= np.mean(dd >= 15) >= 0.25 > np.mean(own >= 15) + 0.2, np.mean(dd >= 15)
+    for side in (lambda v: v < 15, lambda v: v >= 15):
+        assert ks_2samp(np.maximum(dd[side(dd)], 6.0),
+                        np.maximum(own[side(own)], 6.0)).pvalue > 0.01
 
 
 def test_placement_with_the_catalogues_neighbours_calibrates_the_users_crowded_sources():
