@@ -41,10 +41,10 @@ CROWD_LEVELS = 3
 #: injections per calibration bin at least (the fit on all injections; a check half's fit has
 #: the same bins and crowding levels, with half the rows in each)
 MIN_PER_BIN = 150
-#: where the calibration galaxies go: ``"catalogue"`` (the default) -- their distance to the
+#: where the calibration galaxies go: ``"catalogue"`` (opt-in) -- their distance to the
 #: nearest catalogued source follows the catalogue sources' own nearest-neighbour distances
 #: (:func:`draw_matched_positions`), so the calibration sees the neighbours the user's sources
-#: have; ``"empty"`` -- the rule before: ``skysub inject``'s empty positions, 15 px from every
+#: have; ``"empty"`` (the default) -- ``skysub inject``'s empty positions, 15 px from every
 #: catalogued source (no injection then came as close as 84 % of M13's sources' neighbours;
 #: docs/lumos.md)
 PLACEMENTS = ("catalogue", "empty")
@@ -111,7 +111,10 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     calibration that is kept.  ``placement`` (:data:`PLACEMENTS`): ``"catalogue"`` draws the
     positions so that their nearest catalogued source is as near as the catalogue sources'
     own nearest neighbours are (:func:`draw_matched_positions`), ``"empty"`` at 15 px from
-    every catalogued source (the default).
+    every catalogued source (the default).  Every fit is split by the injections' distance to
+    their nearest other source first, at :data:`.calibration.NEAR_PX`, where each side holds
+    2 x :data:`MIN_PER_BIN` injections (:attr:`.calibration.SNRCalibration.near`; only
+    ``"catalogue"`` puts injections nearer).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
