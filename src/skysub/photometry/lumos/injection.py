@@ -118,7 +118,9 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
-    "check"}}, "check": {...}, "placement", "nn_distance": {"injections", "catalogue"}
+    "check"}}, "check": {...}, "placement", "crowd_edges" (of the isolated side where split),
+    "near" (where split: ``near_px`` and the near side's ``crowd_edges``), "nn_distance":
+    {"injections", "catalogue"}
     (5/25/50/75/95 % quantiles [px] of the nearest-neighbour distances), "note"}``;
     ``calibration`` is None (and ``note`` says why) with fewer than ``min_injections`` usable
     injections, and an instrument with fewer gets none of its own (the pooled one applies)."""
@@ -167,6 +169,9 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
     out["calibration"] = fit(every)
     out["crowd_edges"] = _edges(out["calibration"])
+    if out["calibration"].near is not None:  # split by distance: the near side's own levels
+        out["near"] = {"near_px": out["calibration"].near_px,
+                       "crowd_edges": _edges(out["calibration"].near)}
     out["instruments"] = {g: fit(d["group"] == g) for g in groups}
     # the check: calibrations fitted on the even realisations, scored on the odd ones (each
     # instrument with its own where it has one, as the photometer applies them), with the
