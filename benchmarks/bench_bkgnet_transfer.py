@@ -243,8 +243,10 @@ def _goals(ft: dict, what: str) -> list:
               f"{ft['dup']:.2f} vs {ft['dup_truth']:.2f}")]
 
 
-def _card_note(model: Path, what: str) -> str:
-    """The training's model selection and error calibration, from the card."""
+def _card_note(model: Path, what: str, pull: float | None = None) -> str:
+    """The training's model selection and error calibration, from the card; with the
+    measured ``pull`` sigma68 also the pairs' factors (recorded, not applied) and the pull
+    each would give (the errors are ``a sigma_net``: the pull scales as 1 / a)."""
     from skysub.nn.modelfile import read_card
 
     card = read_card(model)
@@ -259,7 +261,27 @@ def _card_note(model: Path, what: str) -> str:
             f"label-noise factor {cal.get('label_factor_all', float('nan')):.2f}, error factor "
             f"a {cal.get('a_all', float('nan')):.3f} (eq. 3 alone removed "
             f"{cal.get('a_half') or float('nan'):.3f}, all label noise removed "
-            f"{cal.get('a_if_unseen') or float('nan'):.3f})")
+            f"{cal.get('a_if_unseen') or float('nan'):.3f})" + _pairs_note(cal, pull))
+
+
+def _pairs_note(cal: dict, pull: float | None) -> str:
+    """The card's pair factors and the pull sigma68 each would give instead of ``a_all``."""
+    pr = cal.get("pairs")
+    if not pr:
+        return ""
+    a0, nan = cal.get("a_all", float("nan")), float("nan")
+
+    def fmt(name, a):
+        a = nan if a is None else float(a)
+        tail = f" -> pull {pull * a0 / a:.2f}" if pull is not None and a > 0 else ""
+        return f"{name} {a:.3f}{tail}"
+
+    wm = pr.get("with_mag", {})
+    parts = [fmt("no magnitude", pr.get("a")), fmt("with magnitudes", wm.get("a")),
+             fmt("shared part put back", pr.get("a_shared"))]
+    return (f"; pairs ({pr.get('n', 0)}, recorded): a " + ", ".join(parts)
+            + f" (sigma_net without / with magnitude {pr.get('sigma_ratio', nan):.2f}, shared "
+              f"{pr.get('shared') if pr.get('shared') is not None else nan:.2f})")
 
 
 def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 1024),
@@ -322,14 +344,14 @@ def run(*, n_train: int = 16, n_test: int = 8, shape: tuple[int, int] = (512, 10
                                  f"({t_band / 60:.1f} min), {n_test} test exposures of the "
                                  "other field", COLUMNS, brows))
         res.goals += _goals(brows[1], f"{n_band}-exposure band")
-        res.notes.append(_card_note(bmodel, f"{n_band}-exposure band"))
+        res.notes.append(_card_note(bmodel, f"{n_band}-exposure band", brows[1]["pull"]))
     inj = injection_rows(model, realisations=realisations) if injection else []
     if inj:
         res.extra_tables.append((f"Injection-recovery on {len({r['frame'] for r in inj})} real "
                                  "frames (PSF stars, aperture r = 5 px): annulus, mesh and the "
                                  "model above with the mean embedding (no fine-tuning on them)",
                                  INJ_COLUMNS, inj))
-    res.notes[:0] = [_card_note(model, f"{n_train} exposures"),
+    res.notes[:0] = [_card_note(model, f"{n_train} exposures", rows[1]["pull"]),
                   f"test field: seed ({instrument_seed}, {test_field})",
                   f"training command: skysub {' '.join(argv[:2])} TRAIN/*.fits --catalog "
                   f"cat.csv --output m.pt {' '.join(argv[argv.index('--seed'):])} "

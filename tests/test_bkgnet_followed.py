@@ -337,3 +337,40 @@ def test_pair_calibration_matches_the_sigma68_of_kurtotic_errors_against_the_tru
     truth, g, label, b, sn, eq3 = _kurtotic_pairs(common=1.0)
     ps = pair_scale(*[v.ravel() for v in (b, sn, label, eq3)], i1, i2)
     assert sigma68(((b - truth) / (ps["a"] * sn)).ravel()) > 1.2
+
+
+def test_pairs_read_with_magnitudes_give_a_in_the_unit_at_sources():
+    """The pairs' positions are empty; read without a magnitude the network's sigma is larger
+    (here 1.4x) than at sources with magnitudes, where the pulls are taken.  The same pairs
+    read with magnitudes give ``a`` in the unit at sources (pull sigma68 1 against the
+    truth), the one read without is 1.4x off; an error shared by the two exposures (cancelled
+    by the pairs) is put back from the single-label second moments: with the true std of the
+    error as ``a_single`` the shared fraction is the true correlation and the pull 1 again,
+    where the pairs alone leave the errors too small."""
+    from skysub.background.bkgnet.calibration import pair_scale, pair_scale_sources
+    from skysub.stats import sigma68
+
+    for common, shared_pull in ((0.0, (0.93, 1.07)), (1.0, (1.5, 9.0))):
+        truth, g, label, b, sn, eq3 = _kurtotic_pairs(common=common)
+        n = truth.size
+        i1, i2 = np.arange(n), np.arange(n, 2 * n)
+        sm = sn / 1.4  # sigma_net with a magnitude input: the unit of the pulls
+        bm = b + 0.01 * sm * np.random.default_rng(3).normal(size=b.shape)
+        z = ((bm - truth) / sm).ravel()
+        a_std = float(np.std(z))  # what an exact single-label second-moment fit gives
+        out = pair_scale_sources(*[v.ravel() for v in (b, sn, bm, sm, label, eq3)], i1, i2,
+                                 a_single=a_std)
+        assert out["sigma_ratio"] == pytest.approx(1.4, rel=1e-6)
+        wm = out["with_mag"]
+        assert not wm["degenerate"]
+        pull = float(sigma68(z / wm["a"]))
+        assert shared_pull[0] < pull < shared_pull[1]  # pairs alone: shared part missing
+        # the same pairs in the unit without a magnitude: the errors 1.4x too small
+        ps0 = pair_scale(*[v.ravel() for v in (b, sn, label, eq3)], i1, i2)
+        assert sigma68(z / ps0["a"]) > 1.3 * pull
+        rho = float(np.corrcoef((b - truth) / sn)[0, 1])
+        assert out["shared"] == pytest.approx(rho, abs=0.07)
+        assert 0.93 < sigma68(z / out["a_shared"]) < 1.07
+    # no single-label factor: nothing to put back
+    assert pair_scale_sources(*[v.ravel() for v in (b, sn, bm, sm, label, eq3)], i1, i2
+                              )["a_shared"] is None

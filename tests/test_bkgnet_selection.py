@@ -160,6 +160,10 @@ def test_training_selects_on_the_duplicates_score(three_exposures, tmp_path):
     assert set(log[0]["offset"]) == {"Xr"} and log[0]["offset2"] >= 0
     pairs = card["inputs"]["error_calibration"]["pairs"]
     assert pairs["n"] >= MIN_PAIRS and (pairs["degenerate"] or pairs["a"] > 0)
+    # read again with catalogue-like magnitudes at the same pairs: the unit at sources
+    wm = pairs["with_mag"]
+    assert wm["n"] == pairs["n"] and (wm["degenerate"] or wm["a"] > 0)
+    assert np.isfinite(pairs["sigma_ratio"]) and pairs["sigma_ratio"] > 0
 
 
 def test_the_offset_selection_weighs_the_squared_offset(three_exposures):

@@ -83,6 +83,49 @@ def test_mixed_units_train_together(frames, capsys, tmp_path):
     assert card["metrics"]["sigma68_mode_all"] > 0
 
 
+def test_flux_unit_frames_without_a_gain_train(frames, capsys, tmp_path):
+    """Frames in physical flux units (x 1e-4) with no GAIN keyword: training runs in one
+    command, each frame's gain treated as unknown (no shot noise added to the injected
+    galaxies, as the photometers leave it out).  (Before, training refused them: "give
+    --gain".)"""
+    base, paths, catalog, cfg = frames
+    fp = _variant(tmp_path, paths, "flux")
+    for q in fp:
+        with fits.open(q, mode="update") as h:
+            h[0].data = h[0].data * 1e-4
+            h[0].header["MAGZPT"] = ZP - 10.0   # 1e-4 is 10 mag
+            del h[0].header["GAIN"]
+    rc, err = _train(capsys, fp, catalog, cfg, tmp_path / "m.pt", "--allow-poor")
+    assert rc == 0, err
+    card = json.loads((tmp_path / "m.json").read_text())
+    zps = [z["value"] for z in card["data"]["zero_points"]]
+    assert np.allclose(zps, ZP - 10.0)
+    assert card["metrics"]["sigma68_mode_all"] > 0
+
+
+def test_unknown_gain_adds_no_shot_noise():
+    """``add_galaxies(shot_gain=inf)``: the stamps are the background plus the noise-free
+    model; a finite gain adds Poisson noise of variance model / gain."""
+    from skysub.simulate.galaxies import GalaxySimSettings, add_galaxies
+
+    s = GalaxySimSettings(stamp_size=32, prior_free_fraction=0.0, colour_scatter=0.0,
+                          blend_fraction=0.0)
+    gal = {"mag": np.full(50, 15.0), "r50": np.full(50, 2.0), "sersic_n": np.ones(50),
+           "ba": np.ones(50), "theta": np.zeros(50)}
+    bg = np.zeros((50, 32, 32))
+    d = add_galaxies(bg, gal, exptime=1.0, gain=1.0, settings=s,
+                     rng=np.random.default_rng(3), neighbour_channel=False,
+                     shot_gain=float("inf"))
+    clean = d["models"] * d["flux_true"][:, None, None]
+    np.testing.assert_allclose(d["stamps"], clean, rtol=1e-4, atol=1e-3 * clean.max())
+    n = add_galaxies(bg, gal, exptime=1.0, gain=1.0, settings=s,
+                     rng=np.random.default_rng(3), neighbour_channel=False, shot_gain=0.5)
+    model = n["models"] * n["flux_true"][:, None, None]
+    core = model > 5.0
+    ratio = np.var((n["stamps"] - model)[core] / np.sqrt(model[core] / 0.5))
+    assert 0.8 < ratio < 1.25
+
+
 def test_tiny_frame_and_single_exposure(frames, capsys, tmp_path):
     base, paths, catalog, cfg = frames
     tiny = tmp_path / "tiny.fits"

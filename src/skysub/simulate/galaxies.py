@@ -184,7 +184,8 @@ def render_galaxies(flux: np.ndarray, r50: np.ndarray, n: np.ndarray, ba: np.nda
 def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, exptime: float,
                  gain: float, settings: GalaxySimSettings, rng: np.random.Generator,
                  psf: np.ndarray | None = None, mag: np.ndarray | None = None,
-                 neighbour_channel: bool = True) -> dict[str, np.ndarray]:
+                 neighbour_channel: bool = True, shot_gain: float | None = None
+                 ) -> dict[str, np.ndarray]:
     """Add one catalogue-like galaxy (with photon noise) at the centre of every cutout.
 
     Parameters
@@ -194,6 +195,9 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     exptime, gain : of the exposure the cutouts come from
     mag : force these reference magnitudes (blending / benchmark set-ups)
     neighbour_channel : also return ``neighbours`` (off: not rendered, and no memory spent)
+    shot_gain : e-/unit of the galaxies' photon noise (default ``gain``); infinite for a frame
+        whose gain is unknown (``ImageMeta.source_gain``): no photon noise is added, as the
+        photometers leave it out of ``flux_err`` there
 
     Returns
     -------
@@ -230,7 +234,11 @@ def add_galaxies(backgrounds: np.ndarray, galaxies: dict[str, np.ndarray], *, ex
     clean += nb.pop("image")
     # the galaxies' photon noise; the negative profiles of prior-free stamps are subtracted
     # noise-free (only where the sky's noise dominates anyway)
-    noisy = rng.poisson(np.clip(clean, 0, None) * gain) / gain + np.minimum(clean, 0.0)
+    sg = gain if shot_gain is None else float(shot_gain)
+    if np.isfinite(sg):
+        noisy = rng.poisson(np.clip(clean, 0, None) * sg) / sg + np.minimum(clean, 0.0)
+    else:
+        noisy = clean
     stamps = (np.asarray(backgrounds, float) + noisy).astype(np.float32)
     r50, n_, ba, th = g["r50"], g["sersic_n"], g["ba"], g["theta"]
     if s.shape_scatter > 0:  # the catalogue's shapes, measured with a pipeline's errors
@@ -449,7 +457,7 @@ def simulate_galaxy_stamps(exposures, n_per_exposure: int, settings: GalaxySimSe
             pool = {**galaxies, "mag": np.asarray(galaxies["mag"], float) + shift}
             sset = replace(settings, flux_range=(0.0, 1e30))
         d = add_galaxies(bg["stamps"], pool, exptime=exptime, gain=meta.gain,
-                         settings=sset, rng=rng, psf=psf,
+                         shot_gain=meta.source_gain, settings=sset, rng=rng, psf=psf,
                          mag=None if mag is None else np.resize(mag, m) + shift,
                          neighbour_channel=neighbour_channel)
         if zero_points is not None:

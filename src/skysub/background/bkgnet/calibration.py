@@ -481,8 +481,9 @@ def pair_scale(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray, eq3: n
     both exposures (what the network follows of ``G``, a misfit at the same sky point): where
     it is large this ``a`` is too small.  The pairs' positions are empty, so ``sigma_net``
     there is the network's sigma without a magnitude: ``a`` is in its units, not in those of
-    sigma at catalogued sources with magnitudes (development instrument: 1.4x smaller), which
-    is why it is recorded (``error_calibration["pairs"]``), not applied.  Returns ``{"a",
+    sigma at catalogued sources with magnitudes (development instrument: 1.4x smaller);
+    :func:`pair_scale_sources` reads them again with magnitudes.  Both are recorded
+    (``error_calibration["pairs"]``), not applied.  Returns ``{"a",
     "n", "p", "s1", "s2", "a_std",
     "degenerate"}`` (``a_std``: the mixture's std, which second moments would give;
     ``degenerate``: a component of ~zero width or weight, ``a`` not measured; NaN with fewer
@@ -531,7 +532,47 @@ def pair_scale(bkg: np.ndarray, sigma_net: np.ndarray, label: np.ndarray, eq3: n
             "a_std": float(np.sqrt(p * s1**2 + (1 - p) * s2**2)), "degenerate": bool(lo)}
 
 
+def pair_scale_sources(bkg: np.ndarray, sigma_net: np.ndarray, bkg_mag: np.ndarray,
+                       sigma_mag: np.ndarray, label: np.ndarray, eq3: np.ndarray,
+                       i1: np.ndarray, i2: np.ndarray, *, a_single: float | None = None
+                       ) -> dict:
+    """The pairs' error factor in the unit that applies at the user's sources.
+
+    The pairs' positions are empty, and the network run there without a magnitude (``bkg``,
+    ``sigma_net``) gives a larger sigma than at catalogued sources with their magnitudes
+    (development instrument: 1.4x), so the ``a`` of :func:`pair_scale` on them is in another
+    unit.  Run again at the same positions with catalogue-like magnitudes (``bkg_mag``,
+    ``sigma_mag``: the training's condition, where every stamp carries the magnitude of the
+    source at its centre), :func:`pair_scale` gives ``a`` in units of the sigma at sources
+    (``"with_mag"``); ``sigma_ratio`` is the median ``sigma_net / sigma_mag`` at the same rows.
+
+    Neither run sees the part of the error common to both exposures of a sky point (what the
+    network follows of the labels' faint light, a misfit of the same sky): with correlation
+    ``rho`` between the two exposures' errors the pairs measure ``var(e1 - e2) = 2 (1 - rho)
+    var(e)``; the duplicates test (aperture fluxes of two exposures) cancels it alike.  The
+    single-label second moments (``a_single``, :func:`fit_error_calibration`'s ``a_all``,
+    in the same unit) include it, so ``shared = 1 - (a_std / a_single)^2`` (``a_std`` the
+    with-magnitude mixture's std) estimates ``rho`` as far as the single-label scheme's
+    assumptions (the followed share ``g``) hold -- a diagnostic, not a measurement free of
+    them.  ``a_shared`` puts it back: the sigma68 of the pairs' mixture convolved with a
+    Gaussian shared part of variance ``a_single^2 - a_std^2`` (the mixture's components
+    widened to ``sqrt(s_j^2 + v_c)``; NaN where the pairs are degenerate).
+    Returns ``{"with_mag": pair_scale(...), "sigma_ratio", "shared", "a_shared"}``."""
+    b, s, bm, sm = (np.asarray(v, float) for v in (bkg, sigma_net, bkg_mag, sigma_mag))
+    wm = pair_scale(bm, sm, label, eq3, i1, i2)
+    ok = np.isfinite(s) & np.isfinite(sm) & (s > 0) & (sm > 0)
+    ratio = float(np.median(s[ok] / sm[ok])) if ok.any() else float("nan")
+    shared = a_sh = None
+    if a_single is not None and np.isfinite(a_single) and a_single > 0 \
+            and np.isfinite(wm["a_std"]) and not wm["degenerate"]:
+        shared = float(1.0 - (wm["a_std"] / float(a_single)) ** 2)
+        vc = max(float(a_single) ** 2 - wm["a_std"] ** 2, 0.0)
+        a_sh = _mixture_sigma68(wm["p"], float(np.sqrt(wm["s1"] ** 2 + vc)),
+                                float(np.sqrt(wm["s2"] ** 2 + vc)))
+    return {"with_mag": wm, "sigma_ratio": ratio, "shared": shared, "a_shared": a_sh}
+
+
 __all__ = ["CAL_EDGE_WIDTH", "FOLLOW_MAGS", "FOLLOW_RADIUS", "MIN_STENCILS",
            "calibrated_errors", "combined_share", "fit_error_calibration", "followed_fraction",
            "label_noise", "label_noise_of", "neighbour_pool", "neighbour_response",
-           "pair_scale", "predict_set", "sigma_scale"]
+           "pair_scale", "pair_scale_sources", "predict_set", "sigma_scale"]

@@ -119,6 +119,7 @@ class DuplicatePositions:
     i2: np.ndarray
     level: np.ndarray  # (P,) mean of the pair's two labels
     band: np.ndarray | None = None  # (M,) band of each row's exposure
+    point: np.ndarray | None = None  # (M,) index of each row's sky point
 
     @property
     def n_pairs(self) -> int:
@@ -194,7 +195,8 @@ def duplicate_positions(exposures: Iterable[tuple[Any, Any]], settings, held_out
     return DuplicatePositions(np.asarray(cat["exp"], np.int64), np.asarray(cat["x"], float),
                               np.asarray(cat["y"], float), lab, i1a, i2a,
                               0.5 * (lab[i1a] + lab[i2a]) if len(i1a) else np.zeros(0),
-                              np.asarray(cat["band"]).astype(str))
+                              np.asarray(cat["band"]).astype(str),
+                              np.asarray(cat["pt"], np.int64))
 
 
 class DuplicatesScorer:
@@ -216,9 +218,10 @@ class DuplicatesScorer:
         self.offset_weight = float(offset_weight)
         self.log: list[dict] = []
 
-    def predict(self, model, *, errors: bool = False):
+    def predict(self, model, *, errors: bool = False, mag: np.ndarray | None = None):
         """The network's background at every row of the positions (NaN where it has none);
-        with ``errors``, ``(b, sigma_net, eq3)``: its own sigma and the labels' eq. 3."""
+        with ``errors``, ``(b, sigma_net, eq3)``: its own sigma and the labels' eq. 3;
+        ``mag`` (per row): the magnitude input (default none, the positions are empty)."""
         import copy
 
         import torch
@@ -235,7 +238,8 @@ class DuplicatesScorer:
         for j, (image, _) in enumerate(self.exposures()):
             sel = np.flatnonzero(p.exposure == j)
             if len(sel):
-                r = est.estimate(image, p.x[sel], p.y[sel])
+                r = est.estimate(image, p.x[sel], p.y[sel],
+                                 mag=None if mag is None else np.asarray(mag, float)[sel])
                 b[sel], sg[sel] = r.bkg, r.extra["sigma_net"]
                 eq3[sel] = label_sigma(p.label[sel], n_label, image.meta.gain,
                                        image.meta.rdnoise)

@@ -196,13 +196,27 @@ def _duplicates_scorer(again, s: BKGnetSettings, ts, is_val, keys, arch, seed: i
     return select, DuplicatesScorer(again, pos, card, offset_weight=w), pos.n_pairs
 
 
-def _pair_calibration(scorer, model) -> dict:
-    """:func:`.calibration.pair_scale` at the scorer's pairs of exposures (held-out tiles)."""
-    from .calibration import pair_scale
+def _pair_calibration(scorer, model, mags: np.ndarray | None = None, *, seed: int = 0,
+                      a_single: float | None = None) -> dict:
+    """:func:`.calibration.pair_scale` at the scorer's pairs of exposures (held-out tiles),
+    the positions read as they are (empty, no magnitude); with ``mags`` (the magnitudes the
+    training injects) also read with one of them drawn per sky point, the same in every
+    exposure of it (:func:`.calibration.pair_scale_sources`: ``with_mag``, ``sigma_ratio``,
+    ``shared``, ``a_shared``)."""
+    from .calibration import pair_scale, pair_scale_sources
 
     b, sg, eq3 = scorer.predict(model, errors=True)
     p = scorer.positions
-    return pair_scale(b, sg, p.label, eq3, p.i1, p.i2)
+    out = pair_scale(b, sg, p.label, eq3, p.i1, p.i2)
+    mags = np.asarray(mags if mags is not None else [], float)
+    mags = mags[np.isfinite(mags)]
+    if len(mags) and p.point is not None and len(p.point):
+        pt = np.asarray(p.point, np.int64)
+        draw = np.random.default_rng([int(seed), 104729]).choice(mags, int(pt.max()) + 1)
+        bm, sm, _ = scorer.predict(model, errors=True, mag=draw[pt])
+        out.update(pair_scale_sources(b, sg, bm, sm, p.label, eq3, p.i1, p.i2,
+                                      a_single=a_single))
+    return out
 
 
 def _score_log(scorer) -> list[dict] | None:
@@ -416,8 +430,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
 
         # the share of the faint sources' label light the network follows: injection of
         # faint galaxies (shapes of the catalogue's faint end) into the held-out stamps
-        fol = followed_fraction(model, val, galaxy_pool(cat_for_pool, np.random.default_rng(
-            seed)), s, seed=seed)
+        gal = galaxy_pool(cat_for_pool, np.random.default_rng(seed))
+        fol = followed_fraction(model, val, gal, s, seed=seed)
         followed = fol["followed"]
         # the wings of catalogued neighbours beyond the empty radius: injected likewise
         nb = None
@@ -433,7 +447,8 @@ def train_bkgnet(images: Sequence[str | Path] | None, catalog: Any, output: str 
                                         neighbours=nb)
         err_cal["followed_injection"] = fol
         if scorer is not None:  # the sigma68 of the error, deconvolved from pairs of exposures
-            err_cal["pairs"] = _pair_calibration(scorer, model)
+            err_cal["pairs"] = _pair_calibration(scorer, model, gal["mag"], seed=seed,
+                                                 a_single=err_cal["a_all"])
         if nb is not None:
             err_cal["neighbour_injection"] = {k: nb[k] for k in ("followed", "err", "n", "area",
                                                                  "r_in", "r_out", "density")}

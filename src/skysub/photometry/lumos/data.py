@@ -222,7 +222,6 @@ def _stamp_data(images, catalog, cfg, ls: LumosSettings, gs, net_keys: list[str]
         paths = expand_paths(images)
         cat_all = catalog if hasattr(catalog, "colnames") else read_catalog(catalog)
         read_kwargs.setdefault("keys", cfg.header)
-        read_kwargs.setdefault("required", ("gain",))
         ims = list(iter_images(paths, quiet=quiet, **read_kwargs))
         cats = [catalog_for_image(cat_all, im) for im in ims]
         pairs_xy = [(np.asarray(c["x"], float), np.asarray(c["y"], float)) for c in cats]
