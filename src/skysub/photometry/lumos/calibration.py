@@ -15,6 +15,9 @@ from .mixtures import divide_training_prior, predict_mixtures
 
 #: crowding above which a target gets the crowded calibration (:class:`SNRCalibration`)
 CROWD_C = 0.05
+#: nearest-neighbour distance [px] below which a target of the least crowded level gets that
+#: level's near-neighbour calibration (:attr:`SNRCalibration.near`), where it has one
+NEAR_PX = 15.0
 
 
 def _prior_knee(settings) -> float:
@@ -43,13 +46,23 @@ class SNRCalibration:
     in the data-only mode) -- whose errors differ from isolated ones' (one calibration for both
     improved the isolated PIT and spoiled the crowded one, in both modes).  The crowded
     calibration may itself hold a ``crowded`` one for targets above its own ``crowd_c`` (the
-    crowding levels of :func:`crowd_edges`): a chain of calibrations by crowding."""
+    crowding levels of :func:`crowd_edges`): a chain of calibrations by crowding.
+
+    ``near``: a calibration (with crowding levels of its own) for the targets whose nearest
+    other source is closer than ``near_px`` (the distance a catalogue gives,
+    :func:`nearest_distance`); this one's bins and levels then hold the targets at ``near_px``
+    or more.  At the same ``c`` a target beside a faint neighbour errs unlike an isolated one
+    (``c`` comes from catalogue fluxes, which can be far off; docs/lumos.md, near neighbours),
+    so the calibration is split by the distance first where the injections allow
+    (:func:`fit_snr_calibration`).  Targets of unknown distance get this one's own."""
 
     asinh_snr: tuple[float, ...]
     log_scale: tuple[float, ...]
     shift: tuple[float, ...]
     crowded: SNRCalibration | None = None
     crowd_c: float = CROWD_C
+    near: SNRCalibration | None = None
+    near_px: float = NEAR_PX
 
     @classmethod
     def from_dict(cls, d: dict) -> SNRCalibration:
@@ -57,7 +70,9 @@ class SNRCalibration:
             out = cls(*(tuple(float(v) for v in d[k]) for k in ("asinh_snr", "log_scale",
                                                                  "shift")),
                       crowded=cls.from_dict(d["crowded"]) if d.get("crowded") else None,
-                      crowd_c=float(d.get("crowd_c", CROWD_C)))
+                      crowd_c=float(d.get("crowd_c", CROWD_C)),
+                      near=cls.from_dict(d["near"]) if d.get("near") else None,
+                      near_px=float(d.get("near_px", NEAR_PX)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"model card: malformed snr_calibration {d!r} ({exc})") from None
         if not (len(out.asinh_snr) == len(out.log_scale) == len(out.shift) >= 1) or \
@@ -70,25 +85,61 @@ class SNRCalibration:
                                for k in ("asinh_snr", "log_scale", "shift")}
         if self.crowded is not None:
             out |= {"crowded": self.crowded.as_dict(), "crowd_c": self.crowd_c}
+        if self.near is not None:
+            out |= {"near": self.near.as_dict(), "near_px": self.near_px}
         return out
 
-    def apply(self, a, m, s, c=None):
-        """Calibrated ``(a, m, s)``; ``c`` (n,): the crowding feature, None = unknown."""
+    def apply(self, a, m, s, c=None, d=None):
+        """Calibrated ``(a, m, s)``; ``c`` (n,): the crowding feature, ``d`` (n,): the distance
+        to the nearest other source [px] (:func:`nearest_distance`), None = unknown."""
         a, m, s = (np.asarray(v, float) for v in (a, m, s))
+        if self.near is not None and d is not None:  # by the distance first, then by c
+            near = np.asarray(d, float) < self.near_px
+            cc = None if c is None else np.asarray(c, float)
+            return _split_apply(near, (a, m, s), lambda v: self.near.apply(
+                *v, None if cc is None else cc[near]), lambda v: replace(self, near=None).apply(
+                *v, None if cc is None else cc[~near]))
         if self.crowded is not None and c is not None:
             crowd = np.asarray(c, float) > self.crowd_c
             if crowd.any():  # the crowded calibration may hold more crowding levels
-                a0, m0, s0 = self.crowded.apply(a[crowd], m[crowd], s[crowd],
-                                                np.asarray(c, float)[crowd])
-                a1, m1, s1 = self.apply(a[~crowd], m[~crowd], s[~crowd])
-                out = [np.empty_like(a), np.empty_like(m), np.empty_like(s)]
-                for o, x0, x1 in zip(out, (a0, m0, s0), (a1, m1, s1), strict=True):
-                    o[crowd], o[~crowd] = x0, x1
-                return tuple(out)
+                return _split_apply(crowd, (a, m, s), lambda v: self.crowded.apply(
+                    *v, np.asarray(c, float)[crowd]),
+                    lambda v: replace(self, crowded=None).apply(*v))
         z, sd = _mixture_snr(a, m, s)
         ls = np.interp(z, self.asinh_snr, self.log_scale)
         d = np.interp(z, self.asinh_snr, self.shift)
         return a, m + (d * sd)[:, None], s * np.exp(ls)[:, None]
+
+
+def _split_apply(sel: np.ndarray, ams: tuple, on, off) -> tuple:
+    """``(a, m, s)`` with the rows ``sel`` calibrated by ``on`` and the others by ``off``
+    (each called on its rows' ``(a, m, s)``)."""
+    a, m, s = ams
+    out = [np.empty_like(a), np.empty_like(m), np.empty_like(s)]
+    for rows, f in ((sel, on), (~sel, off)):
+        if rows.any():
+            for o, v in zip(out, f((a[rows], m[rows], s[rows])), strict=True):
+                o[rows] = v
+    return tuple(out)
+
+
+def nearest_distance(x, y, rows=None) -> np.ndarray:
+    """Distance [px] from each source ``rows`` (default: all) of the positions ``x, y`` to the
+    nearest other one (inf where there is none or the position is not finite): the distance
+    that picks a target's near-neighbour calibration (:attr:`SNRCalibration.near`)."""
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rows = np.arange(x.size) if rows is None else np.asarray(rows, int)
+    out = np.full(rows.size, np.inf)
+    fin = np.isfinite(x) & np.isfinite(y)
+    if fin.sum() < 2:
+        return out
+    ok = fin[rows]
+    dist, _ = cKDTree(np.column_stack([x[fin], y[fin]])).query(
+        np.column_stack([x[rows[ok]], y[rows[ok]]]), k=2)
+    out[ok] = dist[:, 1]
+    return out
 
 
 def _mixture_snr(a, m, s) -> tuple[np.ndarray, np.ndarray]:
@@ -136,13 +187,13 @@ def crowding(feats) -> np.ndarray | None:
 
 
 def _calibrated(a, m, s, sigma_scale: float | SNRCalibration, prior_knee: float | None,
-                c=None):
+                c=None, d=None):
     """Normalised network mixtures with the validation calibration (``sigma_scale``: a width
     factor or an :class:`SNRCalibration`, calibrated on the posterior the network learned;
-    ``c`` the rows' :func:`crowding`), then -- for the data-only mode -- divided by the
-    prior-free training density (:func:`divide_training_prior`)."""
+    ``c`` the rows' :func:`crowding`, ``d`` their :func:`nearest_distance`), then -- for the
+    data-only mode -- divided by the prior-free training density (:func:`divide_training_prior`)."""
     if isinstance(sigma_scale, SNRCalibration):
-        a, m, s = sigma_scale.apply(a, m, s, c)
+        a, m, s = sigma_scale.apply(a, m, s, c, d)
     else:
         s = s * sigma_scale
     if prior_knee is not None:
@@ -221,7 +272,8 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
                         n_bins: int = 6, min_per_bin: int = 300, c=None,
                         crowd_c: float = CROWD_C, score: str = "log",
                         shrink_n: float = 0.0, crowd_levels: int = 1,
-                        like: SNRCalibration | None = None) -> SNRCalibration:
+                        like: SNRCalibration | None = None, d=None,
+                        near_px: float = NEAR_PX) -> SNRCalibration:
     """Fit an :class:`SNRCalibration` to mixtures ``a, m, s`` (n, K) and true normalised
     fluxes ``y`` (n,): the stamps are split into ``n_bins`` equal-count bins of the mixture's
     ``asinh(mean / std)``, and in each the shift and log width factor that minimise the
@@ -232,9 +284,13 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
     own calibration (half the bins) when both groups hold ``2 min_per_bin`` rows; with
     ``crowd_levels`` > 1 the crowded rows are cut further into up to that many levels of
     ``2 min_per_bin`` rows at least (:func:`crowd_edges`), each with its own calibration.
-    ``like``: an :class:`SNRCalibration` whose crowding levels and bin counts the fit takes
-    instead of choosing them from the rows' counts (a fit on part of the rows, e.g. a check
-    half, then has the structure of the fit on all of them that it checks).
+    With the rows' nearest-neighbour distances ``d`` [px] (:func:`nearest_distance`), the rows
+    are split at ``near_px`` first (:attr:`SNRCalibration.near`: the rows nearer than that get
+    a calibration of their own), each side with its own crowding levels, when both sides hold
+    ``2 min_per_bin`` rows; otherwise (a frame whose injections give fewer) there is no split.
+    ``like``: an :class:`SNRCalibration` whose crowding levels, distance split and bin counts
+    the fit takes instead of choosing them from the rows' counts (a fit on part of the rows,
+    e.g. a check half, then has the structure of the fit on all of them that it checks).
 
     ``score``: ``"log"`` (the likelihood, above) or ``"coverage"``: in each bin the shift and
     width that put the median of the true fluxes' normal scores ``u = Phi^-1(PIT)`` at 0 and
@@ -252,6 +308,23 @@ def fit_snr_calibration(a, m, s, y, *, truncated: bool = True, prior_knee: float
         raise InputError(f"fit_snr_calibration: shrink_n must be >= 0, got {shrink_n!r}")
     if score not in ("log", "coverage"):
         raise InputError(f"fit_snr_calibration: score must be 'log' or 'coverage', got {score!r}")
+    if d is not None:  # by the distance first: each side its own crowding levels
+        near = np.asarray(d, float) < near_px
+        split = (like.near is not None if like is not None else
+                 min(int(near.sum()), int((~near).sum())) >= 2 * min_per_bin)
+        if split and near.any() and (~near).any():
+            kw = {"truncated": truncated, "prior_knee": prior_knee, "n_bins": n_bins,
+                  "min_per_bin": min_per_bin, "score": score, "shrink_n": shrink_n,
+                  "crowd_c": crowd_c, "crowd_levels": crowd_levels}
+            a, m, s, y = (np.asarray(v, float) for v in (a, m, s, y))
+            parts = [fit_snr_calibration(
+                a[v], m[v], s[v], y[v], c=None if c is None else np.asarray(c, float)[v],
+                like=None if like is None else (like.near if i == 0 else
+                                                replace(like, near=None)), **kw)
+                for i, v in enumerate((near, ~near))]
+            return replace(parts[1], near=parts[0], near_px=float(near_px))
+    if like is not None:
+        like = replace(like, near=None)
     chain = []  # the levels of ``like``, least crowded first
     while like is not None:
         chain.append(like)

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .calibration import _calibrated, fit_snr_calibration, instrument_key
+from .calibration import (
+    NEAR_PX,
+    _calibrated,
+    fit_snr_calibration,
+    instrument_key,
+    nearest_distance,
+)
 from .mixtures import mixture_summary
 
 #: injections asked for per instrument (6 calibration bins of 200); fewer when the frames have
@@ -35,10 +41,10 @@ CROWD_LEVELS = 3
 #: injections per calibration bin at least (the fit on all injections; a check half's fit has
 #: the same bins and crowding levels, with half the rows in each)
 MIN_PER_BIN = 150
-#: where the calibration galaxies go: ``"catalogue"`` (the default) -- their distance to the
+#: where the calibration galaxies go: ``"catalogue"`` (opt-in) -- their distance to the
 #: nearest catalogued source follows the catalogue sources' own nearest-neighbour distances
 #: (:func:`draw_matched_positions`), so the calibration sees the neighbours the user's sources
-#: have; ``"empty"`` -- the rule before: ``skysub inject``'s empty positions, 15 px from every
+#: have; ``"empty"`` (the default) -- ``skysub inject``'s empty positions, 15 px from every
 #: catalogued source (no injection then came as close as 84 % of M13's sources' neighbours;
 #: docs/lumos.md)
 PLACEMENTS = ("catalogue", "empty")
@@ -48,6 +54,12 @@ PLACEMENTS = ("catalogue", "empty")
 PLACEMENT_FLOOR = 5.0
 #: log-spaced distance bins of the nearest-neighbour histogram matched
 NN_BINS = 16
+#: share of the ``"catalogue"`` injections placed ``NEAR_PX`` or more from every source at
+#: least (the catalogue's own share where it is larger): the least crowded level is split by
+#: that distance when both sides hold 2 x ``MIN_PER_BIN`` injections
+#: (:attr:`.calibration.SNRCalibration.near`), and on a crowded frame (M13: 12 % of the matched
+#: positions) the isolated side would not fill; each side keeps the catalogue's distances
+FAR_SHARE = 0.45
 
 
 def held_out_regions(sim: dict, is_val: np.ndarray, n_images: int) -> list[float | None]:
@@ -99,11 +111,16 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
     calibration that is kept.  ``placement`` (:data:`PLACEMENTS`): ``"catalogue"`` draws the
     positions so that their nearest catalogued source is as near as the catalogue sources'
     own nearest neighbours are (:func:`draw_matched_positions`), ``"empty"`` at 15 px from
-    every catalogued source (the default).
+    every catalogued source (the default).  Every fit is split by the injections' distance to
+    their nearest other source first, at :data:`.calibration.NEAR_PX`, where each side holds
+    2 x :data:`MIN_PER_BIN` injections (:attr:`.calibration.SNRCalibration.near`; only
+    ``"catalogue"`` puts injections nearer).
 
     Returns ``{"calibration": SNRCalibration | None, "instruments": {key: SNRCalibration},
     "n_injections", "n_realisations", "n_images", "per_instrument": {key: {"n_injections",
-    "check"}}, "check": {...}, "placement", "nn_distance": {"injections", "catalogue"}
+    "check"}}, "check": {...}, "placement", "crowd_edges" (of the isolated side where split),
+    "near" (where split: ``near_px`` and the near side's ``crowd_edges``), "nn_distance":
+    {"injections", "catalogue"}
     (5/25/50/75/95 % quantiles [px] of the nearest-neighbour distances), "note"}``;
     ``calibration`` is None (and ``note`` says why) with fewer than ``min_injections`` usable
     injections, and an instrument with fewer gets none of its own (the pooled one applies)."""
@@ -144,13 +161,17 @@ def injection_calibration(net, card: dict, images: list, catalogs: list,
         return fit_snr_calibration(d["a"][sel], d["m"][sel], d["s"][sel], y[sel],
                                    truncated=True, n_bins=bins, min_per_bin=MIN_PER_BIN,
                                    c=None if c is None else c[sel], score=score,
-                                   shrink_n=shrink_n, crowd_levels=crowd_levels, like=like)
+                                   shrink_n=shrink_n, crowd_levels=crowd_levels, like=like,
+                                   d=d["sep"][sel])
 
     every = np.ones(len(y), bool)
     even, odd = d["half"] == 0, d["half"] == 1
     groups = [g for g in done if done[g] >= need] if len(done) > 1 else []
     out["calibration"] = fit(every)
     out["crowd_edges"] = _edges(out["calibration"])
+    if out["calibration"].near is not None:  # split by distance: the near side's own levels
+        out["near"] = {"near_px": out["calibration"].near_px,
+                       "crowd_edges": _edges(out["calibration"].near)}
     out["instruments"] = {g: fit(d["group"] == g) for g in groups}
     # the check: calibrations fitted on the even realisations, scored on the odd ones (each
     # instrument with its own where it has one, as the photometer applies them), with the
@@ -251,25 +272,13 @@ def collect_injections(phot, images: list, catalogs: list, zero_points: list[flo
                          | {"f": f[good], "half": np.full(ng, r % 2),
                             "group": np.full(ng, key, dtype=object),
                             "snr": (f / (noise * np.sqrt(np.pi * settings.radius ** 2)))[good],
-                            "sep": _nearest(fx, fy, n0)[good],
+                            "sep": nearest_distance(fx, fy, np.arange(n0, len(fx)))[good],
                             "x": fx[n0:][good], "y": fy[n0:][good],
-                            "nn_catalogue": _nearest(fx[:n0], fy[:n0], 0)})
+                            "nn_catalogue": nearest_distance(fx[:n0], fy[:n0])})
             done[key] += ng
         r += 1
     d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
     return d, done, int(r), len(frames)
-
-
-def _nearest(x: np.ndarray, y: np.ndarray, n0: int) -> np.ndarray:
-    """Distance [px] from each row ``n0:`` of ``x, y`` to the nearest other row."""
-    from scipy.spatial import cKDTree
-
-    fin = np.isfinite(x) & np.isfinite(y)
-    xy = np.column_stack([x, y])
-    if fin.sum() < 2:
-        return np.full(len(x) - n0, np.inf)
-    d, _ = cKDTree(xy[fin]).query(xy[n0:], k=2)
-    return d[:, 1]
 
 
 def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:
@@ -285,7 +294,7 @@ def _scores(d: dict, sel: np.ndarray, cal_for, estimator: str, c) -> dict:
     for key in np.unique(g):
         k = g == key
         a[k], m[k], s[k] = _calibrated(a[k], m[k], s[k], cal_for(key), None,
-                                       None if c is None else c[idx][k])
+                                       None if c is None else c[idx][k], d["sep"][idx][k])
     u = d["unit"][idx][:, None]
     summ = mixture_summary(a, m * u, s * u, lower=0.0)
     f = d["f"][idx]
@@ -348,13 +357,16 @@ def _inject(im, hold, cat, settings, psf, noise: float, zp: float, oversample: i
 
 
 def draw_matched_positions(image, cat_xy: tuple[np.ndarray, np.ndarray], n: int, settings,
-                           rng: np.random.Generator, *, floor: float = PLACEMENT_FLOOR
+                           rng: np.random.Generator, *, floor: float = PLACEMENT_FLOOR,
+                           far_share: float = FAR_SHARE, far_px: float = NEAR_PX
                            ) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` positions on ``image`` (its mask, ``settings.edge_margin`` and
     ``clear_radius`` as :func:`skysub.inject.core.draw_positions`) whose distance to the
     nearest catalogued source (``cat_xy``) follows the distribution of the catalogue sources'
     own nearest-neighbour distances (those below ``floor`` counted at ``floor``; none nearer
-    than ``floor``).
+    than ``floor``), with ``far_share`` of them at least at ``far_px`` or more (the
+    distribution's parts below and above ``far_px`` reweighted, each keeping its shape, where
+    the catalogue has fewer there: the isolated calibration level then fills).
 
     Uniform candidates are weighted by the ratio of that distribution to their own in
     :data:`NN_BINS` log-spaced distance bins (importance resampling), taken in a weighted
@@ -391,10 +403,16 @@ def draw_matched_positions(image, cat_xy: tuple[np.ndarray, np.ndarray], n: int,
     if x.size == 0:
         return np.zeros(0), np.zeros(0)
     edges = np.geomspace(floor, max(float(target.max()), float(d.max())) * 1.0001, NN_BINS + 1)
+    if edges[0] < far_px < edges[-1]:  # an edge at far_px: the share below and above it
+        edges = np.unique(np.r_[edges, float(far_px)])
     t_h = np.histogram(target, edges)[0] / target.size
+    far = edges[:-1] >= far_px  # the bins at far_px or more
+    share = float(t_h[far].sum())
+    if 0.0 < share < far_share and far.any() and share < 1.0:
+        t_h = np.where(far, t_h * far_share / share, t_h * (1.0 - far_share) / (1.0 - share))
     q_h = np.histogram(d, edges)[0] / d.size
     ratio = np.divide(t_h, q_h, out=np.zeros_like(t_h), where=q_h > 0)
-    w = ratio[np.clip(np.searchsorted(edges, d, side="right") - 1, 0, NN_BINS - 1)]
+    w = ratio[np.clip(np.searchsorted(edges, d, side="right") - 1, 0, edges.size - 2)]
     with np.errstate(divide="ignore"):
         key = rng.exponential(1.0, x.size) / w
     order = np.argsort(key, kind="stable")

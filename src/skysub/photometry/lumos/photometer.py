@@ -17,7 +17,14 @@ from ...errors import InputError
 from ...image import Image, as_image, image_method
 from ...stamps import Stamps, WindowCutter, cutouts
 from ..aperture import PhotometryResult, _flag, _inside, assemble, check_positions, source_shapes
-from .calibration import SNRCalibration, _calibrated, _prior_knee, crowding, instrument_key
+from .calibration import (
+    SNRCalibration,
+    _calibrated,
+    _prior_knee,
+    crowding,
+    instrument_key,
+    nearest_distance,
+)
 from .data import _catalog_mag, _colnames, _neighbour_channel, _rows, _tensors
 from .magnitudes import NOISE_MAG, exposure_zeropoint, noise_mag
 from .mixtures import ESTIMATORS, SUMMARY_KEYS, mixture_summary, predict_mixtures
@@ -313,6 +320,8 @@ class LumosPhotometer:
         flags = F.zeros(nt)
         good = np.zeros(nt, bool)
         unit, C = np.ones(nt), np.full(nt, np.nan)
+        # each source's nearest other source [px]: picks the near-neighbour calibration
+        dist = nearest_distance(x, y, todo) if calibrate else None
         chunk = FAST_CHUNK if self.fast else max(self.batch_size, 1024)
         nmap = models = None
         if self.net.arch.neighbours:  # render every model once: map and model channel
@@ -342,7 +351,7 @@ class LumosPhotometer:
                                         else self.batch_size, device=self.device)
             crowd = crowding(t["feats"])
             if calibrate:
-                a, m, sg = _calibrated(a, m, sg, cal, self.prior_knee, crowd)
+                a, m, sg = _calibrated(a, m, sg, cal, self.prior_knee, crowd, dist[ii])
             A[ii], M[ii], Sg[ii] = a, m, sg
             unit[ii] = t["unit"]
             if crowd is not None:

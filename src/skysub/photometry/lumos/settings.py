@@ -55,7 +55,8 @@ class LumosSettings:
         :func:`.calibration.fit_snr_calibration`); 0 = off (each bin on its own)
     calibration_placement : where those galaxies go (:data:`.injection.PLACEMENTS`):
         ``"empty"`` (default) 15 px from every catalogued source, ``"catalogue"`` with the
-        catalogue sources' own nearest-neighbour distances (docs/lumos.md: better beside
+        catalogue sources' own nearest-neighbour distances, 45 % of them 15 px or more, and
+        the calibration split at 15 px from the nearest source (docs/lumos.md: better beside
         neighbours on crowded frames, worse for isolated and sparse ones)
     prior_free_weight_cap : importance weights of the prior-free stamps (:func:`make_loss`)
         capped here; 1 = unweighted

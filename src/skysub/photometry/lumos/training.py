@@ -390,6 +390,8 @@ def _injection_step(model, arch, keys, gs, ls, sigma_scale, snr_cal, noise_mags,
                f"{len(out['calibration'].shift)} SNR bins"
                + (f", {len(out['crowd_edges'])} crowded levels" if out.get("crowd_edges")
                   else "")
+               + (f", split at {out['near']['near_px']:g} px from the nearest source"
+                  if out.get("near") else "")
                + f"; placement {out['placement']}"
                + (" -- nearest-neighbour distance median "
                   f"{out['nn_distance']['injections'][2]:.1f} px, catalogue's "
