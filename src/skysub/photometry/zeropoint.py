@@ -94,6 +94,11 @@ class ZeroPoint:
         return s + (f"; WARNING: {self.warning}" if self.warning else "")
 
 
+def _column(catalog: Any, name: str) -> np.ndarray:
+    """The catalogue column ``name`` as floats, masked entries NaN."""
+    return np.asarray(np.ma.filled(np.ma.asarray(catalog[name], float), np.nan), float)
+
+
 def header_zeropoint(header: Any, keys: tuple[str, ...] = HEADER_KEYS) -> ZeroPoint | None:
     """The zero point a FITS header states (the first of ``keys`` present and finite), or
     None."""
@@ -137,7 +142,7 @@ def fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
     if radius is None:  # compact sources in a crowded frame: a 4 px inner aperture at least
         radius = 4.0
         if catalog is not None and "r50" in getattr(catalog, "colnames", ()):
-            r50 = np.asarray(np.ma.filled(np.ma.asarray(catalog["r50"], float), np.nan), float)
+            r50 = _column(catalog, "r50")
             if np.isfinite(r50).any():
                 radius = max(radius, 3.0 * float(np.nanmedian(r50)))
     try:
@@ -221,10 +226,10 @@ def _fit_zeropoint(image: Any, catalog: Any, *, radius: float | None = None,
                          "--zeropoint ZP or a header keyword (" + ", ".join(HEADER_KEYS) + ")")
     x = np.asarray(catalog["x"], float)
     y = np.asarray(catalog["y"], float)
-    mag = np.asarray(np.ma.filled(np.ma.asarray(catalog["mag"], float), np.nan), float)
+    mag = _column(catalog, "mag")
     r0 = 8.0 if radius is None else float(radius)
     if radius is None and "r50" in catalog.colnames:
-        r50 = np.asarray(np.ma.filled(np.ma.asarray(catalog["r50"], float), np.nan), float)
+        r50 = _column(catalog, "r50")
         if np.isfinite(r50).any():
             r0 = max(r0, 3.0 * float(np.nanmedian(r50)))
     r1 = 1.5 * r0
@@ -275,11 +280,7 @@ def _fit_masked(img: Any, catalog: Any, x: np.ndarray, y: np.ndarray, mag: np.nd
     if idx.size < min_sources:
         raise InputError(f"zero-point fit: only {idx.size} catalogued sources with a "
                          f"magnitude on {img.name} (need {min_sources}); give --zeropoint ZP")
-    if "r50" in catalog.colnames:
-        r50 = np.asarray(np.ma.filled(np.ma.asarray(catalog["r50"], float), np.nan), float)
-    else:
-        r50 = np.full(len(x), np.nan)
-    r50 = r50[idx]
+    r50 = (_column(catalog, "r50") if "r50" in catalog.colnames else np.full(len(x), np.nan))[idx]
     if not np.isfinite(r50).any():  # no sizes: a disc of a quarter of the inner aperture
         r50 = np.full(idx.size, r0 / 4.0)
     r50 = np.where(np.isfinite(r50), r50, np.nanmedian(r50))
